@@ -1,0 +1,571 @@
+//! The config file as written: serde structs that mirror `dispatch.example.toml` key for key.
+//!
+//! serde checks only what a value can be on its own: its type, its unit (durations, sizes), or
+//! membership of a closed set of words (driver, log level, algorithm names). Anything with
+//! structure inside a string (addresses, URLs, `balance`, rate-limit keys) and every
+//! cross-reference is checked by `validate` and `later`, which have the key paths for errors.
+//!
+//! Every struct denies unknown keys, so a typo is an error with its position, never a silently
+//! ignored setting. An `Option` field is `None` exactly when the key is absent; the default that
+//! then applies is in the field's doc and in [`default`].
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+use super::units::{Duration, Size};
+
+/// Values used for absent keys. Each one is repeated in the doc of its field.
+pub mod default {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const PIN_WORKERS: bool = true;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+    pub const MAX_REQUEST_LINE: u64 = 8 << 10;
+    pub const MAX_HEADER_BYTES: u64 = 16 << 10;
+    pub const MAX_HEADERS: usize = 100;
+    pub const MAX_BODY: u64 = 10 << 20;
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_CONNECTIONS: usize = 65536;
+
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const RETRIES: u32 = 1;
+    pub const MAX_IDLE_PER_WORKER: usize = 64;
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const WEIGHT: u32 = 1;
+}
+
+/// The whole file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub log: Log,
+    /// Named backend services, in file order.
+    #[serde(default)]
+    pub upstreams: Named<Upstream>,
+    /// Named routes, in file order. None at all is allowed (every request gets 404).
+    #[serde(default)]
+    pub routes: Named<Route>,
+
+    // Capabilities not built yet: parsed and checked, then rejected by `later`.
+    pub bff: Option<Bff>,
+    pub transforms: Option<Named<Transform>>,
+    pub aggregates: Option<Named<Aggregate>>,
+    pub auth: Option<Named<AuthPolicy>>,
+    pub rate_limits: Option<Named<RateLimit>>,
+    pub cache: Option<Cache>,
+    pub compression: Option<Compression>,
+    pub tracing: Option<Tracing>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Addresses every worker binds (SO_REUSEPORT). Default: `["127.0.0.1:8080"]`.
+    pub listen: Option<Vec<String>>,
+    /// Default: `"auto"`, one worker per core this process may run on.
+    pub workers: Option<Workers>,
+    /// Default: `true`.
+    pub pin_workers: Option<bool>,
+    /// Default: `"auto"`.
+    pub driver: Option<Driver>,
+    /// Default: `"30s"`. Zero is allowed: exit as soon as the listeners are closed.
+    pub drain_timeout: Option<Duration>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `workers = "auto" | N`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// `[server.limits]`. Defaults are nginx's and Envoy's orders of magnitude.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Default: `"8KiB"` (nginx `large_client_header_buffers`). At least 16 bytes.
+    pub max_request_line: Option<Size>,
+    /// Default: `"16KiB"`.
+    pub max_header_bytes: Option<Size>,
+    /// Default: `100` (Envoy's `max_headers_count`).
+    pub max_headers: Option<usize>,
+    /// Default: `"10MiB"`.
+    pub max_body: Option<Size>,
+    /// Default: `"10s"`.
+    pub header_timeout: Option<Duration>,
+    /// Default: `"30s"`.
+    pub body_timeout: Option<Duration>,
+    /// Default: `"60s"`.
+    pub keepalive_timeout: Option<Duration>,
+    /// Default: `65536`.
+    pub max_connections: Option<usize>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Default: `"127.0.0.1:9901"` (Envoy's admin port).
+    pub listen: Option<String>,
+    /// Default: none, the admin API needs no token.
+    pub token_env: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// Default: `"info"`.
+    pub level: Option<LogLevel>,
+    /// Default: `"off"`. `"json"` is not supported yet.
+    pub access: Option<AccessLog>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLog {
+    Off,
+    Json,
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Required, at least one.
+    pub endpoints: Vec<Endpoint>,
+    /// `"round_robin" | "least_request" | "hash:header:NAME" | "hash:ip"`. Default: `"round_robin"`.
+    pub balance: Option<String>,
+    /// Default: `"1s"`.
+    pub connect_timeout: Option<Duration>,
+    /// Default: `"30s"`.
+    pub read_timeout: Option<Duration>,
+    /// Extra attempts after the first. Default: `1` (Envoy's default retry policy).
+    pub retries: Option<u32>,
+    /// Default: `64`. Zero disables pooling: one connection per request.
+    pub max_idle_per_worker: Option<usize>,
+    /// Default: `"60s"`.
+    pub idle_timeout: Option<Duration>,
+    /// Not supported yet.
+    pub breaker: Option<Breaker>,
+    /// Not supported yet.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An endpoint: `"http://host:port"` or `{ url = "http://host:port", weight = 3 }`.
+#[derive(Debug)]
+pub enum Endpoint {
+    Url(String),
+    Weighted(WeightedEndpoint),
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpoint {
+    pub url: String,
+    /// Default: `1`. At least 1.
+    pub weight: Option<u32>,
+}
+
+/// `[routes.NAME]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Required, at least one; each starts with `/` or `=/`.
+    pub paths: Vec<String>,
+    /// Default: any method.
+    pub methods: Option<Vec<String>>,
+    /// Default: any host.
+    pub hosts: Option<Vec<String>>,
+    /// Default: no header predicate.
+    pub headers: Option<Named<String>>,
+    /// Required (until `split` is supported, which may stand in for it).
+    pub upstream: Option<String>,
+    /// Default: `false`.
+    pub strip_prefix: Option<bool>,
+    /// Default: the path is forwarded unchanged.
+    pub rewrite: Option<String>,
+    /// Default: the upstream's `read_timeout`.
+    pub timeout: Option<Duration>,
+
+    // Not supported yet.
+    pub auth: Option<String>,
+    pub rate_limits: Option<Vec<String>>,
+    pub cache: Option<String>,
+    pub split: Option<Vec<Split>>,
+    pub sticky: Option<String>,
+    pub transform: Option<String>,
+    pub websocket: Option<bool>,
+    pub client: Option<String>,
+}
+
+/// One side of `split = [{ upstream = "users", weight = 90 }, ...]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+/// `[upstreams.NAME.breaker]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    pub failure_threshold: Option<u32>,
+    pub window: Option<Duration>,
+    pub recovery_timeout: Option<Duration>,
+    pub half_open_probes: Option<u32>,
+    pub failure_on: Option<Vec<FailureOn>>,
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum FailureOn {
+    #[serde(rename = "connect")]
+    Connect,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "5xx")]
+    Status5xx,
+}
+
+/// The response a breaker sends while open.
+// Fields without a check in `later` are first read by the capability itself.
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    pub status: u16,
+    pub json: Option<toml::Value>,
+}
+
+/// `[upstreams.NAME.health_check]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// `[bff]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bff {
+    pub header: Option<String>,
+    #[serde(default)]
+    pub clients: Named<BffClient>,
+}
+
+/// `[bff.clients.NAME]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BffClient {
+    pub prefix: String,
+    pub auth: Option<String>,
+    pub rate_limits: Option<Vec<String>>,
+}
+
+/// `[transforms.NAME]`: jq programs over JSON bodies, and header edits.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    pub request: Option<String>,
+    pub response: Option<String>,
+    pub request_headers: Option<HeaderEdits>,
+    pub response_headers: Option<HeaderEdits>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    pub set: Option<Named<String>>,
+    pub remove: Option<Vec<String>>,
+}
+
+/// `[aggregates.NAME]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    pub auth: Option<String>,
+    pub timeout: Option<Duration>,
+    pub shape: Option<String>,
+    pub calls: Named<AggregateCall>,
+}
+
+/// `[aggregates.NAME.calls.CALL]`
+// Fields without a check in `later` are first read by the capability itself.
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateCall {
+    pub upstream: String,
+    pub path: String,
+    pub required: Option<bool>,
+    pub timeout: Option<Duration>,
+    pub default: Option<toml::Value>,
+    pub select: Option<String>,
+}
+
+/// `[auth.NAME]`. One struct for both types, so that a key of the wrong type is reported at
+/// its own position (a serde-tagged enum would buffer the table and lose the spans).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicy {
+    #[serde(rename = "type")]
+    pub kind: AuthKind,
+    // type = "jwt"
+    pub algorithms: Option<Vec<JwtAlgorithm>>,
+    pub keys: Option<String>,
+    pub secret_env: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<Vec<String>>,
+    pub leeway: Option<Duration>,
+    pub required_claims: Option<Vec<String>>,
+    pub strip_authorization: Option<bool>,
+    // type = "api_key"
+    pub header: Option<String>,
+    pub query: Option<String>,
+    pub keys_file: Option<String>,
+    // both
+    pub forward: Option<Named<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    Jwt,
+    ApiKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum JwtAlgorithm {
+    Rs256,
+    Rs384,
+    Rs512,
+    Ps256,
+    Es256,
+    Es384,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    Hs256,
+    Hs384,
+    Hs512,
+}
+
+/// `[rate_limits.NAME]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub algorithm: RateAlgorithm,
+    pub key: String,
+    // Window algorithms.
+    pub limit: Option<u64>,
+    pub window: Option<Duration>,
+    pub tier: Option<String>,
+    pub tiers: Option<Named<Tier>>,
+    // Bucket algorithms.
+    pub rate: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateAlgorithm {
+    FixedWindow,
+    SlidingWindowLog,
+    SlidingWindowCounter,
+    TokenBucket,
+    LeakyBucket,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub limit: u64,
+    pub window: Duration,
+}
+
+/// `[cache]`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub max_bytes_per_worker: Option<Size>,
+    pub max_object: Option<Size>,
+    #[serde(default)]
+    pub rules: Named<CacheRule>,
+}
+
+/// `[cache.rules.NAME]`
+// Fields without a check in `later` are first read by the capability itself.
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    pub ttl: Option<Duration>,
+    pub vary: Option<Vec<String>>,
+    pub stale_while_revalidate: Option<Duration>,
+    pub stale_if_error: Option<Duration>,
+    pub invalidate_on: Option<Vec<String>>,
+    pub per_user: Option<bool>,
+}
+
+/// `[compression]`
+// Fields without a check in `later` are first read by the capability itself.
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    pub algorithms: Option<Vec<Encoding>>,
+    pub min_size: Option<Size>,
+    pub types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    Br,
+    Gzip,
+}
+
+/// `[tracing]`
+// Fields without a check in `later` are first read by the capability itself.
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    pub propagate: Option<bool>,
+    pub otlp_endpoint: Option<String>,
+}
+
+/// A table of named entries (`[routes.NAME]`, `headers = { NAME = ... }`) in file order.
+#[derive(Debug)]
+pub struct Named<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<T> Named<T> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.0.iter().map(|(name, value)| (name.as_str(), value))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamedVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for NamedVisitor<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Named(entries))
+            }
+        }
+        deserializer.deserialize_map(NamedVisitor(PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WorkersVisitor;
+        impl Visitor<'_> for WorkersVisitor {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or an integer >= 1")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                match v {
+                    "auto" => Ok(Workers::Auto),
+                    _ => Err(E::custom(format!(
+                        "invalid value {v:?}: expected \"auto\" or an integer >= 1"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
+                match usize::try_from(v) {
+                    Ok(n) if n >= 1 => Ok(Workers::Count(n)),
+                    _ => Err(E::custom(format!(
+                        "invalid value {v}: expected \"auto\" or an integer >= 1"
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Workers, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        deserializer.deserialize_any(WorkersVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EndpointVisitor;
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = Endpoint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL string or a table { url, weight }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
+                Ok(Endpoint::Url(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Endpoint, A::Error> {
+                // Through the same MapAccess, so errors inside keep their spans.
+                WeightedEndpoint::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Endpoint::Weighted)
+            }
+        }
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}

@@ -1,0 +1,600 @@
+//! Capabilities the config format describes but this build does not have yet: breakers, health
+//! checks, BFF clients, transforms, aggregates, auth, rate limits, cache, compression, tracing,
+//! and the JSON access log.
+//!
+//! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
+//! file written against the full format gets its typos reported now. Then [`reject`] refuses
+//! the config at the first such key in the file: a gateway that silently ignored an `auth` or
+//! `rate_limits` key would look protected and not be. As each capability lands, its checks move
+//! from here into `validate` and its key leaves [`reject`].
+
+use super::error::ConfigError;
+use super::file::{self, AuthKind, Named, RateAlgorithm};
+use super::source::{KeyPath, Source};
+use super::units::{Duration, Size};
+use super::validate::{header_name, header_value, is_token, methods, suggestion, Section};
+
+/// Checks the values of every not-yet-supported section.
+pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> {
+    let c = Checker { file, src };
+    for (name, upstream) in file.upstreams.iter() {
+        let at = KeyPath::of(&["upstreams", name]);
+        if let Some(breaker) = &upstream.breaker {
+            c.breaker(breaker, &at.key("breaker"))?;
+        }
+        if let Some(health) = &upstream.health_check {
+            c.health_check(health, &at.key("health_check"))?;
+        }
+    }
+    for (name, route) in file.routes.iter() {
+        c.route(route, &KeyPath::of(&["routes", name]))?;
+    }
+    if let Some(bff) = &file.bff {
+        c.bff(bff)?;
+    }
+    for (name, transform) in named(&file.transforms) {
+        c.transform(transform, &KeyPath::of(&["transforms", name]))?;
+    }
+    for (name, aggregate) in named(&file.aggregates) {
+        c.aggregate(aggregate, &KeyPath::of(&["aggregates", name]))?;
+    }
+    for (name, policy) in named(&file.auth) {
+        c.auth(policy, &KeyPath::of(&["auth", name]))?;
+    }
+    for (name, limit) in named(&file.rate_limits) {
+        c.rate_limit(limit, &KeyPath::of(&["rate_limits", name]))?;
+    }
+    if let Some(cache) = &file.cache {
+        c.cache(cache)?;
+    }
+    if let Some(compression) = &file.compression {
+        c.compression(compression)?;
+    }
+    if let Some(tracing) = &file.tracing {
+        if let Some(url) = &tracing.otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                let at = KeyPath::of(&["tracing", "otlp_endpoint"]);
+                return Err(src.error(
+                    &at,
+                    format!("invalid URL {url:?}: expected http:// or https://"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rejects the config at the first key, in file order, of a capability not built yet.
+pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError> {
+    let mut keys: Vec<KeyPath> = Vec::new();
+    for (name, upstream) in file.upstreams.iter() {
+        let at = KeyPath::of(&["upstreams", name]);
+        for (key, present) in [
+            ("breaker", upstream.breaker.is_some()),
+            ("health_check", upstream.health_check.is_some()),
+        ] {
+            if present {
+                keys.push(at.key(key));
+            }
+        }
+    }
+    for (name, route) in file.routes.iter() {
+        let at = KeyPath::of(&["routes", name]);
+        for (key, present) in [
+            ("auth", route.auth.is_some()),
+            ("rate_limits", route.rate_limits.is_some()),
+            ("cache", route.cache.is_some()),
+            ("split", route.split.is_some()),
+            ("sticky", route.sticky.is_some()),
+            ("transform", route.transform.is_some()),
+            ("websocket", route.websocket.is_some()),
+            ("client", route.client.is_some()),
+        ] {
+            if present {
+                keys.push(at.key(key));
+            }
+        }
+    }
+    for (key, present) in [
+        ("bff", file.bff.is_some()),
+        ("transforms", file.transforms.is_some()),
+        ("aggregates", file.aggregates.is_some()),
+        ("auth", file.auth.is_some()),
+        ("rate_limits", file.rate_limits.is_some()),
+        ("cache", file.cache.is_some()),
+        ("compression", file.compression.is_some()),
+        ("tracing", file.tracing.is_some()),
+    ] {
+        if present {
+            keys.push(KeyPath::of(&[key]));
+        }
+    }
+    let mut errors: Vec<(usize, ConfigError)> = keys
+        .into_iter()
+        .map(|key| {
+            (
+                src.key_offset(&key),
+                src.key_error(&key, format!("not supported yet: {key}")),
+            )
+        })
+        .collect();
+    // `access = "off"` is supported; only the value "json" is not, so point at the value.
+    if file.log.access == Some(file::AccessLog::Json) {
+        let at = KeyPath::of(&["log", "access"]);
+        let offset = src.key_offset(&at);
+        errors.push((
+            offset,
+            src.error(&at, "not supported yet: log.access = \"json\""),
+        ));
+    }
+    match errors.into_iter().min_by_key(|(offset, _)| *offset) {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The entries of an optional section such as `[auth.*]`.
+fn named<T>(table: &Option<Named<T>>) -> impl Iterator<Item = (&str, &T)> {
+    table.iter().flat_map(|t| t.iter())
+}
+
+fn names<T>(table: &Option<Named<T>>) -> impl Iterator<Item = &str> {
+    named(table).map(|(name, _)| name)
+}
+
+struct Checker<'a> {
+    file: &'a file::File,
+    src: &'a Source<'a>,
+}
+
+impl Checker<'_> {
+    fn breaker(&self, b: &file::Breaker, at: &KeyPath) -> Result<(), ConfigError> {
+        self.at_least_one(at, "failure_threshold", b.failure_threshold)?;
+        self.at_least_one(at, "half_open_probes", b.half_open_probes)?;
+        self.positive(at, "window", b.window)?;
+        self.positive(at, "recovery_timeout", b.recovery_timeout)?;
+        if b.failure_on.as_ref().is_some_and(Vec::is_empty) {
+            return Err(self.src.error(
+                &at.key("failure_on"),
+                "must list at least one of \"connect\", \"timeout\", \"5xx\"",
+            ));
+        }
+        if let Some(fallback) = &b.fallback {
+            if !(200..=599).contains(&fallback.status) {
+                return Err(self.src.error(
+                    &at.key("fallback").key("status"),
+                    "must be an HTTP status from 200 to 599",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn health_check(&self, h: &file::HealthCheck, at: &KeyPath) -> Result<(), ConfigError> {
+        self.path(&at.key("path"), &h.path)?;
+        self.positive(at, "interval", h.interval)?;
+        self.positive(at, "timeout", h.timeout)?;
+        self.at_least_one(at, "healthy_threshold", h.healthy_threshold)?;
+        self.at_least_one(at, "unhealthy_threshold", h.unhealthy_threshold)
+    }
+
+    fn route(&self, r: &file::Route, at: &KeyPath) -> Result<(), ConfigError> {
+        if let Some(name) = &r.auth {
+            self.reference(&at.key("auth"), name, "auth policy", names(&self.file.auth))?;
+        }
+        if let Some(names) = &r.rate_limits {
+            self.rate_limit_names(&at.key("rate_limits"), names)?;
+        }
+        if let Some(name) = &r.cache {
+            let rules = self.file.cache.iter().flat_map(|c| c.rules.names());
+            self.reference(&at.key("cache"), name, "cache rule", rules)?;
+        }
+        if let Some(split) = &r.split {
+            if split.is_empty() {
+                return Err(self
+                    .src
+                    .error(&at.key("split"), "must list at least one upstream"));
+            }
+            for (i, side) in split.iter().enumerate() {
+                let upstreams = self.file.upstreams.names();
+                self.reference(
+                    &at.key("split").index(i).key("upstream"),
+                    &side.upstream,
+                    "upstream",
+                    upstreams,
+                )?;
+            }
+            if split.iter().all(|side| side.weight == 0) {
+                return Err(self.src.error(
+                    &at.key("split"),
+                    "at least one weight must be greater than zero",
+                ));
+            }
+        }
+        if let Some(sticky) = &r.sticky {
+            let valid = sticky == "ip"
+                || ["header:", "cookie:"]
+                    .iter()
+                    .any(|p| sticky.strip_prefix(p).is_some_and(is_token));
+            if !valid {
+                return Err(self.src.error(
+                    &at.key("sticky"),
+                    format!("invalid sticky {sticky:?}: expected \"header:NAME\", \"cookie:NAME\" or \"ip\""),
+                ));
+            }
+        }
+        if let Some(name) = &r.transform {
+            self.reference(
+                &at.key("transform"),
+                name,
+                "transform",
+                names(&self.file.transforms),
+            )?;
+        }
+        if let Some(name) = &r.client {
+            let clients = self.file.bff.iter().flat_map(|b| b.clients.names());
+            self.reference(&at.key("client"), name, "bff client", clients)?;
+        }
+        Ok(())
+    }
+
+    fn bff(&self, bff: &file::Bff) -> Result<(), ConfigError> {
+        let at = KeyPath::of(&["bff"]);
+        if let Some(header) = &bff.header {
+            header_name(header).map_err(|m| self.src.error(&at.key("header"), m))?;
+        }
+        for (name, client) in bff.clients.iter() {
+            let here = at.key("clients").key(name);
+            self.path(&here.key("prefix"), &client.prefix)?;
+            if let Some(auth) = &client.auth {
+                self.reference(
+                    &here.key("auth"),
+                    auth,
+                    "auth policy",
+                    names(&self.file.auth),
+                )?;
+            }
+            if let Some(names) = &client.rate_limits {
+                self.rate_limit_names(&here.key("rate_limits"), names)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn transform(&self, t: &file::Transform, at: &KeyPath) -> Result<(), ConfigError> {
+        self.program(&at.key("request"), t.request.as_deref())?;
+        self.program(&at.key("response"), t.response.as_deref())?;
+        for (key, edits) in [
+            ("request_headers", &t.request_headers),
+            ("response_headers", &t.response_headers),
+        ] {
+            let Some(edits) = edits else { continue };
+            let here = at.key(key);
+            for (name, value) in edits.set.iter().flat_map(|s| s.iter()) {
+                let path = here.key("set").key(name);
+                header_name(name).map_err(|m| self.src.key_error(&path, m))?;
+                header_value(value).map_err(|m| self.src.error(&path, m))?;
+            }
+            for (i, name) in edits.remove.iter().flatten().enumerate() {
+                header_name(name).map_err(|m| self.src.error(&here.key("remove").index(i), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn aggregate(&self, a: &file::Aggregate, at: &KeyPath) -> Result<(), ConfigError> {
+        self.path(&at.key("path"), &a.path)?;
+        if let Some(list) = &a.methods {
+            methods(list, &at.key("methods"), self.src)?;
+        }
+        if let Some(name) = &a.auth {
+            self.reference(&at.key("auth"), name, "auth policy", names(&self.file.auth))?;
+        }
+        self.positive(at, "timeout", a.timeout)?;
+        self.program(&at.key("shape"), a.shape.as_deref())?;
+        if a.calls.0.is_empty() {
+            return Err(self
+                .src
+                .error(&at.key("calls"), "an aggregate needs at least one call"));
+        }
+        for (name, call) in a.calls.iter() {
+            let here = at.key("calls").key(name);
+            self.reference(
+                &here.key("upstream"),
+                &call.upstream,
+                "upstream",
+                self.file.upstreams.names(),
+            )?;
+            self.path(&here.key("path"), &call.path)?;
+            self.positive(&here, "timeout", call.timeout)?;
+            self.program(&here.key("select"), call.select.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn auth(&self, p: &file::AuthPolicy, at: &KeyPath) -> Result<(), ConfigError> {
+        let jwt_only = [
+            ("algorithms", p.algorithms.is_some()),
+            ("keys", p.keys.is_some()),
+            ("secret_env", p.secret_env.is_some()),
+            ("issuer", p.issuer.is_some()),
+            ("audience", p.audience.is_some()),
+            ("leeway", p.leeway.is_some()),
+            ("required_claims", p.required_claims.is_some()),
+            ("strip_authorization", p.strip_authorization.is_some()),
+        ];
+        let api_key_only = [
+            ("header", p.header.is_some()),
+            ("query", p.query.is_some()),
+            ("keys_file", p.keys_file.is_some()),
+        ];
+        let (other, other_type) = match p.kind {
+            AuthKind::Jwt => (&api_key_only[..], "api_key"),
+            AuthKind::ApiKey => (&jwt_only[..], "jwt"),
+        };
+        if let Some((key, _)) = other.iter().find(|(_, present)| *present) {
+            return Err(self.src.key_error(
+                &at.key(key),
+                format!("only valid with type = \"{other_type}\""),
+            ));
+        }
+        match p.kind {
+            AuthKind::Jwt => {
+                match &p.algorithms {
+                    None => {
+                        return Err(self
+                            .src
+                            .error(&at.key("algorithms"), "missing required key"))
+                    }
+                    Some(list) if list.is_empty() => {
+                        return Err(self
+                            .src
+                            .error(&at.key("algorithms"), "must list at least one algorithm"))
+                    }
+                    Some(_) => {}
+                }
+                if p.keys.is_none() && p.secret_env.is_none() {
+                    return Err(self.src.error(
+                        at,
+                        "a jwt policy needs keys (PEM or JWKS file) or secret_env (HS*)",
+                    ));
+                }
+            }
+            AuthKind::ApiKey => {
+                match (&p.header, &p.query) {
+                    (None, None) => {
+                        return Err(self
+                            .src
+                            .error(at, "an api_key policy needs header or query"))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(self
+                            .src
+                            .key_error(&at.key("query"), "header and query cannot both be set"))
+                    }
+                    (Some(header), None) => {
+                        header_name(header).map_err(|m| self.src.error(&at.key("header"), m))?;
+                    }
+                    (None, Some(_)) => {}
+                }
+                if p.keys_file.is_none() {
+                    return Err(self.src.error(&at.key("keys_file"), "missing required key"));
+                }
+            }
+        }
+        for (claim, header) in p.forward.iter().flat_map(|f| f.iter()) {
+            header_name(header).map_err(|m| self.src.error(&at.key("forward").key(claim), m))?;
+        }
+        Ok(())
+    }
+
+    fn rate_limit(&self, r: &file::RateLimit, at: &KeyPath) -> Result<(), ConfigError> {
+        rate_key(&r.key).map_err(|m| self.src.error(&at.key("key"), m))?;
+        let windowed = matches!(
+            r.algorithm,
+            RateAlgorithm::FixedWindow
+                | RateAlgorithm::SlidingWindowLog
+                | RateAlgorithm::SlidingWindowCounter
+        );
+        let window_keys = [("limit", r.limit.is_some()), ("window", r.window.is_some())];
+        let tier_keys = [("tier", r.tier.is_some()), ("tiers", r.tiers.is_some())];
+        let bucket_keys = [("rate", r.rate.is_some()), ("burst", r.burst.is_some())];
+        let (required, forbidden, family) = if windowed {
+            (
+                window_keys,
+                bucket_keys.to_vec(),
+                "token_bucket and leaky_bucket",
+            )
+        } else {
+            (
+                bucket_keys,
+                [window_keys, tier_keys].concat(),
+                "fixed_window, sliding_window_log and sliding_window_counter",
+            )
+        };
+        if let Some((key, _)) = forbidden.iter().find(|(_, present)| *present) {
+            return Err(self
+                .src
+                .key_error(&at.key(key), format!("only valid with algorithm {family}")));
+        }
+        if let Some((key, _)) = required.iter().find(|(_, present)| !*present) {
+            return Err(self.src.error(&at.key(key), "missing required key"));
+        }
+        self.at_least_one(at, "limit", r.limit)?;
+        self.positive(at, "window", r.window)?;
+        self.at_least_one(at, "rate", r.rate)?;
+        self.at_least_one(at, "burst", r.burst)?;
+        match (&r.tier, &r.tiers) {
+            (Some(tier), Some(tiers)) => {
+                rate_key(tier).map_err(|m| self.src.error(&at.key("tier"), m))?;
+                for (name, t) in tiers.iter() {
+                    let here = at.key("tiers").key(name);
+                    self.at_least_one(&here, "limit", Some(t.limit))?;
+                    self.positive(&here, "window", Some(t.window))?;
+                }
+            }
+            (Some(_), None) => {
+                return Err(self
+                    .src
+                    .error(&at.key("tiers"), "missing required key (tier is set)"))
+            }
+            (None, Some(_)) => {
+                return Err(self
+                    .src
+                    .error(&at.key("tier"), "missing required key (tiers is set)"))
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    fn cache(&self, cache: &file::Cache) -> Result<(), ConfigError> {
+        let at = KeyPath::of(&["cache"]);
+        self.nonzero_size(&at, "max_bytes_per_worker", cache.max_bytes_per_worker)?;
+        self.nonzero_size(&at, "max_object", cache.max_object)?;
+        for (name, rule) in cache.rules.iter() {
+            let here = at.key("rules").key(name);
+            self.positive(&here, "ttl", rule.ttl)?;
+            for (i, header) in rule.vary.iter().flatten().enumerate() {
+                header_name(header).map_err(|m| self.src.error(&here.key("vary").index(i), m))?;
+            }
+            for (i, text) in rule.invalidate_on.iter().flatten().enumerate() {
+                let valid = text
+                    .split_once(' ')
+                    .is_some_and(|(method, path)| is_token(method) && path.starts_with('/'));
+                if !valid {
+                    return Err(self.src.error(
+                        &here.key("invalidate_on").index(i),
+                        format!("invalid request {text:?}: expected \"METHOD /path\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compression(&self, c: &file::Compression) -> Result<(), ConfigError> {
+        let at = KeyPath::of(&["compression"]);
+        if c.algorithms.as_ref().is_some_and(Vec::is_empty) {
+            return Err(self.src.error(
+                &at.key("algorithms"),
+                "must list at least one of \"br\", \"gzip\"",
+            ));
+        }
+        for (i, media) in c.types.iter().flatten().enumerate() {
+            let valid = media
+                .split_once('/')
+                .is_some_and(|(kind, sub)| is_token(kind) && (sub == "*" || is_token(sub)));
+            if !valid {
+                return Err(self.src.error(
+                    &at.key("types").index(i),
+                    format!(
+                        "invalid media type {media:?}: expected \"type/subtype\" or \"type/*\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn rate_limit_names(&self, at: &KeyPath, list: &[String]) -> Result<(), ConfigError> {
+        if list.is_empty() {
+            return Err(self.src.error(
+                at,
+                "must name at least one rate limit; omit the key for none",
+            ));
+        }
+        for (i, name) in list.iter().enumerate() {
+            self.reference(
+                &at.index(i),
+                name,
+                "rate limit",
+                names(&self.file.rate_limits),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn reference<'n>(
+        &self,
+        at: &KeyPath,
+        name: &str,
+        kind: &str,
+        defined: impl IntoIterator<Item = &'n str>,
+    ) -> Result<(), ConfigError> {
+        let defined: Vec<&str> = defined.into_iter().collect();
+        if defined.contains(&name) {
+            Ok(())
+        } else {
+            Err(self.src.error(
+                at,
+                format!("no {kind} named {name:?}{}", suggestion(name, defined)),
+            ))
+        }
+    }
+
+    /// A jq program; compiling it is the transform capability's job.
+    fn program(&self, at: &KeyPath, program: Option<&str>) -> Result<(), ConfigError> {
+        match program {
+            Some(p) if p.trim().is_empty() => Err(self.src.error(at, "empty jq program")),
+            _ => Ok(()),
+        }
+    }
+
+    fn path(&self, at: &KeyPath, path: &str) -> Result<(), ConfigError> {
+        if path.starts_with('/') {
+            Ok(())
+        } else {
+            Err(self
+                .src
+                .error(at, format!("invalid path {path:?}: must start with \"/\"")))
+        }
+    }
+
+    fn positive(
+        &self,
+        table: &KeyPath,
+        key: &str,
+        value: Option<Duration>,
+    ) -> Result<(), ConfigError> {
+        Section::new(self.src, table).positive(key, value).map(drop)
+    }
+
+    fn at_least_one<T>(
+        &self,
+        table: &KeyPath,
+        key: &str,
+        value: Option<T>,
+    ) -> Result<(), ConfigError>
+    where
+        T: Copy + PartialEq + From<u8>,
+    {
+        Section::new(self.src, table).nonzero(key, value).map(drop)
+    }
+
+    fn nonzero_size(
+        &self,
+        table: &KeyPath,
+        key: &str,
+        value: Option<Size>,
+    ) -> Result<(), ConfigError> {
+        Section::new(self.src, table).size(key, value, 1).map(drop)
+    }
+}
+
+/// A rate-limit key (or tier selector): `ip`, `consumer`, `route`, `global`, `header:NAME`,
+/// `jwt:CLAIM`.
+fn rate_key(text: &str) -> Result<(), String> {
+    let valid = ["ip", "consumer", "route", "global"].contains(&text)
+        || text.strip_prefix("header:").is_some_and(is_token)
+        || text
+            .strip_prefix("jwt:")
+            .is_some_and(|claim| !claim.is_empty());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid key {text:?}: expected \"ip\", \"header:NAME\", \"jwt:CLAIM\", \"consumer\", \"route\" or \"global\""
+        ))
+    }
+}

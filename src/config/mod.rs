@@ -1,0 +1,94 @@
+//! Configuration: read the TOML file, check it, compile it into the [`model::Config`] the
+//! gateway runs on, and describe it for `dispatch check`.
+//!
+//! A load runs these stages in order and stops at the first error, reported as one line
+//! `FILE:LINE:COL: KEY.PATH: message` ([`ConfigError`]):
+//! 1. `source`: TOML syntax. Keeps every key's and value's span, to locate later errors.
+//! 2. `file`: serde into structs that mirror the file: unknown keys, types, units, enum words.
+//! 3. `later`: values of the sections whose capabilities are not built yet, then the rejection
+//!    of the first such key (`not supported yet: ...`).
+//! 4. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
+//!    endpoint hosts resolved, references turned into indices).
+//! 5. [`check_route_table`]: the router's compile check.
+//!
+//! The one thing to know: a `model::Config` exists only if it passed all of these, and nothing
+//! downstream checks again. Loading is off the request path (startup, or a reload building a
+//! new config beside the running one) and may block on DNS.
+
+pub mod error;
+mod file;
+mod later;
+pub mod model;
+mod source;
+mod summary;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+pub use error::ConfigError;
+pub use summary::summary;
+
+use source::{KeyPath, Source};
+
+/// Read, parse, validate and compile. Relative paths inside the file are relative to its directory.
+pub fn load(path: &Path) -> Result<model::Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path)
+}
+
+/// Same, from a string (path used for messages and relative paths).
+pub fn load_str(src: &str, path: &Path) -> Result<model::Config, ConfigError> {
+    let source = Source::parse(src, path)?;
+    let file: file::File = toml::from_str(source.text()).map_err(|e| source.shape_error(&e))?;
+    later::check(&file, &source)?;
+    later::reject(&file, &source)?;
+    let config = validate::compile(&file, &source)?;
+    check_route_table(&config)?;
+    Ok(config)
+}
+
+/// The router's compile check: invalid patterns and ambiguous routes are config errors.
+fn check_route_table(cfg: &model::Config) -> Result<(), ConfigError> {
+    compile_router(cfg).map(|_| ())
+}
+
+/// Compiles the route table of `cfg`, reporting router errors at the route they concern (for
+/// two ambiguous routes: at the later one, naming both).
+pub fn compile_router(cfg: &model::Config) -> Result<crate::router::Router, ConfigError> {
+    use crate::router::RouteError;
+    crate::router::Router::compile(&cfg.routes).map_err(|e| match &e {
+        RouteError::InvalidPattern { route, .. } => {
+            route_error(cfg, *route, "paths", e.to_string())
+        }
+        RouteError::InvalidHost { route, .. } => route_error(cfg, *route, "hosts", e.to_string()),
+        RouteError::InvalidMethod { route, .. } => {
+            route_error(cfg, *route, "methods", e.to_string())
+        }
+        RouteError::Ambiguous { a, b, .. } => {
+            route_error(cfg, (*a).max(*b), "paths", e.to_string())
+        }
+    })
+}
+
+/// An error about one key of a route, located at the route's table header, with key path
+/// `routes.<name>.<key>` (for checks made after loading, such as the router's).
+pub fn route_error(
+    cfg: &model::Config,
+    route: model::RouteId,
+    key: &str,
+    message: String,
+) -> ConfigError {
+    let route = &cfg.routes[route];
+    ConfigError::Invalid {
+        location: route.location.clone(),
+        key: KeyPath::of(&["routes", &route.name, key]).to_string(),
+        message,
+    }
+}

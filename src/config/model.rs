@@ -1,0 +1,156 @@
+//! The validated, compiled configuration: what the rest of the gateway reads.
+//!
+//! Everything here is immutable once built by [`crate::config::load`]; a reload builds a new
+//! [`Config`] off the request path and swaps it in whole. Indices (`UpstreamId`, `RouteId`)
+//! are positions in the `Vec`s below and are only meaningful within one `Config`.
+//!
+//! Invariant: a `Config` that exists has passed every check of `config::validate`: every
+//! reference resolves, every size and duration is in range, the route table is unambiguous.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Index into [`Config::upstreams`].
+pub type UpstreamId = usize;
+/// Index into [`Config::routes`].
+pub type RouteId = usize;
+
+/// A position in the config file, for error messages and `dispatch check`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this config was read from (reload re-reads it).
+    pub path: PathBuf,
+    pub server: Server,
+    pub admin: Admin,
+    pub log: Log,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    /// Resolved worker count (>= 1); "auto" is resolved at load to the available cores.
+    pub workers: usize,
+    pub pin_workers: bool,
+    pub driver: Driver,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the bearer token (None: no `token_env` key).
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub level: LogLevel,
+    pub access: AccessLog,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Smooth weighted round robin (nginx's algorithm).
+    RoundRobin,
+    /// Power of two choices over in-flight counts.
+    LeastRequest,
+    /// Consistent hash on a request header (name lowercased).
+    HashHeader(String),
+    /// Consistent hash on the client IP.
+    HashIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written in the config, e.g. "http://127.0.0.1:9001".
+    pub url: String,
+    pub addr: SocketAddr,
+    /// Value for the upstream `Host` header when the route does not keep the client's:
+    /// the URL's authority, e.g. "127.0.0.1:9001".
+    pub authority: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+    pub max_idle_per_worker: usize,
+    pub idle_timeout: Duration,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Path patterns as written ("/api/v1/users", "=/health", "/users/:id", "/files/*").
+    /// The router parses and compiles them.
+    pub paths: Vec<String>,
+    /// Upper-case method tokens; None: any method.
+    pub methods: Option<Vec<String>>,
+    /// Lower-case host patterns ("api.example.com", "*.example.com"); None: any host.
+    pub hosts: Option<Vec<String>>,
+    /// (lower-case name, exact value) pairs that must all be present.
+    pub headers: Vec<(String, String)>,
+    pub upstream: UpstreamId,
+    pub strip_prefix: bool,
+    /// Replaces the matched path prefix when forwarding (the rest and the query are kept).
+    pub rewrite: Option<String>,
+    /// Overrides the upstream's `read_timeout` for this route.
+    pub timeout: Option<Duration>,
+    pub location: Location,
+}

@@ -1,0 +1,125 @@
+//! The human summary `dispatch check` prints: what the gateway will do with this config.
+
+use std::fmt::Write;
+
+use super::model::{AccessLog, Balance, Config, Driver, LogLevel, Route};
+use super::units::{format_duration as dur, format_size};
+
+pub fn summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_summary(&mut out, cfg);
+    out
+}
+
+fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
+    let server = &cfg.server;
+    let driver = match server.driver {
+        Driver::Auto => "auto",
+        Driver::IoUring => "io_uring",
+        Driver::Epoll => "epoll",
+    };
+    writeln!(out, "config: {}", cfg.path.display())?;
+    writeln!(
+        out,
+        "workers: {} ({}), driver {driver}, drain timeout {}",
+        server.workers,
+        if server.pin_workers {
+            "pinned"
+        } else {
+            "not pinned"
+        },
+        dur(server.drain_timeout),
+    )?;
+    let listen: Vec<String> = server.listen.iter().map(ToString::to_string).collect();
+    writeln!(out, "listen: {}", listen.join(", "))?;
+    let l = &server.limits;
+    writeln!(
+        out,
+        "limits: request line {}, header block {}, {} headers, body {}, timeouts header {} body {} keep-alive {}, {} connections",
+        format_size(l.max_request_line as u64),
+        format_size(l.max_header_bytes as u64),
+        l.max_headers,
+        format_size(l.max_body),
+        dur(l.header_timeout),
+        dur(l.body_timeout),
+        dur(l.keepalive_timeout),
+        l.max_connections,
+    )?;
+    match &cfg.admin.token_env {
+        Some(var) => writeln!(out, "admin: {} (token from ${var})", cfg.admin.listen)?,
+        None => writeln!(out, "admin: {} (no token)", cfg.admin.listen)?,
+    }
+    let level = match cfg.log.level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+    };
+    let access = match cfg.log.access {
+        AccessLog::Off => "off",
+        AccessLog::Json => "json",
+    };
+    writeln!(out, "log: level {level}, access log {access}")?;
+
+    writeln!(out, "upstreams ({}):", cfg.upstreams.len())?;
+    for u in &cfg.upstreams {
+        let balance = match &u.balance {
+            Balance::RoundRobin => "round_robin".to_string(),
+            Balance::LeastRequest => "least_request".to_string(),
+            Balance::HashHeader(name) => format!("hash:header:{name}"),
+            Balance::HashIp => "hash:ip".to_string(),
+        };
+        writeln!(
+            out,
+            "  {}: {balance}, connect timeout {}, read timeout {}, {} retries, pool {} per worker (idle timeout {})",
+            u.name,
+            dur(u.connect_timeout),
+            dur(u.read_timeout),
+            u.retries,
+            u.max_idle_per_worker,
+            dur(u.idle_timeout),
+        )?;
+        for e in &u.endpoints {
+            writeln!(out, "    {} -> {} (weight {})", e.url, e.addr, e.weight)?;
+        }
+    }
+
+    writeln!(out, "routes ({}):", cfg.routes.len())?;
+    for r in &cfg.routes {
+        write_route(out, cfg, r)?;
+    }
+    Ok(())
+}
+
+fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
+    writeln!(out, "  {} -> {}", r.name, cfg.upstreams[r.upstream].name)?;
+    writeln!(out, "    paths: {}", r.paths.join(", "))?;
+    let any =
+        |list: &Option<Vec<String>>| list.as_ref().map_or("any".to_string(), |l| l.join(", "));
+    writeln!(out, "    methods: {}", any(&r.methods))?;
+    writeln!(out, "    hosts: {}", any(&r.hosts))?;
+    if !r.headers.is_empty() {
+        let headers: Vec<String> = r
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v:?}"))
+            .collect();
+        writeln!(out, "    headers: {}", headers.join(", "))?;
+    }
+    let mut policies = Vec::new();
+    if r.strip_prefix {
+        policies.push("strip_prefix".to_string());
+    }
+    if let Some(rewrite) = &r.rewrite {
+        policies.push(format!("rewrite {rewrite}"));
+    }
+    let timeout = r.timeout.unwrap_or(cfg.upstreams[r.upstream].read_timeout);
+    let source = if r.timeout.is_some() {
+        "route"
+    } else {
+        "upstream"
+    };
+    policies.push(format!("timeout {} ({source})", dur(timeout)));
+    writeln!(out, "    policies: {}", policies.join(", "))
+}

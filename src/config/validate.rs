@@ -1,0 +1,777 @@
+//! From [`file::File`] (what was written) to [`model::Config`] (what runs): defaults applied,
+//! strings with structure parsed (addresses, URLs, `balance`, host patterns), endpoint host
+//! names resolved, and references turned into indices.
+//!
+//! Each check reports the first problem at the key path of the offending value. Host names in
+//! endpoint URLs are resolved here, once, with the system resolver: a load (or a reload, which
+//! runs off the request path) may block on DNS; the request path never does.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration as StdDuration;
+
+use super::error::{did_you_mean, ConfigError};
+use super::file::{self, default, Named, Workers};
+use super::model;
+use super::source::{KeyPath, Source};
+use super::units::{self, Duration, Size};
+
+pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, ConfigError> {
+    let server = server(&file.server, src)?;
+    let admin = admin(&file.admin, &server, src)?;
+    let upstreams = file
+        .upstreams
+        .iter()
+        .map(|(name, written)| upstream(name, written, src))
+        .collect::<Result<Vec<_>, _>>()?;
+    let routes = file
+        .routes
+        .iter()
+        .map(|(name, written)| route(name, written, &upstreams, src))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(model::Config {
+        path: src.path.to_path_buf(),
+        server,
+        admin,
+        log: log(&file.log),
+        upstreams,
+        routes,
+    })
+}
+
+fn server(server: &file::Server, src: &Source) -> Result<model::Server, ConfigError> {
+    let at = KeyPath::of(&["server"]);
+    let listen = match &server.listen {
+        None => vec![default::LISTEN
+            .parse()
+            .expect("default listen address parses")],
+        Some(list) => {
+            if list.is_empty() {
+                return Err(src.error(&at.key("listen"), "must list at least one address"));
+            }
+            let mut addrs = Vec::with_capacity(list.len());
+            for (i, text) in list.iter().enumerate() {
+                let path = at.key("listen").index(i);
+                let addr = listen_addr(text).map_err(|m| src.error(&path, m))?;
+                if addrs.contains(&addr) {
+                    return Err(src.error(&path, format!("duplicate address {text:?}")));
+                }
+                addrs.push(addr);
+            }
+            addrs
+        }
+    };
+    let workers = match server.workers.unwrap_or(Workers::Auto) {
+        Workers::Auto => available_cores(),
+        Workers::Count(n) => n,
+    };
+    let driver = match server.driver.unwrap_or(file::Driver::Auto) {
+        file::Driver::Auto => model::Driver::Auto,
+        file::Driver::IoUring => model::Driver::IoUring,
+        file::Driver::Epoll => model::Driver::Epoll,
+    };
+    Ok(model::Server {
+        listen,
+        workers,
+        pin_workers: server.pin_workers.unwrap_or(default::PIN_WORKERS),
+        driver,
+        // Zero is fine here: it means "exit once the listeners are closed".
+        drain_timeout: server.drain_timeout.map_or(default::DRAIN_TIMEOUT, |d| d.0),
+        limits: limits(&server.limits, &at.key("limits"), src)?,
+    })
+}
+
+/// Worker count for `workers = "auto"`: the cores this process may run on (its affinity mask,
+/// so that a `taskset` or cgroup cpuset is honoured), else what std reports, else 1.
+fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+fn limits(limits: &file::Limits, at: &KeyPath, src: &Source) -> Result<model::Limits, ConfigError> {
+    let s = Section::new(src, at);
+    Ok(model::Limits {
+        // The shortest valid request line, "GET / HTTP/1.1\r\n", is 16 bytes.
+        max_request_line: s.buffer(
+            "max_request_line",
+            limits.max_request_line,
+            16,
+            default::MAX_REQUEST_LINE,
+        )?,
+        max_header_bytes: s.buffer(
+            "max_header_bytes",
+            limits.max_header_bytes,
+            1,
+            default::MAX_HEADER_BYTES,
+        )?,
+        max_headers: s.count("max_headers", limits.max_headers, default::MAX_HEADERS)?,
+        max_body: s
+            .size("max_body", limits.max_body, 1)?
+            .unwrap_or(default::MAX_BODY),
+        header_timeout: s.timeout(
+            "header_timeout",
+            limits.header_timeout,
+            default::HEADER_TIMEOUT,
+        )?,
+        body_timeout: s.timeout("body_timeout", limits.body_timeout, default::BODY_TIMEOUT)?,
+        keepalive_timeout: s.timeout(
+            "keepalive_timeout",
+            limits.keepalive_timeout,
+            default::KEEPALIVE_TIMEOUT,
+        )?,
+        max_connections: s.count(
+            "max_connections",
+            limits.max_connections,
+            default::MAX_CONNECTIONS,
+        )?,
+    })
+}
+
+fn admin(
+    admin: &file::Admin,
+    server: &model::Server,
+    src: &Source,
+) -> Result<model::Admin, ConfigError> {
+    let at = KeyPath::of(&["admin"]);
+    let listen = match &admin.listen {
+        None => default::ADMIN_LISTEN
+            .parse()
+            .expect("default admin address parses"),
+        Some(text) => {
+            let addr = listen_addr(text).map_err(|m| src.error(&at.key("listen"), m))?;
+            // With SO_REUSEPORT both binds would succeed and split connections between the
+            // admin API and the proxy at random.
+            if server.listen.contains(&addr) {
+                return Err(src.error(
+                    &at.key("listen"),
+                    format!("{text:?} is also in server.listen"),
+                ));
+            }
+            addr
+        }
+    };
+    if let Some(name) = &admin.token_env {
+        if !is_env_name(name) {
+            return Err(src.error(
+                &at.key("token_env"),
+                format!("invalid environment variable name {name:?}: expected letters, digits and '_', not starting with a digit"),
+            ));
+        }
+    }
+    Ok(model::Admin {
+        listen,
+        token_env: admin.token_env.clone(),
+    })
+}
+
+fn log(log: &file::Log) -> model::Log {
+    let level = match log.level.unwrap_or(file::LogLevel::Info) {
+        file::LogLevel::Error => model::LogLevel::Error,
+        file::LogLevel::Warn => model::LogLevel::Warn,
+        file::LogLevel::Info => model::LogLevel::Info,
+        file::LogLevel::Debug => model::LogLevel::Debug,
+    };
+    let access = match log.access.unwrap_or(file::AccessLog::Off) {
+        file::AccessLog::Off => model::AccessLog::Off,
+        file::AccessLog::Json => model::AccessLog::Json,
+    };
+    model::Log { level, access }
+}
+
+fn upstream(
+    name: &str,
+    upstream: &file::Upstream,
+    src: &Source,
+) -> Result<model::Upstream, ConfigError> {
+    let at = KeyPath::of(&["upstreams", name]);
+    let s = Section::new(src, &at);
+    if upstream.endpoints.is_empty() {
+        return Err(src.error(
+            &at.key("endpoints"),
+            "an upstream needs at least one endpoint",
+        ));
+    }
+    let mut endpoints: Vec<model::Endpoint> = Vec::with_capacity(upstream.endpoints.len());
+    for (i, written) in upstream.endpoints.iter().enumerate() {
+        let entry = at.key("endpoints").index(i);
+        let (url, url_at, weight) = match written {
+            file::Endpoint::Url(url) => (url, entry.clone(), default::WEIGHT),
+            file::Endpoint::Weighted(w) => (
+                &w.url,
+                entry.key("url"),
+                w.weight.unwrap_or(default::WEIGHT),
+            ),
+        };
+        if weight == 0 {
+            return Err(src.error(&entry.key("weight"), "must be at least 1"));
+        }
+        let endpoint = endpoint(url, weight).map_err(|m| src.error(&url_at, m))?;
+        if endpoints.iter().any(|e| e.addr == endpoint.addr) {
+            return Err(src.error(&url_at, format!("duplicate endpoint {url:?}")));
+        }
+        endpoints.push(endpoint);
+    }
+    let balance = match &upstream.balance {
+        None => model::Balance::RoundRobin,
+        Some(text) => balance(text).map_err(|m| src.error(&at.key("balance"), m))?,
+    };
+    Ok(model::Upstream {
+        name: name.to_string(),
+        endpoints,
+        balance,
+        connect_timeout: s.timeout(
+            "connect_timeout",
+            upstream.connect_timeout,
+            default::CONNECT_TIMEOUT,
+        )?,
+        read_timeout: s.timeout("read_timeout", upstream.read_timeout, default::READ_TIMEOUT)?,
+        retries: upstream.retries.unwrap_or(default::RETRIES),
+        max_idle_per_worker: upstream
+            .max_idle_per_worker
+            .unwrap_or(default::MAX_IDLE_PER_WORKER),
+        idle_timeout: s.timeout("idle_timeout", upstream.idle_timeout, default::IDLE_TIMEOUT)?,
+        location: src.location_of(&at),
+    })
+}
+
+/// `http://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now.
+fn endpoint(url: &str, weight: u32) -> Result<model::Endpoint, String> {
+    let invalid = |why: &str| format!("invalid endpoint URL {url:?}: {why}");
+    let expected = "expected http://HOST[:PORT]";
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid(expected))?;
+    if scheme.eq_ignore_ascii_case("https") {
+        return Err(invalid(
+            "https upstreams are not supported yet; use http://",
+        ));
+    }
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(invalid(expected));
+    }
+    // A bare trailing "/" is the root path, the same as none.
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(invalid(
+            "an endpoint has no path, query or fragment (a route's rewrite changes the path)",
+        ));
+    }
+    if authority.contains('@') {
+        return Err(invalid("user info is not supported"));
+    }
+    let (host, port) = split_host_port(authority).map_err(|why| invalid(&why))?;
+    let addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => {
+            if !is_dns_name(host) {
+                return Err(invalid(&format!(
+                    "{host:?} is not an IP address or a host name"
+                )));
+            }
+            resolve(host, port)?
+        }
+    };
+    Ok(model::Endpoint {
+        url: url.to_string(),
+        addr,
+        authority: authority.to_string(),
+        weight,
+    })
+}
+
+/// "host", "host:port", "[v6]" or "[v6]:port"; the port defaults to 80.
+fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (v6, rest) = bracketed.split_once(']').ok_or("unclosed '['")?;
+        v6.parse::<Ipv6Addr>()
+            .map_err(|_| format!("{v6:?} is not an IPv6 address"))?;
+        match rest {
+            "" => (v6, None),
+            _ => (
+                v6,
+                Some(rest.strip_prefix(':').ok_or("expected ':' after ']'")?),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err(format!(
+                    "write IPv6 addresses in brackets, as in \"http://[::1]:{}\"",
+                    port.rsplit(':').next().unwrap_or("80")
+                ));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("missing host".to_string());
+    }
+    let port = match port {
+        None => 80,
+        Some(text) => match text.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(format!("invalid port {text:?}")),
+        },
+    };
+    Ok((host, port))
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host:?}: no addresses"))
+}
+
+fn balance(text: &str) -> Result<model::Balance, String> {
+    const FORMS: [&str; 4] = [
+        "round_robin",
+        "least_request",
+        "hash:header:NAME",
+        "hash:ip",
+    ];
+    match text {
+        "round_robin" => Ok(model::Balance::RoundRobin),
+        "least_request" => Ok(model::Balance::LeastRequest),
+        "hash:ip" => Ok(model::Balance::HashIp),
+        _ => match text.strip_prefix("hash:header:") {
+            Some(name) if is_token(name) => Ok(model::Balance::HashHeader(name.to_ascii_lowercase())),
+            Some(name) => Err(format!("invalid balance {text:?}: {name:?} is not a header name")),
+            None => Err(format!(
+                "invalid balance {text:?}: expected \"round_robin\", \"least_request\", \"hash:header:NAME\" or \"hash:ip\"{}",
+                suggestion(text, FORMS)
+            )),
+        },
+    }
+}
+
+fn route(
+    name: &str,
+    route: &file::Route,
+    upstreams: &[model::Upstream],
+    src: &Source,
+) -> Result<model::Route, ConfigError> {
+    let at = KeyPath::of(&["routes", name]);
+
+    if route.paths.is_empty() {
+        return Err(src.error(&at.key("paths"), "a route needs at least one path"));
+    }
+    for (i, path) in route.paths.iter().enumerate() {
+        let here = at.key("paths").index(i);
+        if !(path.starts_with('/') || path.starts_with("=/")) {
+            return Err(src.error(
+                &here,
+                format!("invalid path {path:?}: must start with \"/\" (prefix) or \"=/\" (exact)"),
+            ));
+        }
+        if route.paths[..i].contains(path) {
+            return Err(src.error(&here, format!("duplicate path {path:?}")));
+        }
+    }
+
+    let methods = match &route.methods {
+        None => None,
+        Some(list) => Some(methods(list, &at.key("methods"), src)?),
+    };
+
+    let hosts = match &route.hosts {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(src.error(
+                &at.key("hosts"),
+                "must not be empty; omit the key to match any host",
+            ));
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, host)| {
+                    host_pattern(host).map_err(|m| src.error(&at.key("hosts").index(i), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+
+    let headers = match &route.headers {
+        None => Vec::new(),
+        Some(table) => header_predicates(table, &at.key("headers"), src)?,
+    };
+
+    let upstream = match &route.upstream {
+        None => return Err(src.error(&at.key("upstream"), "missing required key")),
+        Some(wanted) => upstreams
+            .iter()
+            .position(|u| &u.name == wanted)
+            .ok_or_else(|| {
+                src.error(
+                    &at.key("upstream"),
+                    format!(
+                        "no upstream named {wanted:?}{}",
+                        suggestion(wanted, upstreams.iter().map(|u| u.name.as_str()))
+                    ),
+                )
+            })?,
+    };
+
+    let strip_prefix = route.strip_prefix.unwrap_or(false);
+    if let Some(rewrite) = &route.rewrite {
+        if !rewrite.starts_with('/') {
+            return Err(src.error(
+                &at.key("rewrite"),
+                format!("invalid rewrite {rewrite:?}: must start with \"/\""),
+            ));
+        }
+        if strip_prefix {
+            return Err(src.error(
+                &at.key("rewrite"),
+                "cannot be combined with strip_prefix = true: rewrite already replaces the matched prefix",
+            ));
+        }
+    }
+
+    let timeout = Section::new(src, &at).positive("timeout", route.timeout)?;
+
+    Ok(model::Route {
+        name: name.to_string(),
+        paths: route.paths.clone(),
+        methods,
+        hosts,
+        headers,
+        upstream,
+        strip_prefix,
+        rewrite: route.rewrite.clone(),
+        timeout,
+        location: src.location_of(&at),
+    })
+}
+
+/// Upper-cased, validated, de-duplicated method tokens (also used by aggregates).
+pub(super) fn methods(
+    list: &[String],
+    at: &KeyPath,
+    src: &Source,
+) -> Result<Vec<String>, ConfigError> {
+    if list.is_empty() {
+        return Err(src.error(at, "must not be empty; omit the key to allow any method"));
+    }
+    let mut methods: Vec<String> = Vec::with_capacity(list.len());
+    for (i, method) in list.iter().enumerate() {
+        if !is_token(method) {
+            return Err(src.error(
+                &at.index(i),
+                format!("invalid method {method:?}: not an HTTP token"),
+            ));
+        }
+        let method = method.to_ascii_uppercase();
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    Ok(methods)
+}
+
+/// A lower-cased host pattern: a name, an IP address, or `*.` followed by a name.
+fn host_pattern(text: &str) -> Result<String, String> {
+    let host = text.to_ascii_lowercase();
+    let invalid = |why: &str| format!("invalid host {text:?}: {why}");
+    if let Some(bracketed) = host.strip_prefix('[') {
+        return match bracketed.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(_)) => Ok(host),
+            _ => Err(invalid(
+                "expected an IPv6 address in brackets, without a port",
+            )),
+        };
+    }
+    if host.parse::<Ipv6Addr>().is_ok() {
+        return Err(invalid(&format!(
+            "write IPv6 addresses in brackets, as in \"[{host}]\""
+        )));
+    }
+    let name = host.strip_prefix("*.").unwrap_or(&host);
+    if name.contains('*') {
+        return Err(invalid(
+            "'*' is only allowed as the whole first label, as in \"*.example.com\"",
+        ));
+    }
+    if name.contains(':') {
+        return Err(invalid(
+            "hosts are matched without the port; remove \":PORT\"",
+        ));
+    }
+    if !is_dns_name(name) {
+        return Err(invalid("not a host name or IP address"));
+    }
+    Ok(host)
+}
+
+fn header_predicates(
+    table: &Named<String>,
+    at: &KeyPath,
+    src: &Source,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(table.0.len());
+    for (name, value) in table.iter() {
+        let here = at.key(name);
+        let lower = header_name(name).map_err(|m| src.key_error(&here, m))?;
+        if headers.iter().any(|(n, _)| *n == lower) {
+            return Err(src.key_error(
+                &here,
+                format!("duplicate header {name:?} (names are case-insensitive)"),
+            ));
+        }
+        header_value(value).map_err(|m| src.error(&here, m))?;
+        headers.push((lower, value.to_string()));
+    }
+    Ok(headers)
+}
+
+/// A lower-cased header name, or why it is not one.
+pub(super) fn header_name(name: &str) -> Result<String, String> {
+    if is_token(name) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!("invalid header name {name:?}: not an HTTP token"))
+    }
+}
+
+/// RFC 9110 §5.5: no control characters; and since parsers strip surrounding whitespace, a
+/// value with some could never match.
+pub(super) fn header_value(value: &str) -> Result<(), String> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "invalid header value {value:?}: control characters are not allowed"
+        ));
+    }
+    if value != value.trim_matches([' ', '\t']) {
+        return Err(format!(
+            "invalid header value {value:?}: leading or trailing whitespace never matches"
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 §5.6.2 token: what methods and header names are made of.
+pub(super) fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Dot-separated labels of letters, digits, '-' and '_' (IPv4 addresses included).
+fn is_dns_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn is_env_name(text: &str) -> bool {
+    text.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!("invalid address {text:?}: expected IP:PORT, as in \"127.0.0.1:8080\" or \"[::1]:8080\"")
+    })?;
+    if addr.port() == 0 {
+        // Every worker binds the address itself: port 0 would give each its own random port.
+        return Err(format!("invalid address {text:?}: port 0 is not allowed"));
+    }
+    Ok(addr)
+}
+
+/// ` (did you mean "x"?)`, or nothing.
+pub(super) fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(name, candidates).map_or_else(String::new, |s| format!(" (did you mean {s:?}?)"))
+}
+
+/// The keys of one table, for checks that report at `<table>.<key>`.
+pub(super) struct Section<'a> {
+    src: &'a Source<'a>,
+    at: KeyPath,
+}
+
+impl<'a> Section<'a> {
+    pub fn new(src: &'a Source<'a>, at: &KeyPath) -> Self {
+        Section {
+            src,
+            at: at.clone(),
+        }
+    }
+
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.src.error(&self.at.key(key), message)
+    }
+
+    /// A duration that must be greater than zero when present: every timeout.
+    pub fn positive(
+        &self,
+        key: &str,
+        value: Option<Duration>,
+    ) -> Result<Option<StdDuration>, ConfigError> {
+        match value {
+            Some(d) if d.0.is_zero() => Err(self.error(key, "must be greater than zero")),
+            _ => Ok(value.map(|d| d.0)),
+        }
+    }
+
+    pub fn timeout(
+        &self,
+        key: &str,
+        value: Option<Duration>,
+        default: StdDuration,
+    ) -> Result<StdDuration, ConfigError> {
+        Ok(self.positive(key, value)?.unwrap_or(default))
+    }
+
+    /// A number that must be at least 1 when present.
+    pub fn nonzero<T: Copy + PartialEq + From<u8>>(
+        &self,
+        key: &str,
+        value: Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match value {
+            Some(n) if n == T::from(0) => Err(self.error(key, "must be at least 1")),
+            _ => Ok(value),
+        }
+    }
+
+    pub fn count(
+        &self,
+        key: &str,
+        value: Option<usize>,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        Ok(self.nonzero(key, value)?.unwrap_or(default))
+    }
+
+    /// A size of at least `min` bytes when present.
+    pub fn size(
+        &self,
+        key: &str,
+        value: Option<Size>,
+        min: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match value {
+            Some(Size(n)) if n < min && min == 1 => {
+                Err(self.error(key, "must be greater than zero"))
+            }
+            Some(Size(n)) if n < min => {
+                Err(self.error(key, format!("must be at least {}", units::format_size(min))))
+            }
+            _ => Ok(value.map(|s| s.0)),
+        }
+    }
+
+    /// A size of at least `min` bytes that sizes a buffer in memory.
+    fn buffer(
+        &self,
+        key: &str,
+        value: Option<Size>,
+        min: u64,
+        default: u64,
+    ) -> Result<usize, ConfigError> {
+        let bytes = self.size(key, value, min)?.unwrap_or(default);
+        usize::try_from(bytes).map_err(|_| self.error(key, "too large for this platform"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        for (url, expected) in [
+            ("http://127.0.0.1:9001", Ok(("127.0.0.1:9001", "127.0.0.1:9001"))),
+            ("http://127.0.0.1:9001/", Ok(("127.0.0.1:9001", "127.0.0.1:9001"))),
+            ("HTTP://127.0.0.1", Ok(("127.0.0.1:80", "127.0.0.1"))),
+            ("http://[::1]:8080", Ok(("[::1]:8080", "[::1]:8080"))),
+            ("http://[::1]", Ok(("[::1]:80", "[::1]"))),
+            ("https://127.0.0.1:9001", Err("invalid endpoint URL \"https://127.0.0.1:9001\": https upstreams are not supported yet; use http://")),
+            ("127.0.0.1:9001", Err("invalid endpoint URL \"127.0.0.1:9001\": expected http://HOST[:PORT]")),
+            ("ftp://x:1", Err("invalid endpoint URL \"ftp://x:1\": expected http://HOST[:PORT]")),
+            ("http://127.0.0.1:9001/api", Err("invalid endpoint URL \"http://127.0.0.1:9001/api\": an endpoint has no path, query or fragment (a route's rewrite changes the path)")),
+            ("http://127.0.0.1:0", Err("invalid endpoint URL \"http://127.0.0.1:0\": invalid port \"0\"")),
+            ("http://127.0.0.1:99999", Err("invalid endpoint URL \"http://127.0.0.1:99999\": invalid port \"99999\"")),
+            ("http://127.0.0.1:", Err("invalid endpoint URL \"http://127.0.0.1:\": invalid port \"\"")),
+            ("http://:80", Err("invalid endpoint URL \"http://:80\": missing host")),
+            ("http://::1:80", Err("invalid endpoint URL \"http://::1:80\": write IPv6 addresses in brackets, as in \"http://[::1]:80\"")),
+            ("http://u@h:80", Err("invalid endpoint URL \"http://u@h:80\": user info is not supported")),
+            ("http://a b:80", Err("invalid endpoint URL \"http://a b:80\": \"a b\" is not an IP address or a host name")),
+        ] {
+            let got = endpoint(url, 1).map(|e| (e.addr.to_string(), e.authority));
+            let expected = expected
+                .map(|(addr, authority)| (addr.to_string(), authority.to_string()))
+                .map_err(str::to_string);
+            assert_eq!(got, expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn endpoint_host_names_resolve_now() {
+        let e = endpoint("http://localhost:9001", 2).unwrap();
+        assert!(e.addr.ip().is_loopback(), "{e:?}");
+        assert_eq!(
+            (e.addr.port(), e.authority.as_str(), e.weight),
+            (9001, "localhost:9001", 2)
+        );
+        let err = endpoint("http://no-such-host.invalid:80", 1).unwrap_err();
+        assert!(
+            err.starts_with("cannot resolve \"no-such-host.invalid\": "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn balance_forms() {
+        for (text, expected) in [
+            ("round_robin", Ok(model::Balance::RoundRobin)),
+            ("least_request", Ok(model::Balance::LeastRequest)),
+            ("hash:ip", Ok(model::Balance::HashIp)),
+            ("hash:header:X-User-Id", Ok(model::Balance::HashHeader("x-user-id".into()))),
+            ("hash:header:", Err("invalid balance \"hash:header:\": \"\" is not a header name")),
+            ("hash:header:a b", Err("invalid balance \"hash:header:a b\": \"a b\" is not a header name")),
+            ("round-robin", Err("invalid balance \"round-robin\": expected \"round_robin\", \"least_request\", \"hash:header:NAME\" or \"hash:ip\" (did you mean \"round_robin\"?)")),
+            ("random", Err("invalid balance \"random\": expected \"round_robin\", \"least_request\", \"hash:header:NAME\" or \"hash:ip\"")),
+        ] {
+            assert_eq!(balance(text), expected.map_err(str::to_string), "{text}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        for (text, expected) in [
+            ("API.Example.com", Ok("api.example.com")),
+            ("*.example.com", Ok("*.example.com")),
+            ("127.0.0.1", Ok("127.0.0.1")),
+            ("[::1]", Ok("[::1]")),
+            ("*", Err("invalid host \"*\": '*' is only allowed as the whole first label, as in \"*.example.com\"")),
+            ("*example.com", Err("invalid host \"*example.com\": '*' is only allowed as the whole first label, as in \"*.example.com\"")),
+            ("a.*.com", Err("invalid host \"a.*.com\": '*' is only allowed as the whole first label, as in \"*.example.com\"")),
+            ("*.", Err("invalid host \"*.\": not a host name or IP address")),
+            ("example.com:8080", Err("invalid host \"example.com:8080\": hosts are matched without the port; remove \":PORT\"")),
+            ("a..b", Err("invalid host \"a..b\": not a host name or IP address")),
+            ("::1", Err("invalid host \"::1\": write IPv6 addresses in brackets, as in \"[::1]\"")),
+            ("[::1]:80", Err("invalid host \"[::1]:80\": expected an IPv6 address in brackets, without a port")),
+        ] {
+            assert_eq!(host_pattern(text), expected.map(str::to_string).map_err(str::to_string), "{text}");
+        }
+    }
+
+    #[test]
+    fn tokens_and_env_names() {
+        assert!(is_token("GET") && is_token("x-user-id") && is_token("M-SEARCH"));
+        assert!(!is_token("") && !is_token("a b") && !is_token("a:b") && !is_token("é"));
+        assert!(is_env_name("DISPATCH_ADMIN_TOKEN") && is_env_name("_x1"));
+        assert!(!is_env_name("") && !is_env_name("1X") && !is_env_name("A-B"));
+    }
+}

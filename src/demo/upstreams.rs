@@ -1,0 +1,1170 @@
+//! Sample upstream services for `dispatch demo`: tiny HTTP/1.1 servers on loopback, std only.
+//!
+//! Owns [`SampleServer`] (one listening service) and [`SampleUpstreams`] (the set the demo
+//! starts from [`DemoPorts`]). Each [`Service`] answers a few JSON endpoints (users, accounts,
+//! transactions) plus, on every service, `/healthz`, `/echo` (what the gateway sent),
+//! `/slow?ms=N` and `/status/CODE`. Every response names the endpoint that produced it, in
+//! the `X-Upstream` header and, for JSON objects, an `"upstream"` field, and reflects the
+//! forwarding headers it received (`X-Seen-*`), so a curl through the gateway shows routing,
+//! load balancing and rewriting at a glance.
+//!
+//! The one thing to know: this is demo and test scaffolding, not part of the gateway. It is a
+//! thread per connection with blocking I/O, which is plenty for curl and for tests and nowhere
+//! near the request path's design. Parsing is strict where a proxy test needs it to be
+//! (request line, header syntax, Content-Length vs chunked framing, keep-alive rules of
+//! RFC 9112 §9.3) and simple everywhere else (no percent-decoding, no trailers kept).
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::DemoPorts;
+
+/// Largest request head accepted (request line plus headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields accepted in one request.
+const MAX_HEADERS: usize = 100;
+/// Largest request body accepted (either framing).
+const MAX_BODY: usize = 10 * 1024 * 1024;
+/// A keep-alive connection with no new request for this long is closed. Longer than the idle
+/// timeout of any pool in the shipped configs, so the gateway is the side that closes.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A request whose head and body do not arrive within this long is abandoned.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a blocked read wakes up to notice a stop request.
+const POLL: Duration = Duration::from_millis(200);
+/// Upper bound on `/slow?ms=N`.
+const MAX_SLOW: Duration = Duration::from_secs(30);
+
+/// Which sample API a server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `GET /users`, `GET /users/{id}`, `GET /products?ids=a,b`.
+    Users,
+    /// The canary version of users: same paths, a different body shape (`fullName`, `version`).
+    UsersV2,
+    /// `GET /accounts/{id}/balance`, `GET /orders/{id}`.
+    Accounts,
+    /// `GET /transactions?userId=..&limit=..`, `GET /shipments/{orderId}`.
+    Transactions,
+}
+
+/// One running sample service. Dropping it stops the listener; connections already open
+/// finish their current request and close within [`POLL`].
+pub struct SampleServer {
+    name: String,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl SampleServer {
+    /// Binds `addr` (port 0 picks a free port) and serves `service` as endpoint `name`
+    /// (the name shows in `X-Upstream` and in `"upstream"` fields).
+    pub fn start(service: Service, name: &str, addr: SocketAddr) -> io::Result<SampleServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoint = Arc::new(Endpoint {
+            service,
+            name: name.to_string(),
+        });
+        let accept = {
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name(format!("demo-{name}"))
+                .spawn(move || accept_loop(&listener, &endpoint, &stop))?
+        };
+        Ok(SampleServer {
+            name: name.to_string(),
+            addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// The endpoint name given at start.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for SampleServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // The accept loop is blocked in accept(): one connection wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(handle) = self.accept.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Every sample service of the demo, started together; dropping it stops them all.
+pub struct SampleUpstreams {
+    servers: Vec<SampleServer>,
+}
+
+impl SampleUpstreams {
+    /// Starts the services on `ports` (all on 127.0.0.1; a port of 0 picks a free one):
+    /// users-1, users-2, users-v2, accounts-1 and transactions-1. `ports.offline` is left
+    /// unbound on purpose. On error, whatever was already started is stopped again.
+    pub fn start(ports: &DemoPorts) -> io::Result<SampleUpstreams> {
+        let plan = [
+            (Service::Users, "users-1", ports.users[0]),
+            (Service::Users, "users-2", ports.users[1]),
+            (Service::UsersV2, "users-v2", ports.users_v2),
+            (Service::Accounts, "accounts-1", ports.accounts),
+            (Service::Transactions, "transactions-1", ports.transactions),
+        ];
+        let mut servers = Vec::with_capacity(plan.len());
+        for (service, name, port) in plan {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let server = SampleServer::start(service, name, addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("demo upstream {name} on {addr}: {e}"))
+            })?;
+            servers.push(server);
+        }
+        Ok(SampleUpstreams { servers })
+    }
+
+    /// The running services, in start order.
+    pub fn servers(&self) -> &[SampleServer] {
+        &self.servers
+    }
+
+    /// The address of the endpoint called `name` (e.g. "users-2"), if it runs.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.servers.iter().find(|s| s.name == name).map(|s| s.addr)
+    }
+
+    /// One line per service, `name  http://addr`, for the demo's banner.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in &self.servers {
+            let _ = writeln!(out, "  {:<15} http://{}", s.name, s.addr);
+        }
+        out
+    }
+}
+
+struct Endpoint {
+    service: Service,
+    name: String,
+}
+
+fn accept_loop(listener: &TcpListener, endpoint: &Arc<Endpoint>, stop: &Arc<AtomicBool>) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let endpoint = Arc::clone(endpoint);
+        let stop = Arc::clone(stop);
+        let spawned = thread::Builder::new()
+            .name(format!("demo-{}-conn", endpoint.name))
+            .spawn(move || serve_connection(stream, &endpoint, &stop));
+        // Out of threads: the stream was moved into the closure and is dropped, i.e. closed.
+        drop(spawned);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading requests
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed request. Header names are lower-cased; values are kept as sent (trimmed).
+#[derive(Debug)]
+struct Request {
+    method: String,
+    target: String,
+    version_minor: u8,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    fn query(&self, key: &str) -> Option<&str> {
+        let query = self.target.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == key).then_some(v)
+        })
+    }
+
+    /// RFC 9112 §9.3: HTTP/1.1 stays open unless "close"; HTTP/1.0 only with "keep-alive".
+    fn keep_alive(&self) -> bool {
+        let tokens = |v: &str| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        };
+        let connection = self.header("connection").map(tokens).unwrap_or_default();
+        if self.version_minor >= 1 {
+            !connection.iter().any(|t| t == "close")
+        } else {
+            connection.iter().any(|t| t == "keep-alive")
+        }
+    }
+}
+
+enum ReadError {
+    /// The peer closed, timed out or we are stopping: close without answering.
+    Gone,
+    /// The bytes are not a request we accept: answer 400 and close.
+    Bad(&'static str),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(_: io::Error) -> Self {
+        ReadError::Gone
+    }
+}
+
+/// A connection with its own read buffer, so pipelined requests are never lost between reads.
+struct Conn<'a> {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    stop: &'a AtomicBool,
+}
+
+impl Conn<'_> {
+    /// Reads more bytes into `buf`; `Ok(false)` at EOF. Wakes every [`POLL`] to check the stop
+    /// flag and `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<bool, ReadError> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                        return Err(ReadError::Gone);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next request, or `Ok(None)` when the peer closed cleanly between requests.
+    fn read_request(&mut self) -> Result<Option<Request>, ReadError> {
+        // Wait for the first byte under the idle timeout, then for the rest under the request one.
+        let idle_deadline = Instant::now() + IDLE_TIMEOUT;
+        while self.buf.is_empty() {
+            if !self.fill(idle_deadline)? {
+                return Ok(None);
+            }
+        }
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+
+        // RFC 9112 §2.2: a server should ignore empty lines received before the request line.
+        let head_end = loop {
+            while self.buf.starts_with(b"\r\n") || self.buf.starts_with(b"\n") {
+                let n = if self.buf[0] == b'\r' { 2 } else { 1 };
+                self.buf.drain(..n);
+            }
+            if let Some(end) = find_head_end(&self.buf) {
+                break end;
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(ReadError::Bad("request head too large"));
+            }
+            if !self.fill(deadline)? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Gone)
+                };
+            }
+        };
+        let head: Vec<u8> = self.buf.drain(..head_end.total).collect();
+        let mut request = parse_head(&head[..head_end.head])?;
+        request.body = self.read_body(&request, deadline)?;
+        Ok(Some(request))
+    }
+
+    fn read_body(&mut self, request: &Request, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        let te = request.header("transfer-encoding");
+        let cls: Vec<&str> = request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if let Some(te) = te {
+            // RFC 9112 §6.1: chunked must be the final coding; CL alongside TE is a smuggling vector.
+            if !cls.is_empty() {
+                return Err(ReadError::Bad("Content-Length with Transfer-Encoding"));
+            }
+            let last = te.rsplit(',').next().unwrap_or("").trim();
+            if !last.eq_ignore_ascii_case("chunked") {
+                return Err(ReadError::Bad("unsupported Transfer-Encoding"));
+            }
+            self.expect_continue(request)?;
+            return self.read_chunked(deadline);
+        }
+        let mut length: Option<usize> = None;
+        for value in cls {
+            // A list of identical values is one value (RFC 9112 §6.3 item 5); different ones are fatal.
+            for part in value.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ReadError::Bad("invalid Content-Length"));
+                }
+                let n: usize = part
+                    .parse()
+                    .map_err(|_| ReadError::Bad("invalid Content-Length"))?;
+                match length {
+                    Some(prev) if prev != n => {
+                        return Err(ReadError::Bad("conflicting Content-Length"))
+                    }
+                    _ => length = Some(n),
+                }
+            }
+        }
+        let length = length.unwrap_or(0);
+        if length > MAX_BODY {
+            return Err(ReadError::Bad("body too large"));
+        }
+        if length > 0 {
+            self.expect_continue(request)?;
+        }
+        self.take_exact(length, deadline)
+    }
+
+    fn expect_continue(&mut self, request: &Request) -> Result<(), ReadError> {
+        let expects = request
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if expects && request.version_minor >= 1 && self.buf.is_empty() {
+            self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        Ok(())
+    }
+
+    fn take_exact(&mut self, n: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        while self.buf.len() < n {
+            if !self.fill(deadline)? {
+                return Err(ReadError::Gone);
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    fn take_line(&mut self, deadline: Instant) -> Result<String, ReadError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line =
+                    String::from_utf8(line).map_err(|_| ReadError::Bad("non-UTF-8 chunk line"))?;
+                return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+            }
+            if self.buf.len() > 4096 {
+                return Err(ReadError::Bad("chunk line too long"));
+            }
+            if !self.fill(deadline)? {
+                return Err(ReadError::Gone);
+            }
+        }
+    }
+
+    /// RFC 9112 §7.1: size line (hex, optional extensions), data, CRLF; a zero size ends the
+    /// body, then trailer fields (read and dropped) up to an empty line.
+    fn read_chunked(&mut self, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.take_line(deadline)?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            if size.is_empty() || size.len() > 8 || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ReadError::Bad("invalid chunk size"));
+            }
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| ReadError::Bad("invalid chunk size"))?;
+            if size == 0 {
+                while !self.take_line(deadline)?.is_empty() {}
+                return Ok(body);
+            }
+            if body.len() + size > MAX_BODY {
+                return Err(ReadError::Bad("body too large"));
+            }
+            body.extend(self.take_exact(size, deadline)?);
+            if !self.take_line(deadline)?.is_empty() {
+                return Err(ReadError::Bad("chunk not followed by CRLF"));
+            }
+        }
+    }
+}
+
+struct HeadEnd {
+    /// Length of the head without the blank line.
+    head: usize,
+    /// Length including the blank line.
+    total: usize,
+}
+
+fn find_head_end(buf: &[u8]) -> Option<HeadEnd> {
+    // Lines end in CRLF; a bare LF is tolerated (RFC 9112 §2.2), so look for LF (CR)? LF.
+    let mut i = 0;
+    while let Some(pos) = buf[i..].iter().position(|&b| b == b'\n') {
+        let lf = i + pos;
+        let rest = &buf[lf + 1..];
+        if rest.starts_with(b"\r\n") {
+            return Some(HeadEnd {
+                head: lf + 1,
+                total: lf + 3,
+            });
+        }
+        if rest.starts_with(b"\n") {
+            return Some(HeadEnd {
+                head: lf + 1,
+                total: lf + 2,
+            });
+        }
+        i = lf + 1;
+    }
+    None
+}
+
+fn is_tchar(b: u8) -> bool {
+    // RFC 9110 §5.6.2 token characters.
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn parse_head(head: &[u8]) -> Result<Request, ReadError> {
+    let text = std::str::from_utf8(head).map_err(|_| ReadError::Bad("non-UTF-8 request head"))?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+
+    let request_line = lines.next().ok_or(ReadError::Bad("empty request"))?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad("malformed request line"));
+    };
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(ReadError::Bad("invalid method"));
+    }
+    if !(target.starts_with('/') || target == "*") || target.bytes().any(|b| b <= b' ' || b == 0x7f)
+    {
+        return Err(ReadError::Bad("invalid request target"));
+    }
+    let version_minor = match version {
+        "HTTP/1.1" => 1,
+        "HTTP/1.0" => 0,
+        _ => return Err(ReadError::Bad("unsupported HTTP version")),
+    };
+
+    let mut headers = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        // RFC 9112 §5.2: obs-fold is rejected by a server that does not unfold it.
+        if line.starts_with([' ', '\t']) {
+            return Err(ReadError::Bad("obsolete line folding"));
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(ReadError::Bad("header without colon"))?;
+        // RFC 9112 §5.1: no whitespace between the field name and the colon.
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(ReadError::Bad("invalid header name"));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(ReadError::Bad("invalid header value"));
+        }
+        headers.push((name.to_ascii_lowercase(), value.to_string()));
+        if headers.len() > MAX_HEADERS {
+            return Err(ReadError::Bad("too many headers"));
+        }
+    }
+    if version_minor == 1 && !headers.iter().any(|(n, _)| n == "host") {
+        // RFC 9112 §3.2: a 1.1 request without Host is a 400.
+        return Err(ReadError::Bad("missing Host"));
+    }
+    Ok(Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        version_minor,
+        headers,
+        body: Vec::new(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving
+// ---------------------------------------------------------------------------------------------
+
+fn serve_connection(stream: TcpStream, endpoint: &Endpoint, stop: &AtomicBool) {
+    if stream.set_read_timeout(Some(POLL)).is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+        stop,
+    };
+    loop {
+        let request = match conn.read_request() {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(ReadError::Gone) => break,
+            Err(ReadError::Bad(why)) => {
+                let body = format!(
+                    r#"{{"error":"bad request: {why}","upstream":"{}"}}"#,
+                    endpoint.name
+                );
+                let response = Response::json(400, body);
+                let _ = conn
+                    .stream
+                    .write_all(&response.encode(endpoint, None, false, false));
+                break;
+            }
+        };
+        let response = respond(endpoint, &request);
+        let keep_alive = request.keep_alive() && !stop.load(Ordering::SeqCst);
+        let bytes = response.encode(
+            endpoint,
+            Some(&request),
+            request.method == "HEAD",
+            keep_alive,
+        );
+        if conn.stream.write_all(&bytes).is_err() || !keep_alive {
+            break;
+        }
+    }
+    let _ = conn.stream.shutdown(Shutdown::Write);
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+impl Response {
+    fn json(status: u16, body: String) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", "application/json".to_string())],
+            body,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn encode(
+        &self,
+        endpoint: &Endpoint,
+        request: Option<&Request>,
+        head: bool,
+        keep_alive: bool,
+    ) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        let _ = write!(out, "X-Upstream: {}\r\n", endpoint.name);
+        if let Some(request) = request {
+            let _ = write!(
+                out,
+                "X-Seen-Method: {}\r\nX-Seen-Path: {}\r\n",
+                request.method, request.target
+            );
+            // What the gateway added on the way in, reflected so curl -i shows it.
+            for (header, seen) in [
+                ("host", "X-Seen-Host"),
+                ("x-forwarded-for", "X-Seen-Forwarded-For"),
+                ("x-forwarded-proto", "X-Seen-Forwarded-Proto"),
+                ("x-request-id", "X-Seen-Request-Id"),
+                ("via", "X-Seen-Via"),
+            ] {
+                if let Some(value) = request.header(header) {
+                    let _ = write!(out, "{seen}: {value}\r\n");
+                }
+            }
+        }
+        if !keep_alive {
+            out.push_str("Connection: close\r\n");
+        }
+        // HEAD: the Content-Length of the GET answer, and no body (RFC 9110 §9.3.2).
+        let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
+        let mut bytes = out.into_bytes();
+        if !head && !matches!(self.status, 204 | 304) {
+            bytes.extend_from_slice(self.body.as_bytes());
+        }
+        bytes
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+/// Escapes `s` for use inside a JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+struct User {
+    id: &'static str,
+    name: &'static str,
+    email: &'static str,
+    plan: &'static str,
+}
+
+const USERS: [User; 3] = [
+    User {
+        id: "u_1",
+        name: "Ada Lovelace",
+        email: "ada@example.com",
+        plan: "business",
+    },
+    User {
+        id: "u_2",
+        name: "Grace Hopper",
+        email: "grace@example.com",
+        plan: "enterprise",
+    },
+    User {
+        id: "u_3",
+        name: "Alan Turing",
+        email: "alan@example.com",
+        plan: "free",
+    },
+];
+
+/// (id, amount, merchantName, createdAt)
+const TRANSACTIONS: [(&str, &str, &str, &str); 5] = [
+    ("t_1", "42.5", "Coffee Lab", "2026-11-20T09:15:00Z"),
+    ("t_2", "12.99", "Book Nook", "2026-11-19T18:40:00Z"),
+    ("t_3", "1250", "Acme Rent", "2026-11-18T08:00:00Z"),
+    ("t_4", "8.75", "City Metro", "2026-11-17T07:55:00Z"),
+    ("t_5", "64", "Corner Market", "2026-11-16T17:20:00Z"),
+];
+
+/// "1" and "`u_1`" both name user `u_1`.
+fn find_user(id: &str) -> Option<&'static User> {
+    USERS
+        .iter()
+        .find(|u| u.id == id || u.id.strip_prefix("u_") == Some(id))
+}
+
+fn user_json(user: &User, endpoint: &Endpoint) -> String {
+    match endpoint.service {
+        Service::UsersV2 => format!(
+            r#"{{"id":"{}","fullName":"{}","contact":{{"email":"{}"}},"plan":"{}","version":"v2","upstream":{}}}"#,
+            user.id,
+            user.name,
+            user.email,
+            user.plan,
+            json_str(&endpoint.name)
+        ),
+        _ => format!(
+            r#"{{"id":"{}","name":"{}","email":"{}","plan":"{}","upstream":{}}}"#,
+            user.id,
+            user.name,
+            user.email,
+            user.plan,
+            json_str(&endpoint.name)
+        ),
+    }
+}
+
+fn not_found(endpoint: &Endpoint, what: &str) -> Response {
+    Response::json(
+        404,
+        format!(
+            r#"{{"error":{},"upstream":{}}}"#,
+            json_str(what),
+            json_str(&endpoint.name)
+        ),
+    )
+}
+
+fn method_not_allowed(endpoint: &Endpoint, allow: &str) -> Response {
+    Response::json(
+        405,
+        format!(
+            r#"{{"error":"method not allowed","upstream":{}}}"#,
+            json_str(&endpoint.name)
+        ),
+    )
+    .header("Allow", allow)
+}
+
+/// Routes one request to its handler. Endpoints shared by every service come first.
+fn respond(endpoint: &Endpoint, request: &Request) -> Response {
+    let path = request.path();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let up = json_str(&endpoint.name);
+
+    match segments.as_slice() {
+        ["healthz"] => return Response::json(200, format!(r#"{{"status":"ok","upstream":{up}}}"#)),
+        ["echo", ..] => return echo(endpoint, request),
+        ["slow"] => {
+            let ms: u64 = request
+                .query("ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            let wait = Duration::from_millis(ms).min(MAX_SLOW);
+            thread::sleep(wait);
+            return Response::json(
+                200,
+                format!(r#"{{"slept_ms":{},"upstream":{up}}}"#, wait.as_millis()),
+            );
+        }
+        ["status", code] => {
+            let status = code
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (200..=599).contains(s))
+                .unwrap_or(400);
+            return Response::json(status, format!(r#"{{"status":{status},"upstream":{up}}}"#));
+        }
+        _ => {}
+    }
+    if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        return method_not_allowed(endpoint, "GET, HEAD");
+    }
+
+    match (endpoint.service, segments.as_slice()) {
+        (Service::Users | Service::UsersV2, ["users"]) => {
+            let list: Vec<String> = USERS.iter().map(|u| user_json(u, endpoint)).collect();
+            Response::json(
+                200,
+                format!(r#"{{"users":[{}],"upstream":{up}}}"#, list.join(",")),
+            )
+        }
+        (Service::Users | Service::UsersV2, ["users", id]) => match find_user(id) {
+            Some(user) => Response::json(200, user_json(user, endpoint)),
+            None => not_found(endpoint, &format!("no user {id}")),
+        },
+        (Service::Users | Service::UsersV2, ["products"]) => {
+            let ids = request.query("ids").unwrap_or("p_1,p_2");
+            let items: Vec<String> = ids
+                .split(',')
+                .filter(|id| !id.is_empty())
+                .enumerate()
+                .map(|(i, id)| {
+                    format!(
+                        r#"{{"id":{},"name":"Product {}","price":{}}}"#,
+                        json_str(id),
+                        i + 1,
+                        10 * (i + 1)
+                    )
+                })
+                .collect();
+            Response::json(200, format!("[{}]", items.join(",")))
+        }
+        (Service::Accounts, ["accounts", id, "balance"]) => Response::json(
+            200,
+            format!(
+                r#"{{"accountId":{},"currency":"USD","available":1250.5,"pending":20,"upstream":{up}}}"#,
+                json_str(id)
+            ),
+        ),
+        (Service::Accounts, ["orders", id]) => Response::json(
+            200,
+            format!(
+                r#"{{"id":{},"userId":"u_1","productIds":["p_1","p_2"],"total":64.5,"status":"shipped","upstream":{up}}}"#,
+                json_str(id)
+            ),
+        ),
+        (Service::Transactions, ["transactions"]) => {
+            let user = request.query("userId").unwrap_or("u_1");
+            let limit: usize = request
+                .query("limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(TRANSACTIONS.len());
+            let items: Vec<String> = TRANSACTIONS
+                .iter()
+                .take(limit)
+                .map(|(id, amount, merchant, at)| {
+                    format!(r#"{{"id":"{id}","amount":{amount},"merchantName":"{merchant}","createdAt":"{at}"}}"#)
+                })
+                .collect();
+            Response::json(
+                200,
+                format!(
+                    r#"{{"transactions":[{}],"userId":{},"upstream":{up}}}"#,
+                    items.join(","),
+                    json_str(user)
+                ),
+            )
+            // A header a later milestone's response transform removes; harmless today.
+            .header("X-Internal-Trace", format!("demo-{}", endpoint.name))
+        }
+        (Service::Transactions, ["shipments", id]) => Response::json(
+            200,
+            format!(
+                r#"{{"orderId":{},"carrier":"DHL","status":"in_transit","upstream":{up}}}"#,
+                json_str(id)
+            ),
+        ),
+        _ => not_found(endpoint, &format!("no such path {path}")),
+    }
+}
+
+/// `/echo`: the request as this upstream received it, so the demo can show what the gateway
+/// changed (path rewrite, X-Forwarded-*, removed hop-by-hop headers, the body).
+fn echo(endpoint: &Endpoint, request: &Request) -> Response {
+    let headers: Vec<String> = request
+        .headers
+        .iter()
+        .map(|(n, v)| format!("[{},{}]", json_str(n), json_str(v)))
+        .collect();
+    let body = String::from_utf8_lossy(&request.body);
+    Response::json(
+        200,
+        format!(
+            r#"{{"upstream":{},"method":{},"target":{},"version":"HTTP/1.{}","headers":[{}],"body":{}}}"#,
+            json_str(&endpoint.name),
+            json_str(&request.method),
+            json_str(&request.target),
+            request.version_minor,
+            headers.join(","),
+            json_str(&body)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parsed response read off a raw socket: status, lower-cased headers, body.
+    struct Got {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Got {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Reads one Content-Length-framed response from `stream`, leaving anything after it in `buf`.
+    fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> Got {
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = stream.read(&mut chunk).expect("read head");
+            assert!(n > 0, "connection closed before a full response head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf.drain(..end + 4).collect()).unwrap();
+        let mut lines = head.trim_end().split("\r\n");
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let length = if head_request { 0 } else { length };
+        while buf.len() < length {
+            let n = stream.read(&mut chunk).expect("read body");
+            assert!(n > 0, "connection closed inside a body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8(buf.drain(..length).collect()).unwrap();
+        Got {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn connect(server: &SampleServer) -> TcpStream {
+        let stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    }
+
+    fn start(service: Service, name: &str) -> SampleServer {
+        SampleServer::start(service, name, "127.0.0.1:0".parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn users_keep_alive_and_pipelining_over_a_real_socket() {
+        let server = start(Service::Users, "users-1");
+        let mut stream = connect(&server);
+        let mut buf = Vec::new();
+
+        stream
+            .write_all(
+                b"GET /users/u_1 HTTP/1.1\r\nHost: demo\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n",
+            )
+            .unwrap();
+        let got = read_response(&mut stream, &mut buf, false);
+        assert_eq!(got.status, 200);
+        assert_eq!(
+            got.body,
+            r#"{"id":"u_1","name":"Ada Lovelace","email":"ada@example.com","plan":"business","upstream":"users-1"}"#
+        );
+        assert_eq!(got.header("content-type"), Some("application/json"));
+        assert_eq!(got.header("x-upstream"), Some("users-1"));
+        assert_eq!(got.header("x-seen-forwarded-for"), Some("10.1.2.3"));
+        assert_eq!(got.header("x-seen-path"), Some("/users/u_1"));
+        assert_eq!(
+            got.header("connection"),
+            None,
+            "HTTP/1.1 stays open by default"
+        );
+
+        // Two pipelined requests in one write, the second with a Content-Length body: both are
+        // answered, in order, on the same connection.
+        stream
+            .write_all(
+                b"GET /users HTTP/1.1\r\nHost: demo\r\n\r\n\
+                  POST /echo/x?a=1 HTTP/1.1\r\nHost: demo\r\nContent-Length: 11\r\n\r\nhello world",
+            )
+            .unwrap();
+        let list = read_response(&mut stream, &mut buf, false);
+        assert_eq!(list.status, 200);
+        assert!(
+            list.body.starts_with(r#"{"users":[{"id":"u_1""#),
+            "{}",
+            list.body
+        );
+        assert!(list.body.contains("Grace Hopper"));
+        let echo = read_response(&mut stream, &mut buf, false);
+        assert_eq!(echo.status, 200);
+        assert!(
+            echo.body
+                .contains(r#""method":"POST","target":"/echo/x?a=1""#),
+            "{}",
+            echo.body
+        );
+        assert!(
+            echo.body.contains(r#""body":"hello world""#),
+            "{}",
+            echo.body
+        );
+
+        // Connection: close is honoured: the answer says so and the server closes.
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let health = read_response(&mut stream, &mut buf, false);
+        assert_eq!(health.status, 200);
+        assert_eq!(health.header("connection"), Some("close"));
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty() && buf.is_empty());
+    }
+
+    #[test]
+    fn chunked_body_head_404_and_405() {
+        let server = start(Service::Accounts, "accounts-1");
+        let mut stream = connect(&server);
+        let mut buf = Vec::new();
+
+        stream
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nHost: demo\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-Field: x\r\n\r\n",
+            )
+            .unwrap();
+        let echo = read_response(&mut stream, &mut buf, false);
+        assert!(
+            echo.body.contains(r#""body":"hello world""#),
+            "{}",
+            echo.body
+        );
+
+        stream
+            .write_all(b"HEAD /accounts/a_7/balance HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        let head = read_response(&mut stream, &mut buf, true);
+        assert_eq!(head.status, 200);
+        let get_len = r#"{"accountId":"a_7","currency":"USD","available":1250.5,"pending":20,"upstream":"accounts-1"}"#.len();
+        assert_eq!(
+            head.header("content-length"),
+            Some(get_len.to_string().as_str())
+        );
+
+        stream
+            .write_all(b"GET /orders/o_9 HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        let order = read_response(&mut stream, &mut buf, false);
+        assert!(
+            order.body.contains(r#""id":"o_9","userId":"u_1""#),
+            "{}",
+            order.body
+        );
+
+        stream
+            .write_all(b"GET /users/u_1 HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut stream, &mut buf, false).status, 404);
+
+        stream
+            .write_all(b"DELETE /orders/o_1 HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        let refused = read_response(&mut stream, &mut buf, false);
+        assert_eq!(refused.status, 405);
+        assert_eq!(refused.header("allow"), Some("GET, HEAD"));
+    }
+
+    #[test]
+    fn conflicting_framing_is_a_400_and_closes() {
+        let server = start(Service::Users, "users-1");
+        for bad in [
+            &b"POST /echo HTTP/1.1\r\nHost: d\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST /echo HTTP/1.1\r\nHost: d\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"GET /users HTTP/1.1\r\nHost: d\r\nX-Folded: a\r\n b\r\n\r\n",
+            b"GET /users HTTP/1.1\r\n\r\n",
+        ] {
+            let mut stream = connect(&server);
+            stream.write_all(bad).unwrap();
+            let mut buf = Vec::new();
+            let got = read_response(&mut stream, &mut buf, false);
+            assert_eq!(got.status, 400, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(got.header("connection"), Some("close"));
+        }
+    }
+
+    #[test]
+    fn transactions_honour_limit_and_http10_closes() {
+        let server = start(Service::Transactions, "transactions-1");
+        let mut stream = connect(&server);
+        stream
+            .write_all(b"GET /transactions?userId=u_2&limit=2 HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let got = read_response(&mut stream, &mut buf, false);
+        assert_eq!(got.status, 200);
+        assert!(got.body.starts_with(
+            r#"{"transactions":[{"id":"t_1","amount":42.5,"merchantName":"Coffee Lab","createdAt":"2026-11-20T09:15:00Z"},{"id":"t_2""#
+        ));
+        assert!(!got.body.contains("t_3"));
+        assert!(got.body.contains(r#""userId":"u_2""#));
+        assert_eq!(
+            got.header("connection"),
+            Some("close"),
+            "HTTP/1.0 without keep-alive closes"
+        );
+    }
+
+    #[test]
+    fn sample_upstreams_start_on_free_ports_and_stop_on_drop() {
+        let ports = DemoPorts {
+            users: [0, 0],
+            users_v2: 0,
+            accounts: 0,
+            transactions: 0,
+            ..DemoPorts::default()
+        };
+        let upstreams = SampleUpstreams::start(&ports).unwrap();
+        assert_eq!(upstreams.servers().len(), 5);
+        let v2 = upstreams.addr("users-v2").unwrap();
+        let mut stream = TcpStream::connect(v2).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /users/1 HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        let got = read_response(&mut stream, &mut Vec::new(), false);
+        assert!(
+            got.body.contains(r#""fullName":"Ada Lovelace""#),
+            "{}",
+            got.body
+        );
+        assert!(upstreams.describe().contains("users-2"));
+        drop(stream);
+
+        drop(upstreams);
+        assert!(
+            TcpStream::connect(v2).is_err(),
+            "listener closed after drop"
+        );
+    }
+}

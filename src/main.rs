@@ -1,0 +1,103 @@
+//! `dispatch`: parse the command line, load the config, start the workers. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "dispatch",
+    version,
+    about = "Thread-per-core HTTP/1.1 API gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config.
+    Run {
+        #[arg(long, default_value = "config/dispatch.toml")]
+        config: PathBuf,
+    },
+    /// Load, validate and compile the config, print a summary, exit 0 (1 on error).
+    Check {
+        #[arg(long, default_value = "config/dispatch.toml")]
+        config: PathBuf,
+    },
+    /// Run the gateway on config/demo.toml with sample upstreams on loopback.
+    Demo {
+        #[arg(long, default_value = "config/demo.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match dispatch::config::load(&config) {
+            Ok(cfg) => match dispatch::config::compile_router(&cfg) {
+                Ok(_) => {
+                    print!("{}", dispatch::config::summary(&cfg));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            Err(e) => fail(e),
+        },
+        Command::Run { config } => match dispatch::config::load(&config) {
+            Ok(cfg) => serve(cfg),
+            Err(e) => fail(e),
+        },
+        Command::Demo { config } => match dispatch::config::load(&config) {
+            Ok(cfg) => {
+                match dispatch::demo::SampleUpstreams::start(&dispatch::demo::DemoPorts::default())
+                {
+                    Ok(upstreams) => {
+                        let code = serve_with(cfg, |running| {
+                            println!("{}", upstreams.describe());
+                            println!(
+                                "{}",
+                                dispatch::demo::curl_lines(running.listen[0], running.admin)
+                            );
+                        });
+                        drop(upstreams);
+                        code
+                    }
+                    Err(e) => fail(format!("demo: cannot start sample upstreams: {e}")),
+                }
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::FAILURE
+}
+
+fn serve(cfg: dispatch::config::model::Config) -> ExitCode {
+    serve_with(cfg, |_| {})
+}
+
+fn serve_with(
+    cfg: dispatch::config::model::Config,
+    started: impl FnOnce(&dispatch::runtime::Running),
+) -> ExitCode {
+    match dispatch::runtime::start(cfg) {
+        Ok(running) => {
+            started(&running);
+            running.wait();
+            dispatch::info!("drained; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

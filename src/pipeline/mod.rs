@@ -1,0 +1,54 @@
+//! The request pipeline: what happens to a request between its parsed head and its response.
+//!
+//! [`stack`] declares the order of stages in one place; [`ctx`] is the per-request context;
+//! [`target`] normalises the request target; [`headers`] rewrites heads both ways; [`proxy`]
+//! is the upstream stage (the exchange, retries, body streaming).
+//!
+//! A stage that answers the request itself returns a [`Rejection`] (or, later, a response); it
+//! never sets a flag for a later stage to check.
+
+pub mod ctx;
+pub mod headers;
+pub mod proxy;
+pub mod stack;
+pub mod target;
+
+use ctx::RequestId;
+
+/// An error the gateway answers itself, with the JSON body of BEHAVIOR.md.
+#[derive(Debug)]
+pub struct Rejection {
+    pub status: u16,
+    pub message: String,
+    pub id: RequestId,
+    /// `Allow` for 405.
+    pub allow: Option<String>,
+    /// `Retry-After` (and `retryAfter` in the body), seconds.
+    pub retry_after: Option<u64>,
+    /// Close the connection after the response (framing errors, unread bodies).
+    pub close: bool,
+}
+
+impl Rejection {
+    pub fn new(status: u16, message: String, id: RequestId) -> Self {
+        Rejection {
+            status,
+            message,
+            id,
+            allow: None,
+            retry_after: None,
+            close: false,
+        }
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,690 @@
+//! The upstream stage: one request's exchange with its upstream, retries included.
+//!
+//! Owns the request body on its way up (the part that fits [`REPLAY_LIMIT`] is held so the
+//! request can be retried; the rest streams through a bounded buffer) and the response on its
+//! way down (streamed in its own framing, re-framed for the client). Retries follow
+//! BEHAVIOR.md: connect failures for any method, timeouts/resets/502-504 only for idempotent
+//! requests whose body is still held, never once response bytes went to the client, and never
+//! beyond the upstream's retry budget. A pooled connection that turns out closed is replaced
+//! by a fresh one without spending a retry.
+
+use std::time::{Duration, Instant};
+
+use crate::http::{self, BodyKind, ChunkedDecoder, Version};
+use crate::runtime::worker::{Snapshot, Worker};
+use crate::server::conn::{ClientIo, ReadEnd};
+use crate::upstream::balance::Tried;
+use crate::upstream::client::UpConn;
+use crate::upstream::retry::{may_retry, retryable_status};
+use crate::upstream::{UpstreamError, UpstreamState};
+
+use super::ctx::RequestCtx;
+use super::headers::{write_response_head, ConnDirective, OutFraming, ResponseHeadOut};
+use super::Rejection;
+
+/// Request bodies up to this size are held whole before the upstream is contacted, so the
+/// request stays replayable for retries; larger ones stream through.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// Response bytes gathered before a write to the client when re-framing chunked bodies.
+const FLUSH_AT: usize = 32 * 1024;
+/// Small bodies are copied behind the head so head and body leave in one write.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// The request body on its way to the upstream.
+struct RequestBody {
+    kind: BodyKind,
+    /// Content-Length bytes not yet taken from the client.
+    remaining: u64,
+    decoder: ChunkedDecoder,
+    /// Body bytes seen so far (the max_body check for chunked bodies).
+    total: u64,
+    /// The whole body is in `ubuf` behind the head.
+    complete: bool,
+    /// Part of the body went upstream beyond `ubuf`: the request can no longer be replayed.
+    streamed: bool,
+    continue_sent: bool,
+}
+
+/// A client-side failure while reading the request body.
+struct ClientFail {
+    status: Option<u16>,
+    message: &'static str,
+}
+
+impl From<ReadEnd> for ClientFail {
+    fn from(e: ReadEnd) -> Self {
+        match e {
+            ReadEnd::Timeout => ClientFail {
+                status: Some(408),
+                message: "Request body timeout",
+            },
+            ReadEnd::Closed | ReadEnd::Io(_) => ClientFail {
+                status: None,
+                message: "client closed",
+            },
+        }
+    }
+}
+
+impl RequestBody {
+    fn new(ctx: &RequestCtx) -> Self {
+        RequestBody {
+            kind: ctx.body,
+            remaining: match ctx.body {
+                BodyKind::Length(n) => n,
+                _ => 0,
+            },
+            decoder: ChunkedDecoder::new(),
+            total: 0,
+            complete: ctx.body == BodyKind::None,
+            streamed: false,
+            continue_sent: false,
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.complete && !self.streamed
+    }
+
+    async fn need_more(
+        &mut self,
+        ctx: &RequestCtx,
+        conn: &mut ClientIo,
+        timeout: Duration,
+    ) -> Result<(), ClientFail> {
+        if ctx.expect_continue && !self.continue_sent {
+            // RFC 9110 §10.1.1: the gateway itself invites the body once it will read it.
+            self.continue_sent = true;
+            conn.wbuf
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            conn.flush(timeout).await.map_err(|_| ClientFail {
+                status: None,
+                message: "client closed",
+            })?;
+        }
+        conn.fill(timeout, REPLAY_LIMIT).await?;
+        Ok(())
+    }
+
+    /// Moves the already received body bytes into `ubuf`, reading more from the client while
+    /// the whole body still fits [`REPLAY_LIMIT`].
+    async fn buffer(
+        &mut self,
+        ctx: &RequestCtx,
+        conn: &mut ClientIo,
+        max_body: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientFail> {
+        match self.kind {
+            BodyKind::None | BodyKind::UntilClose => self.complete = true,
+            BodyKind::Length(n) => loop {
+                let take = (self.remaining as usize).min(conn.data().len());
+                let start = conn.rpos;
+                conn.ubuf.extend_from_slice(&conn.rbuf[start..start + take]);
+                conn.consume(take);
+                self.remaining -= take as u64;
+                if self.remaining == 0 {
+                    self.complete = true;
+                    return Ok(());
+                }
+                if n as usize > REPLAY_LIMIT {
+                    return Ok(());
+                }
+                self.need_more(ctx, conn, timeout).await?;
+            },
+            BodyKind::Chunked => loop {
+                self.decode_available(conn, max_body)?;
+                if self.complete || conn.ubuf.len() - ctx.upstream_head_len >= REPLAY_LIMIT {
+                    return Ok(());
+                }
+                self.need_more(ctx, conn, timeout).await?;
+            },
+        }
+        Ok(())
+    }
+
+    /// Decodes the chunked bytes in the read buffer, re-encoding them into `ubuf`.
+    fn decode_available(&mut self, conn: &mut ClientIo, max_body: u64) -> Result<(), ClientFail> {
+        let start = conn.rpos;
+        let input = &conn.rbuf[start..];
+        let (consumed, data, done) =
+            reframe_chunked(&mut self.decoder, input, &mut conn.ubuf, true).map_err(|_| {
+                ClientFail {
+                    status: Some(400),
+                    message: "Invalid chunked request body",
+                }
+            })?;
+        conn.consume(consumed);
+        self.total += data;
+        if self.total > max_body {
+            return Err(ClientFail {
+                status: Some(413),
+                message: "Request body too large",
+            });
+        }
+        if done {
+            self.complete = true;
+        }
+        Ok(())
+    }
+
+    /// Streams the rest of the body from the client to `up`.
+    async fn pump(
+        &mut self,
+        ctx: &RequestCtx,
+        conn: &mut ClientIo,
+        up: &mut UpConn,
+        max_body: u64,
+        timeout: Duration,
+    ) -> Result<(), PumpFail> {
+        while !self.complete {
+            if conn.data().is_empty() {
+                self.need_more(ctx, conn, timeout)
+                    .await
+                    .map_err(PumpFail::Client)?;
+            }
+            self.streamed = true;
+            match self.kind {
+                BodyKind::Length(_) => {
+                    let take = (self.remaining as usize).min(conn.data().len());
+                    let (start, rbuf) = (conn.rpos, std::mem::take(&mut conn.rbuf));
+                    let (res, rbuf) = up.write(rbuf, start, start + take).await;
+                    conn.rbuf = rbuf;
+                    res.map_err(|e| {
+                        PumpFail::Upstream(UpstreamError::Reset {
+                            addr: up.addr,
+                            detail: e.to_string(),
+                        })
+                    })?;
+                    conn.consume(take);
+                    self.remaining -= take as u64;
+                    self.complete = self.remaining == 0;
+                }
+                _ => {
+                    conn.ubuf.clear();
+                    self.decode_available(conn, max_body)
+                        .map_err(PumpFail::Client)?;
+                    if !conn.ubuf.is_empty() {
+                        let ubuf = std::mem::take(&mut conn.ubuf);
+                        let len = ubuf.len();
+                        let (res, ubuf) = up.write(ubuf, 0, len).await;
+                        conn.ubuf = ubuf;
+                        res.map_err(|e| {
+                            PumpFail::Upstream(UpstreamError::Reset {
+                                addr: up.addr,
+                                detail: e.to_string(),
+                            })
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum PumpFail {
+    Client(ClientFail),
+    Upstream(UpstreamError),
+}
+
+/// Decodes chunked `input`, appending the payload to `out` (as chunks when `chunked_out`, raw
+/// otherwise, and the last chunk once done). Returns (bytes consumed, payload bytes, done).
+fn reframe_chunked(
+    dec: &mut ChunkedDecoder,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    chunked_out: bool,
+) -> Result<(usize, u64, bool), http::ChunkError> {
+    let mut pos = 0;
+    let mut data = 0u64;
+    loop {
+        let step = dec.decode(&input[pos..])?;
+        if let Some(r) = step.data {
+            let bytes = &input[pos + r.start..pos + r.end];
+            if chunked_out {
+                http::write_chunk_header(out, bytes.len());
+                out.extend_from_slice(bytes);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(bytes);
+            }
+            data += bytes.len() as u64;
+        }
+        pos += step.consumed;
+        if step.done {
+            if chunked_out {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            return Ok((pos, data, true));
+        }
+        if step.consumed == 0 || pos == input.len() {
+            return Ok((pos, data, false));
+        }
+    }
+}
+
+/// What the response head told us, once it has been turned into the client's head.
+struct ResponseInfo {
+    status: u16,
+    body: BodyKind,
+    out: OutFraming,
+    upstream_reusable: bool,
+    client_keep: bool,
+}
+
+enum Attempt {
+    /// The response went to the client; `keep` tells whether the client connection stays.
+    Done { keep: bool },
+    /// Failed before any response byte reached the client.
+    Failed(UpstreamError),
+    /// A 502/503/504 the request may be retried on.
+    RetryStatus(UpstreamError),
+    /// The client's side failed while sending its body; answer with this and close.
+    Client(ClientFail),
+}
+
+/// Forwards the prepared request; returns whether the client connection may be kept open.
+pub async fn forward(
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    worker: &Worker,
+    snap: &Snapshot,
+) -> bool {
+    let cfg = &snap.active.config;
+    let limits = &cfg.server.limits;
+    let upstream = &cfg.upstreams[ctx.upstream];
+    let state = &snap.upstreams.list[ctx.upstream];
+    let io_timeout = limits.body_timeout;
+
+    let mut body = RequestBody::new(ctx);
+    if let Err(f) = body.buffer(ctx, conn, limits.max_body, io_timeout).await {
+        return client_failed(conn, ctx, f, io_timeout).await;
+    }
+    {
+        let s = state.borrow();
+        s.pending_requests.set(s.pending_requests.get() + 1);
+    }
+
+    let mut tried = Tried::default();
+    let mut attempts: u32 = 0;
+    loop {
+        let (ep, pooled) = {
+            let mut s = state.borrow_mut();
+            let ep = s.balancer.pick(ctx.balance_key, tried);
+            (ep, s.checkout(ep, Instant::now()))
+        };
+        let addr = upstream.endpoints[ep].addr;
+        let mut up = match pooled {
+            Some(c) => c,
+            None => match UpConn::connect(addr, ctx.connect_timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tried.add(ep);
+                    attempts += 1;
+                    if retry_allowed(&e, ctx, &body, attempts, state, worker) {
+                        crate::debug!("retrying after: {e}");
+                        continue;
+                    }
+                    return upstream_failed(conn, ctx, e, worker, io_timeout).await;
+                }
+            },
+        };
+        let reused = up.reused;
+        state.borrow_mut().balancer.start(ep);
+        let retry_status = |e: &UpstreamError, body: &RequestBody| {
+            retry_allowed(e, ctx, body, attempts + 1, state, worker)
+        };
+        let outcome = attempt(
+            ctx,
+            conn,
+            &mut up,
+            &mut body,
+            worker,
+            limits.max_body,
+            io_timeout,
+            &retry_status,
+        )
+        .await;
+        state.borrow_mut().balancer.finish(ep);
+        match outcome {
+            (Attempt::Done { keep }, reusable) => {
+                if reusable {
+                    up.reused = true;
+                    state.borrow_mut().checkin(ep, up, Instant::now());
+                }
+                return keep;
+            }
+            (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
+            (Attempt::Failed(e), _)
+                if reused && matches!(e, UpstreamError::Reset { .. }) && body.replayable() =>
+            {
+                // The upstream closed this pooled connection before we used it: not a
+                // failure of the request, and not a retry.
+                crate::debug!("pooled connection to {addr} was closed; reconnecting");
+                continue;
+            }
+            (Attempt::RetryStatus(e), _) => {
+                // The budget was already taken when the attempt chose to retry.
+                crate::debug!("retrying after: {e}");
+                tried.add(ep);
+                attempts += 1;
+                conn.wbuf.clear();
+            }
+            (Attempt::Failed(e), _) => {
+                tried.add(ep);
+                attempts += 1;
+                if retry_allowed(&e, ctx, &body, attempts, state, worker) {
+                    crate::debug!("retrying after: {e}");
+                    conn.wbuf.clear();
+                    continue;
+                }
+                return upstream_failed(conn, ctx, e, worker, io_timeout).await;
+            }
+        }
+    }
+}
+
+fn retry_allowed(
+    e: &UpstreamError,
+    ctx: &RequestCtx,
+    body: &RequestBody,
+    attempts: u32,
+    state: &std::cell::RefCell<UpstreamState>,
+    worker: &Worker,
+) -> bool {
+    if attempts > ctx.retries || !may_retry(e, ctx.method.idempotent, body.replayable()) {
+        return false;
+    }
+    let s = state.borrow();
+    let now = worker.shared.now_sec();
+    s.budget.add_requests(now, s.pending_requests.replace(0));
+    s.budget.try_retry(now)
+}
+
+/// One attempt on one connection: send, receive the head, stream the response.
+/// Returns the outcome and whether the connection may go back to the pool.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    up: &mut UpConn,
+    body: &mut RequestBody,
+    worker: &Worker,
+    max_body: u64,
+    io_timeout: Duration,
+    retry_status: &dyn Fn(&UpstreamError, &RequestBody) -> bool,
+) -> (Attempt, bool) {
+    let addr = up.addr;
+    // Send the head and the held body in one write.
+    if !body.streamed {
+        let ubuf = std::mem::take(&mut conn.ubuf);
+        let len = ubuf.len();
+        let (res, ubuf) = up.write(ubuf, 0, len).await;
+        conn.ubuf = ubuf;
+        if let Err(e) = res {
+            return (
+                Attempt::Failed(UpstreamError::Reset {
+                    addr,
+                    detail: e.to_string(),
+                }),
+                false,
+            );
+        }
+    }
+    if !body.complete {
+        match body.pump(ctx, conn, up, max_body, io_timeout).await {
+            Ok(()) => {}
+            Err(PumpFail::Client(f)) => return (Attempt::Client(f), false),
+            Err(PumpFail::Upstream(e)) => return (Attempt::Failed(e), false),
+        }
+    }
+
+    // Response head, skipping interim 1xx responses.
+    let draining = worker.drain.is_fired();
+    let head_limits = http::HeadLimits {
+        max_request_line: 8192,
+        max_header_bytes: 64 * 1024,
+        max_headers: 256,
+    };
+    let info = loop {
+        let parsed = match http::parse_response(up.data(), &head_limits) {
+            Ok(Some(head)) => Some(response_info(&head, ctx, draining, addr).map(|info| {
+                if let Some(info) = &info {
+                    conn.wbuf.clear();
+                    write_response_head(
+                        &mut conn.wbuf,
+                        &ResponseHeadOut {
+                            status: info.status,
+                            reason: head.reason,
+                            headers: &head.headers,
+                            framing: info.out,
+                            request_id: &ctx.id,
+                            connection: if !info.client_keep {
+                                ConnDirective::Close
+                            } else if ctx.version == Version::Http10 {
+                                ConnDirective::KeepAlive
+                            } else {
+                                ConnDirective::Default
+                            },
+                        },
+                    );
+                }
+                (head.head_len, info)
+            })),
+            Ok(None) => None,
+            Err(e) => Some(Err(UpstreamError::BadResponse {
+                addr,
+                detail: e.to_string(),
+            })),
+        };
+        match parsed {
+            Some(Ok((head_len, Some(info)))) => {
+                up.consume(head_len);
+                break info;
+            }
+            Some(Ok((head_len, None))) => up.consume(head_len), // 1xx: skip it
+            Some(Err(e)) => return (Attempt::Failed(e), false),
+            None => match up.fill(ctx.read_timeout, 64 * 1024 + 8192).await {
+                Ok(0) => {
+                    return (
+                        Attempt::Failed(UpstreamError::Reset {
+                            addr,
+                            detail: "closed before a response".into(),
+                        }),
+                        false,
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return (Attempt::Failed(e), false),
+            },
+        }
+    };
+
+    if retryable_status(info.status) {
+        // A 502/503/504 is retried when the rules and the budget allow; otherwise it is the
+        // answer, passed on as the upstream sent it.
+        let e = UpstreamError::Reset {
+            addr,
+            detail: format!("status {}", info.status),
+        };
+        if ctx.method.idempotent && body.replayable() && retry_status(&e, body) {
+            return (Attempt::RetryStatus(e), false);
+        }
+    }
+
+    match stream_response(&info, ctx, conn, up, io_timeout).await {
+        Ok(()) => (
+            Attempt::Done {
+                keep: info.client_keep,
+            },
+            info.upstream_reusable && !up.pending_bytes(),
+        ),
+        Err(()) => (Attempt::Done { keep: false }, false),
+    }
+}
+
+fn response_info(
+    head: &http::ResponseHead<'_>,
+    ctx: &RequestCtx,
+    draining: bool,
+    addr: std::net::SocketAddr,
+) -> Result<Option<ResponseInfo>, UpstreamError> {
+    let status = head.status;
+    if status == 101 {
+        return Err(UpstreamError::BadResponse {
+            addr,
+            detail: "101 Switching Protocols on a non-websocket route".into(),
+        });
+    }
+    if (100..200).contains(&status) {
+        return Ok(None);
+    }
+    let method = if ctx.method.is_head { "HEAD" } else { "GET" };
+    let body = http::response_body(method, status, &head.headers, head.version).map_err(|e| {
+        UpstreamError::BadResponse {
+            addr,
+            detail: e.to_string(),
+        }
+    })?;
+    let tokens = super::headers::connection_tokens(&head.headers);
+    let upstream_keep = match head.version {
+        Version::Http11 => !tokens.iter().any(|t| t.eq_ignore_ascii_case(b"close")),
+        Version::Http10 => tokens.iter().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
+    };
+    let out = match body {
+        BodyKind::None => OutFraming::NoBody,
+        BodyKind::Length(n) => OutFraming::Length(n),
+        BodyKind::Chunked | BodyKind::UntilClose if ctx.version == Version::Http11 => {
+            OutFraming::Chunked
+        }
+        BodyKind::Chunked | BodyKind::UntilClose => OutFraming::UntilClose,
+    };
+    Ok(Some(ResponseInfo {
+        status,
+        body,
+        out,
+        upstream_reusable: upstream_keep && body != BodyKind::UntilClose,
+        client_keep: ctx.keep_alive && !draining && out != OutFraming::UntilClose,
+    }))
+}
+
+/// Streams the response body; `Err` means the response was cut short and both connections
+/// must close.
+async fn stream_response(
+    info: &ResponseInfo,
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    up: &mut UpConn,
+    io_timeout: Duration,
+) -> Result<(), ()> {
+    match info.body {
+        BodyKind::None => conn.flush(io_timeout).await.map_err(|_| ()),
+        BodyKind::Length(n) => {
+            let mut remaining = n;
+            let avail = (remaining as usize).min(up.data().len());
+            if avail <= COALESCE_BODY {
+                conn.wbuf.extend_from_slice(&up.data()[..avail]);
+                up.consume(avail);
+                remaining -= avail as u64;
+            }
+            conn.flush(io_timeout).await.map_err(|_| ())?;
+            while remaining > 0 {
+                if up.data().is_empty() {
+                    match up.fill(ctx.read_timeout, 64 * 1024).await {
+                        Ok(0) | Err(_) => return Err(()),
+                        Ok(_) => {}
+                    }
+                }
+                let take = (remaining as usize).min(up.data().len());
+                let (start, buf) = (up.pos, std::mem::take(&mut up.buf));
+                let (res, buf) = conn.write_from(buf, start, start + take, io_timeout).await;
+                up.buf = buf.ok_or(())?;
+                res.map_err(|_| ())?;
+                up.consume(take);
+                remaining -= take as u64;
+            }
+            Ok(())
+        }
+        BodyKind::Chunked => {
+            let chunked_out = info.out == OutFraming::Chunked;
+            let mut dec = ChunkedDecoder::new();
+            loop {
+                let (consumed, _, done) =
+                    reframe_chunked(&mut dec, up.data(), &mut conn.wbuf, chunked_out)
+                        .map_err(|_| ())?;
+                up.consume(consumed);
+                if done {
+                    return conn.flush(io_timeout).await.map_err(|_| ());
+                }
+                if conn.wbuf.len() >= FLUSH_AT || up.data().is_empty() {
+                    conn.flush(io_timeout).await.map_err(|_| ())?;
+                }
+                if up.data().is_empty() || consumed == 0 {
+                    match up.fill(ctx.read_timeout, 64 * 1024).await {
+                        Ok(0) | Err(_) => return Err(()),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+        BodyKind::UntilClose => {
+            let chunked_out = info.out == OutFraming::Chunked;
+            loop {
+                let data = up.data();
+                if !data.is_empty() {
+                    if chunked_out {
+                        http::write_chunk_header(&mut conn.wbuf, data.len());
+                        conn.wbuf.extend_from_slice(data);
+                        conn.wbuf.extend_from_slice(b"\r\n");
+                    } else {
+                        conn.wbuf.extend_from_slice(data);
+                    }
+                    let n = data.len();
+                    up.consume(n);
+                }
+                conn.flush(io_timeout).await.map_err(|_| ())?;
+                match up.fill(ctx.read_timeout, 64 * 1024).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(_) => return Err(()),
+                }
+            }
+            if chunked_out {
+                conn.wbuf.extend_from_slice(b"0\r\n\r\n");
+            }
+            conn.flush(io_timeout).await.map_err(|_| ())
+        }
+    }
+}
+
+async fn client_failed(
+    conn: &mut ClientIo,
+    ctx: &RequestCtx,
+    f: ClientFail,
+    timeout: Duration,
+) -> bool {
+    if let Some(status) = f.status {
+        conn.wbuf.clear();
+        let r = Rejection::new(status, f.message.to_string(), ctx.id).closing();
+        let _ = conn.send_error(&r, timeout).await;
+    }
+    false
+}
+
+async fn upstream_failed(
+    conn: &mut ClientIo,
+    ctx: &RequestCtx,
+    e: UpstreamError,
+    worker: &Worker,
+    timeout: Duration,
+) -> bool {
+    crate::debug!("request {} failed: {e}", ctx.id.as_str());
+    conn.wbuf.clear();
+    let mut r = Rejection::new(e.status(), e.client_message().to_string(), ctx.id);
+    // The request body may be partly unread, and a failed upstream says nothing about the
+    // client connection otherwise.
+    r.close = !ctx.keep_alive || worker.drain.is_fired() || ctx.body != BodyKind::None;
+    let _ = conn.send_error(&r, timeout).await;
+    !r.close
+}

@@ -1,0 +1,131 @@
+//! Process start-up and the thread-per-core runtime.
+//!
+//! [`start`] binds every listener once per worker (SO_REUSEPORT), publishes the compiled config
+//! in [`shared::Shared`], starts the pinned workers, the admin thread and signal handling;
+//! [`Running::wait`] blocks until every worker has drained.
+
+pub mod reload;
+pub mod shared;
+pub mod shutdown;
+pub mod worker;
+
+use std::sync::Arc;
+
+use crate::config::model::{Config, Driver};
+use shared::{Active, Shared};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A listen address could not be bound (in use, no permission, not local).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("driver = \"io_uring\" but io_uring is not available on this kernel (use \"auto\" or \"epoll\")")]
+    NoIoUring,
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Running {
+    pub shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    pub listen: Vec<std::net::SocketAddr>,
+    pub admin: std::net::SocketAddr,
+}
+
+impl Running {
+    /// Blocks until all workers have drained and exited.
+    pub fn wait(self) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn resolve_driver(d: Driver) -> Result<Driver, StartError> {
+    let uring = monoio::utils::detect_uring();
+    match d {
+        Driver::IoUring if !uring => Err(StartError::NoIoUring),
+        Driver::Auto if !uring => {
+            crate::warn!("io_uring is not available: falling back to epoll");
+            Ok(Driver::Epoll)
+        }
+        Driver::Auto => Ok(Driver::IoUring),
+        d => Ok(d),
+    }
+}
+
+/// Starts the gateway on `config`.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    crate::logging::set_level(config.log.level);
+    let driver = resolve_driver(config.server.driver)?;
+    let workers = config.server.workers;
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut listen = Vec::with_capacity(config.server.listen.len());
+    for &configured in &config.server.listen {
+        // With port 0 the first socket gets a port from the kernel and the other workers
+        // join it there.
+        let mut addr = configured;
+        for sockets in per_worker.iter_mut() {
+            let socket = crate::server::listener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            addr = socket.local_addr()?;
+            sockets.push(socket);
+        }
+        listen.push(addr);
+    }
+    let pin = config.server.pin_workers;
+    let admin_listen = config.admin.listen;
+    let admin_listener =
+        std::net::TcpListener::bind(admin_listen).map_err(|source| StartError::Bind {
+            addr: admin_listen,
+            source,
+        })?;
+    let admin = admin_listener.local_addr()?;
+
+    let active = Active::compile(config, None, 1)?;
+    let shared = Shared::new(active, workers);
+    let cores = if pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut handles = Vec::with_capacity(workers);
+    for (id, sockets) in per_worker.into_iter().enumerate() {
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[id % cores.len()])
+        };
+        handles.push(worker::spawn(id, shared.clone(), sockets, driver, core)?);
+    }
+    crate::admin::spawn(shared.clone(), admin_listener)?;
+    let reload_shared = shared.clone();
+    shutdown::install_signals(shared.clone(), move || {
+        if let Err(e) = reload::reload(&reload_shared) {
+            crate::error!("reload failed, keeping the running config: {e}");
+        }
+    })?;
+    crate::info!(
+        "dispatch {} serving on {:?} with {workers} worker(s) ({}), admin on {admin}",
+        env!("CARGO_PKG_VERSION"),
+        listen,
+        if driver == Driver::IoUring {
+            "io_uring"
+        } else {
+            "epoll"
+        },
+    );
+    Ok(Running {
+        shared,
+        workers: handles,
+        listen,
+        admin,
+    })
+}

@@ -1,0 +1,29 @@
+//! Config reload: re-read, validate and compile the config file off the request path, then
+//! publish it; each worker picks it up before its next request (see `worker::Worker::snapshot`).
+//!
+//! A config that fails to load is reported with the same error `dispatch check` prints and
+//! changes nothing. Settings that need new sockets or threads (listen addresses, worker count,
+//! driver, admin listener) keep their running values until a restart; reload says so.
+
+use super::shared::{Active, Shared};
+use crate::config::ConfigError;
+
+pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
+    let current = shared.active();
+    let next = crate::config::load(&current.config.path)?;
+    let fixed = |what: &str| crate::warn!("reload: {what} changed; it takes effect on restart");
+    if next.server.listen != current.config.server.listen {
+        fixed("server.listen");
+    }
+    if next.server.workers != current.config.server.workers {
+        fixed("server.workers");
+    }
+    if next.admin.listen != current.config.admin.listen {
+        fixed("admin.listen");
+    }
+    let active = Active::compile(next, Some(&current), current.generation + 1)?;
+    crate::logging::set_level(active.config.log.level);
+    shared.swap(active);
+    crate::info!("config reloaded (generation {})", current.generation + 1);
+    Ok(())
+}

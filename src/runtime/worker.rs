@@ -1,0 +1,179 @@
+//! One worker: a pinned thread running its own monoio runtime (io_uring, or epoll).
+//!
+//! Owns [`Worker`] (this thread's view of the gateway: the config snapshot, upstream pools and
+//! balancers, the drain latch, the request-id generator) and the worker's tasks: one accept
+//! loop per listener, one task per connection, one housekeeping tick. Nothing here is shared
+//! with other threads except through [`Shared`].
+//!
+//! A request clones this worker's `Rc<Snapshot>` (no atomic) and finishes on it even if a
+//! reload swaps in a newer one meanwhile.
+
+use std::cell::{Cell, RefCell};
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::model::Driver;
+use crate::pipeline::ctx::RequestId;
+use crate::upstream::balance::next_rand;
+use crate::upstream::WorkerUpstreams;
+
+use super::shared::{Active, Shared};
+use super::shutdown::Latch;
+
+/// How often a worker looks at the shared flags, sweeps its pools and flushes its counts.
+const TICK: Duration = Duration::from_millis(200);
+
+/// The config generation a worker serves with, plus the worker-local state built from it.
+pub struct Snapshot {
+    pub active: Arc<Active>,
+    pub upstreams: WorkerUpstreams,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    snapshot: RefCell<Rc<Snapshot>>,
+    pub drain: Latch,
+    /// Connections open on this worker.
+    pub open: Cell<usize>,
+    rng: Cell<u64>,
+}
+
+impl Worker {
+    fn new(id: usize, shared: Arc<Shared>) -> Worker {
+        let active = shared.active();
+        let seed = seed(id);
+        let upstreams = WorkerUpstreams::build(&active.config, &active.budgets, None, seed);
+        Worker {
+            id,
+            shared,
+            snapshot: RefCell::new(Rc::new(Snapshot { active, upstreams })),
+            drain: Latch::default(),
+            open: Cell::new(0),
+            rng: Cell::new(seed),
+        }
+    }
+
+    /// The snapshot for the next request, rebuilt first if a reload published a new config.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        let current = self.snapshot.borrow().clone();
+        if current.active.generation == self.shared.generation() {
+            return current;
+        }
+        let active = self.shared.active();
+        let upstreams = WorkerUpstreams::build(
+            &active.config,
+            &active.budgets,
+            Some(&current.upstreams),
+            seed(self.id),
+        );
+        let next = Rc::new(Snapshot { active, upstreams });
+        *self.snapshot.borrow_mut() = next.clone();
+        next
+    }
+
+    pub fn rand(&self) -> u64 {
+        let mut s = self.rng.get();
+        let r = next_rand(&mut s);
+        self.rng.set(s);
+        r
+    }
+
+    pub fn request_id(&self) -> RequestId {
+        RequestId::generate([self.rand(), self.rand()])
+    }
+}
+
+fn seed(id: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ ((id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        ^ (std::process::id() as u64).rotate_left(32)
+}
+
+/// Starts worker `id` on its own thread; it serves `listeners` until shutdown has drained.
+pub fn spawn(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<StdListener>,
+    driver: Driver,
+    core: Option<core_affinity::CoreId>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("dispatch-w{id}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                if !core_affinity::set_for_current(core) {
+                    crate::warn!("worker {id}: could not pin to core {}", core.id);
+                }
+            }
+            let run = move || worker_main(id, shared, listeners);
+            let res = match driver {
+                Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .enable_timer()
+                    .with_entries(4096)
+                    .build()
+                    .map(|mut rt| rt.block_on(run())),
+                Driver::Epoll | Driver::Auto => {
+                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(run()))
+                }
+            };
+            if let Err(e) = res {
+                crate::error!("worker {id}: cannot start its event loop: {e}");
+                std::process::exit(1);
+            }
+        })
+}
+
+async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Vec<StdListener>) {
+    let worker = Rc::new(Worker::new(id, shared));
+    for l in listeners {
+        match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(crate::server::listener::accept_loop(worker.clone(), l));
+            }
+            Err(e) => {
+                crate::error!("worker {id}: cannot register listener: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    housekeeping(worker).await;
+}
+
+/// The worker's tick: notices shutdown and reloads, sweeps idle pooled connections, flushes
+/// batched counters. Returns when the worker has drained.
+async fn housekeeping(worker: Rc<Worker>) {
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        monoio::time::sleep(TICK).await;
+        let now = Instant::now();
+        let snap = worker.snapshot();
+        snap.upstreams.sweep(now);
+        snap.upstreams.flush_budgets(worker.shared.now_sec());
+        if worker.shared.shutting_down() {
+            let deadline = *drain_deadline.get_or_insert_with(|| {
+                worker.drain.fire();
+                now + snap.active.config.server.drain_timeout
+            });
+            if worker.open.get() == 0 {
+                return;
+            }
+            if now >= deadline {
+                crate::warn!(
+                    "worker {}: drain timeout with {} connections open",
+                    worker.id,
+                    worker.open.get()
+                );
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! One client connection: keep-alive, head limits and timeouts, pipelining in order.
+//!
+//! Owns [`ClientIo`] (the socket and its three buffers) and the connection loop [`serve`]:
+//! wait for a request head (keep-alive timeout while idle, header timeout once the first byte
+//! arrives), parse it zero-copy, hand it to the pipeline, repeat. Pipelined requests are read
+//! from the same buffer after the previous response is complete, so responses go out in order.
+//!
+//! Invariant: when the pipeline returns "keep alive", the request's body has been consumed
+//! exactly, so the next bytes in the buffer are the next request's.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::http;
+use crate::pipeline;
+use crate::runtime::worker::Worker;
+
+/// Initial capacity of a connection's read buffer; it grows to the head limits when needed.
+const READ_BUF: usize = 8 * 1024;
+
+pub struct ClientIo {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Read buffer; `rbuf[rpos..]` is received and not yet consumed.
+    pub rbuf: Vec<u8>,
+    pub rpos: usize,
+    /// Client-bound bytes (response heads, small bodies).
+    pub wbuf: Vec<u8>,
+    /// Upstream-bound bytes (request head and the replayable part of the body).
+    pub ubuf: Vec<u8>,
+}
+
+/// Why a client read ended without data.
+#[derive(Debug)]
+pub enum ReadEnd {
+    Closed,
+    Timeout,
+    Io(std::io::Error),
+}
+
+impl ClientIo {
+    pub fn data(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.rpos += n;
+        if self.rpos >= self.rbuf.len() {
+            self.rpos = 0;
+            self.rbuf.clear();
+        }
+    }
+
+    /// Reads at least one more byte within `timeout`, keeping unconsumed bytes; `max` bounds
+    /// how large the buffer may grow (the head limits while reading a head).
+    pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, ReadEnd> {
+        if self.rpos > 0 && self.rbuf.capacity() - self.rbuf.len() < 2048 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < 2048 {
+            let want = (self.rbuf.capacity() * 2).clamp(READ_BUF, max.max(READ_BUF));
+            if want > self.rbuf.len() {
+                self.rbuf.reserve(want - self.rbuf.len());
+            }
+        }
+        let buf = std::mem::take(&mut self.rbuf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
+            Ok((res, slice)) => {
+                self.rbuf = slice.into_inner();
+                match res {
+                    Ok(0) => Err(ReadEnd::Closed),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(ReadEnd::Io(e)),
+                }
+            }
+            Err(_) => Err(ReadEnd::Timeout),
+        }
+    }
+
+    /// Writes and clears `wbuf`.
+    pub async fn flush(&mut self, timeout: Duration) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        match monoio::time::timeout(timeout, self.stream.write_all(buf)).await {
+            Ok((res, mut buf)) => {
+                buf.clear();
+                self.wbuf = buf;
+                res.map(|_| ())
+            }
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Writes `buf[start..end]` from a buffer the caller owns (an upstream read buffer), so
+    /// large bodies are not copied; the buffer comes back whatever happened.
+    pub async fn write_from(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+        timeout: Duration,
+    ) -> (std::io::Result<()>, Option<Vec<u8>>) {
+        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
+            Ok((res, slice)) => (res.map(|_| ()), Some(slice.into_inner())),
+            Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
+        }
+    }
+
+    /// Writes a gateway error response (BEHAVIOR.md JSON body).
+    pub async fn send_error(
+        &mut self,
+        e: &pipeline::Rejection,
+        timeout: Duration,
+    ) -> std::io::Result<()> {
+        let mut extra: smallvec::SmallVec<[(&str, &str); 2]> = smallvec::SmallVec::new();
+        if let Some(allow) = &e.allow {
+            extra.push(("Allow", allow.as_str()));
+        }
+        http::write::error_response(
+            &mut self.wbuf,
+            e.status,
+            &e.message,
+            e.id.as_str(),
+            e.retry_after,
+            &extra,
+            e.close,
+        );
+        self.flush(timeout).await
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = ClientIo {
+        stream,
+        peer,
+        rbuf: Vec::with_capacity(READ_BUF),
+        rpos: 0,
+        wbuf: Vec::new(),
+        ubuf: Vec::new(),
+    };
+    let mut first = true;
+    loop {
+        let snap = worker.snapshot();
+        let limits = snap.active.config.server.limits.clone();
+        let head_limits = http::HeadLimits {
+            max_request_line: limits.max_request_line,
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+        };
+        let head_max = limits.max_request_line + limits.max_header_bytes + 4;
+        // Deadline for the whole head, from its first byte (or from accept for the first one).
+        let mut deadline = if first || !conn.data().is_empty() {
+            Some(Instant::now() + limits.header_timeout)
+        } else {
+            None
+        };
+
+        let prepared = loop {
+            if !conn.data().is_empty() {
+                let parsed = {
+                    let data = &conn.rbuf[conn.rpos..];
+                    match http::parse_request(data, &head_limits) {
+                        Ok(Some(head)) => Some(Ok((
+                            head.head_len,
+                            pipeline::stack::prepare(
+                                &head,
+                                conn.peer,
+                                &worker,
+                                &snap,
+                                &mut conn.ubuf,
+                            ),
+                        ))),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                };
+                match parsed {
+                    Some(Ok((head_len, p))) => {
+                        conn.consume(head_len);
+                        break p;
+                    }
+                    Some(Err(e)) => {
+                        let r = pipeline::Rejection::new(
+                            e.status(),
+                            e.to_string(),
+                            worker.request_id(),
+                        )
+                        .closing();
+                        let _ = conn.send_error(&r, limits.body_timeout).await;
+                        return;
+                    }
+                    None => {}
+                }
+            }
+            // Need more bytes.
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => limits.keepalive_timeout,
+            };
+            let idle = deadline.is_none();
+            let res = if idle {
+                // Between requests: a drain closes idle connections at once.
+                if worker.drain.is_fired() {
+                    return;
+                }
+                monoio::select! {
+                    r = conn.fill(wait, head_max) => Some(r),
+                    _ = worker.drain.wait() => None,
+                }
+            } else {
+                Some(conn.fill(wait, head_max).await)
+            };
+            match res {
+                None => return,
+                Some(Ok(_)) => {
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + limits.header_timeout);
+                    }
+                }
+                Some(Err(ReadEnd::Timeout)) if !idle => {
+                    let r = pipeline::Rejection::new(
+                        408,
+                        "Request header timeout".into(),
+                        worker.request_id(),
+                    )
+                    .closing();
+                    let _ = conn.send_error(&r, limits.body_timeout).await;
+                    return;
+                }
+                Some(Err(_)) => return,
+            }
+        };
+        first = false;
+
+        let keep = match prepared {
+            Ok(ctx) => pipeline::stack::run(ctx, &mut conn, &worker, &snap).await,
+            Err(rejection) => {
+                conn.send_error(&rejection, limits.body_timeout)
+                    .await
+                    .is_ok()
+                    && !rejection.close
+            }
+        };
+        if !keep || worker.drain.is_fired() {
+            return;
+        }
+    }
+}

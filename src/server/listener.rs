@@ -1,0 +1,72 @@
+//! Listening sockets: created once per worker per address with SO_REUSEPORT, so the kernel
+//! spreads connections over workers and a request never hops threads.
+//!
+//! Sockets are bound on the main thread before any worker starts (a port in use fails the
+//! start with a clear error), then handed to their worker, whose accept loop runs until the
+//! drain starts. Connections over `max_connections` are closed at once.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+
+use monoio::net::TcpListener;
+use socket2::{Domain, Socket, Type};
+
+use crate::runtime::worker::Worker;
+
+/// Accept backlog; the kernel caps it at net.core.somaxconn.
+const BACKLOG: i32 = 4096;
+
+/// Binds one SO_REUSEPORT listening socket on `addr`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections until the worker drains; each connection becomes its own task.
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        if worker.drain.is_fired() {
+            return;
+        }
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.drain.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let max = worker
+                    .snapshot()
+                    .active
+                    .config
+                    .server
+                    .limits
+                    .max_connections;
+                if !worker.shared.try_open_connection(max) {
+                    drop(stream);
+                    continue;
+                }
+                worker.open.set(worker.open.get() + 1);
+                let w = worker.clone();
+                monoio::spawn(async move {
+                    crate::server::conn::serve(w.clone(), stream, peer).await;
+                    w.open.set(w.open.get() - 1);
+                    w.shared.close_connection();
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+                crate::warn!("worker {}: accept failed: {e}", worker.id);
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The client side: listening sockets ([`listener`]) and client connections ([`conn`]).
+
+pub mod conn;
+pub mod listener;

@@ -1,0 +1,130 @@
+//! One upstream HTTP/1.1 connection: connect with a timeout, write, read with a timeout.
+//!
+//! [`UpConn`] owns its socket and its read buffer; the response head is parsed zero-copy from
+//! that buffer by the pipeline. Reads and writes use monoio's owned-buffer I/O; a read that
+//! times out is cancelled and the connection is never reused.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::UpstreamError;
+
+/// Initial read buffer per upstream connection; grows up to the response head limit.
+const READ_BUF: usize = 16 * 1024;
+
+pub struct UpConn {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// Read buffer; `buf[pos..]` holds bytes received but not yet consumed.
+    pub buf: Vec<u8>,
+    pub pos: usize,
+    /// True when this connection served an earlier request (pool hit).
+    pub reused: bool,
+    pub(super) idle_since: Instant,
+}
+
+impl UpConn {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, UpstreamError> {
+        let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(UpConn {
+            stream,
+            addr,
+            buf: Vec::with_capacity(READ_BUF),
+            pos: 0,
+            reused: false,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Unconsumed bytes received so far.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.pos = 0;
+            self.buf.clear();
+        }
+    }
+
+    /// Bytes left over after a complete response: the upstream sent more than it framed.
+    pub fn pending_bytes(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    /// Reads more bytes (at least one) within `timeout`. `Ok(0)` means the upstream closed.
+    pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, UpstreamError> {
+        if self.pos > 0
+            && (self.pos == self.buf.len() || self.buf.capacity() - self.buf.len() < 4096)
+        {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            let want = (self.buf.capacity() * 2).clamp(READ_BUF, max.max(READ_BUF));
+            self.buf.reserve(want - self.buf.len());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let cap = buf.capacity();
+        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
+            Ok((res, slice)) => {
+                self.buf = slice.into_inner();
+                match res {
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(UpstreamError::Reset {
+                        addr: self.addr,
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+            // The cancelled read keeps the buffer until the kernel lets go of it; this
+            // connection is dropped by the caller.
+            Err(_) => Err(UpstreamError::ReadTimeout { addr: self.addr }),
+        }
+    }
+
+    /// Writes `buf[range]`, returning the buffer whatever happened.
+    pub async fn write(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (std::io::Result<()>, Vec<u8>) {
+        let (res, slice) = self.stream.write_all(buf.slice(start..end)).await;
+        (res.map(|_| ()), slice.into_inner())
+    }
+
+    /// Non-blocking check that the upstream has not closed (or written to) this idle
+    /// connection. Any byte or EOF means it cannot be reused.
+    pub fn is_open(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv on a socket fd we own into a valid 1-byte buffer; MSG_PEEK leaves the
+        // socket's data untouched and MSG_DONTWAIT never blocks the event loop.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0
+            && matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN)
+            )
+    }
+}

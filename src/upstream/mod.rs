@@ -1,0 +1,76 @@
+//! Upstream services: endpoint selection, per-worker connection pools, the HTTP/1.1 client
+//! exchange, retries and their budget.
+//!
+//! Key types: [`UpstreamError`] (every way an upstream attempt fails, with the status it maps
+//! to and whether it may be retried), [`WorkerUpstreams`] (this worker's pools and balancers,
+//! one [`UpstreamState`] per configured upstream).
+//!
+//! Invariant: everything here except the retry budget is owned by one worker thread; a pooled
+//! connection is only ever used by the worker that opened it.
+
+pub mod balance;
+pub mod client;
+pub mod pool;
+pub mod retry;
+
+use std::net::SocketAddr;
+
+pub use pool::{UpstreamState, WorkerUpstreams};
+
+/// An upstream attempt that failed. Only these feed retries (and, later, breakers): errors
+/// caused by the client are [`UpstreamError::ClientAborted`] and never count against an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// 502: the TCP connect failed (refused, unreachable). Retried for any method.
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// 502: no connection within `connect_timeout`. Retried for any method.
+    #[error("connect to {addr} timed out")]
+    ConnectTimeout { addr: SocketAddr },
+    /// 504: no response bytes within the read timeout. Retried for idempotent methods.
+    #[error("upstream {addr} read timed out")]
+    ReadTimeout { addr: SocketAddr },
+    /// 502: the connection was reset or closed before a complete response head.
+    #[error("upstream {addr} closed the connection: {detail}")]
+    Reset { addr: SocketAddr, detail: String },
+    /// 502: the upstream sent a response we cannot frame (bad head, conflicting lengths, ...).
+    #[error("upstream {addr} sent an invalid response: {detail}")]
+    BadResponse { addr: SocketAddr, detail: String },
+    /// The client went away or misbehaved while its request was being forwarded. Not the
+    /// upstream's fault; carries the client-side status to answer with, if any.
+    #[error("client aborted: {detail}")]
+    ClientAborted { status: Option<u16>, detail: String },
+}
+
+impl UpstreamError {
+    /// The status a client gets for this failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamError::ReadTimeout { .. } => 504,
+            UpstreamError::ClientAborted { status, .. } => status.unwrap_or(400),
+            _ => 502,
+        }
+    }
+
+    /// The message of the JSON error body.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                "Upstream connection failed"
+            }
+            UpstreamError::ReadTimeout { .. } => "Upstream timed out",
+            UpstreamError::Reset { .. } => "Upstream connection reset",
+            UpstreamError::BadResponse { .. } => "Invalid response from upstream",
+            UpstreamError::ClientAborted {
+                status: Some(413), ..
+            } => "Request body too large",
+            UpstreamError::ClientAborted {
+                status: Some(408), ..
+            } => "Request body timeout",
+            UpstreamError::ClientAborted { .. } => "Malformed request body",
+        }
+    }
+}

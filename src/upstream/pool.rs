@@ -1,0 +1,175 @@
+//! Per-worker upstream state: one [`UpstreamState`] per configured upstream, each with its
+//! balancer and a keep-alive pool per endpoint.
+//!
+//! A connection goes back to its pool only after its response was read completely and neither
+//! side asked to close; it is taken out LIFO (warmest first) and checked for a close by the
+//! upstream before reuse. Pools are swept by the worker's housekeeping tick. Pools survive a
+//! config swap for endpoints whose address did not change.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::balance::Balancer;
+use super::client::UpConn;
+use super::retry::RetryBudget;
+use crate::config::model::{Config, Upstream};
+
+/// Idle connections older than this are probed with a non-blocking peek before reuse; younger
+/// ones are reused blind (the reused-connection retry covers the rare race).
+const PROBE_AFTER: Duration = Duration::from_millis(50);
+
+pub struct EndpointPool {
+    pub addr: SocketAddr,
+    idle: VecDeque<UpConn>,
+}
+
+pub struct UpstreamState {
+    pub name: String,
+    pub balancer: Balancer,
+    pub pools: Vec<EndpointPool>,
+    pub budget: Arc<RetryBudget>,
+    /// Requests not yet added to the shared budget (batched, see `retry.rs`).
+    pub pending_requests: Cell<u64>,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+}
+
+/// All upstreams of one worker, indexed like `Config::upstreams`.
+#[derive(Default)]
+pub struct WorkerUpstreams {
+    pub list: Vec<RefCell<UpstreamState>>,
+}
+
+impl WorkerUpstreams {
+    /// Builds this worker's state for `config`, keeping the pools of `old` whose upstream name
+    /// and endpoint address are unchanged.
+    pub fn build(
+        config: &Config,
+        budgets: &[Arc<RetryBudget>],
+        old: Option<&WorkerUpstreams>,
+        seed: u64,
+    ) -> Self {
+        let list = config
+            .upstreams
+            .iter()
+            .zip(budgets)
+            .enumerate()
+            .map(|(i, (u, budget))| {
+                let previous = old.and_then(|o| o.list.iter().find(|s| s.borrow().name == u.name));
+                let mut previous = previous.map(|p| p.borrow_mut());
+                RefCell::new(UpstreamState::new(
+                    u,
+                    budget.clone(),
+                    previous.as_deref_mut(),
+                    seed ^ i as u64,
+                ))
+            })
+            .collect();
+        WorkerUpstreams { list }
+    }
+
+    /// Drops idle connections past their idle timeout; called by the housekeeping tick.
+    pub fn sweep(&self, now: Instant) {
+        for u in &self.list {
+            let mut u = u.borrow_mut();
+            let timeout = u.idle_timeout;
+            for p in &mut u.pools {
+                while p
+                    .idle
+                    .front()
+                    .is_some_and(|c| now.duration_since(c.idle_since) >= timeout)
+                {
+                    p.idle.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Adds batched request counts to the shared retry budgets.
+    pub fn flush_budgets(&self, now_sec: u64) {
+        for u in &self.list {
+            let u = u.borrow();
+            u.budget
+                .add_requests(now_sec, u.pending_requests.replace(0));
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.list
+            .iter()
+            .map(|u| u.borrow().pools.iter().map(|p| p.idle.len()).sum::<usize>())
+            .sum()
+    }
+}
+
+impl UpstreamState {
+    fn new(
+        u: &Upstream,
+        budget: Arc<RetryBudget>,
+        mut old: Option<&mut UpstreamState>,
+        seed: u64,
+    ) -> Self {
+        let pools = u
+            .endpoints
+            .iter()
+            .map(|e| {
+                let idle = old
+                    .as_mut()
+                    .and_then(|o| o.pools.iter_mut().find(|p| p.addr == e.addr))
+                    .map(|p| std::mem::take(&mut p.idle))
+                    .unwrap_or_default();
+                EndpointPool { addr: e.addr, idle }
+            })
+            .collect();
+        UpstreamState {
+            name: u.name.clone(),
+            balancer: Balancer::new(&u.balance, &u.endpoints, seed),
+            pools,
+            budget,
+            pending_requests: Cell::new(0),
+            max_idle: u.max_idle_per_worker,
+            idle_timeout: u.idle_timeout,
+        }
+    }
+
+    /// A pooled connection to endpoint `ep` that is still open, if there is one.
+    pub fn checkout(&mut self, ep: usize, now: Instant) -> Option<UpConn> {
+        let timeout = self.idle_timeout;
+        let pool = &mut self.pools[ep];
+        while let Some(conn) = pool.idle.pop_back() {
+            let idle = now.duration_since(conn.idle_since);
+            if idle >= timeout {
+                // Everything older is expired too.
+                pool.idle.clear();
+                return None;
+            }
+            if idle < PROBE_AFTER || conn.is_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn checkin(&mut self, ep: usize, mut conn: UpConn, now: Instant) {
+        if self.max_idle == 0 || ep >= self.pools.len() || conn.pending_bytes() {
+            return;
+        }
+        let pool = &mut self.pools[ep];
+        if pool.addr != conn.addr {
+            return;
+        }
+        if pool.idle.len() >= self.max_idle {
+            pool.idle.pop_front();
+        }
+        conn.idle_since = now;
+        pool.idle.push_back(conn);
+    }
+}
+
+/// Shared handle used by the pipeline.
+pub type Upstreams = Rc<WorkerUpstreams>;
