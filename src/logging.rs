@@ -31,9 +31,9 @@ pub fn write_line(level: LogLevel, args: std::fmt::Arguments<'_>) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let mut line = Vec::with_capacity(128);
-    let _ = write!(
+    let _ = writeln!(
         line,
-        "{}.{:03} {name} dispatch: {args}\n",
+        "{}.{:03} {name} dispatch: {args}",
         ts.as_secs(),
         ts.subsec_millis()
     );

@@ -5,7 +5,6 @@
 //! call but `GET /health` needs `Authorization: Bearer <value>`) and the endpoints available
 //! in this milestone: `GET /health` and `POST /reload`. Any other path is a JSON 404.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +35,6 @@ pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::R
                             return;
                         }
                     };
-                    let shared = Rc::new(shared);
                     loop {
                         if let Ok((stream, _)) = listener.accept().await {
                             monoio::spawn(serve(shared.clone(), stream));
@@ -61,7 +59,7 @@ fn error(status: u16, message: &str) -> Reply {
     }
 }
 
-async fn serve(shared: Rc<Arc<Shared>>, mut stream: TcpStream) {
+async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     loop {
         // Read one request (head and Content-Length body).
@@ -156,8 +154,8 @@ fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
 fn route(shared: &Shared, method: &str, path: &[u8], auth: Option<&[u8]>) -> Reply {
     let active = shared.active();
     let cfg = &active.config;
-    if !(method == "GET" && path == b"/health") && !authorized(auth, cfg.admin.token_env.as_deref())
-    {
+    let open = method == "GET" && path == b"/health";
+    if !open && !authorized(auth, cfg.admin.token_env.as_deref()) {
         return error(401, "Missing or invalid admin token");
     }
     match (method, path) {

@@ -58,6 +58,15 @@ fn spec_example_supported_part() -> String {
             || section.ends_with(".health_check");
         let key = line.split('=').next().unwrap().trim();
         let later_key = first == "routes" && LATER_ROUTE_KEYS.contains(&key);
+        if first == "routes" && key == "client" {
+            // Without BFF the two client-specific routes would be ambiguous; a header
+            // predicate keeps them apart the way `bff.header` will.
+            let client = line.split('"').nth(1).unwrap();
+            out.push_str(&format!(
+                "headers = {{ \"x-client-type\" = \"{client}\" }}\n"
+            ));
+            continue;
+        }
         if !later_section && !later_key {
             out.push_str(line);
             out.push('\n');
@@ -562,7 +571,7 @@ fn load_reads_the_file_and_reports_unreadable_ones() {
 
 #[test]
 fn route_error_points_at_the_route() {
-    let cfg = load("[upstreams.u]\nendpoints = [\"http://127.0.0.1:1\"]\n\n[routes.a]\npaths = [\"/a\"]\nupstream = \"u\"\n\n[routes.b]\npaths = [\"/a\"]\nupstream = \"u\"\n");
+    let cfg = load("[upstreams.u]\nendpoints = [\"http://127.0.0.1:1\"]\n\n[routes.a]\npaths = [\"/a\"]\nupstream = \"u\"\n\n[routes.b]\npaths = [\"/b\"]\nupstream = \"u\"\n");
     let err = route_error(
         &cfg,
         1,

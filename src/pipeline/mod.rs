@@ -27,6 +27,8 @@ pub struct Rejection {
     pub retry_after: Option<u64>,
     /// Close the connection after the response (framing errors, unread bodies).
     pub close: bool,
+    /// The request was HEAD: the response carries the head only (RFC 9110 §9.3.2).
+    pub head_only: bool,
 }
 
 impl Rejection {
@@ -38,6 +40,7 @@ impl Rejection {
             allow: None,
             retry_after: None,
             close: false,
+            head_only: false,
         }
     }
 

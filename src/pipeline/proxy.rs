@@ -666,7 +666,8 @@ async fn client_failed(
 ) -> bool {
     if let Some(status) = f.status {
         conn.wbuf.clear();
-        let r = Rejection::new(status, f.message.to_string(), ctx.id).closing();
+        let mut r = Rejection::new(status, f.message.to_string(), ctx.id).closing();
+        r.head_only = ctx.method.is_head;
         let _ = conn.send_error(&r, timeout).await;
     }
     false
@@ -682,6 +683,7 @@ async fn upstream_failed(
     crate::debug!("request {} failed: {e}", ctx.id.as_str());
     conn.wbuf.clear();
     let mut r = Rejection::new(e.status(), e.client_message().to_string(), ctx.id);
+    r.head_only = ctx.method.is_head;
     // The request body may be partly unread, and a failed upstream says nothing about the
     // client connection otherwise.
     r.close = !ctx.keep_alive || worker.drain.is_fired() || ctx.body != BodyKind::None;

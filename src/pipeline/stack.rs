@@ -59,6 +59,33 @@ pub fn prepare(
     worker: &Worker,
     snap: &Snapshot,
     ubuf: &mut Vec<u8>,
+) -> Prepared {
+    match stages(head, peer, worker, snap, ubuf) {
+        Ok(ctx) => Prepared::Forward(ctx),
+        Err(mut r) => {
+            r.head_only = head.method == "HEAD";
+            Prepared::Answer(r)
+        }
+    }
+}
+
+/// What the synchronous stages decided.
+pub enum Prepared {
+    /// Go on to [`run`] with this context.
+    Forward(RequestCtx),
+    /// A stage answered the request itself.
+    Answer(Rejection),
+}
+
+// The rejection is the rare path and about as large as the context; boxing it would only
+// add an allocation to every error.
+#[allow(clippy::result_large_err)]
+fn stages(
+    head: &RequestHead<'_>,
+    peer: SocketAddr,
+    worker: &Worker,
+    snap: &Snapshot,
+    ubuf: &mut Vec<u8>,
 ) -> Result<RequestCtx, Rejection> {
     let cfg = &snap.active.config;
     let headers = &head.headers[..];

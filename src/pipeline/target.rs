@@ -18,7 +18,7 @@ pub struct Target<'a> {
     pub authority: Option<&'a str>,
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     /// 400: not origin-form or absolute-form http(s).
     #[error("invalid request target")]
@@ -159,12 +159,11 @@ mod tests {
         })
     }
 
+    type Want = Result<(&'static str, Option<&'static str>, Option<&'static str>), TargetError>;
+
     #[test]
     fn targets() {
-        let cases: &[(
-            &str,
-            Result<(&str, Option<&str>, Option<&str>), TargetError>,
-        )] = &[
+        let cases: &[(&str, Want)] = &[
             ("/a/b?x=1", Ok(("/a/b", Some("x=1"), None))),
             ("/", Ok(("/", None, None))),
             ("/a//b", Ok(("/a/b", None, None))),

@@ -244,8 +244,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         first = false;
 
         let keep = match prepared {
-            Ok(ctx) => pipeline::stack::run(ctx, &mut conn, &worker, &snap).await,
-            Err(rejection) => {
+            pipeline::stack::Prepared::Forward(ctx) => {
+                pipeline::stack::run(ctx, &mut conn, &worker, &snap).await
+            }
+            pipeline::stack::Prepared::Answer(rejection) => {
                 conn.send_error(&rejection, limits.body_timeout)
                     .await
                     .is_ok()
