@@ -63,7 +63,9 @@ fn resolve_driver(d: Driver) -> Result<Driver, StartError> {
 /// Starts the gateway on `config`.
 pub fn start(config: Config) -> Result<Running, StartError> {
     crate::logging::set_level(config.log.level);
+    let signals = shutdown::register()?;
     let driver = resolve_driver(config.server.driver)?;
+    let fallback = config.server.driver == Driver::Auto;
     let workers = config.server.workers;
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -103,11 +105,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         } else {
             Some(cores[id % cores.len()])
         };
-        handles.push(worker::spawn(id, shared.clone(), sockets, driver, core)?);
+        handles.push(worker::spawn(
+            id,
+            shared.clone(),
+            sockets,
+            driver,
+            fallback,
+            core,
+        )?);
     }
     crate::admin::spawn(shared.clone(), admin_listener)?;
     let reload_shared = shared.clone();
-    shutdown::install_signals(shared.clone(), move || {
+    shutdown::watch(signals, shared.clone(), move || {
         if let Err(e) = reload::reload(&reload_shared) {
             crate::error!("reload failed, keeping the running config: {e}");
         }

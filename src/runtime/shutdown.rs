@@ -97,13 +97,20 @@ impl Drop for LatchWait<'_> {
     }
 }
 
-/// Installs SIGTERM/SIGINT (shutdown) and SIGHUP (reload) handling on a dedicated thread.
-pub fn install_signals(
+/// SIGTERM/SIGINT (shutdown) and SIGHUP (reload), registered before anything is bound so that a
+/// signal arriving during start-up is queued for [`watch`] rather than killing the process.
+pub fn register() -> std::io::Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
+/// Handles registered signals on a dedicated thread for the life of the process.
+pub fn watch(
+    mut signals: signal_hook::iterator::Signals,
     shared: std::sync::Arc<super::shared::Shared>,
     on_reload: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    use signal_hook::consts::SIGHUP;
     std::thread::Builder::new()
         .name("dispatch-signals".into())
         .spawn(move || {

@@ -101,6 +101,7 @@ pub fn spawn(
     shared: Arc<Shared>,
     listeners: Vec<StdListener>,
     driver: Driver,
+    fallback: bool,
     core: Option<core_affinity::CoreId>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -112,18 +113,27 @@ pub fn spawn(
                 }
             }
             let run = move || worker_main(id, shared, listeners);
+            let legacy = || {
+                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+            };
             let res = match driver {
-                Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                Driver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                     .enable_timer()
                     .with_entries(4096)
                     .build()
-                    .map(|mut rt| rt.block_on(run())),
-                Driver::Epoll | Driver::Auto => {
-                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                        .enable_timer()
-                        .build()
-                        .map(|mut rt| rt.block_on(run()))
-                }
+                {
+                    Ok(mut rt) => Ok(rt.block_on(run())),
+                    // A ring can fail to set up even where io_uring exists (RLIMIT_MEMLOCK on
+                    // older kernels): with driver = "auto" that is a fallback, not a failure.
+                    Err(e) if fallback => {
+                        crate::warn!("worker {id}: io_uring setup failed ({e}): using epoll");
+                        legacy().map(|mut rt| rt.block_on(run()))
+                    }
+                    Err(e) => Err(e),
+                },
+                Driver::Epoll | Driver::Auto => legacy().map(|mut rt| rt.block_on(run())),
             };
             if let Err(e) = res {
                 crate::error!("worker {id}: cannot start its event loop: {e}");
