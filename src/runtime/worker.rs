@@ -124,7 +124,10 @@ pub fn spawn(
                     .with_entries(4096)
                     .build()
                 {
-                    Ok(mut rt) => Ok(rt.block_on(run())),
+                    Ok(mut rt) => {
+                        rt.block_on(run());
+                        Ok(())
+                    }
                     // A ring can fail to set up even where io_uring exists (RLIMIT_MEMLOCK on
                     // older kernels): with driver = "auto" that is a fallback, not a failure.
                     Err(e) if fallback => {
