@@ -87,6 +87,7 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
+    /// A decoder at the start of a chunked body.
     pub const fn new() -> Self {
         ChunkedDecoder {
             remaining: 0,

@@ -9,7 +9,7 @@
 //!   token helpers and the hop-by-hop header set.
 //! - [`chunked`]: the incremental, zero-copy chunked decoder ([`ChunkedDecoder`]) and the
 //!   encoder constants.
-//! - [`write`]: serializing status lines, headers, chunk frames and the gateway's own JSON
+//! - [`write`](mod@write): serializing status lines, headers and the gateway's own JSON
 //!   error responses into a `Vec<u8>`.
 //!
 //! The one thing to know: parsing is strict wherever two HTTP implementations could
@@ -65,14 +65,23 @@ pub enum HeadError {
     /// 414 URI Too Long: the request line (counting any empty lines before it) has no CRLF
     /// within `limit` bytes. Raised as soon as `limit + 2` bytes arrived without one.
     #[error("request line longer than {limit} bytes")]
-    RequestLineTooLong { limit: usize },
+    RequestLineTooLong {
+        /// The limit in force.
+        limit: usize,
+    },
     /// 431 Request Header Fields Too Large: the bytes after the request line, up to and
     /// including the final empty line, exceed `limit`. Raised on incomplete input too.
     #[error("header block larger than {limit} bytes")]
-    HeaderTooLarge { limit: usize },
+    HeaderTooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
     /// 431 Request Header Fields Too Large: more than `limit` header field lines.
     #[error("more than {limit} header fields")]
-    TooManyHeaders { limit: usize },
+    TooManyHeaders {
+        /// The limit in force.
+        limit: usize,
+    },
     /// 505 HTTP Version Not Supported: a well-formed `HTTP/x.y` other than 1.0 and 1.1
     /// (`HTTP/2.0`, the HTTP/2 prior-knowledge preface, `HTTP/1.2`). Requests only; an
     /// upstream's bad version is [`HeadError::Malformed`].
@@ -151,7 +160,10 @@ pub enum ChunkError {
     SizeOverflow,
     /// 400: a chunk-size line (size and extensions) longer than `limit` bytes.
     #[error("chunk size line longer than {limit} bytes")]
-    LineTooLong { limit: usize },
+    LineTooLong {
+        /// The limit in force.
+        limit: usize,
+    },
     /// 400: a chunk extension with a byte outside field-value bytes, or whitespace after
     /// the size that is not followed by `;`.
     #[error("invalid chunk extension")]
@@ -166,7 +178,10 @@ pub enum ChunkError {
     InvalidTrailer,
     /// 400: the trailer section is larger than `limit` bytes.
     #[error("trailer section larger than {limit} bytes")]
-    TrailersTooLarge { limit: usize },
+    TrailersTooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
 }
 
 impl ChunkError {
@@ -182,13 +197,28 @@ impl ChunkError {
 pub enum Error {
     /// A head error: [`HeadError::status`] for a client, 502 for an upstream.
     #[error("bad {peer} head: {source}")]
-    Head { peer: Peer, source: HeadError },
+    Head {
+        /// Who sent the bytes.
+        peer: Peer,
+        /// What was wrong with them.
+        source: HeadError,
+    },
     /// A framing error: [`FramingError::status`] for a client, 502 for an upstream.
     #[error("bad {peer} message framing: {source}")]
-    Framing { peer: Peer, source: FramingError },
+    Framing {
+        /// Who sent the bytes.
+        peer: Peer,
+        /// What was wrong with them.
+        source: FramingError,
+    },
     /// A chunked body error: 400 for a client, 502 for an upstream.
     #[error("bad {peer} chunked body: {source}")]
-    Chunked { peer: Peer, source: ChunkError },
+    Chunked {
+        /// Who sent the bytes.
+        peer: Peer,
+        /// What was wrong with them.
+        source: ChunkError,
+    },
 }
 
 impl Error {

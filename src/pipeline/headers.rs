@@ -199,7 +199,8 @@ pub fn write_response_head(out: &mut Vec<u8>, r: &ResponseHeadOut<'_, '_>) {
         if name.eq_ignore_ascii_case("content-length") {
             // For bodiless responses (HEAD, 304) the upstream's length describes the entity and
             // is passed on; otherwise the gateway writes the framing itself.
-            if r.framing != OutFraming::NoBody {
+            // RFC 9110 §8.6: never on 1xx or 204.
+            if r.framing != OutFraming::NoBody || r.status < 200 || r.status == 204 {
                 continue;
             }
         } else if name.eq_ignore_ascii_case("via") {

@@ -188,14 +188,10 @@ impl RequestBody {
                 BodyKind::Length(_) => {
                     let take = (self.remaining as usize).min(conn.data().len());
                     let (start, rbuf) = (conn.rpos, std::mem::take(&mut conn.rbuf));
-                    let (res, rbuf) = up.write(rbuf, start, start + take).await;
-                    conn.rbuf = rbuf;
-                    res.map_err(|e| {
-                        PumpFail::Upstream(UpstreamError::Reset {
-                            addr: up.addr,
-                            detail: e.to_string(),
-                        })
-                    })?;
+                    conn.rbuf = up
+                        .write(rbuf, start, start + take, ctx.read_timeout)
+                        .await
+                        .map_err(PumpFail::Upstream)?;
                     conn.consume(take);
                     self.remaining -= take as u64;
                     self.complete = self.remaining == 0;
@@ -207,14 +203,10 @@ impl RequestBody {
                     if !conn.ubuf.is_empty() {
                         let ubuf = std::mem::take(&mut conn.ubuf);
                         let len = ubuf.len();
-                        let (res, ubuf) = up.write(ubuf, 0, len).await;
-                        conn.ubuf = ubuf;
-                        res.map_err(|e| {
-                            PumpFail::Upstream(UpstreamError::Reset {
-                                addr: up.addr,
-                                detail: e.to_string(),
-                            })
-                        })?;
+                        conn.ubuf = up
+                            .write(ubuf, 0, len, ctx.read_timeout)
+                            .await
+                            .map_err(PumpFail::Upstream)?;
                     }
                 }
             }
@@ -273,7 +265,21 @@ struct ResponseInfo {
     client_keep: bool,
 }
 
+/// Response heads from upstreams: generous, but within the parser's stack slots (128 headers)
+/// so parsing never allocates.
+const UPSTREAM_HEAD_LIMITS: http::HeadLimits = http::HeadLimits {
+    max_request_line: 8192,
+    max_header_bytes: 64 * 1024,
+    max_headers: 128,
+};
+
+/// Free replays of one request on fresh connections after a pooled one turned out closed.
+const MAX_STALE_REPLAYS: u32 = 2;
+
 enum Attempt {
+    /// A pooled connection turned out closed before the upstream took the request: replay on a
+    /// fresh connection without spending a retry.
+    Stale(UpstreamError),
     /// The response went to the client; `keep` tells whether the client connection stays.
     Done { keep: bool },
     /// Failed before any response byte reached the client.
@@ -308,11 +314,12 @@ pub async fn forward(
 
     let mut tried = Tried::default();
     let mut attempts: u32 = 0;
+    let mut stale: u32 = 0;
     loop {
         let (ep, pooled) = {
             let mut s = state.borrow_mut();
             let ep = s.balancer.pick(ctx.balance_key, tried);
-            (ep, s.checkout(ep, Instant::now()))
+            (ep, s.checkout(ep, Instant::now(), !ctx.method.idempotent))
         };
         let addr = upstream.endpoints[ep].addr;
         let mut up = match pooled {
@@ -330,7 +337,6 @@ pub async fn forward(
                 }
             },
         };
-        let reused = up.reused;
         state.borrow_mut().balancer.start(ep);
         let retry_status = |e: &UpstreamError, body: &RequestBody| {
             retry_allowed(e, ctx, body, attempts + 1, state, worker)
@@ -356,13 +362,23 @@ pub async fn forward(
                 return keep;
             }
             (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
-            (Attempt::Failed(e), _)
-                if reused && matches!(e, UpstreamError::Reset { .. }) && body.replayable() =>
-            {
-                // The upstream closed this pooled connection before we used it: not a
-                // failure of the request, and not a retry.
-                crate::debug!("pooled connection to {addr} was closed; reconnecting");
+            (Attempt::Stale(e), _) if !body.streamed && stale < MAX_STALE_REPLAYS => {
+                // The upstream closed this pooled connection before taking the request: not a
+                // failure of the request and not a retry. Its siblings are likely closed too.
+                crate::debug!("pooled connection to {addr} was closed ({e}); reconnecting");
+                stale += 1;
+                state.borrow_mut().clear(ep);
+                conn.wbuf.clear();
                 continue;
+            }
+            (Attempt::Stale(e), _) => {
+                tried.add(ep);
+                attempts += 1;
+                if retry_allowed(&e, ctx, &body, attempts, state, worker) {
+                    conn.wbuf.clear();
+                    continue;
+                }
+                return upstream_failed(conn, ctx, e, worker, io_timeout).await;
             }
             (Attempt::RetryStatus(e), _) => {
                 // The budget was already taken when the attempt chose to retry.
@@ -393,7 +409,9 @@ fn retry_allowed(
     state: &std::cell::RefCell<UpstreamState>,
     worker: &Worker,
 ) -> bool {
-    if attempts > ctx.retries || !may_retry(e, ctx.method.idempotent, body.replayable()) {
+    if attempts > ctx.retries
+        || !may_retry(e, ctx.method.idempotent, !body.streamed, body.replayable())
+    {
         return false;
     }
     let s = state.borrow();
@@ -420,16 +438,12 @@ async fn attempt(
     if !body.streamed {
         let ubuf = std::mem::take(&mut conn.ubuf);
         let len = ubuf.len();
-        let (res, ubuf) = up.write(ubuf, 0, len).await;
-        conn.ubuf = ubuf;
-        if let Err(e) = res {
-            return (
-                Attempt::Failed(UpstreamError::Reset {
-                    addr,
-                    detail: e.to_string(),
-                }),
-                false,
-            );
+        match up.write(ubuf, 0, len, ctx.read_timeout).await {
+            Ok(ubuf) => conn.ubuf = ubuf,
+            // Nothing of this request was accepted by the upstream: a closed pooled
+            // connection, replayable for any method.
+            Err(e @ UpstreamError::Reset { .. }) if up.reused => return (Attempt::Stale(e), false),
+            Err(e) => return (Attempt::Failed(e), false),
         }
     }
     if !body.complete {
@@ -442,11 +456,7 @@ async fn attempt(
 
     // Response head, skipping interim 1xx responses.
     let draining = worker.drain.is_fired();
-    let head_limits = http::HeadLimits {
-        max_request_line: 8192,
-        max_header_bytes: 64 * 1024,
-        max_headers: 256,
-    };
+    let head_limits = UPSTREAM_HEAD_LIMITS;
     let info = loop {
         let parsed = match http::parse_response(up.data(), &head_limits) {
             Ok(Some(head)) => Some(response_info(&head, ctx, draining, addr).map(|info| {
@@ -485,19 +495,36 @@ async fn attempt(
             }
             Some(Ok((head_len, None))) => up.consume(head_len), // 1xx: skip it
             Some(Err(e)) => return (Attempt::Failed(e), false),
-            None => match up.fill(ctx.read_timeout, 64 * 1024 + 8192).await {
-                Ok(0) => {
-                    return (
-                        Attempt::Failed(UpstreamError::Reset {
-                            addr,
-                            detail: "closed before a response".into(),
-                        }),
-                        false,
-                    );
+            None => {
+                let seen = !up.data().is_empty();
+                match up.fill(ctx.read_timeout, 64 * 1024 + 8192).await {
+                    Ok(0) | Err(UpstreamError::Reset { .. }) if seen => {
+                        let detail = "closed in the middle of the response head".into();
+                        return (
+                            Attempt::Failed(UpstreamError::BadResponse { addr, detail }),
+                            false,
+                        );
+                    }
+                    // A pooled connection closed under an idempotent request before any response
+                    // byte: the upstream dropped an idle connection as the request arrived.
+                    Ok(0) if up.reused && ctx.method.idempotent => {
+                        let detail = "pooled connection closed".into();
+                        return (Attempt::Stale(UpstreamError::Reset { addr, detail }), false);
+                    }
+                    Err(e @ UpstreamError::Reset { .. }) if up.reused && ctx.method.idempotent => {
+                        return (Attempt::Stale(e), false);
+                    }
+                    Ok(0) => {
+                        let detail = "closed before a response".into();
+                        return (
+                            Attempt::Failed(UpstreamError::Reset { addr, detail }),
+                            false,
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => return (Attempt::Failed(e), false),
                 }
-                Ok(_) => {}
-                Err(e) => return (Attempt::Failed(e), false),
-            },
+            }
         }
     };
 

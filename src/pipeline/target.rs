@@ -73,11 +73,22 @@ pub fn parse(raw: &[u8]) -> Result<Target<'_>, TargetError> {
 }
 
 fn is_dot(seg: &str) -> bool {
-    seg == "." || seg.eq_ignore_ascii_case("%2e")
+    strip_dot(seg.as_bytes()).is_some_and(<[u8]>::is_empty)
+}
+
+/// One `.` of a dot segment, raw or percent-encoded; returns the rest of the segment.
+fn strip_dot(seg: &[u8]) -> Option<&[u8]> {
+    match seg {
+        [b'.', rest @ ..] => Some(rest),
+        [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => Some(rest),
+        _ => None,
+    }
 }
 
 fn is_dotdot(seg: &str) -> bool {
-    matches!(seg.len(), 2 | 4 | 6) && seg.replace("%2e", ".").replace("%2E", ".").as_str() == ".."
+    strip_dot(seg.as_bytes())
+        .and_then(strip_dot)
+        .is_some_and(<[u8]>::is_empty)
 }
 
 fn normalize(path: &str) -> Result<Cow<'_, str>, TargetError> {

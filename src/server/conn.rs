@@ -84,6 +84,24 @@ impl ClientIo {
         }
     }
 
+    /// Between requests, gives back buffer space a large request or response needed, so an
+    /// idle keep-alive connection holds a few KiB, not the peak of its last exchange.
+    fn shrink_idle(&mut self) {
+        const KEEP: usize = 16 * 1024;
+        if self.rbuf.capacity() > KEEP && self.data().len() <= READ_BUF {
+            let mut fresh = Vec::with_capacity(READ_BUF);
+            fresh.extend_from_slice(&self.rbuf[self.rpos..]);
+            self.rbuf = fresh;
+            self.rpos = 0;
+        }
+        if self.wbuf.capacity() > KEEP {
+            self.wbuf = Vec::new();
+        }
+        if self.ubuf.capacity() > KEEP {
+            self.ubuf = Vec::new();
+        }
+    }
+
     /// Writes and clears `wbuf`.
     pub async fn flush(&mut self, timeout: Duration) -> std::io::Result<()> {
         if self.wbuf.is_empty() {
@@ -151,8 +169,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     };
     let mut first = true;
     loop {
-        let snap = worker.snapshot();
-        let limits = snap.active.config.server.limits.clone();
+        conn.shrink_idle();
+        // Limits for reading this head; the config that serves the request is taken once the
+        // head is complete, so a reload during the idle wait applies to it.
+        let limits = worker.snapshot().active.config.server.limits.clone();
         let head_limits = http::HeadLimits {
             max_request_line: limits.max_request_line,
             max_header_bytes: limits.max_header_bytes,
@@ -171,24 +191,25 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 let parsed = {
                     let data = &conn.rbuf[conn.rpos..];
                     match http::parse_request(data, &head_limits) {
-                        Ok(Some(head)) => Some(Ok((
-                            head.head_len,
-                            pipeline::stack::prepare(
+                        Ok(Some(head)) => {
+                            let snap = worker.snapshot();
+                            let p = pipeline::stack::prepare(
                                 &head,
                                 conn.peer,
                                 &worker,
                                 &snap,
                                 &mut conn.ubuf,
-                            ),
-                        ))),
+                            );
+                            Some(Ok((head.head_len, p, snap)))
+                        }
                         Ok(None) => None,
                         Err(e) => Some(Err(e)),
                     }
                 };
                 match parsed {
-                    Some(Ok((head_len, p))) => {
+                    Some(Ok((head_len, p, snap))) => {
                         conn.consume(head_len);
-                        break p;
+                        break (p, snap);
                     }
                     Some(Err(e)) => {
                         let r = pipeline::Rejection::new(
@@ -243,6 +264,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         };
         first = false;
 
+        let (prepared, snap) = prepared;
         let keep = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
                 pipeline::stack::run(ctx, &mut conn, &worker, &snap).await

@@ -74,7 +74,9 @@ impl UpConn {
         }
         if self.buf.capacity() - self.buf.len() < 4096 {
             let want = (self.buf.capacity() * 2).clamp(READ_BUF, max.max(READ_BUF));
-            self.buf.reserve(want - self.buf.len());
+            if want > self.buf.len() {
+                self.buf.reserve(want - self.buf.len());
+            }
         }
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
@@ -96,15 +98,34 @@ impl UpConn {
         }
     }
 
-    /// Writes `buf[range]`, returning the buffer whatever happened.
+    /// Writes `buf[start..end]` within `timeout` (an upstream that stops reading must not hold
+    /// a request forever). The buffer comes back unless the write timed out, in which case the
+    /// kernel may still hold it and this connection must be dropped.
     pub async fn write(
         &mut self,
         buf: Vec<u8>,
         start: usize,
         end: usize,
-    ) -> (std::io::Result<()>, Vec<u8>) {
-        let (res, slice) = self.stream.write_all(buf.slice(start..end)).await;
-        (res.map(|_| ()), slice.into_inner())
+        timeout: Duration,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let addr = self.addr;
+        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
+            Ok((Ok(_), slice)) => Ok(slice.into_inner()),
+            Ok((Err(e), _)) => Err(UpstreamError::Reset {
+                addr,
+                detail: e.to_string(),
+            }),
+            Err(_) => Err(UpstreamError::ReadTimeout { addr }),
+        }
+    }
+
+    /// Keeps a pooled connection's buffer small: one large response must not pin its buffer
+    /// for the connection's whole idle life.
+    pub fn shrink_idle(&mut self) {
+        if self.buf.capacity() > 2 * READ_BUF && self.buf.is_empty() {
+            self.buf = Vec::with_capacity(READ_BUF);
+            self.pos = 0;
+        }
     }
 
     /// Non-blocking check that the upstream has not closed (or written to) this idle

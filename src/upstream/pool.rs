@@ -137,7 +137,9 @@ impl UpstreamState {
     }
 
     /// A pooled connection to endpoint `ep` that is still open, if there is one.
-    pub fn checkout(&mut self, ep: usize, now: Instant) -> Option<UpConn> {
+    /// `always_probe`: check even a just-used connection (non-idempotent requests, which are
+    /// never replayed once sent).
+    pub fn checkout(&mut self, ep: usize, now: Instant, always_probe: bool) -> Option<UpConn> {
         let timeout = self.idle_timeout;
         let pool = &mut self.pools[ep];
         while let Some(conn) = pool.idle.pop_back() {
@@ -147,11 +149,19 @@ impl UpstreamState {
                 pool.idle.clear();
                 return None;
             }
-            if idle < PROBE_AFTER || conn.is_open() {
+            if (idle < PROBE_AFTER && !always_probe) || conn.is_open() {
                 return Some(conn);
             }
         }
         None
+    }
+
+    /// Drops every idle connection to endpoint `ep` (one of them was found closed: the
+    /// upstream probably restarted or closed them all).
+    pub fn clear(&mut self, ep: usize) {
+        if let Some(p) = self.pools.get_mut(ep) {
+            p.idle.clear();
+        }
     }
 
     /// Returns a connection whose last response was read completely.
@@ -167,6 +177,7 @@ impl UpstreamState {
             pool.idle.pop_front();
         }
         conn.idle_since = now;
+        conn.shrink_idle();
         pool.idle.push_back(conn);
     }
 }

@@ -23,11 +23,12 @@ pub const MIN_RETRIES_PER_SEC: u64 = 3;
 
 /// Whether an attempt that failed with `err` may be retried, before budget and attempt count.
 /// `idempotent`: GET, HEAD, OPTIONS, PUT, DELETE (RFC 9110 §9.2.2, minus TRACE which we do not
-/// retry). `replayable`: the request body, if any, is still fully held by the gateway.
-pub fn may_retry(err: &UpstreamError, idempotent: bool, replayable: bool) -> bool {
+/// retry). `untouched`: no body byte went upstream beyond what the gateway still holds, so a new
+/// attempt can start over. `replayable`: untouched, and the whole body is held.
+pub fn may_retry(err: &UpstreamError, idempotent: bool, untouched: bool, replayable: bool) -> bool {
     match err {
-        // Nothing reached the upstream: safe for any method.
-        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => replayable,
+        // Nothing reached the upstream: safe for any method, whatever the body's size.
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => untouched,
         UpstreamError::ReadTimeout { .. } | UpstreamError::Reset { .. } => idempotent && replayable,
         UpstreamError::BadResponse { .. } | UpstreamError::ClientAborted { .. } => false,
     }
@@ -186,10 +187,15 @@ mod tests {
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         let timeout = UpstreamError::ReadTimeout { addr };
-        assert!(may_retry(&connect, false, true));
-        assert!(!may_retry(&timeout, false, true));
-        assert!(may_retry(&timeout, true, true));
-        assert!(!may_retry(&timeout, true, false));
+        assert!(may_retry(&connect, false, true, true));
+        assert!(
+            may_retry(&connect, false, true, false),
+            "large bodies: connect failures still retry"
+        );
+        assert!(!may_retry(&connect, true, false, false));
+        assert!(!may_retry(&timeout, false, true, true));
+        assert!(may_retry(&timeout, true, true, true));
+        assert!(!may_retry(&timeout, true, true, false));
         assert!(is_idempotent("PUT") && !is_idempotent("POST") && !is_idempotent("PATCH"));
     }
 }

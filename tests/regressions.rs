@@ -1,0 +1,383 @@
+//! Regression tests: each pins one bug that was fixed, so it cannot come back unnoticed.
+
+mod support;
+
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A gateway with route `/app` to upstream `app` (these endpoints and extra upstream keys).
+fn app_gateway(endpoints: &str, upstream_keys: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[upstreams.app]
+endpoints = {endpoints}
+connect_timeout = "300ms"
+read_timeout = "1s"
+{upstream_keys}
+
+[routes.app]
+paths = ["/app"]
+upstream = "app"
+"#
+    ))
+}
+
+/// A TCP server that accepts connections and never reads from them (holding them open until
+/// dropped), so whatever is written to it only fills the socket buffers.
+struct Deaf {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Deaf {
+    fn start() -> Deaf {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind deaf upstream");
+        let addr = listener.local_addr().expect("local_addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut held: Vec<TcpStream> = Vec::new();
+            // Bounded even if the test forgets to stop it.
+            let end = Instant::now() + Duration::from_secs(30);
+            while !s.load(Ordering::SeqCst) && Instant::now() < end {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            drop(held);
+        });
+        Deaf {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Deaf {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Bug: a gateway-generated error (404) to HEAD carried a JSON body, desynchronising the next
+/// pipelined response on the keep-alive connection.
+#[test]
+fn head_error_response_has_no_body_and_pipelining_stays_in_sync() {
+    let up = Upstream::start(|req| Reply::text(200, &format!("upstream saw {}", req.path())));
+    let gw = app_gateway(&endpoints(&[&up]), "retries = 0");
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(Duration::from_secs(3));
+    let mut bytes = Req::head("/nope").to_bytes();
+    bytes.extend_from_slice(&Req::get("/app/x").to_bytes());
+    c.send(&bytes);
+
+    let r404 = c
+        .try_read_response_for("HEAD")
+        .unwrap_or_else(|e| panic!("reading the HEAD 404: {e}"));
+    assert_eq!(r404.status, 404, "{r404:?}");
+    assert!(
+        r404.has_header("content-length"),
+        "HEAD 404 should carry the Content-Length a GET would get: {r404:?}"
+    );
+    assert!(r404.body.is_empty());
+
+    // If the 404's body had been sent, it would be parsed here as the next status line.
+    let r200 = c
+        .try_read_response()
+        .unwrap_or_else(|e| panic!("reading the GET after the HEAD 404 (body leaked?): {e}"));
+    assert_eq!(r200.status, 200, "{r200:?}");
+    assert_eq!(r200.text(), "upstream saw /app/x");
+    assert_eq!(up.request_count(), 1);
+}
+
+/// Bug: writing a request body to an upstream that never reads had no timeout, so a large POST
+/// hung forever instead of failing with 504 after `read_timeout`.
+#[test]
+fn body_write_to_an_upstream_that_never_reads_times_out() {
+    let deaf = Deaf::start();
+    let gw = app_gateway(
+        &format!("[\"{}\"]", deaf.url()),
+        "read_timeout = \"500ms\"\nretries = 0",
+    );
+    const BODY: usize = 20 * 1024 * 1024;
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(Duration::from_secs(6));
+    let mut w = c.writer_clone();
+    let killer = c.writer_clone();
+    let writer = thread::spawn(move || {
+        let head = format!(
+            "POST /app/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {BODY}\r\n\r\n"
+        );
+        if w.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let block = vec![b'u'; 64 * 1024];
+        let mut left = BODY;
+        while left > 0 {
+            let n = left.min(block.len());
+            // The gateway may stop reading or close: write errors are expected.
+            if w.write_all(&block[..n]).is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    let start = Instant::now();
+    let result = c.try_read_response_for("POST");
+    let waited = start.elapsed();
+    // Unblock the writer whatever happened.
+    let _ = killer.shutdown(Shutdown::Both);
+    let _ = writer.join();
+    let r = result.unwrap_or_else(|e| {
+        panic!("no response to a POST whose upstream never reads (after {waited:?}): {e}")
+    });
+    assert!(
+        r.status == 504 || r.status == 502,
+        "expected 504 (or 502), got {} {:?} {:?}",
+        r.status,
+        r.headers,
+        r.text()
+    );
+    assert_error(&r, r.status);
+    assert!(
+        waited < Duration::from_secs(4),
+        "answered only after {waited:?} (read_timeout 500ms)"
+    );
+}
+
+/// Bug: a POST that the upstream fully received on a pooled connection, which it then closed
+/// without responding, was treated as a stale connection and replayed (sent twice).
+#[test]
+fn post_received_by_the_upstream_is_never_replayed() {
+    let up = Upstream::start(|req| {
+        if req.method == "POST" {
+            // The whole body has been read: the upstream took the request, then it dies.
+            Reply::drop_connection()
+        } else {
+            Reply::text(200, "ok")
+        }
+    });
+    let gw = app_gateway(&endpoints(&[&up]), "retries = 2");
+    let mut c = Client::connect(gw.addr());
+    let r = c.request(&Req::get("/app/a"));
+    assert_eq!(r.status, 200, "{r:?}");
+    pause(200);
+    let r = c.request(&Req::post("/app/charge", b"12345"));
+    assert_error(&r, 502);
+    pause(200);
+    let posts: Vec<Request> = up
+        .requests()
+        .into_iter()
+        .filter(|q| q.method == "POST")
+        .collect();
+    assert_eq!(
+        posts.len(),
+        1,
+        "the POST reached the upstream {} times (conns {:?})",
+        posts.len(),
+        posts.iter().map(|q| q.conn).collect::<Vec<_>>()
+    );
+    assert_eq!(posts[0].body, b"12345");
+    assert_eq!(
+        posts[0].conn, 1,
+        "the POST should have gone on the pooled connection"
+    );
+}
+
+/// Bug: when the upstream closed several pooled connections at once, only one stale
+/// connection was replaced; the next request then failed on a sibling (with retries = 0).
+#[test]
+fn all_pooled_connections_closed_at_once_never_fail_a_get() {
+    let up = Upstream::start(|req| {
+        if req.path().starts_with("/app/warm") {
+            // Hold the three warm-up requests together so the pool gets three connections.
+            Reply::text(200, "warm").delay(Duration::from_millis(300))
+        } else {
+            Reply::text(200, &format!("fresh {}", req.path()))
+        }
+    });
+    let gw = app_gateway(&endpoints(&[&up]), "retries = 0");
+    let addr = gw.addr();
+    let warm: Vec<_> = (0..3)
+        .map(|i| thread::spawn(move || get(addr, &format!("/app/warm{i}")).status))
+        .collect();
+    for h in warm {
+        assert_eq!(h.join().expect("warm-up request"), 200);
+    }
+    assert_eq!(
+        up.connections(),
+        3,
+        "three concurrent requests should have opened three upstream connections"
+    );
+    assert_eq!(
+        up.close_idle_connections(),
+        3,
+        "expected three pooled connections to close"
+    );
+    let mut c = Client::connect(gw.addr());
+    for i in 0..3 {
+        let target = format!("/app/after{i}");
+        let r = c.request(&Req::get(&target));
+        assert_eq!(
+            r.status, 200,
+            "GET {i} after the upstream closed every pooled connection: {r:?}"
+        );
+        assert_eq!(r.text(), format!("fresh {target}"));
+    }
+    assert!(up.connections() >= 4);
+}
+
+/// Bug: a connect failure was not retried when the request body was larger than the replay
+/// buffer (64 KiB), although nothing reached the upstream.
+#[test]
+fn connect_failure_is_retried_for_a_body_larger_than_the_replay_buffer() {
+    let good = Upstream::echo();
+    let gw = app_gateway(
+        &format!("[\"{}\", \"{}\"]", dead_url(), good.url()),
+        "retries = 1\nbalance = \"round_robin\"",
+    );
+    let bodies: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            (0..100 * 1024)
+                .map(|j| b'a' + ((j + usize::from(i)) % 26) as u8)
+                .collect()
+        })
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let r = send_request(gw.addr(), &Req::post(&format!("/app/big{i}"), body));
+        assert_eq!(
+            r.status,
+            200,
+            "POST {i} ({} bytes): {} {:?} {:?}",
+            body.len(),
+            r.status,
+            r.headers,
+            r.text()
+        );
+    }
+    let got = good.requests();
+    assert_eq!(
+        got.len(),
+        4,
+        "the working upstream got {} requests",
+        got.len()
+    );
+    for (i, body) in bodies.iter().enumerate() {
+        let req = got
+            .iter()
+            .find(|q| q.path() == format!("/app/big{i}"))
+            .unwrap_or_else(|| panic!("POST {i} never reached the working upstream"));
+        assert_eq!(req.body_len, body.len() as u64, "POST {i} body length");
+        assert!(req.body == *body, "POST {i} body differs");
+    }
+    assert!(good.errors().is_empty(), "{:?}", good.errors());
+}
+
+/// Bug: a 204 from the upstream with `Content-Length: 10` was relayed with that header (and
+/// the gateway waited for a body), breaking the next pipelined response.
+#[test]
+fn upstream_204_with_content_length_is_relayed_without_it() {
+    let up = Upstream::start(|req| {
+        if req.path() == "/app/nc" {
+            Reply::status(204).header("Content-Length", "10")
+        } else {
+            Reply::text(200, "after")
+        }
+    });
+    let gw = app_gateway(&endpoints(&[&up]), "retries = 0");
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(Duration::from_secs(3));
+    let mut bytes = Req::get("/app/nc").to_bytes();
+    bytes.extend_from_slice(&Req::get("/app/next").to_bytes());
+    c.send(&bytes);
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| panic!("reading the 204: {e}"));
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(
+        !r.has_header("content-length"),
+        "a 204 must not carry Content-Length: {:?}",
+        r.headers
+    );
+    assert!(
+        !r.has_header("transfer-encoding"),
+        "a 204 must not carry Transfer-Encoding: {:?}",
+        r.headers
+    );
+    let next = c
+        .try_read_response()
+        .unwrap_or_else(|e| panic!("reading the pipelined response after the 204: {e}"));
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.text(), "after");
+    assert_eq!(up.request_count(), 2);
+}
+
+/// Bug: an idle keep-alive client connection kept using the config it started with after an
+/// admin reload; the next request on it must use the new routes.
+#[test]
+fn reload_applies_to_the_next_request_of_an_open_keep_alive_connection() {
+    let up = Upstream::start(|req| Reply::text(200, &format!("up {}", req.path())));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.app]
+endpoints = ["{}"]
+connect_timeout = "300ms"
+read_timeout = "1s"
+retries = 0
+
+[routes.r]
+paths = ["/a"]
+upstream = "app"
+"#,
+        up.url()
+    ));
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(Duration::from_secs(3));
+    let r = c.request(&Req::get("/a"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "up /a");
+
+    let path = gw.config_path().to_path_buf();
+    let old = std::fs::read_to_string(&path).expect("read config");
+    let new = old.replace("paths = [\"/a\"]", "paths = [\"/b\"]");
+    assert_ne!(old, new, "the route line was not found in:\n{old}");
+    std::fs::write(&path, new).expect("rewrite config");
+
+    let reload = send_request(gw.admin_addr(), &Req::post("/reload", b""));
+    assert_eq!(
+        reload.status,
+        200,
+        "POST /reload: {} {:?}",
+        reload.status,
+        reload.text()
+    );
+
+    let r = c.request(&Req::get("/a"));
+    assert_error(&r, 404);
+    let r = c.request(&Req::get("/b"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "up /b");
+    assert_eq!(
+        up.requests()
+            .iter()
+            .map(|q| q.target.clone())
+            .collect::<Vec<_>>(),
+        vec!["/a", "/b"]
+    );
+}
