@@ -28,6 +28,7 @@
 //! - [`pipeline`]: the per-request context and stages.
 //! - [`upstream`]: balancing, pools, the upstream exchange, retries.
 //! - [`admin`]: the admin API thread.
+//! - [`metrics`]: per-worker counters summed at scrape (the core of the operations issue; not yet wired into the request path).
 //! - [`demo`]: sample upstreams for `dispatch demo`.
 
 pub mod logging;
@@ -36,6 +37,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;

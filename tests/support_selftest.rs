@@ -418,11 +418,21 @@ fn assert_error_rejects_extra_keys() {
 }
 
 #[test]
-#[should_panic(expected = "must equal the X-Request-Id header")]
+#[should_panic(expected = "must carry X-Request-Id equal to error.request_id")]
 fn assert_error_rejects_request_id_mismatch() {
     let r = error_response(
         r#"{"error":{"code":404,"message":"m","request_id":"a"}}"#,
         Some("b"),
+    );
+    assert_error(&r, 404);
+}
+
+#[test]
+#[should_panic(expected = "must carry X-Request-Id equal to error.request_id")]
+fn assert_error_rejects_missing_request_id_header() {
+    let r = error_response(
+        r#"{"error":{"code":404,"message":"m","request_id":"a"}}"#,
+        None,
     );
     assert_error(&r, 404);
 }

@@ -140,10 +140,12 @@ impl ClientIo {
         timeout: Duration,
     ) -> std::io::Result<()> {
         let mut extra: smallvec::SmallVec<[(&str, &str); 2]> = smallvec::SmallVec::new();
+        extra.push(("X-Request-Id", e.id.as_str()));
         if let Some(allow) = &e.allow {
             extra.push(("Allow", allow.as_str()));
         }
-        http::write::error_response(
+        let start = self.wbuf.len();
+        let head_len = http::write::error_response(
             &mut self.wbuf,
             e.status,
             &e.message,
@@ -152,6 +154,10 @@ impl ClientIo {
             &extra,
             e.close,
         );
+        if e.head_only {
+            // RFC 9110 §9.3.2: the head a GET would get, without its body.
+            self.wbuf.truncate(start + head_len);
+        }
         self.flush(timeout).await
     }
 }

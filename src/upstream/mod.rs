@@ -9,6 +9,7 @@
 //! connection is only ever used by the worker that opened it.
 
 pub mod balance;
+pub mod breaker;
 pub mod client;
 pub mod pool;
 pub mod retry;

@@ -37,7 +37,8 @@ pub fn dead_url() -> String {
 /// Asserts `resp` is a gateway error with `status` in the contract's shape:
 /// `Content-Type: application/json` and exactly
 /// `{"error":{"code":<status>,"message":"<text>","request_id":"<id>"}}`, with `request_id`
-/// equal to the response's `X-Request-Id` when it has one. Returns the request id.
+/// equal to the response's `X-Request-Id` header, which every gateway error carries. Returns
+/// the request id.
 pub fn assert_error(resp: &Response, status: u16) -> String {
     assert_eq!(
         resp.status,
@@ -79,9 +80,11 @@ pub fn assert_error(resp: &Response, status: u16) -> String {
         .expect("error.request_id is a string")
         .to_string();
     assert!(!id.is_empty(), "error.request_id is empty: {v}");
-    if let Some(h) = resp.header("x-request-id") {
-        assert_eq!(h, id, "error.request_id must equal the X-Request-Id header");
-    }
+    assert_eq!(
+        resp.header("x-request-id"),
+        Some(id.as_str()),
+        "a gateway error must carry X-Request-Id equal to error.request_id"
+    );
     id
 }
 
