@@ -119,11 +119,7 @@ pub fn spawn(
                     .build()
             };
             let res = match driver {
-                Driver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .enable_timer()
-                    .with_entries(4096)
-                    .build()
-                {
+                Driver::IoUring => match uring_runtime(id) {
                     Ok(mut rt) => {
                         rt.block_on(run());
                         Ok(())
@@ -143,6 +139,47 @@ pub fn spawn(
                 std::process::exit(1);
             }
         })
+}
+
+/// io_uring set-up flags, best first. Completions for network I/O are delivered as task work;
+/// by default the kernel interrupts the worker (an IPI) to run it, which costs about a fifth of
+/// the CPU per proxied request on loopback (perf/RESULTS.md). A ring has exactly one submitter
+/// here (the worker thread), so it can ask the kernel to run task work only when the worker
+/// waits for completions (DEFER_TASKRUN, Linux 6.1), or at least not to interrupt it
+/// (COOP_TASKRUN, 5.19). Older kernels refuse the flags: the next set is tried.
+fn uring_setups() -> [io_uring::Builder; 3] {
+    let mut defer = io_uring::IoUring::builder();
+    defer
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
+    let mut coop = io_uring::IoUring::builder();
+    coop.setup_coop_taskrun().setup_taskrun_flag();
+    [defer, coop, io_uring::IoUring::builder()]
+}
+
+fn uring_runtime(
+    id: usize,
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    const NAMES: [&str; 3] = ["defer_taskrun", "coop_taskrun", "default"];
+    let mut last = None;
+    for (setup, name) in uring_setups().into_iter().zip(NAMES) {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .uring_builder(setup)
+            .build()
+        {
+            Ok(rt) => {
+                if id == 0 {
+                    crate::debug!("io_uring task-run mode: {name}");
+                }
+                return Ok(rt);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::Unsupported.into()))
 }
 
 async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Vec<StdListener>) {
