@@ -3,7 +3,8 @@
 //!
 //! Owns authentication of admin calls (`admin.token_env`: when that variable is set, every
 //! call but `GET /health` needs `Authorization: Bearer <value>`) and the endpoints available
-//! in this milestone: `GET /health` and `POST /reload`. Any other path is a JSON 404.
+//! in this milestone: `GET /health`, `GET /metrics` and `POST /reload`. Any other path is a
+//! JSON 404.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,13 +51,24 @@ pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::R
 struct Reply {
     status: u16,
     body: String,
+    content_type: &'static str,
+}
+
+impl Reply {
+    fn json(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            body,
+            content_type: "application/json",
+        }
+    }
 }
 
 fn error(status: u16, message: &str) -> Reply {
-    Reply {
+    Reply::json(
         status,
-        body: json!({"error": {"code": status, "message": message}}).to_string(),
-    }
+        json!({"error": {"code": status, "message": message}}).to_string(),
+    )
 }
 
 async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
@@ -116,7 +128,9 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         buf.drain(..consumed.min(buf.len()));
         let mut out = Vec::with_capacity(reply.body.len() + 128);
         http::write::status_line(&mut out, http::Version::Http11, reply.status, None);
-        out.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(reply.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
         http::write::write_u64(&mut out, reply.body.len() as u64);
         out.extend_from_slice(b"\r\n");
         if reply.status == 401 {
@@ -159,18 +173,32 @@ fn route(shared: &Shared, method: &str, path: &[u8], auth: Option<&[u8]>) -> Rep
         return error(401, "Missing or invalid admin token");
     }
     match (method, path) {
-        ("GET", b"/health") => Reply {
-            status: 200,
-            body: health(shared).to_string(),
-        },
-        ("POST", b"/reload") => match crate::runtime::reload::reload(shared) {
-            Ok(()) => Reply {
+        ("GET", b"/health") => Reply::json(200, health(shared).to_string()),
+        ("GET", b"/metrics") => {
+            let mut body = String::with_capacity(16 * 1024);
+            // No upstream has a breaker yet (a later capability): each is reported closed, as
+            // in GET /health.
+            let active = shared.active();
+            let names: Vec<&str> = active
+                .config
+                .upstreams
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect();
+            shared.metrics.render(&mut body, &|w| {
+                w.breaker_states(names.iter().map(|n| (*n, 0u8)))
+            });
+            Reply {
                 status: 200,
-                body: json!({"status": "reloaded"}).to_string(),
-            },
+                body,
+                content_type: crate::metrics::CONTENT_TYPE,
+            }
+        }
+        ("POST", b"/reload") => match crate::runtime::reload::reload(shared) {
+            Ok(()) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
             Err(e) => error(400, &e.to_string()),
         },
-        (_, b"/health") => error(405, "Method not allowed"),
+        (_, b"/health" | b"/metrics") => error(405, "Method not allowed"),
         _ => error(404, "No such admin endpoint"),
     }
 }

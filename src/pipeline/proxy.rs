@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::http::{self, BodyKind, ChunkedDecoder, Version};
+use crate::metrics::UpstreamOutcome;
 use crate::runtime::worker::{Snapshot, Worker};
 use crate::server::conn::{ClientIo, ReadEnd};
 use crate::upstream::balance::Tried;
@@ -21,6 +22,15 @@ use crate::upstream::{UpstreamError, UpstreamState};
 use super::ctx::RequestCtx;
 use super::headers::{write_response_head, ConnDirective, OutFraming, ResponseHeadOut};
 use super::Rejection;
+
+/// How a request ended, for the connection loop and the metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct Served {
+    /// The client connection may stay open.
+    pub keep: bool,
+    /// The status sent (0 when the client went away before any response).
+    pub status: u16,
+}
 
 /// Request bodies up to this size are held whole before the upstream is contacted, so the
 /// request stays replayable for retries; larger ones stream through.
@@ -281,7 +291,7 @@ enum Attempt {
     /// fresh connection without spending a retry.
     Stale(UpstreamError),
     /// The response went to the client; `keep` tells whether the client connection stays.
-    Done { keep: bool },
+    Done { keep: bool, status: u16 },
     /// Failed before any response byte reached the client.
     Failed(UpstreamError),
     /// A 502/503/504 the request may be retried on.
@@ -296,7 +306,7 @@ pub async fn forward(
     conn: &mut ClientIo,
     worker: &Worker,
     snap: &Snapshot,
-) -> bool {
+) -> Served {
     let cfg = &snap.active.config;
     let limits = &cfg.server.limits;
     let upstream = &cfg.upstreams[ctx.upstream];
@@ -312,6 +322,8 @@ pub async fn forward(
         s.pending_requests.set(s.pending_requests.get() + 1);
     }
 
+    let metrics = &snap.metrics;
+    let upstream_id = ctx.upstream as u32;
     let mut tried = Tried::default();
     let mut attempts: u32 = 0;
     let mut stale: u32 = 0;
@@ -325,8 +337,12 @@ pub async fn forward(
         let mut up = match pooled {
             Some(c) => c,
             None => match UpConn::connect(addr, ctx.connect_timeout).await {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    c.count_in(metrics);
+                    c
+                }
                 Err(e) => {
+                    metrics.upstream(upstream_id, outcome_of(&e), Duration::ZERO);
                     tried.add(ep);
                     attempts += 1;
                     if retry_allowed(&e, ctx, &body, attempts, state, worker) {
@@ -337,6 +353,8 @@ pub async fn forward(
                 }
             },
         };
+        metrics.pool(upstream_id, up.reused);
+        let began = Instant::now();
         state.borrow_mut().balancer.start(ep);
         let retry_status = |e: &UpstreamError, body: &RequestBody| {
             retry_allowed(e, ctx, body, attempts + 1, state, worker)
@@ -353,13 +371,24 @@ pub async fn forward(
         )
         .await;
         state.borrow_mut().balancer.finish(ep);
+        match &outcome.0 {
+            Attempt::Failed(e) | Attempt::RetryStatus(e) => {
+                metrics.upstream(upstream_id, outcome_of(e), began.elapsed())
+            }
+            Attempt::Done { .. } | Attempt::Stale(_) | Attempt::Client(_) => {}
+        }
         match outcome {
-            (Attempt::Done { keep }, reusable) => {
+            (Attempt::Done { keep, status }, reusable) => {
+                metrics.upstream(
+                    upstream_id,
+                    UpstreamOutcome::from_status(status),
+                    began.elapsed(),
+                );
                 if reusable {
                     up.reused = true;
                     state.borrow_mut().checkin(ep, up, Instant::now());
                 }
-                return keep;
+                return Served { keep, status };
             }
             (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
             (Attempt::Stale(e), _) if !body.streamed && stale < MAX_STALE_REPLAYS => {
@@ -544,10 +573,17 @@ async fn attempt(
         Ok(()) => (
             Attempt::Done {
                 keep: info.client_keep,
+                status: info.status,
             },
             info.upstream_reusable && !up.pending_bytes(),
         ),
-        Err(()) => (Attempt::Done { keep: false }, false),
+        Err(()) => (
+            Attempt::Done {
+                keep: false,
+                status: info.status,
+            },
+            false,
+        ),
     }
 }
 
@@ -690,14 +726,31 @@ async fn client_failed(
     ctx: &RequestCtx,
     f: ClientFail,
     timeout: Duration,
-) -> bool {
+) -> Served {
     if let Some(status) = f.status {
         conn.wbuf.clear();
         let mut r = Rejection::new(status, f.message.to_string(), ctx.id).closing();
         r.head_only = ctx.method.is_head;
         let _ = conn.send_error(&r, timeout).await;
     }
-    false
+    Served {
+        keep: false,
+        status: f.status.unwrap_or(0),
+    }
+}
+
+/// The metrics outcome of a failed attempt.
+fn outcome_of(e: &UpstreamError) -> UpstreamOutcome {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+            UpstreamOutcome::ConnectError
+        }
+        UpstreamError::ReadTimeout { .. } => UpstreamOutcome::Timeout,
+        UpstreamError::Reset { .. } => UpstreamOutcome::Reset,
+        UpstreamError::BadResponse { .. } | UpstreamError::ClientAborted { .. } => {
+            UpstreamOutcome::ProtocolError
+        }
+    }
 }
 
 async fn upstream_failed(
@@ -706,7 +759,7 @@ async fn upstream_failed(
     e: UpstreamError,
     worker: &Worker,
     timeout: Duration,
-) -> bool {
+) -> Served {
     crate::debug!("request {} failed: {e}", ctx.id.as_str());
     conn.wbuf.clear();
     let mut r = Rejection::new(e.status(), e.client_message().to_string(), ctx.id);
@@ -715,5 +768,8 @@ async fn upstream_failed(
     // client connection otherwise.
     r.close = !ctx.keep_alive || worker.drain.is_fired() || ctx.body != BodyKind::None;
     let _ = conn.send_error(&r, timeout).await;
-    !r.close
+    Served {
+        keep: !r.close,
+        status: r.status,
+    }
 }

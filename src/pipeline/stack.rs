@@ -24,6 +24,7 @@ use crate::upstream::retry::is_idempotent;
 
 use super::ctx::{MethodInfo, RequestCtx, RequestId};
 use super::headers::{connection_tokens, write_request_head, ForwardHead};
+use super::proxy::Served;
 use super::{target, Rejection};
 use crate::config::model::Balance;
 
@@ -215,6 +216,6 @@ fn stages(
 }
 
 /// Runs the asynchronous stages; returns whether the client connection may be kept open.
-pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &Snapshot) -> bool {
+pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &Snapshot) -> Served {
     super::proxy::forward(&ctx, conn, worker, snap).await
 }

@@ -26,6 +26,16 @@ pub struct Active {
 }
 
 impl Active {
+    /// Metric label values of this config: routes and upstreams by id.
+    pub fn metrics_layout(&self) -> Arc<crate::metrics::Layout> {
+        let c = &self.config;
+        Arc::new(
+            crate::metrics::Layout::new()
+                .with_routes(c.routes.iter().map(|r| r.name.clone()))
+                .with_upstreams(c.upstreams.iter().map(|u| u.name.clone())),
+        )
+    }
+
     /// Compiles `config`; `old` provides the budgets of upstreams that keep their name.
     pub fn compile(
         config: Config,
@@ -64,6 +74,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     pub workers: usize,
     pub started: Instant,
+    /// Every worker's metric cells, read by the admin thread at scrape time.
+    pub metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Shared {
@@ -76,6 +88,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             workers,
             started: Instant::now(),
+            metrics: crate::metrics::Registry::new(env!("CARGO_PKG_VERSION")),
         })
     }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::model::Driver;
+use crate::metrics::WorkerMetrics;
 use crate::pipeline::ctx::RequestId;
 use crate::upstream::balance::next_rand;
 use crate::upstream::WorkerUpstreams;
@@ -29,6 +30,8 @@ const TICK: Duration = Duration::from_millis(200);
 pub struct Snapshot {
     pub active: Arc<Active>,
     pub upstreams: WorkerUpstreams,
+    /// This worker's metric cells for this config's label values.
+    pub metrics: Rc<WorkerMetrics>,
 }
 
 pub struct Worker {
@@ -46,10 +49,15 @@ impl Worker {
         let active = shared.active();
         let seed = seed(id);
         let upstreams = WorkerUpstreams::build(&active.config, &active.budgets, None, seed);
+        let metrics = Rc::new(shared.metrics.add_worker(active.metrics_layout()));
         Worker {
             id,
             shared,
-            snapshot: RefCell::new(Rc::new(Snapshot { active, upstreams })),
+            snapshot: RefCell::new(Rc::new(Snapshot {
+                active,
+                upstreams,
+                metrics,
+            })),
             drain: Latch::default(),
             open: Cell::new(0),
             rng: Cell::new(seed),
@@ -69,7 +77,12 @@ impl Worker {
             Some(&current.upstreams),
             seed(self.id),
         );
-        let next = Rc::new(Snapshot { active, upstreams });
+        let metrics = Rc::new(current.metrics.reload(active.metrics_layout()));
+        let next = Rc::new(Snapshot {
+            active,
+            upstreams,
+            metrics,
+        });
         *self.snapshot.borrow_mut() = next.clone();
         next
     }

@@ -199,6 +199,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     match http::parse_request(data, &head_limits) {
                         Ok(Some(head)) => {
                             let snap = worker.snapshot();
+                            let method =
+                                crate::metrics::METHODS[crate::metrics::method_index(head.method)];
                             let p = pipeline::stack::prepare(
                                 &head,
                                 conn.peer,
@@ -206,16 +208,16 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                                 &snap,
                                 &mut conn.ubuf,
                             );
-                            Some(Ok((head.head_len, p, snap)))
+                            Some(Ok((head.head_len, (p, snap, method))))
                         }
                         Ok(None) => None,
                         Err(e) => Some(Err(e)),
                     }
                 };
                 match parsed {
-                    Some(Ok((head_len, p, snap))) => {
+                    Some(Ok((head_len, p))) => {
                         conn.consume(head_len);
-                        break (p, snap);
+                        break p;
                     }
                     Some(Err(e)) => {
                         let r = pipeline::Rejection::new(
@@ -270,18 +272,26 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         };
         first = false;
 
-        let (prepared, snap) = prepared;
-        let keep = match prepared {
+        let (prepared, snap, method) = prepared;
+        let (keep, route, status, started) = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
-                pipeline::stack::run(ctx, &mut conn, &worker, &snap).await
+                let (route, started) = (ctx.route as u32, ctx.started);
+                let served = pipeline::stack::run(ctx, &mut conn, &worker, &snap).await;
+                (served.keep, Some(route), served.status, started)
             }
             pipeline::stack::Prepared::Answer(rejection) => {
-                conn.send_error(&rejection, limits.body_timeout)
+                let started = Instant::now();
+                let sent = conn
+                    .send_error(&rejection, limits.body_timeout)
                     .await
-                    .is_ok()
-                    && !rejection.close
+                    .is_ok();
+                (sent && !rejection.close, None, rejection.status, started)
             }
         };
+        // A client that left before any response is counted as nginx does: 499.
+        let status = if status == 0 { 499 } else { status };
+        snap.metrics
+            .request(route, method, status, started.elapsed());
         if !keep || worker.drain.is_fired() {
             return;
         }

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use monoio::net::TcpListener;
 use socket2::{Domain, Socket, Type};
 
+use crate::metrics::Side;
 use crate::runtime::worker::Worker;
 
 /// Accept backlog; the kernel caps it at net.core.somaxconn.
@@ -55,9 +56,14 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                     continue;
                 }
                 worker.open.set(worker.open.get() + 1);
+                // The gauge lives per worker, not per config generation: any snapshot's cells
+                // balance it.
+                let metrics = worker.snapshot().metrics.clone();
+                metrics.connection_opened(Side::Client);
                 let w = worker.clone();
                 monoio::spawn(async move {
                     crate::server::conn::serve(w.clone(), stream, peer).await;
+                    metrics.connection_closed(Side::Client);
                     w.open.set(w.open.get() - 1);
                     w.shared.close_connection();
                 });

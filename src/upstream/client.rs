@@ -26,6 +26,16 @@ pub struct UpConn {
     /// True when this connection served an earlier request (pool hit).
     pub reused: bool,
     pub(super) idle_since: Instant,
+    /// Counts this connection in `dispatch_connections_active{side="upstream"}` while it lives.
+    gauge: Option<std::rc::Rc<crate::metrics::WorkerMetrics>>,
+}
+
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        if let Some(m) = &self.gauge {
+            m.connection_closed(crate::metrics::Side::Upstream);
+        }
+    }
 }
 
 impl UpConn {
@@ -43,7 +53,14 @@ impl UpConn {
             pos: 0,
             reused: false,
             idle_since: Instant::now(),
+            gauge: None,
         })
+    }
+
+    /// Counts this connection as open in `metrics` until it is dropped.
+    pub fn count_in(&mut self, metrics: &std::rc::Rc<crate::metrics::WorkerMetrics>) {
+        metrics.connection_opened(crate::metrics::Side::Upstream);
+        self.gauge = Some(metrics.clone());
     }
 
     /// Unconsumed bytes received so far.
