@@ -3,8 +3,8 @@
 //!
 //! Owns authentication of admin calls (`admin.token_env`: when that variable is set, every
 //! call but `GET /health` needs `Authorization: Bearer <value>`) and the endpoints available
-//! in this milestone: `GET /health`, `GET /metrics` and `POST /reload`. Any other path is a
-//! JSON 404.
+//! in this milestone: `GET /health`, `GET /metrics`, `GET /routes`, `GET /upstreams` and
+//! `POST /reload`. Any other path is a JSON 404.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,13 +194,73 @@ fn route(shared: &Shared, method: &str, path: &[u8], auth: Option<&[u8]>) -> Rep
                 content_type: crate::metrics::CONTENT_TYPE,
             }
         }
+        ("GET", b"/routes") => Reply::json(200, routes(shared).to_string()),
+        ("GET", b"/upstreams") => Reply::json(200, upstreams(shared).to_string()),
         ("POST", b"/reload") => match crate::runtime::reload::reload(shared) {
             Ok(()) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
             Err(e) => error(400, &e.to_string()),
         },
-        (_, b"/health" | b"/metrics") => error(405, "Method not allowed"),
+        (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => {
+            error(405, "Method not allowed")
+        }
         _ => error(404, "No such admin endpoint"),
     }
+}
+
+/// `GET /routes`: the compiled route table in precedence order (the order lookups try
+/// candidates), each pattern with its match rules and the route's policies.
+pub fn routes(shared: &Shared) -> serde_json::Value {
+    let active = shared.active();
+    let cfg = &active.config;
+    let rows: Vec<_> = active
+        .router
+        .describe()
+        .into_iter()
+        .map(|row| {
+            let r = &cfg.routes[row.route];
+            json!({
+                "route": row.name,
+                "pattern": row.pattern,
+                "methods": row.methods,
+                "hosts": row.hosts,
+                "headers": row.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "upstream": cfg.upstreams[r.upstream].name,
+                "strip_prefix": r.strip_prefix,
+                "rewrite": r.rewrite,
+                "timeout_ms": r.timeout.unwrap_or(cfg.upstreams[r.upstream].read_timeout).as_millis() as u64,
+            })
+        })
+        .collect();
+    json!({"generation": active.generation, "routes": rows})
+}
+
+/// `GET /upstreams`: each upstream's policy and endpoints.
+pub fn upstreams(shared: &Shared) -> serde_json::Value {
+    let active = shared.active();
+    let list: Vec<_> = active
+        .config
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "balance": match &u.balance {
+                    crate::config::model::Balance::RoundRobin => "round_robin".to_string(),
+                    crate::config::model::Balance::LeastRequest => "least_request".to_string(),
+                    crate::config::model::Balance::HashHeader(h) => format!("hash:header:{h}"),
+                    crate::config::model::Balance::HashIp => "hash:ip".to_string(),
+                },
+                "connect_timeout_ms": u.connect_timeout.as_millis() as u64,
+                "read_timeout_ms": u.read_timeout.as_millis() as u64,
+                "retries": u.retries,
+                "max_idle_per_worker": u.max_idle_per_worker,
+                "endpoints": u.endpoints.iter().map(|e| json!({
+                    "url": e.url, "address": e.addr.to_string(), "weight": e.weight, "healthy": true,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"upstreams": list})
 }
 
 /// `GET /health`: upstreams and their endpoints. Breakers and health checks are later

@@ -1,0 +1,100 @@
+//! The admin API beyond `/health` and `/metrics` (BEHAVIOR.md "Admin API"): `GET /routes`
+//! (the compiled table, in precedence order), `GET /upstreams`, and the JSON errors for unknown
+//! endpoints and wrong methods.
+
+mod support;
+
+use support::*;
+
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"
+[upstreams.app]
+endpoints = ["{url}", {{ url = "http://127.0.0.1:9", weight = 3 }}]
+balance = "least_request"
+retries = 2
+
+[routes.general]
+paths = ["/api"]
+upstream = "app"
+
+[routes.specific]
+paths = ["/api/users/:id"]
+methods = ["GET"]
+upstream = "app"
+strip_prefix = true
+timeout = "2s"
+
+[routes.canary]
+paths = ["/api"]
+headers = {{ "x-canary" = "1" }}
+upstream = "app"
+"#,
+        url = up.url()
+    )
+}
+
+#[test]
+fn routes_lists_the_compiled_table_in_precedence_order() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&config(&up));
+    let r = get(gw.admin_addr(), "/routes");
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let rows = v["routes"].as_array().expect("routes array");
+    let names: Vec<&str> = rows.iter().map(|r| r["route"].as_str().unwrap()).collect();
+    // Longer pattern first; on the same pattern, the route with a header predicate first.
+    assert_eq!(names, vec!["specific", "canary", "general"], "{v}");
+    let specific = &rows[0];
+    assert_eq!(specific["pattern"], "/api/users/:id", "{v}");
+    assert_eq!(specific["methods"], serde_json::json!(["GET"]), "{v}");
+    assert_eq!(specific["strip_prefix"], true, "{v}");
+    assert_eq!(specific["timeout_ms"], 2000, "{v}");
+    assert_eq!(specific["upstream"], "app", "{v}");
+    assert_eq!(rows[1]["headers"]["x-canary"], "1", "{v}");
+}
+
+#[test]
+fn upstreams_lists_policy_and_endpoints() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&config(&up));
+    let v = get(gw.admin_addr(), "/upstreams").json();
+    let app = &v["upstreams"][0];
+    assert_eq!(app["name"], "app", "{v}");
+    assert_eq!(app["balance"], "least_request", "{v}");
+    assert_eq!(app["retries"], 2, "{v}");
+    let eps = app["endpoints"].as_array().expect("endpoints");
+    assert_eq!(eps.len(), 2, "{v}");
+    assert_eq!(eps[0]["url"], up.url(), "{v}");
+    assert_eq!(eps[0]["weight"], 1, "{v}");
+    assert_eq!(eps[1]["weight"], 3, "{v}");
+    assert_eq!(eps[1]["address"], "127.0.0.1:9", "{v}");
+}
+
+#[test]
+fn unknown_admin_paths_and_methods_are_json_errors() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&config(&up));
+    let r = get(gw.admin_addr(), "/nope");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], 404);
+    let r = send_request(gw.admin_addr(), &Req::post("/routes", b""));
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], 405);
+}
+
+#[test]
+fn routes_and_upstreams_need_the_admin_token_when_one_is_set() {
+    let var = "CARGO_MANIFEST_DIR";
+    let token = std::env::var(var).expect("cargo sets CARGO_MANIFEST_DIR for test processes");
+    let up = Upstream::echo();
+    let gw = Gateway::start(&format!("[admin]\ntoken_env = \"{var}\"\n{}", config(&up)));
+    for path in ["/routes", "/upstreams"] {
+        assert_eq!(get(gw.admin_addr(), path).status, 401, "{path}");
+        let ok = send_request(
+            gw.admin_addr(),
+            &Req::get(path).header("Authorization", &format!("Bearer {token}")),
+        );
+        assert_eq!(ok.status, 200, "{path}: {ok:?}");
+    }
+}
