@@ -368,7 +368,7 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
         ("rate_limits", PER_IP.into()),
         ("cache", CACHE.into()),
         ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
-        ("tracing", "[tracing]\npropagate = true\n".into()),
+        ("otlp_endpoint", "[tracing]\npropagate = true\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n".into()),
         ("bff", BFF.into()),
         ("transforms", TRANSFORM.into()),
         (

@@ -103,11 +103,18 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         ("rate_limits", file.rate_limits.is_some()),
         ("cache", file.cache.is_some()),
         ("compression", file.compression.is_some()),
-        ("tracing", file.tracing.is_some()),
     ] {
         if present {
             keys.push(KeyPath::of(&[key]));
         }
+    }
+    // `[tracing] propagate` is supported; exporting spans is not yet.
+    if file
+        .tracing
+        .as_ref()
+        .is_some_and(|t| t.otlp_endpoint.is_some())
+    {
+        keys.push(KeyPath::of(&["tracing", "otlp_endpoint"]));
     }
     let mut errors: Vec<(usize, ConfigError)> = keys
         .into_iter()

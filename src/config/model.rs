@@ -39,6 +39,15 @@ pub struct Config {
     pub log: Log,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    pub tracing: Tracing,
+}
+
+/// `[tracing]`: W3C trace context.
+#[derive(Debug, Clone)]
+pub struct Tracing {
+    /// Continue an incoming `traceparent` (new span id) or start one, and send it upstream.
+    /// Default true; false passes a client's `traceparent` through untouched.
+    pub propagate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

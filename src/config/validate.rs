@@ -35,6 +35,13 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         log: log(&file.log),
         upstreams,
         routes,
+        tracing: model::Tracing {
+            propagate: file
+                .tracing
+                .as_ref()
+                .and_then(|t| t.propagate)
+                .unwrap_or(true),
+        },
     })
 }
 

@@ -83,6 +83,8 @@ pub struct ForwardHead<'a, 'h> {
     pub request_id: &'a RequestId,
     /// Framing of the body as sent upstream.
     pub body: http::BodyKind,
+    /// The trace context to send (tracing.propagate); None passes the client's through.
+    pub trace: Option<&'a super::trace::TraceContext>,
 }
 
 /// Writes the upstream request head into `out`.
@@ -115,6 +117,7 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
                 continue;
             }
             6 if name.eq_ignore_ascii_case("expect") => continue,
+            11 if f.trace.is_some() && name.eq_ignore_ascii_case("traceparent") => continue,
             12 if name.eq_ignore_ascii_case("x-request-id") => continue,
             14 if name.eq_ignore_ascii_case("content-length") => continue,
             15 if name.eq_ignore_ascii_case("x-forwarded-for") => {
@@ -140,6 +143,9 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
         push_header(out, b"X-Forwarded-Host", host);
     }
     push_header(out, b"X-Request-Id", f.request_id.as_bytes());
+    if let Some(trace) = f.trace {
+        trace.write_header(out);
+    }
     write_via(out, &via);
     match f.body {
         http::BodyKind::None => {}

@@ -1,7 +1,8 @@
 //! The request pipeline: what happens to a request between its parsed head and its response.
 //!
 //! [`stack`] declares the order of stages in one place; [`ctx`] is the per-request context;
-//! [`target`] normalises the request target; [`headers`] rewrites heads both ways; [`proxy`]
+//! [`target`] normalises the request target; [`trace`] continues W3C trace context;
+//! [`headers`] rewrites heads both ways; [`proxy`]
 //! is the upstream stage (the exchange, retries, body streaming).
 //!
 //! A stage that answers the request itself returns a [`Rejection`] (or, later, a response); it
@@ -12,6 +13,7 @@ pub mod headers;
 pub mod proxy;
 pub mod stack;
 pub mod target;
+pub mod trace;
 
 use ctx::RequestId;
 

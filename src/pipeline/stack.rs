@@ -7,6 +7,7 @@
 //! 2. framing: body framing is validated before anything may read the body (RFC 9112 §6.3);
 //! 3. target: normalised once, so the path that is routed is the path that is forwarded;
 //! 4. route: path, then method, host, headers (BEHAVIOR.md precedence);
+//!    trace context is continued or started here, once the request will be forwarded;
 //! 5. (later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
 //!    cache -> aggregate | transform -> breaker; each is rejected at config load until it lands);
 //! 6. upstream: body limits, then the upstream request head is written, then [`run`] performs
@@ -25,6 +26,7 @@ use crate::upstream::retry::is_idempotent;
 use super::ctx::{MethodInfo, RequestCtx, RequestId};
 use super::headers::{connection_tokens, write_request_head, ForwardHead};
 use super::proxy::Served;
+use super::trace::TraceContext;
 use super::{target, Rejection};
 use crate::config::model::Balance;
 
@@ -177,6 +179,12 @@ fn stages(
         }),
         _ => Key::None,
     };
+    // Trace context: continued (or started) only when propagating; an ambiguous incoming
+    // context (two traceparent fields) starts a new trace (W3C trace context §3.2).
+    let trace = cfg.tracing.propagate.then(|| {
+        let incoming = single(headers, "traceparent").ok().flatten();
+        TraceContext::continue_or_start(incoming, || worker.rand())
+    });
     ubuf.clear();
     write_request_head(
         ubuf,
@@ -192,6 +200,7 @@ fn stages(
             client_ip: peer.ip(),
             request_id: &id,
             body,
+            trace: trace.as_ref(),
         },
     );
     Ok(RequestCtx {
