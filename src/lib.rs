@@ -28,11 +28,13 @@
 //! - [`pipeline`]: the per-request context and stages.
 //! - [`upstream`]: balancing, pools, the upstream exchange, retries.
 //! - [`admin`]: the admin API thread.
+//! - [`access_log`]: the JSON access log (per-worker batches, one writer thread).
 //! - [`metrics`]: per-worker counters summed at scrape (the core of the operations issue; not yet wired into the request path).
 //! - [`demo`]: sample upstreams for `dispatch demo`.
 
 pub mod logging;
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod demo;

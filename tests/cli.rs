@@ -790,26 +790,8 @@ fn access_lines(gw: &Gateway) -> Vec<Value> {
         .collect()
 }
 
-/// Until the access log lands (operations issue), `access = "json"` is refused at load rather
-/// than silently ignored.
+/// BEHAVIOR.md "Access log": one JSON line per request with its fields.
 #[test]
-fn access_log_json_is_rejected_until_it_is_supported() {
-    let out = run_expecting_exit(
-        "[log]\naccess = \"json\"\n\n[upstreams.app]\nendpoints = [\"http://127.0.0.1:9\"]\n",
-    );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        out.stderr
-            .contains(":2:10: log.access: not supported yet: log.access"),
-        "{}",
-        out.stderr
-    );
-}
-
-/// BEHAVIOR.md "Access log" fields; kept ready for the operations issue, which owns the
-/// JSON access log.
-#[test]
-#[ignore = "the JSON access log belongs to the operations issue"]
 fn access_log_writes_one_json_line_per_request() {
     let up = Upstream::echo();
     let gw = Gateway::start(&format!(
@@ -869,6 +851,44 @@ fn access_log_writes_one_json_line_per_request() {
     assert!(status_is(&b["status"], 200), "{b}");
     let c = by_id("log-3");
     assert!(status_is(&c["status"], 404), "{c}");
+    assert!(c["route"].is_null() && c["upstream"].is_null(), "{c}");
+    // The forwarded requests carry their trace id, upstream address and byte counts.
+    assert_eq!(a["trace_id"].as_str().map(str::len), Some(32), "{a}");
+    assert_eq!(a["upstream_addr"], up.addr().to_string(), "{a}");
+    assert!(a["bytes_in"].as_u64().unwrap_or(0) > 0, "{a}");
+    assert!(a["bytes_out"].as_u64().unwrap_or(0) > 0, "{a}");
+    assert!(
+        b["bytes_in"].as_u64().unwrap_or(0) >= 5,
+        "the POST body counts: {b}"
+    );
+}
+
+/// Lines still in a worker's batch when SIGTERM arrives are written before the process exits.
+#[test]
+fn access_log_loses_no_line_on_graceful_shutdown() {
+    let up = Upstream::echo();
+    let mut gw = Gateway::start(&format!(
+        "[log]\naccess = \"json\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[routes.all]\npaths = [\"/app\"]\nupstream = \"app\"\n",
+        up.url()
+    ));
+    let mut c = Client::connect(gw.addr());
+    for i in 0..50 {
+        let r = c.request(&Req::get("/app/x").header("X-Request-Id", &format!("shutdown-{i}")));
+        assert_eq!(r.status, 200);
+    }
+    drop(c);
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let lines = access_lines(&gw);
+    for i in 0..50 {
+        let id = format!("shutdown-{i}");
+        assert!(
+            lines.iter().any(|v| v["request_id"] == id.as_str()),
+            "no line for {id}: {} lines",
+            lines.len()
+        );
+    }
 }
 
 #[test]

@@ -116,7 +116,7 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     {
         keys.push(KeyPath::of(&["tracing", "otlp_endpoint"]));
     }
-    let mut errors: Vec<(usize, ConfigError)> = keys
+    let errors: Vec<(usize, ConfigError)> = keys
         .into_iter()
         .map(|key| {
             (
@@ -125,15 +125,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
             )
         })
         .collect();
-    // `access = "off"` is supported; only the value "json" is not, so point at the value.
-    if file.log.access == Some(file::AccessLog::Json) {
-        let at = KeyPath::of(&["log", "access"]);
-        let offset = src.key_offset(&at);
-        errors.push((
-            offset,
-            src.error(&at, "not supported yet: log.access = \"json\""),
-        ));
-    }
     match errors.into_iter().min_by_key(|(offset, _)| *offset) {
         Some((_, error)) => Err(error),
         None => Ok(()),

@@ -84,6 +84,8 @@ pub struct RequestCtx {
     pub connect_timeout: Duration,
     pub retries: u32,
     pub balance_key: Key,
+    /// The trace context sent upstream (tracing.propagate), for the access log.
+    pub trace: Option<super::trace::TraceContext>,
     /// Length of the upstream request head at the start of the connection's upstream buffer.
     pub upstream_head_len: usize,
     pub started: Instant,
@@ -110,7 +112,7 @@ mod tests {
     #[test]
     fn request_ctx_stays_small() {
         assert!(
-            std::mem::size_of::<RequestCtx>() <= 192,
+            std::mem::size_of::<RequestCtx>() <= 256,
             "{}",
             std::mem::size_of::<RequestCtx>()
         );

@@ -30,6 +30,8 @@ pub struct Served {
     pub keep: bool,
     /// The status sent (0 when the client went away before any response).
     pub status: u16,
+    /// The endpoint of the last attempt and how long that attempt took, if one was made.
+    pub upstream: Option<(std::net::SocketAddr, Duration)>,
 }
 
 /// Request bodies up to this size are held whole before the upstream is contacted, so the
@@ -388,7 +390,11 @@ pub async fn forward(
                     up.reused = true;
                     state.borrow_mut().checkin(ep, up, Instant::now());
                 }
-                return Served { keep, status };
+                return Served {
+                    keep,
+                    status,
+                    upstream: Some((addr, began.elapsed())),
+                };
             }
             (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
             (Attempt::Stale(e), _) if !body.streamed && stale < MAX_STALE_REPLAYS => {
@@ -736,6 +742,7 @@ async fn client_failed(
     Served {
         keep: false,
         status: f.status.unwrap_or(0),
+        upstream: None,
     }
 }
 
@@ -771,5 +778,6 @@ async fn upstream_failed(
     Served {
         keep: !r.close,
         status: r.status,
+        upstream: None,
     }
 }

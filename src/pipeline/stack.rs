@@ -219,6 +219,7 @@ fn stages(
         connect_timeout: upstream.connect_timeout,
         retries: upstream.retries,
         balance_key,
+        trace,
         upstream_head_len: ubuf.len(),
         started: Instant::now(),
     })

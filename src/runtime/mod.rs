@@ -33,6 +33,7 @@ pub enum StartError {
 
 pub struct Running {
     pub shared: Arc<Shared>,
+    access_log: crate::access_log::Writer,
     workers: Vec<std::thread::JoinHandle<()>>,
     pub listen: Vec<std::net::SocketAddr>,
     pub admin: std::net::SocketAddr,
@@ -44,6 +45,8 @@ impl Running {
         for w in self.workers {
             let _ = w.join();
         }
+        // Workers handed over their last access-log lines as they exited.
+        self.access_log.finish();
     }
 }
 
@@ -98,6 +101,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     } else {
         Vec::new()
     };
+    let access_log = crate::access_log::Writer::start()?;
     let mut handles = Vec::with_capacity(workers);
     for (id, sockets) in per_worker.into_iter().enumerate() {
         let core = if cores.is_empty() {
@@ -112,6 +116,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             driver,
             fallback,
             core,
+            access_log.local(),
         )?);
     }
     crate::admin::spawn(shared.clone(), admin_listener)?;
@@ -133,6 +138,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     );
     Ok(Running {
         shared,
+        access_log,
         workers: handles,
         listen,
         admin,

@@ -42,10 +42,12 @@ pub struct Worker {
     /// Connections open on this worker.
     pub open: Cell<usize>,
     rng: Cell<u64>,
+    /// This worker's pending access-log lines (flushed by size and by the tick).
+    pub access: crate::access_log::Local,
 }
 
 impl Worker {
-    fn new(id: usize, shared: Arc<Shared>) -> Worker {
+    fn new(id: usize, shared: Arc<Shared>, access: crate::access_log::Local) -> Worker {
         let active = shared.active();
         let seed = seed(id);
         let upstreams = WorkerUpstreams::build(&active.config, &active.budgets, None, seed);
@@ -61,6 +63,7 @@ impl Worker {
             drain: Latch::default(),
             open: Cell::new(0),
             rng: Cell::new(seed),
+            access,
         }
     }
 
@@ -116,6 +119,7 @@ pub fn spawn(
     driver: Driver,
     fallback: bool,
     core: Option<core_affinity::CoreId>,
+    access: crate::access_log::Local,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("dispatch-w{id}"))
@@ -125,7 +129,7 @@ pub fn spawn(
                     crate::warn!("worker {id}: could not pin to core {}", core.id);
                 }
             }
-            let run = move || worker_main(id, shared, listeners);
+            let run = move || worker_main(id, shared, listeners, access);
             let legacy = || {
                 monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                     .enable_timer()
@@ -195,8 +199,13 @@ fn uring_runtime(
     Err(last.unwrap_or_else(|| std::io::ErrorKind::Unsupported.into()))
 }
 
-async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Vec<StdListener>) {
-    let worker = Rc::new(Worker::new(id, shared));
+async fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<StdListener>,
+    access: crate::access_log::Local,
+) {
+    let worker = Rc::new(Worker::new(id, shared, access));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {
@@ -221,12 +230,14 @@ async fn housekeeping(worker: Rc<Worker>) {
         let snap = worker.snapshot();
         snap.upstreams.sweep(now);
         snap.upstreams.flush_budgets(worker.shared.now_sec());
+        worker.access.flush(false);
         if worker.shared.shutting_down() {
             let deadline = *drain_deadline.get_or_insert_with(|| {
                 worker.drain.fire();
                 now + snap.active.config.server.drain_timeout
             });
             if worker.open.get() == 0 {
+                worker.access.flush(true);
                 return;
             }
             if now >= deadline {
@@ -235,6 +246,7 @@ async fn housekeeping(worker: Rc<Worker>) {
                     worker.id,
                     worker.open.get()
                 );
+                worker.access.flush(true);
                 return;
             }
         }

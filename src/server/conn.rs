@@ -16,6 +16,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::config::model::AccessLog;
 use crate::http;
 use crate::pipeline;
 use crate::runtime::worker::Worker;
@@ -33,6 +34,9 @@ pub struct ClientIo {
     pub wbuf: Vec<u8>,
     /// Upstream-bound bytes (request head and the replayable part of the body).
     pub ubuf: Vec<u8>,
+    /// Bytes of requests consumed and of responses written on this connection (access log).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// Why a client read ended without data.
@@ -49,6 +53,7 @@ impl ClientIo {
     }
 
     pub fn consume(&mut self, n: usize) {
+        self.bytes_in += n as u64;
         self.rpos += n;
         if self.rpos >= self.rbuf.len() {
             self.rpos = 0;
@@ -110,6 +115,9 @@ impl ClientIo {
         let buf = std::mem::take(&mut self.wbuf);
         match monoio::time::timeout(timeout, self.stream.write_all(buf)).await {
             Ok((res, mut buf)) => {
+                if res.is_ok() {
+                    self.bytes_out += buf.len() as u64;
+                }
                 buf.clear();
                 self.wbuf = buf;
                 res.map(|_| ())
@@ -128,7 +136,12 @@ impl ClientIo {
         timeout: Duration,
     ) -> (std::io::Result<()>, Option<Vec<u8>>) {
         match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
-            Ok((res, slice)) => (res.map(|_| ()), Some(slice.into_inner())),
+            Ok((res, slice)) => {
+                if res.is_ok() {
+                    self.bytes_out += (end - start) as u64;
+                }
+                (res.map(|_| ()), Some(slice.into_inner()))
+            }
             Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
         }
     }
@@ -172,10 +185,13 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         rpos: 0,
         wbuf: Vec::new(),
         ubuf: Vec::new(),
+        bytes_in: 0,
+        bytes_out: 0,
     };
     let mut first = true;
     loop {
         conn.shrink_idle();
+        let (bytes_in, bytes_out) = (conn.bytes_in, conn.bytes_out);
         // Limits for reading this head; the config that serves the request is taken once the
         // head is complete, so a reload during the idle wait applies to it.
         let limits = worker.snapshot().active.config.server.limits.clone();
@@ -201,6 +217,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                             let snap = worker.snapshot();
                             let method =
                                 crate::metrics::METHODS[crate::metrics::method_index(head.method)];
+                            // Access-log fields that the head owns; copied only when logging.
+                            let logged =
+                                (snap.active.config.log.access == AccessLog::Json).then(|| {
+                                    let path = head.target.split('?').next().unwrap_or(head.target);
+                                    (head.method.to_string(), path.to_string())
+                                });
                             let p = pipeline::stack::prepare(
                                 &head,
                                 conn.peer,
@@ -208,7 +230,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                                 &snap,
                                 &mut conn.ubuf,
                             );
-                            Some(Ok((head.head_len, (p, snap, method))))
+                            Some(Ok((head.head_len, (p, snap, method, logged))))
                         }
                         Ok(None) => None,
                         Err(e) => Some(Err(e)),
@@ -272,12 +294,22 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         };
         first = false;
 
-        let (prepared, snap, method) = prepared;
-        let (keep, route, status, started) = match prepared {
+        let (prepared, snap, method, logged) = prepared;
+        let (id, trace) = match &prepared {
+            pipeline::stack::Prepared::Forward(ctx) => (ctx.id, ctx.trace),
+            pipeline::stack::Prepared::Answer(r) => (r.id, None),
+        };
+        let (keep, route, status, started, upstream) = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
                 let (route, started) = (ctx.route as u32, ctx.started);
                 let served = pipeline::stack::run(ctx, &mut conn, &worker, &snap).await;
-                (served.keep, Some(route), served.status, started)
+                (
+                    served.keep,
+                    Some(route),
+                    served.status,
+                    started,
+                    served.upstream,
+                )
             }
             pipeline::stack::Prepared::Answer(rejection) => {
                 let started = Instant::now();
@@ -285,13 +317,41 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     .send_error(&rejection, limits.body_timeout)
                     .await
                     .is_ok();
-                (sent && !rejection.close, None, rejection.status, started)
+                (
+                    sent && !rejection.close,
+                    None,
+                    rejection.status,
+                    started,
+                    None,
+                )
             }
         };
         // A client that left before any response is counted as nginx does: 499.
         let status = if status == 0 { 499 } else { status };
-        snap.metrics
-            .request(route, method, status, started.elapsed());
+        let elapsed = started.elapsed();
+        snap.metrics.request(route, method, status, elapsed);
+        if let Some((method, path)) = logged {
+            let cfg = &snap.active.config;
+            let route = route.map(|r| &cfg.routes[r as usize]);
+            worker.access.record(&crate::access_log::Entry {
+                ts: std::time::SystemTime::now(),
+                request_id: id.as_str(),
+                trace_id: trace.as_ref().map(|t| t.trace_id()),
+                client_ip: conn.peer.ip(),
+                method: &method,
+                path: &path,
+                route: route.map(|r| r.name.as_str()),
+                status,
+                upstream: route.map(|r| cfg.upstreams[r.upstream].name.as_str()),
+                upstream_addr: upstream.map(|(a, _)| a),
+                duration: elapsed,
+                upstream_time: upstream.map(|(_, t)| t),
+                bytes_in: conn.bytes_in - bytes_in,
+                bytes_out: conn.bytes_out - bytes_out,
+                cache: None,
+                worker: worker.id,
+            });
+        }
         if !keep || worker.drain.is_fired() {
             return;
         }
