@@ -59,6 +59,7 @@ impl Writer {
     pub fn local(&self) -> Local {
         Local {
             buf: RefCell::new(Vec::with_capacity(BATCH)),
+            second: std::cell::Cell::new((u64::MAX, [0; 19])),
             tx: self.tx.clone(),
             dropped: self.dropped.clone(),
         }
@@ -81,6 +82,8 @@ impl Writer {
 /// One worker's pending lines.
 pub struct Local {
     buf: RefCell<Vec<u8>>,
+    /// The formatted `YYYY-MM-DDTHH:MM:SS` of the last second logged: most lines share it.
+    second: std::cell::Cell<(u64, [u8; 19])>,
     tx: Option<Sender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
 }
@@ -110,7 +113,15 @@ impl Local {
     pub fn record(&self, e: &Entry<'_>) {
         let full = {
             let mut buf = self.buf.borrow_mut();
-            write_line(&mut buf, e);
+            let d = e.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let (cached, mut text) = self.second.get();
+            if cached != d.as_secs() {
+                let mut v = Vec::with_capacity(24);
+                rfc3339(&mut v, UNIX_EPOCH + Duration::from_secs(d.as_secs()));
+                text.copy_from_slice(&v[..19]);
+                self.second.set((d.as_secs(), text));
+            }
+            write_line(&mut buf, e, &text, d.subsec_millis());
             buf.len() >= BATCH
         };
         if full {
@@ -156,14 +167,27 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// Milliseconds with three decimals (microsecond resolution).
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let _ = write!(out, "{}.{:03}", d.as_millis(), d.subsec_micros() % 1000);
+    let micros = d.as_micros() as u64;
+    crate::http::write::write_u64(out, micros / 1000);
+    let frac = micros % 1000;
+    out.push(b'.');
+    out.push(b'0' + (frac / 100) as u8);
+    out.push(b'0' + (frac / 10 % 10) as u8);
+    out.push(b'0' + (frac % 10) as u8);
 }
 
-fn write_line(out: &mut Vec<u8>, e: &Entry<'_>) {
+/// One line; `second` is the entry's time to the second (`YYYY-MM-DDTHH:MM:SS`).
+fn write_line(out: &mut Vec<u8>, e: &Entry<'_>, second: &[u8; 19], millis_part: u32) {
+    use crate::http::write::write_u64;
     out.extend_from_slice(b"{\"ts\":\"");
-    rfc3339(out, e.ts);
-    out.extend_from_slice(b"\",\"request_id\":");
+    out.extend_from_slice(second);
+    out.push(b'.');
+    out.push(b'0' + (millis_part / 100 % 10) as u8);
+    out.push(b'0' + (millis_part / 10 % 10) as u8);
+    out.push(b'0' + (millis_part % 10) as u8);
+    out.extend_from_slice(b"Z\",\"request_id\":");
     json_str(out, e.request_id);
     out.extend_from_slice(b",\"trace_id\":");
     opt_str(out, e.trace_id);
@@ -174,7 +198,8 @@ fn write_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     json_str(out, e.path);
     out.extend_from_slice(b",\"route\":");
     opt_str(out, e.route);
-    let _ = write!(out, ",\"status\":{}", e.status);
+    out.extend_from_slice(b",\"status\":");
+    write_u64(out, u64::from(e.status));
     out.extend_from_slice(b",\"upstream\":");
     opt_str(out, e.upstream);
     match e.upstream_addr {
@@ -190,14 +215,15 @@ fn write_line(out: &mut Vec<u8>, e: &Entry<'_>) {
         Some(d) => millis(out, d),
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(
-        out,
-        ",\"bytes_in\":{},\"bytes_out\":{}",
-        e.bytes_in, e.bytes_out
-    );
+    out.extend_from_slice(b",\"bytes_in\":");
+    crate::http::write::write_u64(out, e.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    crate::http::write::write_u64(out, e.bytes_out);
     out.extend_from_slice(b",\"cache\":");
     opt_str(out, e.cache);
-    let _ = writeln!(out, ",\"worker\":{}}}", e.worker);
+    out.extend_from_slice(b",\"worker\":");
+    crate::http::write::write_u64(out, e.worker as u64);
+    out.extend_from_slice(b"}\n");
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a date library: days to civil date after
@@ -268,6 +294,8 @@ mod tests {
                 cache: None,
                 worker: 1,
             },
+            b"1970-01-01T00:00:00",
+            7,
         );
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -295,6 +323,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["upstream_addr"], "127.0.0.1:9001");
         assert!(v["upstream_ms"].is_null());
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.007Z");
     }
 
     #[test]
@@ -302,6 +331,7 @@ mod tests {
         let (tx, rx) = bounded::<Vec<u8>>(1);
         let local = Local {
             buf: RefCell::new(Vec::new()),
+            second: std::cell::Cell::new((u64::MAX, [0; 19])),
             tx: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
         };
