@@ -29,7 +29,7 @@
 //! - [`upstream`]: balancing, pools, the upstream exchange, retries.
 //! - [`admin`]: the admin API thread.
 //! - [`access_log`]: the JSON access log (per-worker batches, one writer thread).
-//! - [`metrics`]: per-worker counters summed at scrape (the core of the operations issue; not yet wired into the request path).
+//! - [`metrics`]: per-worker counters summed at scrape, served by the admin `GET /metrics`.
 //! - [`demo`]: sample upstreams for `dispatch demo`.
 
 pub mod logging;

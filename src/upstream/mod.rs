@@ -5,6 +5,9 @@
 //! to and whether it may be retried), [`WorkerUpstreams`] (this worker's pools and balancers,
 //! one [`UpstreamState`] per configured upstream).
 //!
+//! [`breaker`] is the cross-core circuit-breaker core; it is unit-tested but not yet consulted
+//! by the request path (`[upstreams.*.breaker]` is still rejected at load).
+//!
 //! Invariant: everything here except the retry budget is owned by one worker thread; a pooled
 //! connection is only ever used by the worker that opened it.
 
