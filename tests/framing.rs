@@ -27,19 +27,7 @@ fn gateway(up: &Upstream) -> Gateway {
 }
 
 fn gateway_limits(up: &Upstream, limits: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[upstreams.app]
-endpoints = ["{}"]
-retries = 0
-
-[routes.all]
-paths = ["/"]
-upstream = "app"
-{limits}
-"#,
-        up.url()
-    ))
+    catch_all_gateway(up, limits)
 }
 
 /// Sends `raw` on a fresh connection and expects the error `status` with the JSON body, then

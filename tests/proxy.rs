@@ -21,20 +21,7 @@ fn gateway(up: &Upstream) -> Gateway {
 
 /// Like `gateway`, with extra top-level TOML (e.g. a `[server.limits]` table).
 fn gateway_with(up: &Upstream, extra: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[upstreams.app]
-endpoints = ["{}"]
-retries = 0
-
-[routes.all]
-paths = ["/"]
-upstream = "app"
-
-{extra}
-"#,
-        up.url()
-    ))
+    catch_all_gateway(up, extra)
 }
 
 #[test]

@@ -27,20 +27,32 @@ fn until_status(c: &mut Client, path: &str, want: u16) -> u16 {
     }
 }
 
+/// A gateway routing `/a` to an upstream that echoes the target, and a keep-alive connection
+/// that has already been served once.
+fn serving() -> (Upstream, Gateway, Client) {
+    let up = Upstream::start(|req| Reply::text(200, &format!("up {}", req.target)));
+    let gw = Gateway::start(&config(&up.url(), "/a"));
+    let mut c = Client::connect(gw.addr());
+    assert_eq!(c.request(&Req::get("/a")).status, 200);
+    (up, gw, c)
+}
+
+/// Rewrites the running gateway's config file with `from` replaced by `to`.
+fn rewrite(gw: &Gateway, from: &str, to: &str) {
+    let path = gw.config_path().to_path_buf();
+    let old = std::fs::read_to_string(&path).unwrap();
+    assert!(old.contains(from), "{from} not in:\n{old}");
+    std::fs::write(&path, old.replace(from, to)).unwrap();
+}
+
 fn config(url: &str, path: &str) -> String {
     format!("[upstreams.app]\nendpoints = [\"{url}\"]\n\n[routes.r]\npaths = [\"{path}\"]\nupstream = \"app\"\n")
 }
 
 #[test]
 fn sighup_applies_a_good_config_to_an_open_keep_alive_connection() {
-    let up = Upstream::start(|req| Reply::text(200, &format!("up {}", req.target)));
-    let gw = Gateway::start(&config(&up.url(), "/a"));
-    let mut c = Client::connect(gw.addr());
-    assert_eq!(c.request(&Req::get("/a")).status, 200);
-
-    let path = gw.config_path().to_path_buf();
-    let old = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, old.replace("[\"/a\"]", "[\"/b\"]")).unwrap();
+    let (up, gw, mut c) = serving();
+    rewrite(&gw, "[\"/a\"]", "[\"/b\"]");
     sighup(&gw);
 
     assert_eq!(
@@ -54,18 +66,8 @@ fn sighup_applies_a_good_config_to_an_open_keep_alive_connection() {
 
 #[test]
 fn sighup_with_a_bad_config_keeps_the_running_one() {
-    let up = Upstream::start(|req| Reply::text(200, &format!("up {}", req.target)));
-    let gw = Gateway::start(&config(&up.url(), "/a"));
-    let mut c = Client::connect(gw.addr());
-    assert_eq!(c.request(&Req::get("/a")).status, 200);
-
-    let path = gw.config_path().to_path_buf();
-    let old = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        old.replace("upstream = \"app\"", "upstream = \"ap\""),
-    )
-    .unwrap();
+    let (_up, gw, mut c) = serving();
+    rewrite(&gw, "upstream = \"app\"", "upstream = \"ap\"");
     sighup(&gw);
 
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -616,11 +616,7 @@ fn response_info(
             detail: e.to_string(),
         }
     })?;
-    let tokens = super::headers::connection_tokens(&head.headers);
-    let upstream_keep = match head.version {
-        Version::Http11 => !tokens.iter().any(|t| t.eq_ignore_ascii_case(b"close")),
-        Version::Http10 => tokens.iter().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
-    };
+    let upstream_keep = !http::wants_close(head.version, &head.headers);
     let out = match body {
         BodyKind::None => OutFraming::NoBody,
         BodyKind::Length(n) => OutFraming::Length(n),

@@ -24,7 +24,7 @@ use crate::upstream::balance::{hash_key, Key};
 use crate::upstream::retry::is_idempotent;
 
 use super::ctx::{MethodInfo, RequestCtx, RequestId};
-use super::headers::{connection_tokens, write_request_head, ForwardHead};
+use super::headers::{write_request_head, ForwardHead};
 use super::proxy::Served;
 use super::trace::TraceContext;
 use super::{target, Rejection};
@@ -104,11 +104,7 @@ fn stages(
     // 2. framing
     let body =
         http::request_body(headers, head.version).map_err(|e| bad(e.status(), &e.to_string()))?;
-    let tokens = connection_tokens(headers);
-    let keep_alive = match head.version {
-        Version::Http11 => !tokens.iter().any(|t| t.eq_ignore_ascii_case(b"close")),
-        Version::Http10 => tokens.iter().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
-    };
+    let keep_alive = !http::wants_close(head.version, headers);
     let expect = headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("expect"))
@@ -130,12 +126,9 @@ fn stages(
     };
 
     // 3. target (and Host, RFC 9112 §3.2: exactly one in HTTP/1.1)
-    let host_header = single(headers, "host").map_err(|_| bad(400, "Multiple Host headers"))?;
-    if head.version == Version::Http11 && host_header.is_none() {
-        return Err(bad(400, "Missing Host header"));
-    }
+    // The codec owns the Host rules: one Host in HTTP/1.1, an absolute-form authority wins.
+    let host = head.host().map_err(|e| bad(400, &e.to_string()))?;
     let target = target::parse(head.target.as_bytes()).map_err(|e| bad(400, &e.to_string()))?;
-    let host: Option<&[u8]> = target.authority.map(str::as_bytes).or(host_header);
 
     // 4. route
     let view = RequestView {

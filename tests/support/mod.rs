@@ -88,6 +88,15 @@ pub fn assert_error(resp: &Response, status: u16) -> String {
     id
 }
 
+/// A gateway with one catch-all route to `up` (`retries = 0`), plus `extra` top-level TOML
+/// (e.g. a `[server.limits]` table).
+pub fn catch_all_gateway(up: &Upstream, extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\nretries = 0\n\n[routes.all]\npaths = [\"/\"]\nupstream = \"app\"\n\n{extra}\n",
+        up.url()
+    ))
+}
+
 /// Sleeps briefly; for the few places a test must let time pass (always small).
 pub fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
