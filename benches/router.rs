@@ -29,6 +29,8 @@ fn route(name: String, path: String) -> Route {
         hosts: None,
         headers: Vec::new(),
         upstream: 0,
+        split: Vec::new(),
+        sticky: None,
         strip_prefix: false,
         rewrite: None,
         timeout: None,

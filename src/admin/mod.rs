@@ -3,7 +3,8 @@
 //!
 //! Owns authentication of admin calls (`admin.token_env`: when that variable is set, every
 //! call but `GET /health` needs `Authorization: Bearer <value>`) and the endpoints available
-//! in this milestone: `GET /health`, `GET /metrics`, `GET /routes`, `GET /upstreams` and
+//! in this milestone: `GET /health`, `GET /metrics`, `GET /routes`, `GET /upstreams`,
+//! `PUT`/`DELETE /upstreams/{name}/endpoints` (service discovery, applied like a reload) and
 //! `POST /reload`. Any other path is a JSON 404.
 
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use monoio::net::{TcpListener, TcpStream};
 use serde_json::json;
 
 use crate::http;
-use crate::runtime::shared::Shared;
+use crate::runtime::clock;
+use crate::runtime::shared::{Shared, UpstreamShared};
+use crate::upstream::health::all_out;
 
 const MAX_BODY: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,13 +104,23 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
                             h.name.eq_ignore_ascii_case("connection")
                                 && h.value.eq_ignore_ascii_case(b"close")
                         }) && head.version == http::Version::Http11;
-                        let path = head.target.split('?').next().unwrap_or_default().as_bytes();
+                        let (path, query) = match head.target.split_once('?') {
+                            Some((p, q)) => (p, q),
+                            None => (head.target, ""),
+                        };
                         let auth = head
                             .headers
                             .iter()
                             .find(|h| h.name.eq_ignore_ascii_case("authorization"))
                             .map(|h| h.value);
-                        let reply = route(&shared, head.method, path, auth);
+                        let call = Call {
+                            method: head.method,
+                            path,
+                            query,
+                            body: &buf[head.head_len..head.head_len + body_len],
+                            auth,
+                        };
+                        let reply = route(&shared, &call);
                         break (reply, keep, head.head_len + body_len);
                     }
                 }
@@ -165,29 +178,54 @@ fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
             == 0
 }
 
-fn route(shared: &Shared, method: &str, path: &[u8], auth: Option<&[u8]>) -> Reply {
+/// One admin request.
+struct Call<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    body: &'a [u8],
+    auth: Option<&'a [u8]>,
+}
+
+fn route(shared: &Shared, call: &Call<'_>) -> Reply {
     let active = shared.active();
     let cfg = &active.config;
-    let open = method == "GET" && path == b"/health";
-    if !open && !authorized(auth, cfg.admin.token_env.as_deref()) {
+    let (method, path) = (call.method, call.path);
+    let open = method == "GET" && path == "/health";
+    if !open && !authorized(call.auth, cfg.admin.token_env.as_deref()) {
         return error(401, "Missing or invalid admin token");
     }
-    match (method, path) {
+    if let Some(name) = path
+        .strip_prefix("/upstreams/")
+        .and_then(|rest| rest.strip_suffix("/endpoints"))
+    {
+        return match method {
+            "PUT" => register(shared, name, call.body),
+            "DELETE" => deregister(shared, name, call.query),
+            _ => error(405, "Method not allowed"),
+        };
+    }
+    match (method, path.as_bytes()) {
         ("GET", b"/health") => Reply::json(200, health(shared).to_string()),
         ("GET", b"/metrics") => {
             let mut body = String::with_capacity(16 * 1024);
-            // No upstream has a breaker yet (a later capability): each is reported closed, as
-            // in GET /health.
-            let active = shared.active();
-            let names: Vec<&str> = active
+            let now = crate::runtime::clock::now_ms();
+            let states: Vec<(&str, u8)> = active
                 .config
                 .upstreams
                 .iter()
-                .map(|u| u.name.as_str())
+                .zip(&active.upstreams)
+                .map(|(u, s)| {
+                    let state = s
+                        .breaker
+                        .as_ref()
+                        .map_or(0, |(b, _)| b.snapshot(now).state.metric_value());
+                    (u.name.as_str(), state)
+                })
                 .collect();
-            shared.metrics.render(&mut body, &|w| {
-                w.breaker_states(names.iter().map(|n| (*n, 0u8)))
-            });
+            shared
+                .metrics
+                .render(&mut body, &|w| w.breaker_states(states.iter().copied()));
             Reply {
                 status: 200,
                 body,
@@ -234,14 +272,36 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
     json!({"generation": active.generation, "routes": rows})
 }
 
-/// `GET /upstreams`: each upstream's policy and endpoints.
+/// `GET /upstreams`: each upstream's policy and endpoints, with their health and the
+/// requests in flight to each (summed over workers).
 pub fn upstreams(shared: &Shared) -> serde_json::Value {
     let active = shared.active();
+    let now = clock::now_ms();
     let list: Vec<_> = active
         .config
         .upstreams
         .iter()
-        .map(|u| {
+        .zip(&active.upstreams)
+        .map(|(u, state)| {
+            let endpoints: Vec<_> = u
+                .endpoints
+                .iter()
+                .zip(&state.endpoints)
+                .map(|(e, h)| {
+                    let ejected = h.ejected(now);
+                    json!({
+                        "url": e.url,
+                        "address": e.addr.to_string(),
+                        "weight": e.weight,
+                        "healthy": h.active_healthy() && !ejected,
+                        "active_check": if h.active_healthy() { "pass" } else { "fail" },
+                        "ejected": ejected,
+                        "in_flight": h.inflight(),
+                        "metadata": e.metadata.as_deref().and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()),
+                        "source": e.source.as_str(),
+                    })
+                })
+                .collect();
             json!({
                 "name": u.name,
                 "balance": match &u.balance {
@@ -254,30 +314,174 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
                 "read_timeout_ms": u.read_timeout.as_millis() as u64,
                 "retries": u.retries,
                 "max_idle_per_worker": u.max_idle_per_worker,
-                "endpoints": u.endpoints.iter().map(|e| json!({
-                    "url": e.url, "address": e.addr.to_string(), "weight": e.weight, "healthy": true,
-                })).collect::<Vec<_>>(),
+                "breaker": breaker_json(state, now),
+                "endpoints": endpoints,
             })
         })
         .collect();
     json!({"upstreams": list})
 }
 
-/// `GET /health`: upstreams and their endpoints. Breakers and health checks are later
-/// capabilities: until then every breaker is closed and every endpoint is in rotation.
+/// An upstream's breaker: state, failures in the window and the last transition. An upstream
+/// without a breaker is reported closed, since it never rejects.
+fn breaker_json(state: &UpstreamShared, now: u64) -> serde_json::Value {
+    match &state.breaker {
+        Some((b, _)) => {
+            let snap = b.snapshot(now);
+            json!({
+                "state": snap.state.as_str(),
+                "failures": snap.failures,
+                "since": clock::rfc3339(clock::unix_ms(snap.since_ms)),
+            })
+        }
+        None => json!({
+            "state": "closed",
+            "failures": 0,
+            "since": clock::rfc3339(clock::unix_ms(0)),
+        }),
+    }
+}
+
+/// `GET /health`: "degraded" while any breaker is open or any upstream has no endpoint in
+/// rotation (it then serves in panic mode, on all of them).
 pub fn health(shared: &Shared) -> serde_json::Value {
     let active = shared.active();
+    let now = clock::now_ms();
+    let mut degraded = false;
     let mut upstreams = serde_json::Map::new();
-    for u in &active.config.upstreams {
+    for (u, state) in active.config.upstreams.iter().zip(&active.upstreams) {
         let endpoints: Vec<_> = u
             .endpoints
             .iter()
-            .map(|e| json!({"url": e.url, "healthy": true, "weight": e.weight}))
+            .zip(&state.endpoints)
+            .map(|(e, h)| json!({"url": e.url, "healthy": h.available(now), "weight": e.weight}))
             .collect();
+        let breaker = breaker_json(state, now);
+        degraded |= breaker["state"] == "open" || all_out(&state.endpoints, now);
         upstreams.insert(
             u.name.clone(),
-            json!({"breaker": "closed", "failures": 0, "endpoints": endpoints}),
+            json!({
+                "breaker": breaker["state"],
+                "failures": breaker["failures"],
+                "since": breaker["since"],
+                "endpoints": endpoints,
+            }),
         );
     }
-    json!({"status": "ok", "workers": shared.workers, "upstreams": upstreams})
+    json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "workers": shared.workers,
+        "upstreams": upstreams,
+    })
+}
+
+/// `PUT /upstreams/{name}/endpoints` with `{"url", "weight", "metadata"}`.
+fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Registration {
+        url: String,
+        weight: Option<u32>,
+        metadata: Option<serde_json::Value>,
+    }
+    let name = percent_decode(name);
+    let reg: Registration = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                400,
+                &format!("expected {{\"url\": \"http://host:port\", \"weight\": n, \"metadata\": {{...}}}}: {e}"),
+            )
+        }
+    };
+    let weight = reg.weight.unwrap_or(1);
+    let mut endpoints = match crate::config::parse_endpoint(&reg.url, weight) {
+        Ok(e) => e,
+        Err(e) => return error(400, &e),
+    };
+    let metadata = reg.metadata.as_ref().map(|m| m.to_string());
+    for e in &mut endpoints {
+        e.metadata = metadata.clone();
+    }
+    let mut discovery = shared.discovery();
+    let created = match discovery.register(&name, endpoints) {
+        Ok(created) => created,
+        Err(e) => return error(e.status(), &e.to_string()),
+    };
+    if let Err(e) = shared.publish(&discovery) {
+        return error(500, &e.to_string());
+    }
+    crate::info!(
+        "upstream {name}: endpoint {} registered (weight {weight})",
+        reg.url
+    );
+    Reply::json(
+        if created { 201 } else { 200 },
+        json!({
+            "upstream": name,
+            "endpoint": {"url": reg.url, "weight": weight, "metadata": reg.metadata},
+        })
+        .to_string(),
+    )
+}
+
+/// `DELETE /upstreams/{name}/endpoints?url=...`
+fn deregister(shared: &Shared, name: &str, query: &str) -> Reply {
+    let name = percent_decode(name);
+    let Some(url) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("url="))
+        .map(percent_decode)
+    else {
+        return error(400, "missing query parameter url");
+    };
+    let mut discovery = shared.discovery();
+    if let Err(e) = discovery.deregister(&name, &url) {
+        return error(e.status(), &e.to_string());
+    }
+    if let Err(e) = shared.publish(&discovery) {
+        return error(500, &e.to_string());
+    }
+    crate::info!("upstream {name}: endpoint {url} deregistered");
+    Reply::json(200, json!({"upstream": name, "removed": url}).to_string())
+}
+
+/// `%XX` escapes and `+` (as a space, form encoding) decoded; invalid escapes kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("http%3A%2F%2F127.0.0.1%3A9005"),
+            "http://127.0.0.1:9005"
+        );
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(percent_decode("plain"), "plain");
+    }
 }

@@ -41,6 +41,21 @@ pub mod default {
     pub const MAX_IDLE_PER_WORKER: usize = 64;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const WEIGHT: u32 = 1;
+    pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+
+    pub const BREAKER_FAILURE_THRESHOLD: u32 = 5;
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(60);
+    pub const BREAKER_RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const BREAKER_HALF_OPEN_PROBES: u32 = 3;
+
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+
+    pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
+    pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
+    pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
 }
 
 /// The whole file.
@@ -180,10 +195,28 @@ pub struct Upstream {
     pub max_idle_per_worker: Option<usize>,
     /// Default: `"60s"`.
     pub idle_timeout: Option<Duration>,
-    /// Not supported yet.
+    /// Default: no breaker.
     pub breaker: Option<Breaker>,
-    /// Not supported yet.
+    /// Default: no active checks (endpoints stay in rotation unless ejected).
     pub health_check: Option<HealthCheck>,
+    /// Passive outlier ejection. Default: the values of [`Outlier`]'s fields, even without
+    /// the table.
+    pub outlier: Option<Outlier>,
+    /// How often endpoints written with a DNS name are re-resolved. Default: `"30s"`.
+    pub dns_refresh: Option<Duration>,
+}
+
+/// `[upstreams.NAME.outlier]`: passive ejection of failing endpoints.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    /// Consecutive connect failures, timeouts or 5xx that eject an endpoint. Default: `5`;
+    /// `0` turns ejection off.
+    pub consecutive_failures: Option<u32>,
+    /// First ejection; doubles on each repeat. Default: `"30s"`.
+    pub base_ejection: Option<Duration>,
+    /// Longest ejection. Default: `"5m"`.
+    pub max_ejection: Option<Duration>,
 }
 
 /// An endpoint: `"http://host:port"` or `{ url = "http://host:port", weight = 3 }`.
@@ -213,7 +246,7 @@ pub struct Route {
     pub hosts: Option<Vec<String>>,
     /// Default: no header predicate.
     pub headers: Option<Named<String>>,
-    /// Required (until `split` is supported, which may stand in for it).
+    /// Required unless `split` is given (which then decides the upstream).
     pub upstream: Option<String>,
     /// Default: `false`.
     pub strip_prefix: Option<bool>,
@@ -222,12 +255,16 @@ pub struct Route {
     /// Default: the upstream's `read_timeout`.
     pub timeout: Option<Duration>,
 
+    /// Canary / A-B split over upstreams by weight. Default: none.
+    pub split: Option<Vec<Split>>,
+    /// `"header:NAME" | "cookie:NAME" | "ip"`: keeps a caller on one side of `split`.
+    pub sticky: Option<String>,
+
     // Not supported yet.
     pub auth: Option<String>,
     pub rate_limits: Option<Vec<String>>,
     pub cache: Option<String>,
-    pub split: Option<Vec<Split>>,
-    pub sticky: Option<String>,
+
     pub transform: Option<String>,
     pub websocket: Option<bool>,
     pub client: Option<String>,
@@ -264,8 +301,6 @@ pub enum FailureOn {
 }
 
 /// The response a breaker sends while open.
-// Fields without a check in `later` are first read by the capability itself.
-#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fallback {

@@ -17,15 +17,6 @@ use super::validate::{header_name, header_value, is_token, methods, suggestion, 
 /// Checks the values of every not-yet-supported section.
 pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> {
     let c = Checker { file, src };
-    for (name, upstream) in file.upstreams.iter() {
-        let at = KeyPath::of(&["upstreams", name]);
-        if let Some(breaker) = &upstream.breaker {
-            c.breaker(breaker, &at.key("breaker"))?;
-        }
-        if let Some(health) = &upstream.health_check {
-            c.health_check(health, &at.key("health_check"))?;
-        }
-    }
     for (name, route) in file.routes.iter() {
         c.route(route, &KeyPath::of(&["routes", name]))?;
     }
@@ -67,25 +58,12 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
 /// Rejects the config at the first key, in file order, of a capability not built yet.
 pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError> {
     let mut keys: Vec<KeyPath> = Vec::new();
-    for (name, upstream) in file.upstreams.iter() {
-        let at = KeyPath::of(&["upstreams", name]);
-        for (key, present) in [
-            ("breaker", upstream.breaker.is_some()),
-            ("health_check", upstream.health_check.is_some()),
-        ] {
-            if present {
-                keys.push(at.key(key));
-            }
-        }
-    }
     for (name, route) in file.routes.iter() {
         let at = KeyPath::of(&["routes", name]);
         for (key, present) in [
             ("auth", route.auth.is_some()),
             ("rate_limits", route.rate_limits.is_some()),
             ("cache", route.cache.is_some()),
-            ("split", route.split.is_some()),
-            ("sticky", route.sticky.is_some()),
             ("transform", route.transform.is_some()),
             ("websocket", route.websocket.is_some()),
             ("client", route.client.is_some()),
@@ -146,36 +124,6 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn breaker(&self, b: &file::Breaker, at: &KeyPath) -> Result<(), ConfigError> {
-        self.at_least_one(at, "failure_threshold", b.failure_threshold)?;
-        self.at_least_one(at, "half_open_probes", b.half_open_probes)?;
-        self.positive(at, "window", b.window)?;
-        self.positive(at, "recovery_timeout", b.recovery_timeout)?;
-        if b.failure_on.as_ref().is_some_and(Vec::is_empty) {
-            return Err(self.src.error(
-                &at.key("failure_on"),
-                "must list at least one of \"connect\", \"timeout\", \"5xx\"",
-            ));
-        }
-        if let Some(fallback) = &b.fallback {
-            if !(200..=599).contains(&fallback.status) {
-                return Err(self.src.error(
-                    &at.key("fallback").key("status"),
-                    "must be an HTTP status from 200 to 599",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn health_check(&self, h: &file::HealthCheck, at: &KeyPath) -> Result<(), ConfigError> {
-        self.path(&at.key("path"), &h.path)?;
-        self.positive(at, "interval", h.interval)?;
-        self.positive(at, "timeout", h.timeout)?;
-        self.at_least_one(at, "healthy_threshold", h.healthy_threshold)?;
-        self.at_least_one(at, "unhealthy_threshold", h.unhealthy_threshold)
-    }
-
     fn route(&self, r: &file::Route, at: &KeyPath) -> Result<(), ConfigError> {
         if let Some(name) = &r.auth {
             self.reference(&at.key("auth"), name, "auth policy", names(&self.file.auth))?;
@@ -186,40 +134,6 @@ impl Checker<'_> {
         if let Some(name) = &r.cache {
             let rules = self.file.cache.iter().flat_map(|c| c.rules.names());
             self.reference(&at.key("cache"), name, "cache rule", rules)?;
-        }
-        if let Some(split) = &r.split {
-            if split.is_empty() {
-                return Err(self
-                    .src
-                    .error(&at.key("split"), "must list at least one upstream"));
-            }
-            for (i, side) in split.iter().enumerate() {
-                let upstreams = self.file.upstreams.names();
-                self.reference(
-                    &at.key("split").index(i).key("upstream"),
-                    &side.upstream,
-                    "upstream",
-                    upstreams,
-                )?;
-            }
-            if split.iter().all(|side| side.weight == 0) {
-                return Err(self.src.error(
-                    &at.key("split"),
-                    "at least one weight must be greater than zero",
-                ));
-            }
-        }
-        if let Some(sticky) = &r.sticky {
-            let valid = sticky == "ip"
-                || ["header:", "cookie:"]
-                    .iter()
-                    .any(|p| sticky.strip_prefix(p).is_some_and(is_token));
-            if !valid {
-                return Err(self.src.error(
-                    &at.key("sticky"),
-                    format!("invalid sticky {sticky:?}: expected \"header:NAME\", \"cookie:NAME\" or \"ip\""),
-                ));
-            }
         }
         if let Some(name) = &r.transform {
             self.reference(

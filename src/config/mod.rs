@@ -54,6 +54,20 @@ pub fn load_str(src: &str, path: &Path) -> Result<model::Config, ConfigError> {
     Ok(config)
 }
 
+/// Parses an endpoint URL as the file would (`http://HOST[:PORT]`), resolving a host name to
+/// every address: the admin API's registrations use it.
+pub fn parse_endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
+    if weight == 0 {
+        return Err("weight must be at least 1".to_string());
+    }
+    validate::endpoint(url, weight)
+}
+
+/// Every address of `host` (the DNS refresher uses it).
+pub fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
+    validate::resolve(host, port)
+}
+
 /// The router's compile check: invalid patterns and ambiguous routes are config errors.
 fn check_route_table(cfg: &model::Config) -> Result<(), ConfigError> {
     compile_router(cfg).map(|_| ())

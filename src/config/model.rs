@@ -121,13 +121,88 @@ pub enum Balance {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// As written in the config, e.g. "http://127.0.0.1:9001".
+    /// As written in the config (or registered), e.g. "http://127.0.0.1:9001".
     pub url: String,
     pub addr: SocketAddr,
     /// Value for the upstream `Host` header when the route does not keep the client's:
     /// the URL's authority, e.g. "127.0.0.1:9001".
     pub authority: String,
     pub weight: u32,
+    /// Where the endpoint came from: the file, a DNS answer for a name in the file, or the
+    /// admin API.
+    pub source: EndpointSource,
+    /// The host name to re-resolve every `dns_refresh` (None for IP literals), and its port.
+    pub dns: Option<(String, u16)>,
+    /// Operator metadata given at registration, as JSON text.
+    pub metadata: Option<String>,
+}
+
+impl Endpoint {
+    /// The key of this endpoint on a consistent-hash ring: its URL, plus the address when one
+    /// name resolved to several addresses (each is an endpoint of its own).
+    pub fn ring_key(&self) -> String {
+        match self.source {
+            EndpointSource::Dns => format!("{}#{}", self.url, self.addr),
+            _ => self.url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointSource {
+    Config,
+    Dns,
+    Admin,
+}
+
+impl EndpointSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointSource::Config => "config",
+            EndpointSource::Dns => "dns",
+            EndpointSource::Admin => "admin",
+        }
+    }
+}
+
+/// `[upstreams.NAME.breaker]`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breaker {
+    pub failure_threshold: u32,
+    pub window: Duration,
+    pub recovery_timeout: Duration,
+    pub half_open_probes: u32,
+    pub on_connect: bool,
+    pub on_timeout: bool,
+    pub on_5xx: bool,
+    pub fallback: Option<Fallback>,
+}
+
+/// The response sent instead of the standard 503 while a breaker is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub status: u16,
+    /// The body as JSON text; None: the standard error body with `status`.
+    pub json: Option<String>,
+}
+
+/// `[upstreams.NAME.health_check]`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// `[upstreams.NAME.outlier]`, defaults applied (present for every upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    /// 0: ejection off.
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +215,29 @@ pub struct Upstream {
     pub retries: u32,
     pub max_idle_per_worker: usize,
     pub idle_timeout: Duration,
+    pub breaker: Option<Breaker>,
+    pub health_check: Option<HealthCheck>,
+    pub outlier: Outlier,
+    pub dns_refresh: Duration,
     pub location: Location,
+}
+
+/// One side of a route's `split`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitSide {
+    pub upstream: UpstreamId,
+    pub weight: u32,
+}
+
+/// What keeps a caller on one side of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A request header (name lowercased).
+    Header(String),
+    /// A cookie by name.
+    Cookie(String),
+    /// The client IP.
+    Ip,
 }
 
 #[derive(Debug, Clone)]
@@ -155,7 +252,12 @@ pub struct Route {
     pub hosts: Option<Vec<String>>,
     /// (lower-case name, exact value) pairs that must all be present.
     pub headers: Vec<(String, String)>,
+    /// The upstream; with a `split`, the first side with a non-zero weight (its timeouts and
+    /// Host fallback are the route's defaults).
     pub upstream: UpstreamId,
+    /// Sides with weights (empty: no split).
+    pub split: Vec<SplitSide>,
+    pub sticky: Option<Sticky>,
     pub strip_prefix: bool,
     /// Replaces the matched path prefix when forwarding (the rest and the query are kept).
     pub rewrite: Option<String>,

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::model::{AccessLog, Balance, Config, Driver, LogLevel};
+use super::model::{AccessLog, Balance, Config, Driver, LogLevel, SplitSide, Sticky};
 use super::*;
 
 /// The format contract, verbatim from `spec/dispatch.example.toml`.
@@ -36,12 +36,10 @@ fn spec_example_supported_part() -> String {
         "compression",
         "tracing",
     ];
-    const LATER_ROUTE_KEYS: [&str; 8] = [
+    const LATER_ROUTE_KEYS: [&str; 6] = [
         "auth",
         "rate_limits",
         "cache",
-        "split",
-        "sticky",
         "transform",
         "websocket",
         "client",
@@ -53,9 +51,7 @@ fn spec_example_supported_part() -> String {
             section = header.split(']').next().unwrap().to_string();
         }
         let first = section.split('.').next().unwrap();
-        let later_section = LATER_SECTIONS.contains(&first)
-            || section.ends_with(".breaker")
-            || section.ends_with(".health_check");
+        let later_section = LATER_SECTIONS.contains(&first);
         let key = line.split('=').next().unwrap().trim();
         let later_key = first == "routes" && LATER_ROUTE_KEYS.contains(&key);
         if first == "routes" && key == "client" {
@@ -83,26 +79,18 @@ fn line_of(text: &str, line: &str) -> usize {
 #[test]
 fn spec_example_is_rejected_at_its_first_later_capability() {
     // Every key of the example parses and every value passes its checks: the only error is
-    // the first key of a capability not built yet, `[upstreams.users.breaker]` on line 52.
+    // the first key of a capability not built yet, `routes.users.auth` on line 90.
     let err = load_str(SPEC_EXAMPLE, Path::new("config/dispatch.toml")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "config/dispatch.toml:52:18: upstreams.users.breaker: not supported yet: upstreams.users.breaker"
+        "config/dispatch.toml:90:1: routes.users.auth: not supported yet: routes.users.auth"
     );
 }
 
 #[test]
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
-    for gone in [
-        "[upstreams.users.breaker]",
-        "[upstreams.users.health_check]",
-        "[bff]",
-        "auth =",
-        "split =",
-        "websocket =",
-        "[tracing]",
-    ] {
+    for gone in ["[bff]", "auth =", "websocket =", "[tracing]"] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
@@ -175,6 +163,50 @@ fn spec_example_without_later_capabilities_loads() {
         (users.location.line, users.location.col),
         (line_of(&text, "[upstreams.users]"), 1)
     );
+    let b = users.breaker.as_ref().expect("users has a breaker");
+    assert_eq!(
+        (
+            b.failure_threshold,
+            b.window,
+            b.recovery_timeout,
+            b.half_open_probes
+        ),
+        (5, Duration::from_secs(60), Duration::from_secs(30), 3)
+    );
+    assert!(b.on_connect && b.on_timeout && b.on_5xx);
+    let fallback = b.fallback.as_ref().expect("fallback");
+    assert_eq!(fallback.status, 503);
+    let body: serde_json::Value =
+        serde_json::from_str(fallback.json.as_deref().expect("json")).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "Users service temporarily unavailable", "retryAfter": 30})
+    );
+    let h = users
+        .health_check
+        .as_ref()
+        .expect("users has health checks");
+    assert_eq!(
+        (
+            h.path.as_str(),
+            h.interval,
+            h.timeout,
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        ),
+        (
+            "/healthz",
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            2,
+            3
+        )
+    );
+    // Defaults every upstream gets.
+    assert_eq!(users.outlier.consecutive_failures, 5);
+    assert_eq!(users.outlier.base_ejection, Duration::from_secs(30));
+    assert_eq!(users.outlier.max_ejection, Duration::from_secs(300));
+    assert_eq!(users.dns_refresh, Duration::from_secs(30));
     // `accounts` sets only its endpoints: every other key takes its default.
     let accounts = &cfg.upstreams[1];
     assert_eq!(
@@ -227,6 +259,20 @@ fn spec_example_without_later_capabilities_loads() {
         (r.location.line, r.location.col),
         (line_of(&text, "[routes.users]"), 1)
     );
+    assert_eq!(
+        r.split,
+        [
+            SplitSide {
+                upstream: 0,
+                weight: 90
+            },
+            SplitSide {
+                upstream: 3,
+                weight: 10
+            }
+        ]
+    );
+    assert_eq!(r.sticky, Some(Sticky::Header("x-user-id".into())));
     let canary = &cfg.routes[1];
     assert_eq!(canary.headers, [("x-canary".to_string(), "1".to_string())]);
     assert_eq!(

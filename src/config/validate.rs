@@ -214,11 +214,12 @@ fn upstream(
         if weight == 0 {
             return Err(src.error(&entry.key("weight"), "must be at least 1"));
         }
-        let endpoint = endpoint(url, weight).map_err(|m| src.error(&url_at, m))?;
-        if endpoints.iter().any(|e| e.addr == endpoint.addr) {
-            return Err(src.error(&url_at, format!("duplicate endpoint {url:?}")));
+        for endpoint in endpoint(url, weight).map_err(|m| src.error(&url_at, m))? {
+            if endpoints.iter().any(|e| e.addr == endpoint.addr) {
+                return Err(src.error(&url_at, format!("duplicate endpoint {url:?}")));
+            }
+            endpoints.push(endpoint);
         }
-        endpoints.push(endpoint);
     }
     let balance = match &upstream.balance {
         None => model::Balance::RoundRobin,
@@ -239,12 +240,150 @@ fn upstream(
             .max_idle_per_worker
             .unwrap_or(default::MAX_IDLE_PER_WORKER),
         idle_timeout: s.timeout("idle_timeout", upstream.idle_timeout, default::IDLE_TIMEOUT)?,
+        breaker: match &upstream.breaker {
+            None => None,
+            Some(b) => Some(breaker(b, &at.key("breaker"), src)?),
+        },
+        health_check: match &upstream.health_check {
+            None => None,
+            Some(h) => Some(health_check(h, &at.key("health_check"), src)?),
+        },
+        outlier: outlier(upstream.outlier.as_ref(), &at.key("outlier"), src)?,
+        dns_refresh: s.timeout("dns_refresh", upstream.dns_refresh, default::DNS_REFRESH)?,
         location: src.location_of(&at),
     })
 }
 
-/// `http://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now.
-fn endpoint(url: &str, weight: u32) -> Result<model::Endpoint, String> {
+fn breaker(b: &file::Breaker, at: &KeyPath, src: &Source) -> Result<model::Breaker, ConfigError> {
+    use crate::upstream::breaker::{MAX_PROBES, MAX_THRESHOLD};
+    let s = Section::new(src, at);
+    let failure_threshold = s
+        .nonzero("failure_threshold", b.failure_threshold)?
+        .unwrap_or(default::BREAKER_FAILURE_THRESHOLD);
+    if failure_threshold > MAX_THRESHOLD {
+        return Err(s.error(
+            "failure_threshold",
+            format!("must be at most {MAX_THRESHOLD}"),
+        ));
+    }
+    let half_open_probes = s
+        .nonzero("half_open_probes", b.half_open_probes)?
+        .unwrap_or(default::BREAKER_HALF_OPEN_PROBES);
+    if half_open_probes > MAX_PROBES {
+        return Err(s.error("half_open_probes", format!("must be at most {MAX_PROBES}")));
+    }
+    let failure_on = b.failure_on.as_deref().unwrap_or(&[
+        file::FailureOn::Connect,
+        file::FailureOn::Timeout,
+        file::FailureOn::Status5xx,
+    ]);
+    if failure_on.is_empty() {
+        return Err(s.error(
+            "failure_on",
+            "must list at least one of \"connect\", \"timeout\", \"5xx\"",
+        ));
+    }
+    let fallback = match &b.fallback {
+        None => None,
+        Some(f) => {
+            if !(200..=599).contains(&f.status) {
+                return Err(src.error(
+                    &at.key("fallback").key("status"),
+                    "must be an HTTP status from 200 to 599",
+                ));
+            }
+            let json = match &f.json {
+                None => None,
+                Some(value) => Some(serde_json::to_string(value).map_err(|e| {
+                    src.error(
+                        &at.key("fallback").key("json"),
+                        format!("not valid JSON: {e}"),
+                    )
+                })?),
+            };
+            Some(model::Fallback {
+                status: f.status,
+                json,
+            })
+        }
+    };
+    Ok(model::Breaker {
+        failure_threshold,
+        window: s.timeout("window", b.window, default::BREAKER_WINDOW)?,
+        recovery_timeout: s.timeout(
+            "recovery_timeout",
+            b.recovery_timeout,
+            default::BREAKER_RECOVERY_TIMEOUT,
+        )?,
+        half_open_probes,
+        on_connect: failure_on.contains(&file::FailureOn::Connect),
+        on_timeout: failure_on.contains(&file::FailureOn::Timeout),
+        on_5xx: failure_on.contains(&file::FailureOn::Status5xx),
+        fallback,
+    })
+}
+
+fn health_check(
+    h: &file::HealthCheck,
+    at: &KeyPath,
+    src: &Source,
+) -> Result<model::HealthCheck, ConfigError> {
+    let s = Section::new(src, at);
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(s.error(
+            "path",
+            format!(
+                "invalid path {:?}: must start with \"/\" and contain no spaces or control bytes",
+                h.path
+            ),
+        ));
+    }
+    let interval = s.timeout("interval", h.interval, default::HEALTH_INTERVAL)?;
+    let timeout = s.timeout("timeout", h.timeout, default::HEALTH_TIMEOUT)?;
+    Ok(model::HealthCheck {
+        path: h.path.clone(),
+        interval,
+        timeout,
+        healthy_threshold: s
+            .nonzero("healthy_threshold", h.healthy_threshold)?
+            .unwrap_or(default::HEALTHY_THRESHOLD),
+        unhealthy_threshold: s
+            .nonzero("unhealthy_threshold", h.unhealthy_threshold)?
+            .unwrap_or(default::UNHEALTHY_THRESHOLD),
+    })
+}
+
+fn outlier(
+    o: Option<&file::Outlier>,
+    at: &KeyPath,
+    src: &Source,
+) -> Result<model::Outlier, ConfigError> {
+    let s = Section::new(src, at);
+    let base = s.timeout(
+        "base_ejection",
+        o.and_then(|o| o.base_ejection),
+        default::OUTLIER_BASE_EJECTION,
+    )?;
+    let max = s.timeout(
+        "max_ejection",
+        o.and_then(|o| o.max_ejection),
+        default::OUTLIER_MAX_EJECTION.max(base),
+    )?;
+    if max < base {
+        return Err(s.error("max_ejection", "must be at least base_ejection"));
+    }
+    Ok(model::Outlier {
+        consecutive_failures: o
+            .and_then(|o| o.consecutive_failures)
+            .unwrap_or(default::OUTLIER_CONSECUTIVE_FAILURES),
+        base_ejection: base,
+        max_ejection: max,
+    })
+}
+
+/// `http://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now: one endpoint per
+/// address (also used for endpoints registered through the admin API).
+pub fn endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
     let invalid = |why: &str| format!("invalid endpoint URL {url:?}: {why}");
     let expected = "expected http://HOST[:PORT]";
     let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid(expected))?;
@@ -267,23 +406,39 @@ fn endpoint(url: &str, weight: u32) -> Result<model::Endpoint, String> {
         return Err(invalid("user info is not supported"));
     }
     let (host, port) = split_host_port(authority).map_err(|why| invalid(&why))?;
-    let addr = match host.parse::<IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
+    let one = |addr, source, dns| model::Endpoint {
+        url: url.to_string(),
+        addr,
+        authority: authority.to_string(),
+        weight,
+        source,
+        dns,
+        metadata: None,
+    };
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Ok(vec![one(
+            SocketAddr::new(ip, port),
+            model::EndpointSource::Config,
+            None,
+        )]),
         Err(_) => {
             if !is_dns_name(host) {
                 return Err(invalid(&format!(
                     "{host:?} is not an IP address or a host name"
                 )));
             }
-            resolve(host, port)?
+            Ok(resolve(host, port)?
+                .into_iter()
+                .map(|addr| {
+                    one(
+                        addr,
+                        model::EndpointSource::Dns,
+                        Some((host.to_string(), port)),
+                    )
+                })
+                .collect())
         }
-    };
-    Ok(model::Endpoint {
-        url: url.to_string(),
-        addr,
-        authority: authority.to_string(),
-        weight,
-    })
+    }
 }
 
 /// "host", "host:port", "[v6]" or "[v6]:port"; the port defaults to 80.
@@ -324,13 +479,36 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
     Ok((host, port))
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let mut addrs = (host, port)
+/// Every address of `host` (deduplicated, in the resolver's order).
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for addr in (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("cannot resolve {host:?}: no addresses"))
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+    {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("cannot resolve {host:?}: no addresses"));
+    }
+    Ok(addrs)
+}
+
+fn sticky(text: &str) -> Result<model::Sticky, String> {
+    if text == "ip" {
+        return Ok(model::Sticky::Ip);
+    }
+    if let Some(name) = text.strip_prefix("header:").filter(|n| is_token(n)) {
+        return Ok(model::Sticky::Header(name.to_ascii_lowercase()));
+    }
+    if let Some(name) = text.strip_prefix("cookie:").filter(|n| is_token(n)) {
+        return Ok(model::Sticky::Cookie(name.to_string()));
+    }
+    Err(format!(
+        "invalid sticky {text:?}: expected \"header:NAME\", \"cookie:NAME\" or \"ip\""
+    ))
 }
 
 fn balance(text: &str) -> Result<model::Balance, String> {
@@ -407,20 +585,57 @@ fn route(
         Some(table) => header_predicates(table, &at.key("headers"), src)?,
     };
 
-    let upstream = match &route.upstream {
-        None => return Err(src.error(&at.key("upstream"), "missing required key")),
-        Some(wanted) => upstreams
+    let find = |wanted: &str, key: &KeyPath| {
+        upstreams
             .iter()
-            .position(|u| &u.name == wanted)
+            .position(|u| u.name == wanted)
             .ok_or_else(|| {
                 src.error(
-                    &at.key("upstream"),
+                    key,
                     format!(
                         "no upstream named {wanted:?}{}",
                         suggestion(wanted, upstreams.iter().map(|u| u.name.as_str()))
                     ),
                 )
-            })?,
+            })
+    };
+    let mut split = Vec::new();
+    if let Some(sides) = &route.split {
+        if sides.is_empty() {
+            return Err(src.error(&at.key("split"), "must list at least one upstream"));
+        }
+        for (i, side) in sides.iter().enumerate() {
+            let here = at.key("split").index(i);
+            let upstream = find(&side.upstream, &here.key("upstream"))?;
+            if split
+                .iter()
+                .any(|s: &model::SplitSide| s.upstream == upstream)
+            {
+                return Err(src.error(
+                    &here.key("upstream"),
+                    format!("upstream {:?} is listed twice", side.upstream),
+                ));
+            }
+            split.push(model::SplitSide {
+                upstream,
+                weight: side.weight,
+            });
+        }
+        if split.iter().all(|side| side.weight == 0) {
+            return Err(src.error(
+                &at.key("split"),
+                "at least one weight must be greater than zero",
+            ));
+        }
+    }
+    let upstream = match (&route.upstream, split.iter().find(|s| s.weight > 0)) {
+        (Some(wanted), _) => find(wanted, &at.key("upstream"))?,
+        (None, Some(side)) => side.upstream,
+        (None, None) => return Err(src.error(&at.key("upstream"), "missing required key")),
+    };
+    let sticky = match &route.sticky {
+        None => None,
+        Some(text) => Some(sticky(text).map_err(|m| src.error(&at.key("sticky"), m))?),
     };
 
     let strip_prefix = route.strip_prefix.unwrap_or(false);
@@ -448,6 +663,8 @@ fn route(
         hosts,
         headers,
         upstream,
+        split,
+        sticky,
         strip_prefix,
         rewrite: route.rewrite.clone(),
         timeout,
@@ -715,7 +932,10 @@ mod tests {
             ("http://u@h:80", Err("invalid endpoint URL \"http://u@h:80\": user info is not supported")),
             ("http://a b:80", Err("invalid endpoint URL \"http://a b:80\": \"a b\" is not an IP address or a host name")),
         ] {
-            let got = endpoint(url, 1).map(|e| (e.addr.to_string(), e.authority));
+            let got = endpoint(url, 1).map(|mut e| {
+                let e = e.remove(0);
+                (e.addr.to_string(), e.authority)
+            });
             let expected = expected
                 .map(|(addr, authority)| (addr.to_string(), authority.to_string()))
                 .map_err(str::to_string);
@@ -725,12 +945,15 @@ mod tests {
 
     #[test]
     fn endpoint_host_names_resolve_now() {
-        let e = endpoint("http://localhost:9001", 2).unwrap();
-        assert!(e.addr.ip().is_loopback(), "{e:?}");
-        assert_eq!(
-            (e.addr.port(), e.authority.as_str(), e.weight),
-            (9001, "localhost:9001", 2)
-        );
+        let all = endpoint("http://localhost:9001", 2).unwrap();
+        for e in &all {
+            assert!(e.addr.ip().is_loopback(), "{e:?}");
+            assert_eq!(
+                (e.addr.port(), e.authority.as_str(), e.weight, e.source),
+                (9001, "localhost:9001", 2, model::EndpointSource::Dns)
+            );
+            assert_eq!(e.dns, Some(("localhost".to_string(), 9001)));
+        }
         let err = endpoint("http://no-such-host.invalid:80", 1).unwrap_err();
         assert!(
             err.starts_with("cannot resolve \"no-such-host.invalid\": "),

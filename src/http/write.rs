@@ -190,6 +190,36 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// A response with a given JSON body (a breaker's configured fallback), framed like
+/// [`error_response`]. Returns the length of the head.
+pub fn json_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &str,
+    retry_after: Option<u64>,
+    extra_headers: &[(&str, &str)],
+    close: bool,
+) -> usize {
+    let start = out.len();
+    out.reserve(160 + body.len());
+    status_line(out, Version::Http11, status, None);
+    header(out, "Content-Type", b"application/json");
+    header_u64(out, "Content-Length", body.len() as u64);
+    if let Some(seconds) = retry_after {
+        header_u64(out, "Retry-After", seconds);
+    }
+    for (name, value) in extra_headers {
+        header(out, name, value.as_bytes());
+    }
+    if close {
+        header(out, "Connection", b"close");
+    }
+    end_head(out);
+    let head_len = out.len() - start;
+    out.extend_from_slice(body.as_bytes());
+    head_len
+}
+
 /// Appends a complete error response produced by the gateway itself (BEHAVIOR.md, "Errors
 /// sent to clients"):
 ///

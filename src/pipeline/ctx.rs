@@ -80,6 +80,8 @@ pub struct RequestCtx {
     pub expect_continue: bool,
     pub route: RouteId,
     pub upstream: UpstreamId,
+    /// The breaker's permit, handed back with the outcome once the request is done.
+    pub permit: Option<crate::upstream::breaker::Permit>,
     pub read_timeout: Duration,
     pub connect_timeout: Duration,
     pub retries: u32,

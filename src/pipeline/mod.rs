@@ -31,6 +31,8 @@ pub struct Rejection {
     pub close: bool,
     /// The request was HEAD: the response carries the head only (RFC 9110 §9.3.2).
     pub head_only: bool,
+    /// A JSON body to send instead of the standard error body (a breaker's fallback).
+    pub body: Option<String>,
 }
 
 impl Rejection {
@@ -43,6 +45,7 @@ impl Rejection {
             retry_after: None,
             close: false,
             head_only: false,
+            body: None,
         }
     }
 

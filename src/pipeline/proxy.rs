@@ -15,6 +15,7 @@ use crate::metrics::UpstreamOutcome;
 use crate::runtime::worker::{Snapshot, Worker};
 use crate::server::conn::{ClientIo, ReadEnd};
 use crate::upstream::balance::Tried;
+use crate::upstream::breaker::{FailureKind, Outcome};
 use crate::upstream::client::UpConn;
 use crate::upstream::retry::{may_retry, retryable_status};
 use crate::upstream::{UpstreamError, UpstreamState};
@@ -32,6 +33,8 @@ pub struct Served {
     pub status: u16,
     /// The endpoint of the last attempt and how long that attempt took, if one was made.
     pub upstream: Option<(std::net::SocketAddr, Duration)>,
+    /// What the upstream's breaker learns from this request (after its retries).
+    pub verdict: Outcome,
 }
 
 /// Request bodies up to this size are held whole before the upstream is contacted, so the
@@ -329,10 +332,21 @@ pub async fn forward(
     let mut tried = Tried::default();
     let mut attempts: u32 = 0;
     let mut stale: u32 = 0;
+    // Rotation and ejection decisions use the request's start: a few ms stale at most.
+    let now_ms = crate::runtime::clock::ms_at(ctx.started);
     loop {
         let (ep, pooled) = {
             let mut s = state.borrow_mut();
-            let ep = s.balancer.pick(ctx.balance_key, tried);
+            // Endpoints out of rotation (unhealthy, ejected) count as tried; when every
+            // endpoint is out the rotation is empty and all are used (panic mode).
+            let out = s.rotation.out_mask(now_ms);
+            let mut avoid = tried.with_mask(out);
+            if (0..s.balancer.len()).all(|i| avoid.contains(i)) {
+                // Retries went through every endpoint in rotation: an untried one out of
+                // rotation beats one that just failed.
+                avoid = tried;
+            }
+            let ep = s.balancer.pick(ctx.balance_key, avoid);
             (ep, s.checkout(ep, Instant::now(), !ctx.method.idempotent))
         };
         let addr = upstream.endpoints[ep].addr;
@@ -345,6 +359,7 @@ pub async fn forward(
                 }
                 Err(e) => {
                     metrics.upstream(upstream_id, outcome_of(&e), Duration::ZERO);
+                    passive(state, ep, true, now_ms);
                     tried.add(ep);
                     attempts += 1;
                     if retry_allowed(&e, ctx, &body, attempts, state, worker) {
@@ -357,7 +372,11 @@ pub async fn forward(
         };
         metrics.pool(upstream_id, up.reused);
         let began = Instant::now();
-        state.borrow_mut().balancer.start(ep);
+        {
+            let mut s = state.borrow_mut();
+            s.balancer.start(ep);
+            s.health[ep].inflight_add(worker.id, 1);
+        }
         let retry_status = |e: &UpstreamError, body: &RequestBody| {
             retry_allowed(e, ctx, body, attempts + 1, state, worker)
         };
@@ -372,12 +391,20 @@ pub async fn forward(
             &retry_status,
         )
         .await;
-        state.borrow_mut().balancer.finish(ep);
+        {
+            let mut s = state.borrow_mut();
+            s.balancer.finish(ep);
+            s.health[ep].inflight_add(worker.id, -1);
+        }
         match &outcome.0 {
             Attempt::Failed(e) | Attempt::RetryStatus(e) => {
-                metrics.upstream(upstream_id, outcome_of(e), began.elapsed())
+                metrics.upstream(upstream_id, outcome_of(e), began.elapsed());
+                if verdict_of(e) != Outcome::Ignored {
+                    passive(state, ep, true, now_ms);
+                }
             }
-            Attempt::Done { .. } | Attempt::Stale(_) | Attempt::Client(_) => {}
+            Attempt::Done { status, .. } => passive(state, ep, *status >= 500, now_ms),
+            Attempt::Stale(_) | Attempt::Client(_) => {}
         }
         match outcome {
             (Attempt::Done { keep, status }, reusable) => {
@@ -394,6 +421,11 @@ pub async fn forward(
                     keep,
                     status,
                     upstream: Some((addr, began.elapsed())),
+                    verdict: if status >= 500 {
+                        Outcome::Failure(FailureKind::Status5xx)
+                    } else {
+                        Outcome::Success
+                    },
                 };
             }
             (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
@@ -739,6 +771,7 @@ async fn client_failed(
         keep: false,
         status: f.status.unwrap_or(0),
         upstream: None,
+        verdict: Outcome::Ignored,
     }
 }
 
@@ -775,5 +808,39 @@ async fn upstream_failed(
         keep: !r.close,
         status: r.status,
         upstream: None,
+        verdict: verdict_of(&e),
+    }
+}
+
+/// What a failed exchange tells the breaker (`failure_on` kinds; the example config: "failing
+/// to connect in time counts as a connect failure").
+fn verdict_of(e: &UpstreamError) -> Outcome {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+            Outcome::Failure(FailureKind::Connect)
+        }
+        UpstreamError::ReadTimeout { .. } => Outcome::Failure(FailureKind::Timeout),
+        // Answered 502 by the gateway: the upstream failed the exchange.
+        UpstreamError::Reset { .. } | UpstreamError::BadResponse { .. } => {
+            Outcome::Failure(FailureKind::Status5xx)
+        }
+        UpstreamError::ClientAborted { .. } => Outcome::Ignored,
+    }
+}
+
+/// Passive outlier detection: feeds one attempt's result to its endpoint's shared counters.
+fn passive(state: &std::cell::RefCell<UpstreamState>, ep: usize, failed: bool, now_ms: u64) {
+    let s = state.borrow();
+    let Some(health) = s.health.get(ep) else {
+        return;
+    };
+    if let Some(ejected_for) = health.record(failed, &s.outlier, now_ms) {
+        crate::warn!(
+            "upstream {}: endpoint {} ejected for {}s after {} consecutive failures",
+            s.name,
+            s.pools[ep].addr,
+            ejected_for.as_secs(),
+            s.outlier.consecutive_failures
+        );
     }
 }

@@ -8,8 +8,10 @@
 //! 3. target: normalised once, so the path that is routed is the path that is forwarded;
 //! 4. route: path, then method, host, headers (BEHAVIOR.md precedence);
 //!    trace context is continued or started here, once the request will be forwarded;
+//!    then the split picks the upstream (canary / A-B) when the route has one;
 //! 5. (later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
-//!    cache -> aggregate | transform -> breaker; each is rejected at config load until it lands);
+//!    cache -> aggregate | transform; each is rejected at config load until it lands), then
+//!    the breaker, last, so that only requests that will reach the upstream take a permit;
 //! 6. upstream: body limits, then the upstream request head is written, then [`run`] performs
 //!    the exchange (retries, streaming) in [`super::proxy`].
 
@@ -28,7 +30,9 @@ use super::headers::{write_request_head, ForwardHead};
 use super::proxy::Served;
 use super::trace::TraceContext;
 use super::{target, Rejection};
-use crate::config::model::Balance;
+use crate::config::model::{Balance, Route, Sticky, Upstream};
+use crate::runtime::clock;
+use crate::upstream::breaker::Admission;
 
 struct Headers<'a, 'h>(&'a [Header<'h>]);
 
@@ -153,7 +157,27 @@ fn stages(
         }
     };
     let route = &cfg.routes[m.route];
-    let upstream = &cfg.upstreams[route.upstream];
+
+    // 4b. split: the side decides the upstream; a sticky caller always lands on the same side.
+    let upstream_id = if route.split.is_empty() {
+        route.upstream
+    } else {
+        split_side(route, headers, peer, worker)
+    };
+    let upstream = &cfg.upstreams[upstream_id];
+    let started = Instant::now();
+
+    // 5. breaker (last before the upstream): an open breaker answers before the body is read
+    //    or an upstream contacted; a half-open one admits a bounded number of probes.
+    let permit = match &snap.upstreams.list[upstream_id].borrow().breaker {
+        None => None,
+        Some(replica) => match replica.admit(clock::ms_at(started)) {
+            Admission::Allowed(p) | Admission::Probe(p) => Some(p),
+            Admission::Rejected { retry_after_secs } => {
+                return Err(close_if_body(breaker_open(upstream, retry_after_secs, id)))
+            }
+        },
+    };
 
     // 6. upstream
     if let BodyKind::Length(n) = body {
@@ -166,10 +190,7 @@ fn stages(
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map_or(Key::None, |h| Key::Hash(hash_key(h.value))),
-        Balance::HashIp => Key::Hash(match peer.ip() {
-            std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
-            std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
-        }),
+        Balance::HashIp => Key::Hash(hash_ip(peer.ip())),
         _ => Key::None,
     };
     // Trace context: continued (or started) only when propagating; an ambiguous incoming
@@ -207,18 +228,89 @@ fn stages(
         body,
         expect_continue,
         route: m.route,
-        upstream: route.upstream,
+        upstream: upstream_id,
+        permit,
         read_timeout: route.timeout.unwrap_or(upstream.read_timeout),
         connect_timeout: upstream.connect_timeout,
         retries: upstream.retries,
         balance_key,
         trace,
         upstream_head_len: ubuf.len(),
-        started: Instant::now(),
+        started,
     })
 }
 
+/// The response of an open breaker: the configured fallback, or 503 with the standard body.
+fn breaker_open(upstream: &Upstream, retry_after: u64, id: RequestId) -> Rejection {
+    let fallback = upstream.breaker.as_ref().and_then(|b| b.fallback.as_ref());
+    let mut r = Rejection::new(
+        fallback.map_or(503, |f| f.status),
+        format!("Circuit breaker open for upstream {}", upstream.name),
+        id,
+    );
+    r.retry_after = Some(retry_after);
+    r.body = fallback.and_then(|f| f.json.clone());
+    r
+}
+
+/// Picks the side of a split: by the sticky key's hash when the request has one (the same
+/// key lands on the same side on every worker and across restarts, and changing the weights
+/// only moves the keys between the old and new boundaries), else at random by weight.
+fn split_side(route: &Route, headers: &[Header<'_>], peer: SocketAddr, worker: &Worker) -> usize {
+    let total: u64 = route.split.iter().map(|s| u64::from(s.weight)).sum();
+    let key = route.sticky.as_ref().and_then(|sticky| match sticky {
+        Sticky::Header(name) => Headers(headers).get(name).map(hash_key),
+        Sticky::Cookie(name) => cookie(headers, name).map(hash_key),
+        Sticky::Ip => Some(hash_ip(peer.ip())),
+    });
+    let draw = key.unwrap_or_else(|| worker.rand());
+    // Multiply-shift maps the 64-bit draw onto [0, total) preserving order.
+    let mut point = ((u128::from(draw) * u128::from(total)) >> 64) as u64;
+    for side in &route.split {
+        if point < u64::from(side.weight) {
+            return side.upstream;
+        }
+        point -= u64::from(side.weight);
+    }
+    route.upstream
+}
+
+/// The value of cookie `name` (RFC 6265 §5.4: `Cookie: a=1; b=2`, possibly several fields).
+fn cookie<'h>(headers: &[Header<'h>], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|h| h.value.split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
+        std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
+    }
+}
+
 /// Runs the asynchronous stages; returns whether the client connection may be kept open.
-pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &Snapshot) -> Served {
-    super::proxy::forward(&ctx, conn, worker, snap).await
+pub async fn run(
+    mut ctx: RequestCtx,
+    conn: &mut ClientIo,
+    worker: &Worker,
+    snap: &Snapshot,
+) -> Served {
+    let served = super::proxy::forward(&ctx, conn, worker, snap).await;
+    // The breaker learns the request's final outcome, after its retries.
+    if let Some(permit) = ctx.permit.take() {
+        let state = snap.upstreams.list[ctx.upstream].borrow();
+        if let Some(replica) = &state.breaker {
+            if let Some(to) = replica.record(permit, served.verdict, clock::now_ms()) {
+                crate::warn!("upstream {}: breaker {}", state.name, to.as_str());
+            }
+        }
+    }
+    served
 }

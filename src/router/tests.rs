@@ -11,6 +11,8 @@ fn route(name: &str, paths: &[&str]) -> Route {
         hosts: None,
         headers: Vec::new(),
         upstream: 0,
+        split: Vec::new(),
+        sticky: None,
         strip_prefix: false,
         rewrite: None,
         timeout: None,

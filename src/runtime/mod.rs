@@ -4,6 +4,9 @@
 //! in [`shared::Shared`], starts the pinned workers, the admin thread and signal handling;
 //! [`Running::wait`] blocks until every worker has drained.
 
+pub mod clock;
+pub mod control;
+pub mod discovery;
 pub mod reload;
 pub mod shared;
 pub mod shutdown;
@@ -94,8 +97,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         })?;
     let admin = admin_listener.local_addr()?;
 
+    let discovery = discovery::Discovery::new(config.clone());
     let active = Active::compile(config, None, 1)?;
-    let shared = Shared::new(active, workers);
+    let shared = Shared::new(active, workers, discovery);
     let cores = if pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
@@ -120,6 +124,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         )?);
     }
     crate::admin::spawn(shared.clone(), admin_listener)?;
+    control::spawn(shared.clone())?;
     let reload_shared = shared.clone();
     shutdown::watch(signals, shared.clone(), move || {
         if let Err(e) = reload::reload(&reload_shared) {

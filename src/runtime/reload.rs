@@ -21,9 +21,20 @@ pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
     if next.admin.listen != current.config.admin.listen {
         fixed("admin.listen");
     }
-    let active = Active::compile(next, Some(&current), current.generation + 1)?;
-    crate::logging::set_level(active.config.log.level);
-    shared.swap(active);
-    crate::info!("config reloaded (generation {})", current.generation + 1);
+    // Compiled once on its own first, so a bad file changes nothing; then published with the
+    // registrations and DNS answers of the upstreams it keeps.
+    Active::compile(next.clone(), Some(&current), current.generation + 1)?;
+    let mut discovery = shared.discovery();
+    let saved = discovery.clone();
+    discovery.set_file(next);
+    let generation = match shared.publish(&discovery) {
+        Ok(g) => g,
+        Err(e) => {
+            *discovery = saved;
+            return Err(e);
+        }
+    };
+    crate::logging::set_level(shared.active().config.log.level);
+    crate::info!("config reloaded (generation {generation})");
     Ok(())
 }

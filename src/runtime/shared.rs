@@ -7,13 +7,17 @@
 //! cache line that is written once per reload.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::config::model::Config;
+use super::clock;
+use super::discovery::Discovery;
+use crate::config::model::{Config, Upstream};
 use crate::router::Router;
+use crate::upstream::breaker::{Breaker, BreakerConfig, FailureKind, FailureSet};
+use crate::upstream::health::{EndpointHealth, HealthEpoch};
 use crate::upstream::retry::RetryBudget;
 
 /// One compiled generation of the config: the model, its route table and the cross-core state
@@ -21,8 +25,87 @@ use crate::upstream::retry::RetryBudget;
 pub struct Active {
     pub config: Arc<Config>,
     pub router: Router,
-    pub budgets: Vec<Arc<RetryBudget>>,
+    /// Indexed like `config.upstreams`.
+    pub upstreams: Vec<UpstreamShared>,
     pub generation: u64,
+    /// Worker threads running (fixed at start).
+    pub workers: usize,
+}
+
+/// The cross-core state of one upstream: atomics only, written by workers on failures and
+/// transitions, read on every request. It outlives a config generation: a reload or an
+/// endpoint registration hands it on by upstream name (and endpoint address).
+pub struct UpstreamShared {
+    pub budget: Arc<RetryBudget>,
+    /// The breaker and the config it was built from (a changed config starts a new breaker).
+    pub breaker: Option<(Arc<Breaker>, crate::config::model::Breaker)>,
+    /// Bumped whenever an endpoint of this upstream enters or leaves the rotation by a write.
+    pub epoch: Arc<HealthEpoch>,
+    /// Indexed like the upstream's endpoints.
+    pub endpoints: Vec<Arc<EndpointHealth>>,
+}
+
+impl UpstreamShared {
+    fn new(
+        u: &Upstream,
+        old: Option<&UpstreamShared>,
+        old_u: Option<&Upstream>,
+        workers: usize,
+    ) -> Self {
+        let breaker = u.breaker.as_ref().map(|b| {
+            match old.and_then(|o| o.breaker.as_ref()).filter(|(_, c)| c == b) {
+                Some(kept) => kept.clone(),
+                None => (
+                    Arc::new(Breaker::new(&breaker_config(b), clock::now_ms())),
+                    b.clone(),
+                ),
+            }
+        });
+        let epoch = old.map_or_else(|| Arc::new(HealthEpoch::default()), |o| o.epoch.clone());
+        let endpoints = u
+            .endpoints
+            .iter()
+            .map(|e| {
+                old.zip(old_u)
+                    .and_then(|(o, ou)| {
+                        ou.endpoints
+                            .iter()
+                            .position(|p| p.addr == e.addr)
+                            .and_then(|i| o.endpoints.get(i).cloned())
+                    })
+                    .unwrap_or_else(|| Arc::new(EndpointHealth::new_in(epoch.clone(), workers)))
+            })
+            .collect();
+        // The set changed: workers recompute their rotation.
+        epoch.bump();
+        UpstreamShared {
+            budget: old.map_or_else(|| Arc::new(RetryBudget::new()), |o| o.budget.clone()),
+            breaker,
+            epoch,
+            endpoints,
+        }
+    }
+}
+
+/// The breaker core's settings for `[upstreams.*.breaker]`.
+pub fn breaker_config(b: &crate::config::model::Breaker) -> BreakerConfig {
+    let mut failure_on = FailureSet::NONE;
+    for (on, kind) in [
+        (b.on_connect, FailureKind::Connect),
+        (b.on_timeout, FailureKind::Timeout),
+        (b.on_5xx, FailureKind::Status5xx),
+    ] {
+        if on {
+            failure_on = failure_on.with(kind);
+        }
+    }
+    BreakerConfig {
+        failure_threshold: b.failure_threshold,
+        window: b.window,
+        recovery_timeout: b.recovery_timeout,
+        half_open_probes: b.half_open_probes,
+        failure_on,
+    }
 }
 
 impl Active {
@@ -36,32 +119,36 @@ impl Active {
         )
     }
 
-    /// Compiles `config`; `old` provides the budgets of upstreams that keep their name.
+    /// Compiles `config`; `old` provides the cross-core state of upstreams (and endpoints)
+    /// that keep their name (and address).
     pub fn compile(
         config: Config,
         old: Option<&Active>,
         generation: u64,
     ) -> Result<Active, crate::config::ConfigError> {
         let router = crate::config::compile_router(&config)?;
-        let budgets = config
+        // The running worker count: a reload cannot change it (see `reload`).
+        let workers = old.map_or(config.server.workers, |o| o.workers);
+        let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
-                old.and_then(|o| {
+                let previous = old.and_then(|o| {
                     o.config
                         .upstreams
                         .iter()
                         .position(|p| p.name == u.name)
-                        .map(|i| o.budgets[i].clone())
-                })
-                .unwrap_or_else(|| Arc::new(RetryBudget::new()))
+                        .map(|i| (&o.upstreams[i], &o.config.upstreams[i]))
+                });
+                UpstreamShared::new(u, previous.map(|p| p.0), previous.map(|p| p.1), workers)
             })
             .collect();
         Ok(Active {
             config: Arc::new(config),
             router,
-            budgets,
+            upstreams,
             generation,
+            workers,
         })
     }
 }
@@ -76,10 +163,13 @@ pub struct Shared {
     pub started: Instant,
     /// Every worker's metric cells, read by the admin thread at scrape time.
     pub metrics: Arc<crate::metrics::Registry>,
+    /// The file's config plus registrations and DNS answers. Taken by the admin thread, the
+    /// DNS thread and reload only, never by a worker; it also serialises their publications.
+    pub discovery: Mutex<Discovery>,
 }
 
 impl Shared {
-    pub fn new(active: Active, workers: usize) -> Arc<Shared> {
+    pub fn new(active: Active, workers: usize, discovery: Discovery) -> Arc<Shared> {
         let generation = active.generation;
         Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
@@ -89,7 +179,26 @@ impl Shared {
             workers,
             started: Instant::now(),
             metrics: crate::metrics::Registry::new(env!("CARGO_PKG_VERSION")),
+            discovery: Mutex::new(discovery),
         })
+    }
+
+    /// Compiles the effective config of `discovery` (the caller holds its lock) and makes it
+    /// the one every worker uses for its next request.
+    pub fn publish(&self, discovery: &Discovery) -> Result<u64, crate::config::ConfigError> {
+        let current = self.active();
+        let generation = current.generation + 1;
+        let next = Active::compile(discovery.effective(), Some(&current), generation)?;
+        self.swap(next);
+        Ok(generation)
+    }
+
+    /// The discovery state, even if a thread panicked while holding it (its data is only
+    /// ever replaced whole, so it is consistent).
+    pub fn discovery(&self) -> std::sync::MutexGuard<'_, Discovery> {
+        self.discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn generation(&self) -> u64 {

@@ -50,7 +50,7 @@ impl Worker {
     fn new(id: usize, shared: Arc<Shared>, access: crate::access_log::Local) -> Worker {
         let active = shared.active();
         let seed = seed(id);
-        let upstreams = WorkerUpstreams::build(&active.config, &active.budgets, None, seed);
+        let upstreams = WorkerUpstreams::build(&active.config, &active.upstreams, None, seed);
         let metrics = Rc::new(shared.metrics.add_worker(active.metrics_layout()));
         Worker {
             id,
@@ -76,7 +76,7 @@ impl Worker {
         let active = self.shared.active();
         let upstreams = WorkerUpstreams::build(
             &active.config,
-            &active.budgets,
+            &active.upstreams,
             Some(&current.upstreams),
             seed(self.id),
         );

@@ -158,15 +158,25 @@ impl ClientIo {
             extra.push(("Allow", allow.as_str()));
         }
         let start = self.wbuf.len();
-        let head_len = http::write::error_response(
-            &mut self.wbuf,
-            e.status,
-            &e.message,
-            e.id.as_str(),
-            e.retry_after,
-            &extra,
-            e.close,
-        );
+        let head_len = match &e.body {
+            Some(body) => http::write::json_response(
+                &mut self.wbuf,
+                e.status,
+                body,
+                e.retry_after,
+                &extra,
+                e.close,
+            ),
+            None => http::write::error_response(
+                &mut self.wbuf,
+                e.status,
+                &e.message,
+                e.id.as_str(),
+                e.retry_after,
+                &extra,
+                e.close,
+            ),
+        };
         if e.head_only {
             // RFC 9110 §9.3.2: the head a GET would get, without its body.
             self.wbuf.truncate(start + head_len);

@@ -26,6 +26,10 @@ impl Tried {
     pub fn count(self) -> u32 {
         self.0.count_ones()
     }
+    /// These endpoints plus those of `mask` (same bit layout).
+    pub fn with_mask(self, mask: u64) -> Tried {
+        Tried(self.0 | mask)
+    }
 }
 
 /// What a request offers the balancer: the hash key when the policy needs one.
@@ -192,11 +196,12 @@ fn pick_kind(
 fn build_ring(endpoints: &[Endpoint]) -> Vec<(u64, u32)> {
     let mut ring = Vec::new();
     for (i, ep) in endpoints.iter().enumerate() {
+        let key = ep.ring_key();
         for v in 0..ep.weight.max(1) * VNODES_PER_WEIGHT {
             // The point depends on the endpoint's URL, not its index, so adding or removing an
             // endpoint only moves the keys next to its own points.
             let mut h = Fnv::new();
-            h.write(ep.url.as_bytes());
+            h.write(key.as_bytes());
             h.write(&v.to_le_bytes());
             ring.push((h.finish(), i as u32));
         }
@@ -258,6 +263,9 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 authority: format!("127.0.0.1:{}", 9000 + i),
                 weight: w,
+                source: crate::config::model::EndpointSource::Config,
+                dns: None,
+                metadata: None,
             })
             .collect()
     }

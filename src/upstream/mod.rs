@@ -14,6 +14,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod health;
 pub mod pool;
 pub mod retry;
 

@@ -14,9 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::balance::Balancer;
+use super::breaker::BreakerReplica;
 use super::client::UpConn;
+use super::health::{EndpointHealth, OutlierConfig, Rotation};
 use super::retry::RetryBudget;
 use crate::config::model::{Config, Upstream};
+use crate::runtime::shared::UpstreamShared;
 
 /// Idle connections older than this are probed with a non-blocking peek before reuse; younger
 /// ones are reused blind (the reused-connection retry covers the rare race).
@@ -31,6 +34,13 @@ pub struct UpstreamState {
     pub name: String,
     pub balancer: Balancer,
     pub pools: Vec<EndpointPool>,
+    /// This worker's replica of the upstream's breaker.
+    pub breaker: Option<BreakerReplica>,
+    /// Endpoint health, shared with every worker; indexed like `pools`.
+    pub health: Vec<Arc<EndpointHealth>>,
+    /// Which endpoints are out of rotation (cached; recomputed only on change).
+    pub rotation: Rotation,
+    pub outlier: OutlierConfig,
     pub budget: Arc<RetryBudget>,
     /// Requests not yet added to the shared budget (batched, see `retry.rs`).
     pub pending_requests: Cell<u64>,
@@ -49,21 +59,21 @@ impl WorkerUpstreams {
     /// and endpoint address are unchanged.
     pub fn build(
         config: &Config,
-        budgets: &[Arc<RetryBudget>],
+        shared: &[UpstreamShared],
         old: Option<&WorkerUpstreams>,
         seed: u64,
     ) -> Self {
         let list = config
             .upstreams
             .iter()
-            .zip(budgets)
+            .zip(shared)
             .enumerate()
-            .map(|(i, (u, budget))| {
+            .map(|(i, (u, shared))| {
                 let previous = old.and_then(|o| o.list.iter().find(|s| s.borrow().name == u.name));
                 let mut previous = previous.map(|p| p.borrow_mut());
                 RefCell::new(UpstreamState::new(
                     u,
-                    budget.clone(),
+                    shared,
                     previous.as_deref_mut(),
                     seed ^ i as u64,
                 ))
@@ -109,7 +119,7 @@ impl WorkerUpstreams {
 impl UpstreamState {
     fn new(
         u: &Upstream,
-        budget: Arc<RetryBudget>,
+        shared: &UpstreamShared,
         mut old: Option<&mut UpstreamState>,
         seed: u64,
     ) -> Self {
@@ -129,7 +139,18 @@ impl UpstreamState {
             name: u.name.clone(),
             balancer: Balancer::new(&u.balance, &u.endpoints, seed),
             pools,
-            budget,
+            breaker: shared
+                .breaker
+                .as_ref()
+                .map(|(b, _)| BreakerReplica::new(b.clone())),
+            health: shared.endpoints.clone(),
+            rotation: Rotation::new(shared.endpoints.clone(), shared.epoch.clone()),
+            outlier: OutlierConfig {
+                consecutive_failures: u.outlier.consecutive_failures,
+                base_ejection: u.outlier.base_ejection,
+                max_ejection: u.outlier.max_ejection,
+            },
+            budget: shared.budget.clone(),
             pending_requests: Cell::new(0),
             max_idle: u.max_idle_per_worker,
             idle_timeout: u.idle_timeout,
