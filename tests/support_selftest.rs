@@ -318,6 +318,29 @@ fn healthz_is_answered_without_logging() {
 }
 
 #[test]
+fn healthz_status_switches_at_runtime_and_the_last_check_is_kept() {
+    let up = Upstream::start(|_| Reply::status(500));
+    assert!(up.last_healthz().is_none());
+    up.set_health(503);
+    assert_eq!(get(up.addr(), "/healthz").status, 503);
+    up.set_health(302);
+    assert_eq!(get(up.addr(), "/healthz").status, 302);
+    up.set_health(200);
+    let r = send_request(
+        up.addr(),
+        &Req::get("/healthz")
+            .host("example:1")
+            .header("Connection", "close"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(up.healthz_count(), 3);
+    assert_eq!(up.request_count(), 0, "checks are not logged as traffic");
+    let last = up.last_healthz().expect("last check");
+    assert_eq!(last.header("host"), Some("example:1"));
+    assert_eq!(last.header("connection"), Some("close"));
+}
+
+#[test]
 fn connect_from_uses_the_chosen_loopback_source() {
     let up = Upstream::start(|_| Reply::status(200));
     let src = Ipv4Addr::new(127, 0, 0, 7);
@@ -457,4 +480,116 @@ fn blackhole_connects_time_out() {
         start.elapsed() >= Duration::from_millis(250),
         "failed at once: {r:?}"
     );
+}
+
+fn error_response_with(body: &str, headers: &[(&str, &str)]) -> Response {
+    let body = body.to_string();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let up = Upstream::start(move |_| {
+        headers.iter().fold(
+            Reply::status(503)
+                .header("Content-Type", "application/json")
+                .body(body.as_bytes()),
+            |r, (n, v)| r.header(n, v),
+        )
+    });
+    get(up.addr(), "/")
+}
+
+#[test]
+fn assert_error_retry_after_accepts_the_contract_shape() {
+    let r = error_response_with(
+        r#"{"error":{"code":503,"message":"open","request_id":"x","retryAfter":7}}"#,
+        &[("X-Request-Id", "x"), ("Retry-After", "7")],
+    );
+    assert_eq!(assert_error_retry_after(&r, 503), ("x".to_string(), 7));
+}
+
+#[test]
+#[should_panic(expected = "Retry-After must equal error.retryAfter")]
+fn assert_error_retry_after_rejects_a_mismatched_header() {
+    let r = error_response_with(
+        r#"{"error":{"code":503,"message":"open","request_id":"x","retryAfter":7}}"#,
+        &[("X-Request-Id", "x"), ("Retry-After", "8")],
+    );
+    assert_error_retry_after(&r, 503);
+}
+
+#[test]
+#[should_panic(expected = "error object keys")]
+fn assert_error_retry_after_requires_retry_after_in_the_body() {
+    let r = error_response_with(
+        r#"{"error":{"code":503,"message":"open","request_id":"x"}}"#,
+        &[("X-Request-Id", "x"), ("Retry-After", "7")],
+    );
+    assert_error_retry_after(&r, 503);
+}
+
+#[test]
+fn wait_until_polls_until_the_condition_or_the_deadline() {
+    let start = Instant::now();
+    let mut n = 0;
+    assert!(wait_until(Duration::from_secs(2), || {
+        n += 1;
+        n == 3
+    }));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    let start = Instant::now();
+    assert!(!wait_until(Duration::from_millis(100), || false));
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(1));
+}
+
+#[test]
+fn metric_reads_a_sample_by_exact_series() {
+    let text = "# TYPE dispatch_breaker_state gauge\ndispatch_breaker_state{upstream=\"users\"} 2\ndispatch_breaker_state{upstream=\"users_v2\"} 0\n";
+    assert_eq!(
+        metric(text, r#"dispatch_breaker_state{upstream="users"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(text, r#"dispatch_breaker_state{upstream="users_v2"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(text, r#"dispatch_breaker_state{upstream="user"}"#),
+        None
+    );
+}
+
+#[test]
+fn percent_encode_keeps_only_unreserved_characters() {
+    assert_eq!(
+        percent_encode("http://127.0.0.1:9005/a b"),
+        "http%3A%2F%2F127.0.0.1%3A9005%2Fa%20b"
+    );
+    assert_eq!(percent_encode("A-z_0.9~"), "A-z_0.9~");
+}
+
+#[test]
+fn rfc3339_utc_millis_parses_utc_timestamps() {
+    assert_eq!(rfc3339_utc_millis("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(rfc3339_utc_millis("1970-01-01T00:00:01.5Z"), Some(1500));
+    assert_eq!(
+        rfc3339_utc_millis("2026-11-22T09:14:03.120Z"),
+        Some(1_795_338_843_120)
+    );
+    assert_eq!(
+        rfc3339_utc_millis("2000-02-29T23:59:59.999+00:00"),
+        Some(951_868_799_999)
+    );
+    for bad in [
+        "2026-11-22 09:14:03Z",
+        "2026-11-22T09:14:03",
+        "2026-13-01T00:00:00Z",
+        "yesterday",
+        "2026-11-22T09:14:03.Z",
+    ] {
+        assert_eq!(rfc3339_utc_millis(bad), None, "{bad}");
+    }
+    let now = now_millis();
+    assert!(now > 1_700_000_000_000, "{now}");
 }

@@ -51,6 +51,13 @@ impl Req {
         Req::new("POST", target).body(body)
     }
 
+    /// `method target` with `value` as a JSON body (`Content-Type: application/json`).
+    pub fn json(method: &str, target: &str, value: &Value) -> Req {
+        Req::new(method, target)
+            .header("Content-Type", "application/json")
+            .body(value.to_string().as_bytes())
+    }
+
     pub fn header(mut self, name: &str, value: &str) -> Req {
         self.headers.push((name.to_string(), value.to_string()));
         self

@@ -40,6 +40,39 @@ pub fn dead_url() -> String {
 /// equal to the response's `X-Request-Id` header, which every gateway error carries. Returns
 /// the request id.
 pub fn assert_error(resp: &Response, status: u16) -> String {
+    let v = check_error(resp, status, &[]);
+    v["error"]["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Like `assert_error`, for errors that say when to come back (breaker open, rate limited):
+/// the `error` object also has `"retryAfter": N` (whole seconds, at least 1) and the response
+/// carries `Retry-After: N`, the same N. Returns the request id and N.
+pub fn assert_error_retry_after(resp: &Response, status: u16) -> (String, u64) {
+    let v = check_error(resp, status, &["retryAfter"]);
+    let secs = v["error"]["retryAfter"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("error.retryAfter is not a whole number of seconds: {v}"));
+    assert!(secs >= 1, "error.retryAfter must be at least 1: {v}");
+    assert_eq!(
+        resp.header("retry-after"),
+        Some(secs.to_string().as_str()),
+        "Retry-After must equal error.retryAfter: {v}"
+    );
+    (
+        v["error"]["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        secs,
+    )
+}
+
+/// The checks behind `assert_error`: the `error` object has exactly `code`, `message`,
+/// `request_id` and `extra` keys. Returns the body.
+fn check_error(resp: &Response, status: u16, extra: &[&str]) -> serde_json::Value {
     assert_eq!(
         resp.status,
         status,
@@ -61,13 +94,12 @@ pub fn assert_error(resp: &Response, status: u16) -> String {
         "error body must have exactly the key \"error\": {v}"
     );
     let err = v["error"].as_object().expect("\"error\" is an object");
-    let mut keys: Vec<&String> = err.keys().collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        vec!["code", "message", "request_id"],
-        "error object keys: {v}"
-    );
+    let mut keys: Vec<&str> = err.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want = vec!["code", "message", "request_id"];
+    want.extend_from_slice(extra);
+    want.sort_unstable();
+    assert_eq!(keys, want, "error object keys: {v}");
     assert_eq!(
         err["code"].as_u64(),
         Some(u64::from(status)),
@@ -85,7 +117,7 @@ pub fn assert_error(resp: &Response, status: u16) -> String {
         Some(id.as_str()),
         "a gateway error must carry X-Request-Id equal to error.request_id"
     );
-    id
+    v
 }
 
 /// A gateway with one catch-all route to `up` (`retries = 0`), plus `extra` top-level TOML
@@ -100,6 +132,104 @@ pub fn catch_all_gateway(up: &Upstream, extra: &str) -> Gateway {
 /// Sleeps briefly; for the few places a test must let time pass (always small).
 pub fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Polls `cond` every 10 ms until it holds or `within` has passed; returns whether it held
+/// (checked once more at the deadline). For "happens within N" assertions without fixed sleeps.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The value of the Prometheus sample line that starts with `series` (name and labels
+/// exactly as rendered, e.g. `dispatch_breaker_state{upstream="users"}`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().expect("sample value is a number"))
+}
+
+/// `s` percent-encoded for a query value (everything but RFC 3986 unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC timestamp such as
+/// `2026-11-22T09:14:03.120Z` (fraction optional; `Z` or `+00:00`); None if it is not one.
+pub fn rfc3339_utc_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let ms: String = frac[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
+        millis = ms.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    if !matches!(rest, "Z" | "z" | "+00:00") {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + millis)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A loopback address where TCP connects hang (for connect timeouts): a listener with a full

@@ -5,8 +5,10 @@
 //! the handler returns. It keeps what a test needs to prove the gateway's behaviour from the
 //! upstream's side: the number of TCP connections it accepted (pool reuse), how many are open,
 //! a log of every request it received (raw head, method, target, headers, body), and the total
-//! body bytes received so far (streaming). `GET /healthz` is answered `200 ok` without calling
-//! the handler and without being logged.
+//! body bytes received so far (streaming). `GET /healthz` is answered without calling the
+//! handler and without being logged: `200 ok` by default, or the status set with
+//! `set_health` (switchable while the gateway runs, for active health checks); `last_healthz`
+//! keeps the most recent one.
 //!
 //! Replies can be well-formed (Content-Length, chunked, close-delimited, generated bodies of any
 //! size, slow bodies, a body paused on a `Gate`, 1xx interim responses first), or deliberately
@@ -16,7 +18,7 @@ use super::wire::{self, body_kind, parse_head, BodyKind, Headers, WireError, Wir
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -309,6 +311,9 @@ struct Inner {
     accepted: AtomicUsize,
     open: AtomicUsize,
     healthz: AtomicUsize,
+    /// The status `GET /healthz` answers.
+    health: AtomicU16,
+    last_healthz: Mutex<Option<Request>>,
     body_bytes: AtomicU64,
     requests: Mutex<Vec<Request>>,
     errors: Mutex<Vec<String>>,
@@ -352,6 +357,8 @@ impl UpstreamBuilder {
             accepted: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             healthz: AtomicUsize::new(0),
+            health: AtomicU16::new(200),
+            last_healthz: Mutex::new(None),
             body_bytes: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
@@ -443,6 +450,17 @@ impl Upstream {
     /// `GET /healthz` requests answered.
     pub fn healthz_count(&self) -> usize {
         self.inner.healthz.load(Ordering::SeqCst)
+    }
+
+    /// Makes `GET /healthz` answer `status` from now on (200 until called). A check counted by
+    /// `healthz_count` after this returns got the new status.
+    pub fn set_health(&self, status: u16) {
+        self.inner.health.store(status, Ordering::SeqCst);
+    }
+
+    /// The most recent `GET /healthz` request, if any.
+    pub fn last_healthz(&self) -> Option<Request> {
+        lock(&self.inner.last_healthz).clone()
     }
 
     /// Protocol errors the upstream saw in what the gateway sent (malformed heads, bad bodies).
@@ -580,8 +598,12 @@ fn serve_conn(stream: TcpStream, conn: usize, inner: &Inner, slot: &Slot) -> End
                 || (req.version == "HTTP/1.0" && !tokens.iter().any(|t| t == "keep-alive"))
         };
         let reply = if req.method == "GET" && req.target == "/healthz" {
+            // Count first, then read the status: a check counted after `set_health` returned
+            // sees the new status (what `set_health`'s doc promises).
             inner.healthz.fetch_add(1, Ordering::SeqCst);
-            Reply::text(200, "ok")
+            *lock(&inner.last_healthz) = Some(req.clone());
+            let status = inner.health.load(Ordering::SeqCst);
+            Reply::text(status, if status < 400 { "ok" } else { "unhealthy" })
         } else {
             lock(&inner.requests).push(req.clone());
             (inner.handler)(&req)
