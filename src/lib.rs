@@ -40,6 +40,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;

@@ -223,9 +223,13 @@ fn route(shared: &Shared, call: &Call<'_>) -> Reply {
                     (u.name.as_str(), state)
                 })
                 .collect();
-            shared
-                .metrics
-                .render(&mut body, &|w| w.breaker_states(states.iter().copied()));
+            let dropped = shared
+                .spans_dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
+            shared.metrics.render(&mut body, &|w| {
+                w.breaker_states(states.iter().copied());
+                w.spans_dropped(dropped);
+            });
             Reply {
                 status: 200,
                 body,

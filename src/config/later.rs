@@ -41,17 +41,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     if let Some(compression) = &file.compression {
         c.compression(compression)?;
     }
-    if let Some(tracing) = &file.tracing {
-        if let Some(url) = &tracing.otlp_endpoint {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                let at = KeyPath::of(&["tracing", "otlp_endpoint"]);
-                return Err(src.error(
-                    &at,
-                    format!("invalid URL {url:?}: expected http:// or https://"),
-                ));
-            }
-        }
-    }
     Ok(())
 }
 
@@ -85,14 +74,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         if present {
             keys.push(KeyPath::of(&[key]));
         }
-    }
-    // `[tracing] propagate` is supported; exporting spans is not yet.
-    if file
-        .tracing
-        .as_ref()
-        .is_some_and(|t| t.otlp_endpoint.is_some())
-    {
-        keys.push(KeyPath::of(&["tracing", "otlp_endpoint"]));
     }
     let errors: Vec<(usize, ConfigError)> = keys
         .into_iter()

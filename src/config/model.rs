@@ -48,6 +48,8 @@ pub struct Tracing {
     /// Continue an incoming `traceparent` (new span id) or start one, and send it upstream.
     /// Default true; false passes a client's `traceparent` through untouched.
     pub propagate: bool,
+    /// OTLP/HTTP JSON collector URL for the gateway's spans (None: no export).
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -489,7 +489,7 @@ fn errors_name_file_line_column_and_key() {
         ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
         ("later implicit section", "[rate_limits.simple]\nalgorithm = \"fixed_window\"\nkey = \"global\"\nlimit = 5\nwindow = \"1s\"\n".into(), "d.toml:1:2: rate_limits: not supported yet: rate_limits"),
         ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
-        ("otlp export", "[tracing]\npropagate = true\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n".into(), "d.toml:3:1: tracing.otlp_endpoint: not supported yet: tracing.otlp_endpoint"),
+        ("otlp over https", "[tracing]\notlp_endpoint = \"https://127.0.0.1:4318/v1/traces\"\n".into(), "d.toml:2:17: tracing.otlp_endpoint: invalid URL \"https://127.0.0.1:4318/v1/traces\": https is not supported (no TLS): use http://"),
         // ... whose values are checked before that.
         ("breaker failure_on", format!("{UP}[upstreams.users.breaker]\nfailure_on = [\"connect\", \"5xxx\"]\n"), "d.toml:4:26: upstreams.users.breaker.failure_on[1]: invalid value \"5xxx\": expected one of \"connect\", \"timeout\", \"5xx\" (did you mean \"5xx\"?)"),
         ("breaker window", format!("{UP}[upstreams.users.breaker]\nwindow = \"60\"\n"), "d.toml:4:10: upstreams.users.breaker.window: invalid duration \"60\": expected a number followed by ms, s, m or h"),

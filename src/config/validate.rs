@@ -41,6 +41,14 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
                 .as_ref()
                 .and_then(|t| t.propagate)
                 .unwrap_or(true),
+            otlp_endpoint: match file.tracing.as_ref().and_then(|t| t.otlp_endpoint.as_ref()) {
+                None => None,
+                Some(url) => {
+                    crate::otlp::check_endpoint(url)
+                        .map_err(|m| src.error(&KeyPath::of(&["tracing", "otlp_endpoint"]), m))?;
+                    Some(url.clone())
+                }
+            },
         },
     })
 }

@@ -106,6 +106,14 @@ pub const UPSTREAM_POOL_NEW_TOTAL: Family = family(
     Kind::Counter,
 );
 
+/// `dispatch_tracing_spans_dropped_total`: spans the OTLP exporter could not deliver (queue
+/// full, collector slow or down); not in BEHAVIOR.md's list, which says nothing of export.
+pub const TRACING_SPANS_DROPPED_TOTAL: Family = family(
+    "dispatch_tracing_spans_dropped_total",
+    "Spans dropped by the OTLP exporter instead of blocking (collector slow or down).",
+    Kind::Counter,
+);
+
 // --- process ------------------------------------------------------------------------------
 
 /// `process_resident_memory_bytes`: VmRSS of /proc/self/status.
@@ -140,7 +148,7 @@ pub const BUILD_INFO: Family = family(
 );
 
 /// Every family, in exposition order.
-pub const ALL: [Family; 15] = [
+pub const ALL: [Family; 16] = [
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     UPSTREAM_REQUESTS_TOTAL,
@@ -151,6 +159,7 @@ pub const ALL: [Family; 15] = [
     CACHE_REQUESTS_TOTAL,
     CONNECTIONS_ACTIVE,
     BREAKER_STATE,
+    TRACING_SPANS_DROPPED_TOTAL,
     PROCESS_RESIDENT_MEMORY,
     PROCESS_OPEN_FDS,
     PROCESS_START_TIME,

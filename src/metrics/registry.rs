@@ -814,6 +814,11 @@ impl<'a> Writer<'a> {
 
     /// `dispatch_breaker_state{upstream}` from `(upstream name, state)` pairs, state being
     /// 0 closed, 1 half-open, 2 open. For the `extra` closure of [`Registry::render`].
+    pub fn spans_dropped(&mut self, dropped: u64) {
+        self.family(&names::TRACING_SPANS_DROPPED_TOTAL);
+        self.sample(names::TRACING_SPANS_DROPPED_TOTAL.name, &[], dropped);
+    }
+
     pub fn breaker_states<'s>(&mut self, states: impl IntoIterator<Item = (&'s str, u8)>) {
         self.family(&names::BREAKER_STATE);
         for (upstream, state) in states {
@@ -1038,7 +1043,11 @@ dispatch_breaker_state{upstream="a\"b"} 0
         let reg = Registry::new("0.1.0");
         let _w = reg.add_worker(Arc::new(Layout::new().with_upstreams(["api"])));
         let mut out = String::new();
-        reg.render(&mut out, &|w| w.breaker_states([("api", 1)]));
+        reg.render(&mut out, &|w| {
+            w.breaker_states([("api", 1)]);
+            w.spans_dropped(7);
+        });
+        assert!(out.contains("dispatch_tracing_spans_dropped_total 7\n"));
         assert!(out.contains("dispatch_breaker_state{upstream=\"api\"} 1\n"));
         assert!(out.contains("dispatch_build_info{version=\"0.1.0\"} 1\n"));
         assert!(value(&out, "process_start_time_seconds").unwrap() > 1.6e9);

@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn request_ctx_stays_small() {
         assert!(
-            std::mem::size_of::<RequestCtx>() <= 256,
+            std::mem::size_of::<RequestCtx>() <= 288,
             "{}",
             std::mem::size_of::<RequestCtx>()
         );

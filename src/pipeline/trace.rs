@@ -11,6 +11,8 @@ pub struct TraceContext {
     trace_id: [u8; 32],
     span_id: [u8; 16],
     flags: [u8; 2],
+    /// The caller's span id, when continued (for the exported span's parent).
+    parent: Option<[u8; 16]>,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -36,11 +38,12 @@ impl TraceContext {
         let mut span_id = [0u8; 16];
         // A span id of all zeros is invalid (§3.2.2.4); a zero draw is vanishingly rare.
         hex_into(&mut span_id, rand().max(1));
-        if let Some((trace_id, flags)) = incoming.and_then(parse) {
+        if let Some((trace_id, parent, flags)) = incoming.and_then(parse) {
             return TraceContext {
                 trace_id,
                 span_id,
                 flags,
+                parent: Some(parent),
             };
         }
         let mut trace_id = [0u8; 32];
@@ -50,7 +53,21 @@ impl TraceContext {
             trace_id,
             span_id,
             flags: *b"01",
+            parent: None,
         }
+    }
+
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        unhex(&self.trace_id)
+    }
+
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        unhex(&self.span_id)
+    }
+
+    /// The caller's span id when this context continued an incoming one.
+    pub fn parent_span_id_bytes(&self) -> Option<[u8; 8]> {
+        self.parent.as_ref().map(|p| unhex(p))
     }
 
     pub fn trace_id(&self) -> &str {
@@ -70,9 +87,22 @@ impl TraceContext {
     }
 }
 
-/// (trace id, flags) of a valid `traceparent`. Versions above 00 are read as 00 when their
+/// Bytes of lower-case hex (only such hex is ever stored).
+fn unhex<const N: usize>(hex: &[u8]) -> [u8; N] {
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => c - b'0',
+        _ => c.wrapping_sub(b'a') + 10,
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nibble(hex[2 * i]) << 4) | nibble(hex[2 * i + 1]);
+    }
+    out
+}
+
+/// (trace id, parent span id, flags) of a valid `traceparent`. Versions above 00 are read as 00 when their
 /// first four fields parse (§3.2.4: forward compatibility); version ff is invalid.
-fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 16], [u8; 2])> {
     if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
         return None;
     }
@@ -89,7 +119,11 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     if trace.iter().all(|&c| c == b'0') || parent.iter().all(|&c| c == b'0') {
         return None;
     }
-    Some((trace.try_into().ok()?, flags.try_into().ok()?))
+    Some((
+        trace.try_into().ok()?,
+        parent.try_into().ok()?,
+        flags.try_into().ok()?,
+    ))
 }
 
 #[cfg(test)]

@@ -12,16 +12,21 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 struct Origin {
     instant: Instant,
     unix_ms: u64,
+    unix_ns: u64,
 }
 
 static ORIGIN: OnceLock<Origin> = OnceLock::new();
 
 fn origin() -> &'static Origin {
-    ORIGIN.get_or_init(|| Origin {
-        instant: Instant::now(),
-        unix_ms: SystemTime::now()
+    ORIGIN.get_or_init(|| {
+        let unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+            .map_or(0, |d| d.as_nanos() as u64);
+        Origin {
+            instant: Instant::now(),
+            unix_ms: unix_ns / 1_000_000,
+            unix_ns,
+        }
     })
 }
 
@@ -38,6 +43,12 @@ pub fn ms_at(at: Instant) -> u64 {
 /// Unix milliseconds of a reading of this clock.
 pub fn unix_ms(ms: u64) -> u64 {
     origin().unix_ms + ms
+}
+
+/// `at` as Unix nanoseconds (span timestamps).
+pub fn unix_nanos(at: Instant) -> u64 {
+    let o = origin();
+    o.unix_ns + at.saturating_duration_since(o.instant).as_nanos() as u64
 }
 
 /// `unix_ms` as RFC 3339 UTC with milliseconds, e.g. `2026-11-22T09:14:03.120Z`.

@@ -37,6 +37,7 @@ pub enum StartError {
 pub struct Running {
     pub shared: Arc<Shared>,
     access_log: crate::access_log::Writer,
+    spans: Option<crate::otlp::Exporter>,
     workers: Vec<std::thread::JoinHandle<()>>,
     pub listen: Vec<std::net::SocketAddr>,
     pub admin: std::net::SocketAddr,
@@ -48,10 +49,16 @@ impl Running {
         for w in self.workers {
             let _ = w.join();
         }
-        // Workers handed over their last access-log lines as they exited.
+        // Workers handed over their last access-log lines and spans as they exited.
         self.access_log.finish();
+        if let Some(exporter) = self.spans {
+            exporter.finish(SPAN_EXPORT_AT_EXIT);
+        }
     }
 }
+
+/// How long an exit waits for the last spans to reach the collector.
+const SPAN_EXPORT_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn resolve_driver(d: Driver) -> Result<Driver, StartError> {
     let uring = monoio::utils::detect_uring();
@@ -106,6 +113,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         Vec::new()
     };
     let access_log = crate::access_log::Writer::start()?;
+    let spans = match &shared.active().config.tracing.otlp_endpoint {
+        None => None,
+        Some(url) => Some(
+            crate::otlp::Exporter::start(
+                url,
+                env!("CARGO_PKG_VERSION"),
+                shared.spans_dropped.clone(),
+                Box::new(|line| crate::warn!("{line}")),
+            )
+            .map_err(|e| StartError::Io(std::io::Error::other(e)))?,
+        ),
+    };
     let mut handles = Vec::with_capacity(workers);
     for (id, sockets) in per_worker.into_iter().enumerate() {
         let core = if cores.is_empty() {
@@ -121,6 +140,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             fallback,
             core,
             access_log.local(),
+            spans.as_ref().map(|e| e.local()),
         )?);
     }
     crate::admin::spawn(shared.clone(), admin_listener)?;
@@ -144,6 +164,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         shared,
         access_log,
+        spans,
         workers: handles,
         listen,
         admin,

@@ -21,6 +21,9 @@ pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
     if next.admin.listen != current.config.admin.listen {
         fixed("admin.listen");
     }
+    if next.tracing.otlp_endpoint != current.config.tracing.otlp_endpoint {
+        fixed("tracing.otlp_endpoint");
+    }
     // Compiled once on its own first, so a bad file changes nothing; then published with the
     // registrations and DNS answers of the upstreams it keeps.
     Active::compile(next.clone(), Some(&current), current.generation + 1)?;

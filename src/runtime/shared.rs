@@ -166,6 +166,8 @@ pub struct Shared {
     /// The file's config plus registrations and DNS answers. Taken by the admin thread, the
     /// DNS thread and reload only, never by a worker; it also serialises their publications.
     pub discovery: Mutex<Discovery>,
+    /// Spans the OTLP exporter dropped (queue full, collector failing).
+    pub spans_dropped: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -180,6 +182,7 @@ impl Shared {
             started: Instant::now(),
             metrics: crate::metrics::Registry::new(env!("CARGO_PKG_VERSION")),
             discovery: Mutex::new(discovery),
+            spans_dropped: Arc::default(),
         })
     }
 

@@ -44,10 +44,17 @@ pub struct Worker {
     rng: Cell<u64>,
     /// This worker's pending access-log lines (flushed by size and by the tick).
     pub access: crate::access_log::Local,
+    /// This worker's pending spans, when `tracing.otlp_endpoint` exports them.
+    pub spans: Option<RefCell<crate::otlp::Local>>,
 }
 
 impl Worker {
-    fn new(id: usize, shared: Arc<Shared>, access: crate::access_log::Local) -> Worker {
+    fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        access: crate::access_log::Local,
+        spans: Option<crate::otlp::Local>,
+    ) -> Worker {
         let active = shared.active();
         let seed = seed(id);
         let upstreams = WorkerUpstreams::build(&active.config, &active.upstreams, None, seed);
@@ -64,6 +71,7 @@ impl Worker {
             open: Cell::new(0),
             rng: Cell::new(seed),
             access,
+            spans: spans.map(RefCell::new),
         }
     }
 
@@ -88,6 +96,14 @@ impl Worker {
         });
         *self.snapshot.borrow_mut() = next.clone();
         next
+    }
+
+    /// Hands every pending access-log line and span to their writer threads (at exit).
+    fn flush_telemetry(&self) {
+        self.access.flush(true);
+        if let Some(spans) = &self.spans {
+            spans.borrow_mut().flush();
+        }
     }
 
     pub fn rand(&self) -> u64 {
@@ -120,6 +136,7 @@ pub fn spawn(
     fallback: bool,
     core: Option<core_affinity::CoreId>,
     access: crate::access_log::Local,
+    spans: Option<crate::otlp::Local>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("dispatch-w{id}"))
@@ -129,7 +146,7 @@ pub fn spawn(
                     crate::warn!("worker {id}: could not pin to core {}", core.id);
                 }
             }
-            let run = move || worker_main(id, shared, listeners, access);
+            let run = move || worker_main(id, shared, listeners, access, spans);
             let legacy = || {
                 monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                     .enable_timer()
@@ -204,8 +221,9 @@ async fn worker_main(
     shared: Arc<Shared>,
     listeners: Vec<StdListener>,
     access: crate::access_log::Local,
+    spans: Option<crate::otlp::Local>,
 ) {
-    let worker = Rc::new(Worker::new(id, shared, access));
+    let worker = Rc::new(Worker::new(id, shared, access, spans));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {
@@ -231,13 +249,16 @@ async fn housekeeping(worker: Rc<Worker>) {
         snap.upstreams.sweep(now);
         snap.upstreams.flush_budgets(worker.shared.now_sec());
         worker.access.flush(false);
+        if let Some(spans) = &worker.spans {
+            spans.borrow_mut().flush();
+        }
         if worker.shared.shutting_down() {
             let deadline = *drain_deadline.get_or_insert_with(|| {
                 worker.drain.fire();
                 now + snap.active.config.server.drain_timeout
             });
             if worker.open.get() == 0 {
-                worker.access.flush(true);
+                worker.flush_telemetry();
                 return;
             }
             if now >= deadline {
@@ -246,7 +267,7 @@ async fn housekeeping(worker: Rc<Worker>) {
                     worker.id,
                     worker.open.get()
                 );
-                worker.access.flush(true);
+                worker.flush_telemetry();
                 return;
             }
         }

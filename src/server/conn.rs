@@ -227,12 +227,14 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                             let snap = worker.snapshot();
                             let method =
                                 crate::metrics::METHODS[crate::metrics::method_index(head.method)];
-                            // Access-log fields that the head owns; copied only when logging.
-                            let logged =
-                                (snap.active.config.log.access == AccessLog::Json).then(|| {
-                                    let path = head.target.split('?').next().unwrap_or(head.target);
-                                    (head.method.to_string(), path.to_string())
-                                });
+                            // Access-log and span fields that the head owns; copied only when
+                            // logging or exporting spans.
+                            let logged = (snap.active.config.log.access == AccessLog::Json
+                                || worker.spans.is_some())
+                            .then(|| {
+                                let path = head.target.split('?').next().unwrap_or(head.target);
+                                (head.method.to_string(), path.to_string())
+                            });
                             let p = pipeline::stack::prepare(
                                 &head,
                                 conn.peer,
@@ -312,13 +314,14 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         let (keep, route, status, started, upstream) = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
                 let (route, started) = (ctx.route as u32, ctx.started);
+                let upstream_id = ctx.upstream;
                 let served = pipeline::stack::run(ctx, &mut conn, &worker, &snap).await;
                 (
                     served.keep,
                     Some(route),
                     served.status,
                     started,
-                    served.upstream,
+                    Some((upstream_id, served.upstream)),
                 )
             }
             pipeline::stack::Prepared::Answer(rejection) => {
@@ -343,24 +346,49 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         if let Some((method, path)) = logged {
             let cfg = &snap.active.config;
             let route = route.map(|r| &cfg.routes[r as usize]);
-            worker.access.record(&crate::access_log::Entry {
-                ts: std::time::SystemTime::now(),
-                request_id: id.as_str(),
-                trace_id: trace.as_ref().map(|t| t.trace_id()),
-                client_ip: conn.peer.ip(),
-                method: &method,
-                path: &path,
-                route: route.map(|r| r.name.as_str()),
-                status,
-                upstream: route.map(|r| cfg.upstreams[r.upstream].name.as_str()),
-                upstream_addr: upstream.map(|(a, _)| a),
-                duration: elapsed,
-                upstream_time: upstream.map(|(_, t)| t),
-                bytes_in: conn.bytes_in - bytes_in,
-                bytes_out: conn.bytes_out - bytes_out,
-                cache: None,
-                worker: worker.id,
-            });
+            // The upstream the request went to (a split's side), and its last attempt.
+            let (upstream_name, attempt) = match upstream {
+                Some((id, attempt)) => (Some(cfg.upstreams[id].name.as_str()), attempt),
+                None => (None, None),
+            };
+            if let (Some(spans), Some(trace)) = (&worker.spans, &trace) {
+                let route_name = route.map_or("<none>", |r| r.name.as_str());
+                spans.borrow_mut().record(crate::otlp::Span {
+                    trace_id: trace.trace_id_bytes(),
+                    span_id: trace.span_id_bytes(),
+                    parent_span_id: trace.parent_span_id_bytes(),
+                    name: format!("{method} {route_name}"),
+                    start_unix_nanos: crate::runtime::clock::unix_nanos(started),
+                    end_unix_nanos: crate::runtime::clock::unix_nanos(started + elapsed),
+                    method: method.clone(),
+                    path: path.clone(),
+                    route: route_name.into(),
+                    status,
+                    client: conn.peer.ip(),
+                    upstream: upstream_name.map(Into::into),
+                    worker: worker.id as u32,
+                });
+            }
+            if cfg.log.access == AccessLog::Json {
+                worker.access.record(&crate::access_log::Entry {
+                    ts: std::time::SystemTime::now(),
+                    request_id: id.as_str(),
+                    trace_id: trace.as_ref().map(|t| t.trace_id()),
+                    client_ip: conn.peer.ip(),
+                    method: &method,
+                    path: &path,
+                    route: route.map(|r| r.name.as_str()),
+                    status,
+                    upstream: upstream_name,
+                    upstream_addr: attempt.map(|(a, _)| a),
+                    duration: elapsed,
+                    upstream_time: attempt.map(|(_, t)| t),
+                    bytes_in: conn.bytes_in - bytes_in,
+                    bytes_out: conn.bytes_out - bytes_out,
+                    cache: None,
+                    worker: worker.id,
+                });
+            }
         }
         if !keep || worker.drain.is_fired() {
             return;
