@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod control;
 pub mod discovery;
+pub mod listeners;
 pub mod reload;
 pub mod shared;
 pub mod shutdown;
@@ -80,7 +81,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let driver = resolve_driver(config.server.driver)?;
     let fallback = config.server.driver == Driver::Auto;
     let workers = config.server.workers;
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+    let mut per_worker: Vec<Vec<(std::net::SocketAddr, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut listen = Vec::with_capacity(config.server.listen.len());
     for &configured in &config.server.listen {
@@ -91,7 +92,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             let socket = crate::server::listener::bind(addr)
                 .map_err(|source| StartError::Bind { addr, source })?;
             addr = socket.local_addr()?;
-            sockets.push(socket);
+            sockets.push((configured, socket));
         }
         listen.push(addr);
     }
@@ -105,8 +106,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let admin = admin_listener.local_addr()?;
 
     let discovery = discovery::Discovery::new(config.clone());
+    let (listeners, changes) = listeners::Listeners::new(config.server.listen.clone(), workers);
     let active = Active::compile(config, None, 1)?;
-    let shared = Shared::new(active, workers, discovery);
+    let shared = Shared::new(active, workers, discovery, listeners);
     let cores = if pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
@@ -126,7 +128,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         ),
     };
     let mut handles = Vec::with_capacity(workers);
-    for (id, sockets) in per_worker.into_iter().enumerate() {
+    for (id, (sockets, changes)) in per_worker.into_iter().zip(changes).enumerate() {
         let core = if cores.is_empty() {
             None
         } else {
@@ -135,12 +137,17 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         handles.push(worker::spawn(
             id,
             shared.clone(),
-            sockets,
+            worker::Sockets {
+                initial: sockets,
+                changes,
+            },
             driver,
             fallback,
             core,
-            access_log.local(),
-            spans.as_ref().map(|e| e.local()),
+            worker::Telemetry {
+                access: access_log.local(),
+                spans: spans.as_ref().map(|e| e.local()),
+            },
         )?);
     }
     crate::admin::spawn(shared.clone(), admin_listener)?;

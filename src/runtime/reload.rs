@@ -5,16 +5,25 @@
 //! changes nothing. Settings that need new sockets or threads (listen addresses, worker count,
 //! driver, admin listener) keep their running values until a restart; reload says so.
 
+use super::listeners::BindError;
 use super::shared::{Active, Shared};
 use crate::config::ConfigError;
 
-pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load (the error `dispatch check` prints).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A new listen address cannot be bound.
+    #[error("{0}")]
+    Bind(#[from] BindError),
+}
+
+pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     let current = shared.active();
     let next = crate::config::load(&current.config.path)?;
     let fixed = |what: &str| crate::warn!("reload: {what} changed; it takes effect on restart");
-    if next.server.listen != current.config.server.listen {
-        fixed("server.listen");
-    }
     if next.server.workers != current.config.server.workers {
         fixed("server.workers");
     }
@@ -28,13 +37,15 @@ pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
     // registrations and DNS answers of the upstreams it keeps.
     Active::compile(next.clone(), Some(&current), current.generation + 1)?;
     let mut discovery = shared.discovery();
+    // New addresses are bound (all of them, or the reload fails), removed ones stop accepting.
+    shared.listeners.apply(&next.server.listen)?;
     let saved = discovery.clone();
     discovery.set_file(next);
     let generation = match shared.publish(&discovery) {
         Ok(g) => g,
         Err(e) => {
             *discovery = saved;
-            return Err(e);
+            return Err(e.into());
         }
     };
     crate::logging::set_level(shared.active().config.log.level);

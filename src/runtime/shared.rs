@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use super::clock;
 use super::discovery::Discovery;
+use super::listeners::Listeners;
 use crate::config::model::{Config, Upstream};
 use crate::router::Router;
 use crate::upstream::breaker::{Breaker, BreakerConfig, FailureKind, FailureSet};
@@ -168,10 +169,17 @@ pub struct Shared {
     pub discovery: Mutex<Discovery>,
     /// Spans the OTLP exporter dropped (queue full, collector failing).
     pub spans_dropped: Arc<AtomicU64>,
+    /// The open listen addresses and the way to change them (reload).
+    pub listeners: Listeners,
 }
 
 impl Shared {
-    pub fn new(active: Active, workers: usize, discovery: Discovery) -> Arc<Shared> {
+    pub fn new(
+        active: Active,
+        workers: usize,
+        discovery: Discovery,
+        listeners: Listeners,
+    ) -> Arc<Shared> {
         let generation = active.generation;
         Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
@@ -183,6 +191,7 @@ impl Shared {
             metrics: crate::metrics::Registry::new(env!("CARGO_PKG_VERSION")),
             discovery: Mutex::new(discovery),
             spans_dropped: Arc::default(),
+            listeners,
         })
     }
 

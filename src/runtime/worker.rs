@@ -9,7 +9,9 @@
 //! reload swaps in a newer one meanwhile.
 
 use std::cell::{Cell, RefCell};
-use std::net::TcpListener as StdListener;
+use std::net::{SocketAddr, TcpListener as StdListener};
+
+use crossbeam::channel::Receiver;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use crate::pipeline::ctx::RequestId;
 use crate::upstream::balance::next_rand;
 use crate::upstream::WorkerUpstreams;
 
+use super::listeners;
 use super::shared::{Active, Shared};
 use super::shutdown::Latch;
 
@@ -34,6 +37,19 @@ pub struct Snapshot {
     pub metrics: Rc<WorkerMetrics>,
 }
 
+/// The sockets a worker accepts on: those bound at start, then what reloads hand over.
+pub struct Sockets {
+    /// (configured address, socket).
+    pub initial: Vec<(SocketAddr, StdListener)>,
+    pub changes: Receiver<listeners::Change>,
+}
+
+/// Where a worker's access-log lines and spans go.
+pub struct Telemetry {
+    pub access: crate::access_log::Local,
+    pub spans: Option<crate::otlp::Local>,
+}
+
 pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
@@ -46,15 +62,13 @@ pub struct Worker {
     pub access: crate::access_log::Local,
     /// This worker's pending spans, when `tracing.otlp_endpoint` exports them.
     pub spans: Option<RefCell<crate::otlp::Local>>,
+    /// Accept loops by configured address, each with the latch that stops it.
+    accepting: RefCell<Vec<(SocketAddr, Rc<Latch>)>>,
 }
 
 impl Worker {
-    fn new(
-        id: usize,
-        shared: Arc<Shared>,
-        access: crate::access_log::Local,
-        spans: Option<crate::otlp::Local>,
-    ) -> Worker {
+    fn new(id: usize, shared: Arc<Shared>, telemetry: Telemetry) -> Worker {
+        let Telemetry { access, spans } = telemetry;
         let active = shared.active();
         let seed = seed(id);
         let upstreams = WorkerUpstreams::build(&active.config, &active.upstreams, None, seed);
@@ -72,6 +86,7 @@ impl Worker {
             rng: Cell::new(seed),
             access,
             spans: spans.map(RefCell::new),
+            accepting: RefCell::new(Vec::new()),
         }
     }
 
@@ -131,12 +146,11 @@ fn seed(id: usize) -> u64 {
 pub fn spawn(
     id: usize,
     shared: Arc<Shared>,
-    listeners: Vec<StdListener>,
+    sockets: Sockets,
     driver: Driver,
     fallback: bool,
     core: Option<core_affinity::CoreId>,
-    access: crate::access_log::Local,
-    spans: Option<crate::otlp::Local>,
+    telemetry: Telemetry,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("dispatch-w{id}"))
@@ -146,7 +160,7 @@ pub fn spawn(
                     crate::warn!("worker {id}: could not pin to core {}", core.id);
                 }
             }
-            let run = move || worker_main(id, shared, listeners, access, spans);
+            let run = move || worker_main(id, shared, sockets, telemetry);
             let legacy = || {
                 monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                     .enable_timer()
@@ -216,31 +230,56 @@ fn uring_runtime(
     Err(last.unwrap_or_else(|| std::io::ErrorKind::Unsupported.into()))
 }
 
-async fn worker_main(
-    id: usize,
-    shared: Arc<Shared>,
-    listeners: Vec<StdListener>,
-    access: crate::access_log::Local,
-    spans: Option<crate::otlp::Local>,
-) {
-    let worker = Rc::new(Worker::new(id, shared, access, spans));
-    for l in listeners {
-        match monoio::net::TcpListener::from_std(l) {
-            Ok(l) => {
-                monoio::spawn(crate::server::listener::accept_loop(worker.clone(), l));
-            }
-            Err(e) => {
-                crate::error!("worker {id}: cannot register listener: {e}");
-                std::process::exit(1);
+async fn worker_main(id: usize, shared: Arc<Shared>, sockets: Sockets, telemetry: Telemetry) {
+    let worker = Rc::new(Worker::new(id, shared, telemetry));
+    for (addr, l) in sockets.initial {
+        if let Err(e) = worker.listen(addr, l) {
+            crate::error!("worker {id}: cannot register listener: {e}");
+            std::process::exit(1);
+        }
+    }
+    housekeeping(worker, sockets.changes).await;
+}
+
+impl Worker {
+    /// Starts an accept loop on `socket` (bound for configured address `addr`).
+    fn listen(self: &Rc<Self>, addr: SocketAddr, socket: StdListener) -> std::io::Result<()> {
+        let listener = monoio::net::TcpListener::from_std(socket)?;
+        let stop = Rc::new(Latch::default());
+        self.accepting.borrow_mut().push((addr, stop.clone()));
+        monoio::spawn(crate::server::listener::accept_loop(
+            self.clone(),
+            listener,
+            stop,
+        ));
+        Ok(())
+    }
+
+    /// Applies listener changes from a reload.
+    fn apply_listener_changes(self: &Rc<Self>, changes: &Receiver<listeners::Change>) {
+        while let Ok(change) = changes.try_recv() {
+            match change {
+                listeners::Change::Add(addr, socket) => {
+                    if let Err(e) = self.listen(addr, socket) {
+                        crate::error!("worker {}: cannot listen on {addr}: {e}", self.id);
+                    }
+                }
+                listeners::Change::Remove(addr) => {
+                    self.accepting.borrow_mut().retain(|(a, stop)| {
+                        if *a == addr {
+                            stop.fire();
+                        }
+                        *a != addr
+                    })
+                }
             }
         }
     }
-    housekeeping(worker).await;
 }
 
 /// The worker's tick: notices shutdown and reloads, sweeps idle pooled connections, flushes
 /// batched counters. Returns when the worker has drained.
-async fn housekeeping(worker: Rc<Worker>) {
+async fn housekeeping(worker: Rc<Worker>, changes: Receiver<listeners::Change>) {
     let mut drain_deadline: Option<Instant> = None;
     loop {
         monoio::time::sleep(TICK).await;
@@ -249,6 +288,9 @@ async fn housekeeping(worker: Rc<Worker>) {
         snap.upstreams.sweep(now);
         snap.upstreams.flush_budgets(worker.shared.now_sec());
         worker.access.flush(false);
+        if !worker.shared.shutting_down() {
+            worker.apply_listener_changes(&changes);
+        }
         if let Some(spans) = &worker.spans {
             spans.borrow_mut().flush();
         }

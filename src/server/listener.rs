@@ -12,6 +12,7 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Socket, Type};
 
 use crate::metrics::Side;
+use crate::runtime::shutdown::Latch;
 use crate::runtime::worker::Worker;
 
 /// Accept backlog; the kernel caps it at net.core.somaxconn.
@@ -32,15 +33,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections until the worker drains; each connection becomes its own task.
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+/// Accepts connections until the worker drains or `stop` fires (the address was removed by a
+/// reload); each connection becomes its own task and outlives the loop.
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<Latch>) {
     loop {
-        if worker.drain.is_fired() {
+        if worker.drain.is_fired() || stop.is_fired() {
             return;
         }
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = worker.drain.wait() => return,
+            _ = stop.wait() => return,
         };
         match accepted {
             Ok((stream, peer)) => {

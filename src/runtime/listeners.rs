@@ -1,0 +1,107 @@
+//! The listening sockets of the running gateway, and their changes on reload.
+//!
+//! Owns [`Listeners`]: which configured addresses are open, and one channel per worker through
+//! which that worker receives the sockets bound for it ([`Change::Add`]) or the order to stop
+//! accepting on an address ([`Change::Remove`]). Binding happens on the thread that reloads,
+//! all sockets of a reload before any is handed over, so a reload whose new address cannot be
+//! bound fails whole and changes nothing. A worker applies changes on its housekeeping tick;
+//! until then the kernel queues connections to a new address in the socket's backlog.
+//!
+//! The one thing to know: removing an address only stops accepting and closes the listening
+//! sockets; connections accepted on it stay open and finish normally.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Mutex;
+
+use crossbeam::channel::{unbounded, Receiver, Sender};
+
+/// A listener change for one worker.
+pub enum Change {
+    /// Start accepting on this socket (configured address, bound socket).
+    Add(SocketAddr, StdListener),
+    /// Stop accepting on the sockets of this configured address.
+    Remove(SocketAddr),
+}
+
+/// Why the listener set could not change.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+pub struct Listeners {
+    /// Configured addresses that are open (as written: port 0 stays 0).
+    open: Mutex<Vec<SocketAddr>>,
+    workers: Vec<Sender<Change>>,
+}
+
+impl Listeners {
+    /// The set for `open` addresses; returns one receiver per worker.
+    pub fn new(open: Vec<SocketAddr>, workers: usize) -> (Listeners, Vec<Receiver<Change>>) {
+        let (senders, receivers) = (0..workers).map(|_| unbounded()).unzip();
+        (
+            Listeners {
+                open: Mutex::new(open),
+                workers: senders,
+            },
+            receivers,
+        )
+    }
+
+    /// Makes `wanted` the open set: binds every new address once per worker (all or nothing),
+    /// then tells the workers. Returns (added, removed).
+    pub fn apply(
+        &self,
+        wanted: &[SocketAddr],
+    ) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), BindError> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let added: Vec<SocketAddr> = wanted
+            .iter()
+            .filter(|a| !open.contains(a))
+            .copied()
+            .collect();
+        let removed: Vec<SocketAddr> = open
+            .iter()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
+        let mut bound: Vec<(SocketAddr, Vec<StdListener>)> = Vec::with_capacity(added.len());
+        for &configured in &added {
+            let mut addr = configured;
+            let mut sockets = Vec::with_capacity(self.workers.len());
+            for _ in &self.workers {
+                // Port 0: the first socket gets a port and the others join it there.
+                let socket = crate::server::listener::bind(addr).map_err(|source| BindError {
+                    addr: configured,
+                    source,
+                })?;
+                addr = socket.local_addr().map_err(|source| BindError {
+                    addr: configured,
+                    source,
+                })?;
+                sockets.push(socket);
+            }
+            bound.push((configured, sockets));
+        }
+        for (configured, sockets) in bound {
+            for (tx, socket) in self.workers.iter().zip(sockets) {
+                // A worker that has exited drops its receiver; nothing to hand it then.
+                let _ = tx.send(Change::Add(configured, socket));
+            }
+            crate::info!("now listening on {configured}");
+        }
+        for &addr in &removed {
+            for tx in &self.workers {
+                let _ = tx.send(Change::Remove(addr));
+            }
+            crate::info!("no longer listening on {addr}; its open connections finish normally");
+        }
+        *open = wanted.to_vec();
+        Ok((added, removed))
+    }
+}
