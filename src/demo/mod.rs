@@ -68,7 +68,7 @@ impl Default for DemoPorts {
 pub fn curl_lines(gateway: SocketAddr, admin: SocketAddr) -> String {
     let gw = format!("http://{}", reachable(gateway));
     let adm = format!("http://{}", reachable(admin));
-    let steps: [(&str, String); 14] = [
+    let steps: [(&str, String); 18] = [
         (
             "Routing by path: /users goes to upstream `users` (users-1 or users-2)",
             format!("curl -i {gw}/users/u_1"),
@@ -115,7 +115,26 @@ pub fn curl_lines(gateway: SocketAddr, admin: SocketAddr) -> String {
             "Upstream down (nothing listens on its port) -> 502 after the retry",
             format!("curl -i {gw}/offline"),
         ),
-        ("Admin API: health of the gateway", format!("curl -s {adm}/health")),
+        (
+            "Circuit breaker: 3 failures open it; then 503 with Retry-After, no upstream attempt",
+            format!("for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/offline; done; echo; curl -i {gw}/offline"),
+        ),
+        (
+            "Admin API: health of the gateway (\"degraded\" while the breaker is open)",
+            format!("curl -s {adm}/health"),
+        ),
+        (
+            "Canary split 80/20, sticky on x-user-id: a user always lands on the same side",
+            format!("for u in 1 2 3 4 5 6 7 8; do curl -s -H \"x-user-id: user$u\" {gw}/split/users/u_1; echo; done"),
+        ),
+        (
+            "Service discovery: register users-v2 as a third endpoint of `users`, then list it",
+            format!("curl -s -X PUT -d '{{\"url\": \"http://127.0.0.1:9103\", \"weight\": 1}}' {adm}/upstreams/users/endpoints; curl -s {adm}/upstreams"),
+        ),
+        (
+            "... and deregister it again",
+            format!("curl -s -X DELETE '{adm}/upstreams/users/endpoints?url=http://127.0.0.1:9103'"),
+        ),
     ];
 
     let mut out = format!("Dispatch demo: gateway on {gw}, admin API on {adm}\nTry these:\n");

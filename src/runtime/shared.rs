@@ -1,8 +1,10 @@
 //! The only state shared across worker threads.
 //!
-//! [`Shared`] holds the active compiled config ([`Active`], swapped whole on reload), the
-//! shutdown flag, the process-wide connection count and the retry budgets. Everything here is
-//! atomics or an `ArcSwap`: no lock is ever taken on the request path. Workers keep their own
+//! [`Shared`] holds the active compiled config ([`Active`], swapped whole on reload, with one
+//! [`UpstreamShared`] per upstream: retry budget, breaker, endpoint health), the shutdown flag,
+//! the process-wide connection count, the listener set and the discovery state. The request
+//! path touches only atomics and the `ArcSwap`; the two `Mutex`es (discovery, listeners) are
+//! taken only by the admin, DNS and reload threads. Workers keep their own
 //! `Rc` of the active config and only compare the generation counter per request, a read of a
 //! cache line that is written once per reload.
 

@@ -5,11 +5,13 @@
 //! to and whether it may be retried), [`WorkerUpstreams`] (this worker's pools and balancers,
 //! one [`UpstreamState`] per configured upstream).
 //!
-//! [`breaker`] is the cross-core circuit-breaker core; it is unit-tested but not yet consulted
-//! by the request path (`[upstreams.*.breaker]` is still rejected at load).
+//! [`breaker`] is the cross-core circuit breaker (a per-worker replica over shared atomics);
+//! [`health`] owns endpoint health: passive outlier ejection, the rotation mask each worker
+//! reads, and the active checks run by the control thread.
 //!
-//! Invariant: everything here except the retry budget is owned by one worker thread; a pooled
-//! connection is only ever used by the worker that opened it.
+//! Invariant: pools and balancers are owned by one worker thread (a pooled connection is only
+//! ever used by the worker that opened it); the retry budget, breakers and endpoint health are
+//! the cross-core parts, atomics only, reached through `runtime::shared::UpstreamShared`.
 
 pub mod balance;
 pub mod breaker;
