@@ -33,6 +33,8 @@
 #   BUILD=0             do not build; use target/perf/dispatch if it exists, else skip Dispatch
 #   REQUEST_PATH=/users/1   the path wrk requests
 #   KEEP_TMP=1          keep the temp dir (logs, raw wrk output, results.tsv) after the run
+#   RELOAD_EVERY=1      while Dispatch is measured, POST /reload to its admin API every this
+#                       many seconds (hot reload under load; the count is printed per run)
 #
 # Smoke test: DURATION=2s ROUNDS=1 WARMUP=1s perf/compare.sh
 set -euo pipefail
@@ -51,6 +53,7 @@ SCENARIO=${SCENARIO:-proxy}
 BUILD=${BUILD:-1}
 REQUEST_PATH=${REQUEST_PATH:-/users/1}
 KEEP_TMP=${KEEP_TMP:-0}
+RELOAD_EVERY=${RELOAD_EVERY:-0}
 
 # Fixed loopback ports: the files in perf/peers/ name them too.
 UPSTREAM_PORT=18000
@@ -277,11 +280,22 @@ measure() {
     local before after up_before up_after
     before=$(cpu_ticks "${ROOT_PID[$name]}")
     up_before=$(cpu_ticks "${ROOT_PID[upstream]}")
+    local reloader=""
+    if [[ $name == dispatch && $RELOAD_EVERY != 0 ]]; then
+        : >"$TMP/reloads-$round"
+        reload_loop "$TMP/reloads-$round" &
+        reloader=$!
+    fi
     # `times` must run in this shell, not in a $(...) subshell, to see wrk as its child.
     times >"$TMP/times.before"
     run_wrk "$out" -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency "http://127.0.0.1:$port$REQUEST_PATH" \
         || { cat "$out" >&2; die "wrk failed against $name"; }
     times >"$TMP/times.after"
+    if [[ -n $reloader ]]; then
+        kill "$reloader" 2>/dev/null || true
+        wait "$reloader" 2>/dev/null || true
+        log "round $round: $(grep -c '"reloaded"' "$TMP/reloads-$round" || true) reloads during the run ($(grep -vc '"reloaded"' "$TMP/reloads-$round" || true) failed)"
+    fi
     after=$(cpu_ticks "${ROOT_PID[$name]}")
     up_after=$(cpu_ticks "${ROOT_PID[upstream]}")
 
@@ -313,6 +327,16 @@ measure() {
     if ((up_pct >= 90)); then
         log "WARNING: the upstream nginx worker used ${up_pct}% of a core during this run: it may be the bottleneck"
     fi
+}
+
+# reload_loop FILE: POST /reload to Dispatch's admin API every RELOAD_EVERY seconds, one answer
+# per line in FILE (the reload work happens in the gateway while wrk measures it).
+reload_loop() {
+    while :; do
+        sleep "$RELOAD_EVERY"
+        curl -s -m 5 -X POST "http://127.0.0.1:$DISPATCH_ADMIN_PORT/reload" >>"$1" || true
+        echo >>"$1"
+    done
 }
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +428,7 @@ main() {
     echo "## perf/compare.sh run"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO PROXIES=\"$PROXIES\" perf/compare.sh"
+    echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO PROXIES=\"$PROXIES\" RELOAD_EVERY=$RELOAD_EVERY perf/compare.sh"
     echo "- machine: $cores cores (${model:-unknown cpu}), kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
     echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
