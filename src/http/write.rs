@@ -200,11 +200,25 @@ pub fn json_response(
     extra_headers: &[(&str, &str)],
     close: bool,
 ) -> usize {
+    let head_len = json_head(out, status, body.len(), retry_after, extra_headers, close);
+    out.extend_from_slice(body.as_bytes());
+    head_len
+}
+
+/// The head of a JSON response the gateway answers itself; returns its length.
+fn json_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    body_len: usize,
+    retry_after: Option<u64>,
+    extra_headers: &[(&str, &str)],
+    close: bool,
+) -> usize {
     let start = out.len();
-    out.reserve(160 + body.len());
+    out.reserve(160 + body_len);
     status_line(out, Version::Http11, status, None);
     header(out, "Content-Type", b"application/json");
-    header_u64(out, "Content-Length", body.len() as u64);
+    header_u64(out, "Content-Length", body_len as u64);
     if let Some(seconds) = retry_after {
         header_u64(out, "Retry-After", seconds);
     }
@@ -215,9 +229,7 @@ pub fn json_response(
         header(out, "Connection", b"close");
     }
     end_head(out);
-    let head_len = out.len() - start;
-    out.extend_from_slice(body.as_bytes());
-    head_len
+    out.len() - start
 }
 
 /// Appends a complete error response produced by the gateway itself (BEHAVIOR.md, "Errors
@@ -263,22 +275,7 @@ pub fn error_response(
         + CLOSE.len();
 
     let start = out.len();
-    out.reserve(160 + body_len);
-    status_line(out, Version::Http11, status, None);
-    header(out, "Content-Type", b"application/json");
-    header_u64(out, "Content-Length", body_len as u64);
-    if let Some(seconds) = retry_after {
-        header_u64(out, "Retry-After", seconds);
-    }
-    for (name, value) in extra_headers {
-        header(out, name, value.as_bytes());
-    }
-    if close {
-        header(out, "Connection", b"close");
-    }
-    end_head(out);
-    let head_len = out.len() - start;
-
+    let head_len = json_head(out, status, body_len, retry_after, extra_headers, close);
     out.extend_from_slice(OPEN);
     write_u64(out, u64::from(status));
     out.extend_from_slice(MESSAGE);
