@@ -46,7 +46,8 @@ pub struct Span {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
-    /// `"{method} {route}"`, e.g. `GET users`.
+    /// `"{method} {route}"`, e.g. `GET users`; just the method when no route matched
+    /// (OpenTelemetry's HTTP span naming).
     pub name: String,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
@@ -54,8 +55,8 @@ pub struct Span {
     pub method: String,
     /// `url.path`
     pub path: String,
-    /// `http.route`: the route's name, shared with the config so recording does not copy it.
-    pub route: Arc<str>,
+    /// `http.route`: the route's name (left out when no route matched).
+    pub route: Option<Arc<str>>,
     /// `http.response.status_code`; 500 and above also set the span's status to error.
     pub status: u16,
     /// `client.address`
@@ -235,7 +236,9 @@ fn write_span(out: &mut Vec<u8>, s: &Span) {
     out.extend_from_slice(b"\",\"attributes\":[");
     str_attr(out, "http.request.method", &s.method);
     str_attr(out, "url.path", &s.path);
-    str_attr(out, "http.route", &s.route);
+    if let Some(route) = &s.route {
+        str_attr(out, "http.route", route);
+    }
     int_attr(out, "http.response.status_code", u64::from(s.status));
     attr_key(out, "client.address", "stringValue");
     let _ = write!(out, "\"{}\"}}}},", s.client);
@@ -654,7 +657,7 @@ mod tests {
             end_unix_nanos: 1_700_000_000_000_500_000,
             method: "GET".into(),
             path: "/users/1".into(),
-            route: "users".into(),
+            route: Some("users".into()),
             status: 200,
             client: "127.0.0.1".parse().unwrap(),
             upstream: None,

@@ -13,17 +13,6 @@ fn app_config(url: &str, admin_extra: &str) -> String {
     )
 }
 
-/// The value of the sample line that starts with `series` (name and labels exactly).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map(|v| v.trim().parse().expect("sample value is a number"))
-}
-
 fn scrape(gw: &Gateway) -> String {
     let r = get(gw.admin_addr(), "/metrics");
     assert_eq!(r.status, 200, "{r:?}");
@@ -43,7 +32,7 @@ fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
         let text = scrape(gw);
-        if sample(&text, series) == Some(want) || std::time::Instant::now() >= deadline {
+        if metric(&text, series) == Some(want) || std::time::Instant::now() >= deadline {
             return text;
         }
         pause(10);
@@ -74,11 +63,11 @@ fn every_contract_metric_name_is_exposed() {
         );
     }
     assert!(
-        sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0,
+        metric(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0,
         "{text}"
     );
     assert!(
-        sample(&text, "process_open_fds").unwrap_or(0.0) > 0.0,
+        metric(&text, "process_open_fds").unwrap_or(0.0) > 0.0,
         "{text}"
     );
     assert!(text.contains("dispatch_build_info{version=\""), "{text}");
@@ -102,7 +91,7 @@ fn request_upstream_and_pool_metrics_move_with_traffic() {
         1.0,
     );
     let v =
-        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        |series: &str| metric(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
     assert_eq!(
         v(r#"dispatch_requests_total{route="app",method="GET",status="200"}"#),
         2.0
@@ -150,7 +139,7 @@ fn request_upstream_and_pool_metrics_move_with_traffic() {
     drop(c);
     let series = r#"dispatch_requests_total{route="app",method="GET",status="200"}"#;
     let later = scrape_until(&gw, series, 3.0);
-    assert_eq!(sample(&later, series), Some(3.0), "{later}");
+    assert_eq!(metric(&later, series), Some(3.0), "{later}");
 }
 
 #[test]
@@ -164,7 +153,7 @@ fn upstream_failures_are_counted_by_outcome() {
         1.0,
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"dispatch_upstream_requests_total{upstream="app",outcome="connect_error"}"#
         ),
@@ -172,7 +161,7 @@ fn upstream_failures_are_counted_by_outcome() {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"dispatch_requests_total{route="app",method="GET",status="502"}"#
         ),
@@ -180,7 +169,7 @@ fn upstream_failures_are_counted_by_outcome() {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"dispatch_upstream_requests_total{upstream="app",outcome="success"}"#
         ),

@@ -2,8 +2,14 @@
 //! publish it; each worker picks it up before its next request (see `worker::Worker::snapshot`).
 //!
 //! A config that fails to load is reported with the same error `dispatch check` prints and
-//! changes nothing. Settings that need new sockets or threads (listen addresses, worker count,
-//! driver, admin listener) keep their running values until a restart; reload says so.
+//! changes nothing. New listen addresses are bound and removed ones closed
+//! ([`super::listeners`]); a new address that cannot be bound fails the reload before anything
+//! changes. Settings that need new threads (worker count, driver, admin listener, span
+//! exporter) keep their running values until a restart; reload says so.
+//!
+//! Order: the new config is compiled once on its own (the only step that can fail on the
+//! file), then listeners change (fails only as a whole), then the config is published with the
+//! discovery overlays; the publication compiles the same routes again and cannot fail then.
 
 use super::listeners::BindError;
 use super::shared::{Active, Shared};

@@ -352,17 +352,20 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 None => (None, None),
             };
             if let (Some(spans), Some(trace)) = (&worker.spans, &trace) {
-                let route_name = route.map_or("<none>", |r| r.name.as_str());
+                let route_name = route.map(|r| r.name.as_str());
                 spans.borrow_mut().record(crate::otlp::Span {
                     trace_id: trace.trace_id_bytes(),
                     span_id: trace.span_id_bytes(),
                     parent_span_id: trace.parent_span_id_bytes(),
-                    name: format!("{method} {route_name}"),
+                    name: match route_name {
+                        Some(r) => format!("{method} {r}"),
+                        None => method.clone(),
+                    },
                     start_unix_nanos: crate::runtime::clock::unix_nanos(started),
                     end_unix_nanos: crate::runtime::clock::unix_nanos(started + elapsed),
                     method: method.clone(),
                     path: path.clone(),
-                    route: route_name.into(),
+                    route: route_name.map(Into::into),
                     status,
                     client: conn.peer.ip(),
                     upstream: upstream_name.map(Into::into),
