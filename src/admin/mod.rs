@@ -267,6 +267,12 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "hosts": row.hosts,
                 "headers": row.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "upstream": cfg.upstreams[r.upstream].name,
+                "split": r.split.iter().map(|s| json!({"upstream": cfg.upstreams[s.upstream].name, "weight": s.weight})).collect::<Vec<_>>(),
+                "sticky": r.sticky.as_ref().map(|s| match s {
+                    crate::config::model::Sticky::Header(n) => format!("header:{n}"),
+                    crate::config::model::Sticky::Cookie(n) => format!("cookie:{n}"),
+                    crate::config::model::Sticky::Ip => "ip".to_string(),
+                }),
                 "strip_prefix": r.strip_prefix,
                 "rewrite": r.rewrite,
                 "timeout_ms": r.timeout.unwrap_or(cfg.upstreams[r.upstream].read_timeout).as_millis() as u64,

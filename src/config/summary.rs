@@ -80,6 +80,50 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
             u.max_idle_per_worker,
             dur(u.idle_timeout),
         )?;
+        if let Some(b) = &u.breaker {
+            let mut on = Vec::new();
+            for (set, kind) in [
+                (b.on_connect, "connect"),
+                (b.on_timeout, "timeout"),
+                (b.on_5xx, "5xx"),
+            ] {
+                if set {
+                    on.push(kind);
+                }
+            }
+            writeln!(
+                out,
+                "    breaker: opens after {} failures ({}) in {}, half-open after {}, {} probes{}",
+                b.failure_threshold,
+                on.join(", "),
+                dur(b.window),
+                dur(b.recovery_timeout),
+                b.half_open_probes,
+                b.fallback
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(", fallback {}", f.status)),
+            )?;
+        }
+        if let Some(h) = &u.health_check {
+            writeln!(
+                out,
+                "    health check: GET {} every {} (timeout {}), unhealthy after {}, healthy after {}",
+                h.path,
+                dur(h.interval),
+                dur(h.timeout),
+                h.unhealthy_threshold,
+                h.healthy_threshold,
+            )?;
+        }
+        match u.outlier.consecutive_failures {
+            0 => writeln!(out, "    outlier ejection: off")?,
+            n => writeln!(
+                out,
+                "    outlier ejection: after {n} consecutive failures, for {} (doubling, at most {})",
+                dur(u.outlier.base_ejection),
+                dur(u.outlier.max_ejection),
+            )?,
+        }
         for e in &u.endpoints {
             writeln!(out, "    {} -> {} (weight {})", e.url, e.addr, e.weight)?;
         }
@@ -108,6 +152,21 @@ fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
         writeln!(out, "    headers: {}", headers.join(", "))?;
     }
     let mut policies = Vec::new();
+    if !r.split.is_empty() {
+        let sides: Vec<String> = r
+            .split
+            .iter()
+            .map(|s| format!("{} {}", cfg.upstreams[s.upstream].name, s.weight))
+            .collect();
+        policies.push(format!("split {}", sides.join(" / ")));
+    }
+    if let Some(sticky) = &r.sticky {
+        policies.push(match sticky {
+            crate::config::model::Sticky::Header(n) => format!("sticky header:{n}"),
+            crate::config::model::Sticky::Cookie(n) => format!("sticky cookie:{n}"),
+            crate::config::model::Sticky::Ip => "sticky ip".to_string(),
+        });
+    }
     if r.strip_prefix {
         policies.push("strip_prefix".to_string());
     }
