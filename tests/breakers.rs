@@ -611,3 +611,64 @@ fn breaker_state_metric_is_0_closed_1_half_open_2_open() {
     );
     assert_eq!(breaker_metric(&gw, "plain"), Some(0.0));
 }
+
+/// Breaker rejections are counted under their route (not as unmatched requests), so a
+/// per-route error rate shows a tripped breaker.
+#[test]
+fn breaker_rejections_count_under_their_route() {
+    let f = Flaky::start(200);
+    let gw = gateway(
+        &f.up.url(),
+        "failure_threshold = 1\nrecovery_timeout = \"30s\"",
+    );
+    assert_eq!(get(gw.addr(), "/fail").status, 500);
+    assert_eq!(get(gw.addr(), "/x").status, 503);
+    assert_eq!(get(gw.addr(), "/y").status, 503);
+    let series = r#"dispatch_requests_total{route="users",method="GET",status="503"}"#;
+    assert!(
+        wait_until(Duration::from_secs(1), || metric(&scrape(&gw), series)
+            == Some(2.0)),
+        "{}",
+        scrape(&gw)
+    );
+}
+
+/// A reload that changes only the fallback keeps the breaker as it is (open stays open);
+/// changing a threshold starts a new, closed breaker.
+#[test]
+fn reload_keeps_an_open_breaker_unless_its_thresholds_change() {
+    let f = Flaky::start(200);
+    let gw = gateway(
+        &f.up.url(),
+        "failure_threshold = 1\nrecovery_timeout = \"30s\"",
+    );
+    assert_eq!(get(gw.addr(), "/fail").status, 500);
+    assert_eq!(get(gw.addr(), "/x").status, 503);
+
+    let reload_with = |from: &str, to: &str| {
+        let path = gw.config_path().to_path_buf();
+        let old = std::fs::read_to_string(&path).unwrap();
+        assert!(old.contains(from), "{from} not in:\n{old}");
+        std::fs::write(&path, old.replace(from, to)).unwrap();
+        let r = send_request(gw.admin_addr(), &Req::post("/reload", b""));
+        assert_eq!(r.status, 200, "POST /reload: {}", r.text());
+    };
+    reload_with(
+        "recovery_timeout = \"30s\"",
+        "recovery_timeout = \"30s\"\nfallback = { status = 503, json = { down = true } }",
+    );
+    let r = get(gw.addr(), "/x");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"down": true}),
+        "still open, with the new fallback"
+    );
+
+    reload_with("failure_threshold = 1", "failure_threshold = 2");
+    assert_eq!(
+        get(gw.addr(), "/x").status,
+        200,
+        "a new threshold: a new, closed breaker"
+    );
+}

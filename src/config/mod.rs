@@ -57,9 +57,7 @@ pub fn load_str(src: &str, path: &Path) -> Result<model::Config, ConfigError> {
 /// Parses an endpoint URL as the file would (`http://HOST[:PORT]`), resolving a host name to
 /// every address: the admin API's registrations use it.
 pub fn parse_endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
-    if weight == 0 {
-        return Err("weight must be at least 1".to_string());
-    }
+    validate::check_weight(weight).map_err(|m| format!("weight {m}"))?;
     validate::endpoint(url, weight)
 }
 

@@ -254,8 +254,9 @@ pub struct Route {
     pub hosts: Option<Vec<String>>,
     /// (lower-case name, exact value) pairs that must all be present.
     pub headers: Vec<(String, String)>,
-    /// The upstream; with a `split`, the first side with a non-zero weight (its timeouts and
-    /// Host fallback are the route's defaults).
+    /// The upstream: the `upstream` key, or without it (a split route) the first side with a
+    /// non-zero weight. With a split, each request goes to the side it draws, with that
+    /// side's timeouts and Host fallback; this one is what the route table shows.
     pub upstream: UpstreamId,
     /// Sides with weights (empty: no split).
     pub split: Vec<SplitSide>,

@@ -489,6 +489,10 @@ fn errors_name_file_line_column_and_key() {
         ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
         ("later implicit section", "[rate_limits.simple]\nalgorithm = \"fixed_window\"\nkey = \"global\"\nlimit = 5\nwindow = \"1s\"\n".into(), "d.toml:1:2: rate_limits: not supported yet: rate_limits"),
         ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
+        ("weight over the cap", "[upstreams.users]\nendpoints = [{ url = \"http://127.0.0.1:9001\", weight = 1001 }]\n".into(), "d.toml:2:56: upstreams.users.endpoints[0].weight: must be at most 1000"),
+        ("fallback without a body", format!("{UP}[upstreams.users.breaker]\nfallback = {{ status = 204 }}\n"), "d.toml:4:23: upstreams.users.breaker.fallback.status: must be an HTTP status from 200 to 599 that carries a body (not 204 or 304)"),
+        ("sticky without split", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nsticky = \"ip\"\n"), "d.toml:6:10: routes.r.sticky: only applies to a route with a split: add `split` or remove `sticky`"),
+        ("otlp without propagation", "[tracing]\npropagate = false\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n".into(), "d.toml:3:17: tracing.otlp_endpoint: needs propagate = true (spans belong to the trace the gateway propagates)"),
         ("otlp over https", "[tracing]\notlp_endpoint = \"https://127.0.0.1:4318/v1/traces\"\n".into(), "d.toml:2:17: tracing.otlp_endpoint: invalid URL \"https://127.0.0.1:4318/v1/traces\": https is not supported (no TLS): use http://"),
         // ... whose values are checked before that.
         ("breaker failure_on", format!("{UP}[upstreams.users.breaker]\nfailure_on = [\"connect\", \"5xxx\"]\n"), "d.toml:4:26: upstreams.users.breaker.failure_on[1]: invalid value \"5xxx\": expected one of \"connect\", \"timeout\", \"5xx\" (did you mean \"5xx\"?)"),

@@ -43,6 +43,14 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
                 .unwrap_or(true),
             otlp_endpoint: match file.tracing.as_ref().and_then(|t| t.otlp_endpoint.as_ref()) {
                 None => None,
+                // A span is the gateway's hop of the trace it propagates; without propagation
+                // there is no trace to put it in.
+                Some(_) if file.tracing.as_ref().and_then(|t| t.propagate) == Some(false) => {
+                    return Err(src.error(
+                        &KeyPath::of(&["tracing", "otlp_endpoint"]),
+                        "needs propagate = true (spans belong to the trace the gateway propagates)",
+                    ))
+                }
                 Some(url) => {
                     crate::otlp::check_endpoint(url)
                         .map_err(|m| src.error(&KeyPath::of(&["tracing", "otlp_endpoint"]), m))?;
@@ -219,8 +227,8 @@ fn upstream(
                 w.weight.unwrap_or(default::WEIGHT),
             ),
         };
-        if weight == 0 {
-            return Err(src.error(&entry.key("weight"), "must be at least 1"));
+        if let Err(m) = check_weight(weight) {
+            return Err(src.error(&entry.key("weight"), m));
         }
         for endpoint in endpoint(url, weight).map_err(|m| src.error(&url_at, m))? {
             if endpoints.iter().any(|e| e.addr == endpoint.addr) {
@@ -294,10 +302,11 @@ fn breaker(b: &file::Breaker, at: &KeyPath, src: &Source) -> Result<model::Break
     let fallback = match &b.fallback {
         None => None,
         Some(f) => {
-            if !(200..=599).contains(&f.status) {
+            // 204 and 304 cannot carry the JSON body (RFC 9110 §15.3.5, §15.4.5).
+            if !(200..=599).contains(&f.status) || f.status == 204 || f.status == 304 {
                 return Err(src.error(
                     &at.key("fallback").key("status"),
-                    "must be an HTTP status from 200 to 599",
+                    "must be an HTTP status from 200 to 599 that carries a body (not 204 or 304)",
                 ));
             }
             let json = match &f.json {
@@ -387,6 +396,18 @@ fn outlier(
         base_ejection: base,
         max_ejection: max,
     })
+}
+
+/// Largest endpoint weight: a weight is relative, and a hash ring holds 100 points per unit of
+/// weight per endpoint on every worker, so this bounds a ring at 1.6 MB per endpoint.
+pub const MAX_WEIGHT: u32 = 1000;
+
+pub fn check_weight(weight: u32) -> Result<(), String> {
+    match weight {
+        0 => Err("must be at least 1".to_string()),
+        w if w > MAX_WEIGHT => Err(format!("must be at most {MAX_WEIGHT}")),
+        _ => Ok(()),
+    }
 }
 
 /// `http://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now: one endpoint per
@@ -643,6 +664,12 @@ fn route(
     };
     let sticky = match &route.sticky {
         None => None,
+        Some(_) if split.is_empty() => {
+            return Err(src.error(
+                &at.key("sticky"),
+                "only applies to a route with a split: add `split` or remove `sticky`",
+            ))
+        }
         Some(text) => Some(sticky(text).map_err(|m| src.error(&at.key("sticky"), m))?),
     };
 

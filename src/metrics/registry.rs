@@ -812,13 +812,15 @@ impl<'a> Writer<'a> {
         self.series(name, "", labels, None, value);
     }
 
-    /// `dispatch_breaker_state{upstream}` from `(upstream name, state)` pairs, state being
-    /// 0 closed, 1 half-open, 2 open. For the `extra` closure of [`Registry::render`].
+    /// `dispatch_tracing_spans_dropped_total`, from the exporter's counter. For the `extra`
+    /// closure of [`Registry::render`].
     pub fn spans_dropped(&mut self, dropped: u64) {
         self.family(&names::TRACING_SPANS_DROPPED_TOTAL);
         self.sample(names::TRACING_SPANS_DROPPED_TOTAL.name, &[], dropped);
     }
 
+    /// `dispatch_breaker_state{upstream}` from `(upstream name, state)` pairs, state being
+    /// 0 closed, 1 half-open, 2 open. For the `extra` closure of [`Registry::render`].
     pub fn breaker_states<'s>(&mut self, states: impl IntoIterator<Item = (&'s str, u8)>) {
         self.family(&names::BREAKER_STATE);
         for (upstream, state) in states {

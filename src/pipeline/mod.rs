@@ -33,6 +33,12 @@ pub struct Rejection {
     pub head_only: bool,
     /// A JSON body to send instead of the standard error body (a breaker's fallback).
     pub body: Option<String>,
+    /// The route and upstream the request had reached (metrics and the access log name
+    /// them), when a stage after routing answered it.
+    pub routed: Option<(
+        crate::config::model::RouteId,
+        crate::config::model::UpstreamId,
+    )>,
 }
 
 impl Rejection {
@@ -46,6 +52,7 @@ impl Rejection {
             close: false,
             head_only: false,
             body: None,
+            routed: None,
         }
     }
 

@@ -332,7 +332,8 @@ pub async fn forward(
     let mut tried = Tried::default();
     let mut attempts: u32 = 0;
     let mut stale: u32 = 0;
-    // Rotation and ejection decisions use the request's start: a few ms stale at most.
+    // The rotation is read as of the request's start (an ejection ending meanwhile is seen by
+    // the next request); results are recorded at the time they happen (see `passive`).
     let now_ms = crate::runtime::clock::ms_at(ctx.started);
     loop {
         let (ep, pooled) = {
@@ -341,7 +342,7 @@ pub async fn forward(
             // endpoint is out the rotation is empty and all are used (panic mode).
             let out = s.rotation.out_mask(now_ms);
             let mut avoid = tried.with_mask(out);
-            if (0..s.balancer.len()).all(|i| avoid.contains(i)) {
+            if avoid != Tried::default() && (0..s.balancer.len()).all(|i| avoid.contains(i)) {
                 // Retries went through every endpoint in rotation: an untried one out of
                 // rotation beats one that just failed.
                 avoid = tried;
@@ -359,7 +360,7 @@ pub async fn forward(
                 }
                 Err(e) => {
                     metrics.upstream(upstream_id, outcome_of(&e), Duration::ZERO);
-                    passive(state, ep, true, now_ms);
+                    passive(state, ep, true);
                     tried.add(ep);
                     attempts += 1;
                     if retry_allowed(&e, ctx, &body, attempts, state, worker) {
@@ -400,10 +401,10 @@ pub async fn forward(
             Attempt::Failed(e) | Attempt::RetryStatus(e) => {
                 metrics.upstream(upstream_id, outcome_of(e), began.elapsed());
                 if verdict_of(e) != Outcome::Ignored {
-                    passive(state, ep, true, now_ms);
+                    passive(state, ep, true);
                 }
             }
-            Attempt::Done { status, .. } => passive(state, ep, *status >= 500, now_ms),
+            Attempt::Done { status, .. } => passive(state, ep, *status >= 500),
             Attempt::Stale(_) | Attempt::Client(_) => {}
         }
         match outcome {
@@ -829,10 +830,17 @@ fn verdict_of(e: &UpstreamError) -> Outcome {
 }
 
 /// Passive outlier detection: feeds one attempt's result to its endpoint's shared counters.
-fn passive(state: &std::cell::RefCell<UpstreamState>, ep: usize, failed: bool, now_ms: u64) {
+fn passive(state: &std::cell::RefCell<UpstreamState>, ep: usize, failed: bool) {
     let s = state.borrow();
     let Some(health) = s.health.get(ep) else {
         return;
+    };
+    // Only a failure needs the time (an ejection runs from now); a success just clears the
+    // streak, so the common path reads no clock.
+    let now_ms = if failed {
+        crate::runtime::clock::now_ms()
+    } else {
+        0
     };
     if let Some(ejected_for) = health.record(failed, &s.outlier, now_ms) {
         crate::warn!(

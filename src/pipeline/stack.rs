@@ -11,7 +11,8 @@
 //!    then the split picks the upstream (canary / A-B) when the route has one;
 //! 5. (later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
 //!    cache -> aggregate | transform; each is rejected at config load until it lands), then
-//!    the breaker, last, so that only requests that will reach the upstream take a permit;
+//!    the breaker, last, so that requests answered by an earlier stage take no permit (a
+//!    permit dropped unused, as by a later 413, frees its probe slot);
 //! 6. upstream: body limits, then the upstream request head is written, then [`run`] performs
 //!    the exchange (retries, streaming) in [`super::proxy`].
 
@@ -174,7 +175,9 @@ fn stages(
         Some(replica) => match replica.admit(clock::ms_at(started)) {
             Admission::Allowed(p) | Admission::Probe(p) => Some(p),
             Admission::Rejected { retry_after_secs } => {
-                return Err(close_if_body(breaker_open(upstream, retry_after_secs, id)))
+                let mut r = close_if_body(breaker_open(upstream, retry_after_secs, id));
+                r.routed = Some((m.route, upstream_id));
+                return Err(r);
             }
         },
     };
@@ -182,7 +185,9 @@ fn stages(
     // 6. upstream
     if let BodyKind::Length(n) = body {
         if n > cfg.server.limits.max_body {
-            return Err(bad(413, "Request body too large"));
+            let mut r = bad(413, "Request body too large");
+            r.routed = Some((m.route, upstream_id));
+            return Err(r);
         }
     }
     let balance_key = match &upstream.balance {
@@ -295,7 +300,8 @@ fn hash_ip(ip: std::net::IpAddr) -> u64 {
     }
 }
 
-/// Runs the asynchronous stages; returns whether the client connection may be kept open.
+/// Runs the asynchronous stages; the result says how the request ended (and whether the
+/// client connection may stay open).
 pub async fn run(
     mut ctx: RequestCtx,
     conn: &mut ClientIo,

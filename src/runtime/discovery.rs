@@ -29,13 +29,20 @@ pub enum DiscoveryError {
     /// 409
     #[error("cannot remove the last endpoint of upstream {0:?}")]
     LastEndpoint(String),
+    /// 409
+    #[error("address {addr} is already endpoint {url:?} of upstream {upstream:?}")]
+    AddressInUse {
+        upstream: String,
+        url: String,
+        addr: SocketAddr,
+    },
 }
 
 impl DiscoveryError {
     pub fn status(&self) -> u16 {
         match self {
             DiscoveryError::NoUpstream(_) | DiscoveryError::NoEndpoint { .. } => 404,
-            DiscoveryError::LastEndpoint(_) => 409,
+            DiscoveryError::LastEndpoint(_) | DiscoveryError::AddressInUse { .. } => 409,
         }
     }
 }
@@ -137,6 +144,24 @@ impl Discovery {
         let Some(url) = endpoints.first().map(|e| e.url.clone()) else {
             return Ok(false);
         };
+        // One pool per address: an address already serving under another URL would be dropped
+        // from the effective set, so the registration is refused instead.
+        let current = self.effective();
+        if let Some(u) = current.upstreams.iter().find(|u| u.name == upstream) {
+            for e in &endpoints {
+                if let Some(other) = u
+                    .endpoints
+                    .iter()
+                    .find(|o| o.addr == e.addr && o.url != url)
+                {
+                    return Err(DiscoveryError::AddressInUse {
+                        upstream: upstream.to_string(),
+                        url: other.url.clone(),
+                        addr: e.addr,
+                    });
+                }
+            }
+        }
         for e in &mut endpoints {
             e.source = EndpointSource::Admin;
         }
@@ -304,6 +329,17 @@ upstream = "users"
                 .status(),
             404
         );
+    }
+
+    #[test]
+    fn an_address_serving_under_another_url_is_refused() {
+        let mut d = Discovery::new(config());
+        let err = d
+            .register("users", registered("http://localhost:9001", 1))
+            .unwrap_err();
+        // localhost may also resolve to ::1, which is free; 127.0.0.1:9001 is taken.
+        assert_eq!(err.status(), 409, "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:9001"), "{err}");
     }
 
     #[test]

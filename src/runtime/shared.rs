@@ -40,8 +40,9 @@ pub struct Active {
 /// endpoint registration hands it on by upstream name (and endpoint address).
 pub struct UpstreamShared {
     pub budget: Arc<RetryBudget>,
-    /// The breaker and the config it was built from (a changed config starts a new breaker).
-    pub breaker: Option<(Arc<Breaker>, crate::config::model::Breaker)>,
+    /// The breaker and the settings it was built from (changed settings start a new breaker;
+    /// a changed fallback alone keeps it, open or not).
+    pub breaker: Option<(Arc<Breaker>, BreakerConfig)>,
     /// Bumped whenever an endpoint of this upstream enters or leaves the rotation by a write.
     pub epoch: Arc<HealthEpoch>,
     /// Indexed like the upstream's endpoints.
@@ -56,16 +57,17 @@ impl UpstreamShared {
         workers: usize,
     ) -> Self {
         let breaker = u.breaker.as_ref().map(|b| {
-            match old.and_then(|o| o.breaker.as_ref()).filter(|(_, c)| c == b) {
+            let settings = breaker_config(b);
+            match old
+                .and_then(|o| o.breaker.as_ref())
+                .filter(|(_, c)| *c == settings)
+            {
                 Some(kept) => kept.clone(),
-                None => (
-                    Arc::new(Breaker::new(&breaker_config(b), clock::now_ms())),
-                    b.clone(),
-                ),
+                None => (Arc::new(Breaker::new(&settings, clock::now_ms())), settings),
             }
         });
         let epoch = old.map_or_else(|| Arc::new(HealthEpoch::default()), |o| o.epoch.clone());
-        let endpoints = u
+        let endpoints: Vec<Arc<EndpointHealth>> = u
             .endpoints
             .iter()
             .map(|e| {
@@ -79,6 +81,13 @@ impl UpstreamShared {
                     .unwrap_or_else(|| Arc::new(EndpointHealth::new_in(epoch.clone(), workers)))
             })
             .collect();
+        if u.health_check.is_none() {
+            // Without active checks nothing would ever clear a verdict from before a reload
+            // that removed them.
+            for h in &endpoints {
+                h.set_active(true);
+            }
+        }
         // The set changed: workers recompute their rotation.
         epoch.bump();
         UpstreamShared {
@@ -255,5 +264,54 @@ impl Shared {
 
     pub fn close_connection(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(text: &str, old: Option<&Active>) -> Active {
+        let config = crate::config::load_str(text, std::path::Path::new("t.toml")).unwrap();
+        Active::compile(config, old, old.map_or(1, |o| o.generation + 1)).unwrap()
+    }
+
+    const ROUTE: &str = "[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n";
+
+    /// An endpoint marked unhealthy by active checks is back in rotation after a reload that
+    /// removes the checks (nothing else would ever clear the verdict).
+    #[test]
+    fn reload_without_health_checks_clears_old_verdicts() {
+        let checked = format!(
+            "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\"]\n[upstreams.u.health_check]\npath = \"/h\"\n{ROUTE}"
+        );
+        let first = compile(&checked, None);
+        let health = first.upstreams[0].endpoints[0].clone();
+        health.set_active(false);
+        let again = compile(&checked, Some(&first));
+        assert!(Arc::ptr_eq(&again.upstreams[0].endpoints[0], &health));
+        assert!(!health.active_healthy(), "kept while checks run");
+        let plain = format!("[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\"]\n{ROUTE}");
+        compile(&plain, Some(&again));
+        assert!(health.active_healthy());
+    }
+
+    /// Breaker state survives a reload unless its thresholds change.
+    #[test]
+    fn breaker_is_kept_unless_its_settings_change() {
+        let with = |threshold: u32, fallback: &str| {
+            format!(
+                "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\"]\n[upstreams.u.breaker]\nfailure_threshold = {threshold}\n{fallback}\n{ROUTE}"
+            )
+        };
+        let first = compile(&with(5, ""), None);
+        let b = |a: &Active| a.upstreams[0].breaker.as_ref().unwrap().0.clone();
+        let fallback = compile(
+            &with(5, "fallback = { status = 503, json = { a = 1 } }"),
+            Some(&first),
+        );
+        assert!(Arc::ptr_eq(&b(&first), &b(&fallback)));
+        let changed = compile(&with(6, ""), Some(&fallback));
+        assert!(!Arc::ptr_eq(&b(&first), &b(&changed)));
     }
 }

@@ -332,10 +332,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     .is_ok();
                 (
                     sent && !rejection.close,
-                    None,
+                    rejection.routed.map(|(route, _)| route as u32),
                     rejection.status,
                     started,
-                    None,
+                    rejection.routed.map(|(_, upstream)| (upstream, None)),
                 )
             }
         };

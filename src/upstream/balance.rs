@@ -197,7 +197,8 @@ fn build_ring(endpoints: &[Endpoint]) -> Vec<(u64, u32)> {
     let mut ring = Vec::new();
     for (i, ep) in endpoints.iter().enumerate() {
         let key = ep.ring_key();
-        for v in 0..ep.weight.max(1) * VNODES_PER_WEIGHT {
+        // Config and admin registrations cap weights at 1000: at most 100,000 points here.
+        for v in 0..ep.weight.max(1).saturating_mul(VNODES_PER_WEIGHT) {
             // The point depends on the endpoint's URL, not its index, so adding or removing an
             // endpoint only moves the keys next to its own points.
             let mut h = Fnv::new();
