@@ -398,3 +398,124 @@ upstream = "app"
         vec!["/a", "/b"]
     );
 }
+
+/// An upstream that answers a large upload early (413 after the head) and stops reading:
+/// its answer reaches the client at once, instead of a 504 after the upload's write times out.
+#[test]
+fn early_upstream_answer_during_a_large_upload_is_relayed() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let body = br#"{"error":"too big"}"#;
+        write!(
+            s,
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        // Keep the connection open without reading the body.
+        std::thread::sleep(std::time::Duration::from_secs(4));
+    });
+    let gw = Gateway::start(&format!(
+        "[server.limits]\nmax_body = \"1GiB\"\n[upstreams.u]\nendpoints = [\"http://127.0.0.1:{port}\"]\nread_timeout = \"5s\"\nretries = 0\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n"
+    ));
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(std::time::Duration::from_secs(4));
+    let total: u64 = 256 << 20;
+    c.send(format!("PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n").as_bytes());
+    let mut w = c.writer_clone();
+    // The client keeps uploading; the gateway stops forwarding once the answer is there.
+    let writer = std::thread::spawn(move || {
+        let block = vec![b'z'; 64 << 10];
+        let mut sent = 0u64;
+        while sent < total && w.write_all(&block).is_ok() {
+            sent += block.len() as u64;
+        }
+    });
+    let start = std::time::Instant::now();
+    let r = c.read_response();
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.text(), r#"{"error":"too big"}"#);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "answered after {:?} (the read timeout is 5 s)",
+        start.elapsed()
+    );
+    assert!(
+        r.header_tokens("connection").contains(&"close".to_string()),
+        "the rest of the body is unread: the connection closes {:?}",
+        r.headers
+    );
+    c.assert_closed(std::time::Duration::from_secs(4));
+    drop(c);
+    let _ = writer.join();
+    let _ = upstream.join();
+}
+
+/// An early answer with a large body, sent while the client is still uploading, reaches the
+/// client whole: the gateway stops sending and drains the client's input before closing.
+/// Closing with unread input resets the connection, and the reset throws away whatever of the
+/// answer is still in the gateway's send buffer.
+#[test]
+fn early_answer_is_not_cut_short_by_a_reset_when_the_connection_closes() {
+    use std::io::{Read, Write};
+    const ANSWER: usize = 4 << 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        write!(
+            s,
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: {ANSWER}\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&vec![b'a'; ANSWER]).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    });
+    let gw = Gateway::start(&format!(
+        "[server.limits]\nmax_body = \"1GiB\"\n[upstreams.u]\nendpoints = [\"http://127.0.0.1:{port}\"]\nread_timeout = \"5s\"\nretries = 0\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n"
+    ));
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(std::time::Duration::from_secs(5));
+    let total: u64 = 64 << 20;
+    c.send(format!("PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n").as_bytes());
+    let mut w = c.writer_clone();
+    let writer = std::thread::spawn(move || {
+        let block = vec![b'z'; 64 << 10];
+        let mut sent = 0u64;
+        while sent < total && w.write_all(&block).is_ok() {
+            sent += block.len() as u64;
+        }
+    });
+    // Read late: by then the gateway has written what fits and is waiting on this client.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = c.try_read_response().unwrap_or_else(|e| {
+        let got = match e {
+            support::wire::WireError::Closed { partial, reset } => {
+                format!("{} bytes, reset: {reset}", partial.len())
+            }
+            other => format!("{other:?}"),
+        };
+        panic!("the answer was cut short after {got}")
+    });
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body.len(), ANSWER);
+    drop(c);
+    let _ = writer.join();
+    let _ = upstream.join();
+}

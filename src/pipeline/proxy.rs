@@ -57,6 +57,9 @@ struct RequestBody {
     complete: bool,
     /// Part of the body went upstream beyond `ubuf`: the request can no longer be replayed.
     streamed: bool,
+    /// The upstream answered before the whole body went up: the rest is not sent, and neither
+    /// connection can carry another request.
+    abandoned: bool,
     continue_sent: bool,
 }
 
@@ -93,6 +96,7 @@ impl RequestBody {
             total: 0,
             complete: ctx.body == BodyKind::None,
             streamed: false,
+            abandoned: false,
             continue_sent: false,
         }
     }
@@ -193,6 +197,12 @@ impl RequestBody {
         timeout: Duration,
     ) -> Result<(), PumpFail> {
         while !self.complete {
+            // An upstream that answers mid-upload (413, 401, ...) may stop reading: its answer
+            // is relayed rather than waited out until the write times out.
+            if up.peer_sent() && early_answer(up, ctx.read_timeout).await {
+                self.abandoned = true;
+                return Ok(());
+            }
             if conn.data().is_empty() {
                 self.need_more(ctx, conn, timeout)
                     .await
@@ -227,6 +237,29 @@ impl RequestBody {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads what the upstream sent mid-upload: interim 1xx responses are skipped (the upload goes
+/// on); anything else (a final response head, or the start of one, or a close) is the answer.
+async fn early_answer(up: &mut UpConn, timeout: Duration) -> bool {
+    if up.data().is_empty() {
+        match up.fill(timeout, 64 * 1024 + 8192).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    loop {
+        let interim = match http::parse_response(up.data(), &UPSTREAM_HEAD_LIMITS) {
+            Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
+                head.head_len
+            }
+            _ => return true,
+        };
+        up.consume(interim);
+        if up.data().is_empty() {
+            return false;
+        }
     }
 }
 
@@ -527,29 +560,38 @@ async fn attempt(
     let head_limits = UPSTREAM_HEAD_LIMITS;
     let info = loop {
         let parsed = match http::parse_response(up.data(), &head_limits) {
-            Ok(Some(head)) => Some(response_info(&head, ctx, draining, addr).map(|info| {
-                if let Some(info) = &info {
-                    conn.wbuf.clear();
-                    write_response_head(
-                        &mut conn.wbuf,
-                        &ResponseHeadOut {
-                            status: info.status,
-                            reason: head.reason,
-                            headers: &head.headers,
-                            framing: info.out,
-                            request_id: &ctx.id,
-                            connection: if !info.client_keep {
-                                ConnDirective::Close
-                            } else if ctx.version == Version::Http10 {
-                                ConnDirective::KeepAlive
-                            } else {
-                                ConnDirective::Default
+            Ok(Some(head)) => Some(
+                response_info(&head, ctx, draining || body.abandoned, addr).map(|mut info| {
+                    if body.abandoned {
+                        // The rest of the body was never sent: the upstream connection is out of
+                        // step, and the client's body is still unread.
+                        if let Some(info) = info.as_mut() {
+                            info.upstream_reusable = false;
+                        }
+                    }
+                    if let Some(info) = &info {
+                        conn.wbuf.clear();
+                        write_response_head(
+                            &mut conn.wbuf,
+                            &ResponseHeadOut {
+                                status: info.status,
+                                reason: head.reason,
+                                headers: &head.headers,
+                                framing: info.out,
+                                request_id: &ctx.id,
+                                connection: if !info.client_keep {
+                                    ConnDirective::Close
+                                } else if ctx.version == Version::Http10 {
+                                    ConnDirective::KeepAlive
+                                } else {
+                                    ConnDirective::Default
+                                },
                             },
-                        },
-                    );
-                }
-                (head.head_len, info)
-            })),
+                        );
+                    }
+                    (head.head_len, info)
+                }),
+            ),
             Ok(None) => None,
             Err(e) => Some(Err(UpstreamError::BadResponse {
                 addr,

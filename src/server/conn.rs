@@ -23,6 +23,10 @@ use crate::runtime::worker::Worker;
 
 /// Initial capacity of a connection's read buffer; it grows to the head limits when needed.
 const READ_BUF: usize = 8 * 1024;
+/// Lingering close: how long a closing connection keeps reading (and discarding) what the
+/// client still sends, as nginx's lingering_time does. Not capped by bytes: stopping early
+/// while the client still sends would reset the connection under the response.
+const LINGER: Duration = Duration::from_secs(2);
 
 pub struct ClientIo {
     pub stream: TcpStream,
@@ -86,6 +90,30 @@ impl ClientIo {
                 }
             }
             Err(_) => Err(ReadEnd::Timeout),
+        }
+    }
+
+    /// Closes gracefully: stops sending (the client sees the end of the response), then reads
+    /// and discards what the client still sends, such as the unread rest of a request body,
+    /// until it closes or [`LINGER`] runs out. Closing a socket with unread input resets the
+    /// connection, and the reset throws away the part of the response still in the send
+    /// buffer (RFC 9112 §9.6).
+    async fn linger(&mut self) {
+        use monoio::io::AsyncWriteRent;
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.rbuf.clear();
+            self.rpos = 0;
+            if self.fill(left, READ_BUF).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -260,7 +288,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                             worker.request_id(),
                         )
                         .closing();
-                        let _ = conn.send_error(&r, limits.body_timeout).await;
+                        if conn.send_error(&r, limits.body_timeout).await.is_ok() {
+                            // The client may still be sending the rest of what was refused.
+                            conn.linger().await;
+                        }
                         return;
                     }
                     None => {}
@@ -394,6 +425,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             }
         }
         if !keep || worker.drain.is_fired() {
+            if status != 499 {
+                conn.linger().await;
+            }
             return;
         }
     }

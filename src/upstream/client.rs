@@ -147,6 +147,25 @@ impl UpConn {
 
     /// Non-blocking check that the upstream has not closed (or written to) this idle
     /// connection. Any byte or EOF means it cannot be reused.
+    /// The upstream has sent something (or closed) that has not been read yet: while a request
+    /// body is still going up, that is an early answer. One non-blocking peek.
+    pub fn peer_sent(&self) -> bool {
+        if !self.data().is_empty() {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: as in `is_open`: a 1-byte peek into a valid buffer, never blocking.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n >= 0
+    }
+
     pub fn is_open(&self) -> bool {
         let mut byte = 0u8;
         // SAFETY: recv on a socket fd we own into a valid 1-byte buffer; MSG_PEEK leaves the
