@@ -399,14 +399,17 @@ upstream = "app"
     );
 }
 
-/// An upstream that answers a large upload early (413 after the head) and stops reading:
-/// its answer reaches the client at once, instead of a 504 after the upload's write times out.
-#[test]
-fn early_upstream_answer_during_a_large_upload_is_relayed() {
+/// An upstream that reads one request head, answers it at once with `status` and `body`
+/// (never reading the request body), and keeps the connection open for `hold`.
+fn early_answering_upstream(
+    status: &'static str,
+    body: Vec<u8>,
+    hold: std::time::Duration,
+) -> (u16, std::thread::JoinHandle<()>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let upstream = std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -414,26 +417,29 @@ fn early_upstream_answer_during_a_large_upload_is_relayed() {
             s.read_exact(&mut byte).unwrap();
             head.push(byte[0]);
         }
-        let body = br#"{"error":"too big"}"#;
         write!(
             s,
-            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .unwrap();
-        s.write_all(body).unwrap();
-        // Keep the connection open without reading the body.
-        std::thread::sleep(std::time::Duration::from_secs(4));
+        s.write_all(&body).unwrap();
+        std::thread::sleep(hold);
     });
+    (port, thread)
+}
+
+/// A gateway in front of `port`, and a client that starts a `total`-byte upload through it and
+/// keeps sending from another thread (until the gateway stops taking it).
+fn uploading_client(port: u16, total: u64) -> (Gateway, Client, std::thread::JoinHandle<()>) {
+    use std::io::Write;
     let gw = Gateway::start(&format!(
         "[server.limits]\nmax_body = \"1GiB\"\n[upstreams.u]\nendpoints = [\"http://127.0.0.1:{port}\"]\nread_timeout = \"5s\"\nretries = 0\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n"
     ));
     let mut c = Client::connect(gw.addr());
-    c.set_timeout(std::time::Duration::from_secs(4));
-    let total: u64 = 256 << 20;
+    c.set_timeout(std::time::Duration::from_secs(5));
     c.send(format!("PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n").as_bytes());
     let mut w = c.writer_clone();
-    // The client keeps uploading; the gateway stops forwarding once the answer is there.
     let writer = std::thread::spawn(move || {
         let block = vec![b'z'; 64 << 10];
         let mut sent = 0u64;
@@ -441,6 +447,19 @@ fn early_upstream_answer_during_a_large_upload_is_relayed() {
             sent += block.len() as u64;
         }
     });
+    (gw, c, writer)
+}
+
+/// An upstream that answers a large upload early (413 after the head) and stops reading:
+/// its answer reaches the client at once, instead of a 504 after the upload's write times out.
+#[test]
+fn early_upstream_answer_during_a_large_upload_is_relayed() {
+    let (port, upstream) = early_answering_upstream(
+        "413 Payload Too Large",
+        br#"{"error":"too big"}"#.to_vec(),
+        std::time::Duration::from_secs(4),
+    );
+    let (_gw, mut c, writer) = uploading_client(port, 256 << 20);
     let start = std::time::Instant::now();
     let r = c.read_response();
     assert_eq!(r.status, 413, "{r:?}");
@@ -464,44 +483,17 @@ fn early_upstream_answer_during_a_large_upload_is_relayed() {
 /// An early answer with a large body, sent while the client is still uploading, reaches the
 /// client whole: the gateway stops sending and drains the client's input before closing.
 /// Closing with unread input resets the connection, and the reset throws away whatever of the
-/// answer is still in the gateway's send buffer.
+/// answer is still in the gateway's send buffer (without the lingering close this client got
+/// 4 KiB of the 4 MiB).
 #[test]
 fn early_answer_is_not_cut_short_by_a_reset_when_the_connection_closes() {
-    use std::io::{Read, Write};
     const ANSWER: usize = 4 << 20;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let upstream = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        write!(
-            s,
-            "HTTP/1.1 403 Forbidden\r\nContent-Length: {ANSWER}\r\n\r\n"
-        )
-        .unwrap();
-        s.write_all(&vec![b'a'; ANSWER]).unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(3));
-    });
-    let gw = Gateway::start(&format!(
-        "[server.limits]\nmax_body = \"1GiB\"\n[upstreams.u]\nendpoints = [\"http://127.0.0.1:{port}\"]\nread_timeout = \"5s\"\nretries = 0\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n"
-    ));
-    let mut c = Client::connect(gw.addr());
-    c.set_timeout(std::time::Duration::from_secs(5));
-    let total: u64 = 64 << 20;
-    c.send(format!("PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n").as_bytes());
-    let mut w = c.writer_clone();
-    let writer = std::thread::spawn(move || {
-        let block = vec![b'z'; 64 << 10];
-        let mut sent = 0u64;
-        while sent < total && w.write_all(&block).is_ok() {
-            sent += block.len() as u64;
-        }
-    });
+    let (port, upstream) = early_answering_upstream(
+        "403 Forbidden",
+        vec![b'a'; ANSWER],
+        std::time::Duration::from_secs(3),
+    );
+    let (_gw, mut c, writer) = uploading_client(port, 64 << 20);
     // Read late: by then the gateway has written what fits and is waiting on this client.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let r = c.try_read_response().unwrap_or_else(|e| {

@@ -38,6 +38,15 @@ impl Drop for UpConn {
     }
 }
 
+/// What a non-blocking peek found on an upstream socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Peek {
+    Nothing,
+    Data,
+    Closed,
+    Error,
+}
+
 impl UpConn {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, UpstreamError> {
         let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
@@ -147,26 +156,18 @@ impl UpConn {
 
     /// Non-blocking check that the upstream has not closed (or written to) this idle
     /// connection. Any byte or EOF means it cannot be reused.
+    pub fn is_open(&self) -> bool {
+        self.peek() == Peek::Nothing
+    }
+
     /// The upstream has sent something (or closed) that has not been read yet: while a request
     /// body is still going up, that is an early answer. One non-blocking peek.
     pub fn peer_sent(&self) -> bool {
-        if !self.data().is_empty() {
-            return true;
-        }
-        let mut byte = 0u8;
-        // SAFETY: as in `is_open`: a 1-byte peek into a valid buffer, never blocking.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n >= 0
+        !self.data().is_empty() || matches!(self.peek(), Peek::Data | Peek::Closed)
     }
 
-    pub fn is_open(&self) -> bool {
+    /// What the socket holds, without taking it or blocking.
+    fn peek(&self) -> Peek {
         let mut byte = 0u8;
         // SAFETY: recv on a socket fd we own into a valid 1-byte buffer; MSG_PEEK leaves the
         // socket's data untouched and MSG_DONTWAIT never blocks the event loop.
@@ -178,10 +179,13 @@ impl UpConn {
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        n < 0
-            && matches!(
-                std::io::Error::last_os_error().raw_os_error(),
-                Some(libc::EAGAIN)
-            )
+        match n {
+            0 => Peek::Closed,
+            n if n > 0 => Peek::Data,
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) => {
+                Peek::Nothing
+            }
+            _ => Peek::Error,
+        }
     }
 }
