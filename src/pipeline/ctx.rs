@@ -80,8 +80,9 @@ pub struct RequestCtx {
     pub expect_continue: bool,
     pub route: RouteId,
     pub upstream: UpstreamId,
-    /// The breaker's permit, handed back with the outcome once the request is done.
-    pub permit: Option<crate::upstream::breaker::Permit>,
+    /// The breaker's permit, handed back with the outcome as soon as it is known (taken from
+    /// the cell then; what is left when the request ends goes back with its final verdict).
+    pub permit: std::cell::Cell<Option<crate::upstream::breaker::Permit>>,
     pub read_timeout: Duration,
     pub connect_timeout: Duration,
     pub retries: u32,

@@ -400,7 +400,7 @@ pub async fn forward(
                         crate::debug!("retrying after: {e}");
                         continue;
                     }
-                    return upstream_failed(conn, ctx, e, worker, io_timeout).await;
+                    return upstream_failed(conn, ctx, e, worker, state, io_timeout).await;
                 }
             },
         };
@@ -414,6 +414,12 @@ pub async fn forward(
         let retry_status = |e: &UpstreamError, body: &RequestBody| {
             retry_allowed(e, ctx, body, attempts + 1, state, worker)
         };
+        // The final answer's status, before any of it goes to the client: outlier detection
+        // and the breaker learn it first.
+        let answering = |status: u16| {
+            passive(state, ep, status >= 500);
+            settle(ctx, state, verdict_of_status(status));
+        };
         let outcome = attempt(
             ctx,
             conn,
@@ -423,6 +429,7 @@ pub async fn forward(
             limits.max_body,
             io_timeout,
             &retry_status,
+            &answering,
         )
         .await;
         {
@@ -437,8 +444,7 @@ pub async fn forward(
                     passive(state, ep, true);
                 }
             }
-            Attempt::Done { status, .. } => passive(state, ep, *status >= 500),
-            Attempt::Stale(_) | Attempt::Client(_) => {}
+            Attempt::Done { .. } | Attempt::Stale(_) | Attempt::Client(_) => {}
         }
         match outcome {
             (Attempt::Done { keep, status }, reusable) => {
@@ -455,11 +461,7 @@ pub async fn forward(
                     keep,
                     status,
                     upstream: Some((addr, began.elapsed())),
-                    verdict: if status >= 500 {
-                        Outcome::Failure(FailureKind::Status5xx)
-                    } else {
-                        Outcome::Success
-                    },
+                    verdict: verdict_of_status(status),
                 };
             }
             (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
@@ -479,7 +481,7 @@ pub async fn forward(
                     conn.wbuf.clear();
                     continue;
                 }
-                return upstream_failed(conn, ctx, e, worker, io_timeout).await;
+                return upstream_failed(conn, ctx, e, worker, state, io_timeout).await;
             }
             (Attempt::RetryStatus(e), _) => {
                 // The budget was already taken when the attempt chose to retry.
@@ -496,7 +498,7 @@ pub async fn forward(
                     conn.wbuf.clear();
                     continue;
                 }
-                return upstream_failed(conn, ctx, e, worker, io_timeout).await;
+                return upstream_failed(conn, ctx, e, worker, state, io_timeout).await;
             }
         }
     }
@@ -533,6 +535,7 @@ async fn attempt(
     max_body: u64,
     io_timeout: Duration,
     retry_status: &dyn Fn(&UpstreamError, &RequestBody) -> bool,
+    answering: &dyn Fn(u16),
 ) -> (Attempt, bool) {
     let addr = up.addr;
     // Send the head and the held body in one write.
@@ -650,6 +653,7 @@ async fn attempt(
         }
     }
 
+    answering(info.status);
     match stream_response(&info, ctx, conn, up, io_timeout).await {
         Ok(()) => (
             Attempt::Done {
@@ -837,9 +841,11 @@ async fn upstream_failed(
     ctx: &RequestCtx,
     e: UpstreamError,
     worker: &Worker,
+    state: &std::cell::RefCell<UpstreamState>,
     timeout: Duration,
 ) -> Served {
     crate::debug!("request {} failed: {e}", ctx.id.as_str());
+    settle(ctx, state, verdict_of(&e));
     conn.wbuf.clear();
     let mut r = Rejection::new(e.status(), e.client_message().to_string(), ctx.id);
     r.head_only = ctx.method.is_head;
@@ -868,6 +874,30 @@ fn verdict_of(e: &UpstreamError) -> Outcome {
             Outcome::Failure(FailureKind::Status5xx)
         }
         UpstreamError::ClientAborted { .. } => Outcome::Ignored,
+    }
+}
+
+/// Hands the breaker its permit with the request's outcome, as soon as the outcome is known
+/// and before the client sees the answer: a client that sends its next request the moment
+/// it has this one's must find the breaker already moved.
+fn settle(ctx: &RequestCtx, state: &std::cell::RefCell<UpstreamState>, verdict: Outcome) {
+    let Some(permit) = ctx.permit.take() else {
+        return;
+    };
+    let s = state.borrow();
+    if let Some(replica) = &s.breaker {
+        if let Some(to) = replica.record(permit, verdict, crate::runtime::clock::now_ms()) {
+            crate::warn!("upstream {}: breaker {}", s.name, to.as_str());
+        }
+    }
+}
+
+/// The breaker's reading of a response the client is about to get.
+fn verdict_of_status(status: u16) -> Outcome {
+    if status >= 500 {
+        Outcome::Failure(FailureKind::Status5xx)
+    } else {
+        Outcome::Success
     }
 }
 

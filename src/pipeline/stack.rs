@@ -234,7 +234,7 @@ fn stages(
         expect_continue,
         route: m.route,
         upstream: upstream_id,
-        permit,
+        permit: std::cell::Cell::new(permit),
         read_timeout: route.timeout.unwrap_or(upstream.read_timeout),
         connect_timeout: upstream.connect_timeout,
         retries: upstream.retries,
@@ -302,14 +302,11 @@ fn hash_ip(ip: std::net::IpAddr) -> u64 {
 
 /// Runs the asynchronous stages; the result says how the request ended (and whether the
 /// client connection may stay open).
-pub async fn run(
-    mut ctx: RequestCtx,
-    conn: &mut ClientIo,
-    worker: &Worker,
-    snap: &Snapshot,
-) -> Served {
+pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &Snapshot) -> Served {
     let served = super::proxy::forward(&ctx, conn, worker, snap).await;
-    // The breaker learns the request's final outcome, after its retries.
+    // The breaker learns the request's final outcome, after its retries: the upstream stage
+    // hands it over before the client gets the answer; what it did not (a client that failed
+    // or left) is settled here.
     if let Some(permit) = ctx.permit.take() {
         let state = snap.upstreams.list[ctx.upstream].borrow();
         if let Some(replica) = &state.breaker {
