@@ -674,13 +674,7 @@ fn admin_health_reports_ok_and_the_worker_count() {
     let gw = Gateway::start(&app(&up, "workers = 2"));
     let r = get(gw.admin_addr(), "/health");
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(
-        r.header("content-type")
-            .unwrap_or("")
-            .starts_with("application/json"),
-        "{:?}",
-        r.headers
-    );
+    r.assert_content_type("application/json");
     let v = r.json();
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["workers"], 2, "{v}");

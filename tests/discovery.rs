@@ -106,13 +106,7 @@ fn until_traffic(gw: &Gateway, path: &str, what: &str, ok: impl Fn(&[String]) ->
 /// Asserts a JSON admin error with `status`.
 fn assert_admin_error(r: &Response, status: u16) {
     assert_eq!(r.status, status, "{}", r.text());
-    assert!(
-        r.header("content-type")
-            .unwrap_or("")
-            .starts_with("application/json"),
-        "{:?}",
-        r.headers
-    );
+    r.assert_content_type("application/json");
     let v = r.json();
     assert_eq!(v["error"]["code"], status, "{v}");
     assert!(

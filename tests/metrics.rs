@@ -16,13 +16,7 @@ fn app_config(url: &str, admin_extra: &str) -> String {
 fn scrape(gw: &Gateway) -> String {
     let r = get(gw.admin_addr(), "/metrics");
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(
-        r.header("content-type")
-            .unwrap_or("")
-            .starts_with("text/plain; version=0.0.4"),
-        "{:?}",
-        r.headers
-    );
+    r.assert_content_type("text/plain; version=0.0.4");
     r.text()
 }
 

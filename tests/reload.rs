@@ -257,11 +257,7 @@ fn reload_adding_an_address_in_use_changes_nothing() {
     rewrite(&gw, "[\"/a\"]", "[\"/b\"]");
     let r = send_request(gw.admin_addr(), &Req::post("/reload", b""));
     assert_eq!(r.status, 400, "POST /reload: {}", r.text());
-    assert!(
-        r.header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/json")),
-        "{r:?}"
-    );
+    r.assert_content_type("application/json");
     let body = r.json();
     assert_eq!(body["error"]["code"], 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();

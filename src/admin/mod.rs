@@ -24,31 +24,27 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("dispatch-admin".into())
-        .spawn(move || {
-            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build();
-            match rt {
-                Ok(mut rt) => rt.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            crate::error!("admin: cannot register listener: {e}");
-                            return;
-                        }
-                    };
-                    loop {
-                        if let Ok((stream, _)) = listener.accept().await {
-                            monoio::spawn(serve(shared.clone(), stream));
-                        }
-                    }
-                }),
-                Err(e) => crate::error!("admin: cannot start its event loop: {e}"),
+    crate::runtime::spawn_side_thread("admin", move || async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                crate::error!("admin: cannot register listener: {e}");
+                return;
             }
-        })?;
-    Ok(())
+        };
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    monoio::spawn(serve(shared.clone(), stream));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    crate::warn!("admin: accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
 }
 
 struct Reply {

@@ -1,6 +1,5 @@
-//! Capabilities the config format describes but this build does not have yet: breakers, health
-//! checks, BFF clients, transforms, aggregates, auth, rate limits, cache, compression, tracing,
-//! and the JSON access log.
+//! Capabilities the config format describes but this build does not have yet: BFF clients,
+//! transforms, aggregates, auth, rate limits, cache, compression and websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses

@@ -24,17 +24,7 @@ const DNS_TICK: Duration = Duration::from_millis(500);
 
 pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
     let health = shared.clone();
-    std::thread::Builder::new()
-        .name("dispatch-health".into())
-        .spawn(move || {
-            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build();
-            match rt {
-                Ok(mut rt) => rt.block_on(health_loop(health)),
-                Err(e) => crate::error!("health checks cannot start their event loop: {e}"),
-            }
-        })?;
+    super::spawn_side_thread("health", move || health_loop(health))?;
     std::thread::Builder::new()
         .name("dispatch-dns".into())
         .spawn(move || dns_loop(shared))?;

@@ -58,6 +58,28 @@ impl Running {
     }
 }
 
+/// Starts a named thread that runs `task` on a monoio runtime of its own (legacy driver, timer
+/// on): for the admin API and the health checker, which must never take time from a worker.
+pub fn spawn_side_thread<F, Fut>(name: &str, task: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let what = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("dispatch-{name}"))
+        .spawn(move || {
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(task()),
+                Err(e) => crate::error!("{what}: cannot start its event loop: {e}"),
+            }
+        })?;
+    Ok(())
+}
+
 /// How long an exit waits for the last spans to reach the collector.
 const SPAN_EXPORT_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -149,6 +149,17 @@ impl Response {
         wire::header_all(&self.headers, name)
     }
 
+    /// Asserts that `Content-Type` starts with `prefix` (parameters such as a charset may follow).
+    #[track_caller]
+    pub fn assert_content_type(&self, prefix: &str) {
+        let ct = self.header("content-type").unwrap_or("");
+        assert!(
+            ct.starts_with(prefix),
+            "Content-Type {ct:?}, expected {prefix:?}: {:?}",
+            self.headers
+        );
+    }
+
     pub fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
     }
