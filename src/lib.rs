@@ -45,6 +45,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod io;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

@@ -1,0 +1,310 @@
+//! [`BufConn`]: a [`Stream`] with its read buffer, timeouts and byte counts.
+
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+
+use super::stream::{Peek, Stream};
+
+/// Why a read ended without data.
+#[derive(Debug)]
+pub enum ReadEnd {
+    /// The peer closed its side (a read returned 0).
+    Closed,
+    /// Nothing arrived within the timeout; the read was cancelled.
+    Timeout,
+    Io(std::io::Error),
+}
+
+/// A buffered connection. `rbuf[rpos..]` is received and not yet consumed; the codec parses
+/// heads from it in place, and bodies are written onward from it without a copy.
+pub struct BufConn {
+    pub stream: Stream,
+    pub rbuf: Vec<u8>,
+    pub rpos: usize,
+    /// Bytes consumed from `rbuf` and bytes written, over the connection's life.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The buffer size a read starts with and an idle connection shrinks back to.
+    initial: usize,
+}
+
+impl BufConn {
+    pub fn new(stream: Stream, initial: usize) -> BufConn {
+        BufConn {
+            stream,
+            rbuf: Vec::with_capacity(initial),
+            rpos: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            initial,
+        }
+    }
+
+    /// Received bytes not yet consumed.
+    pub fn data(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+        self.rpos += n;
+        if self.rpos >= self.rbuf.len() {
+            self.rpos = 0;
+            self.rbuf.clear();
+        }
+    }
+
+    /// Reads at least one more byte within `timeout`, keeping unconsumed bytes. `max` bounds
+    /// how far the buffer may grow for this read (the head limits while reading a head).
+    pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, ReadEnd> {
+        // Room for a useful read: below this, consumed bytes are moved out first, then the
+        // buffer doubles (up to `max`).
+        const MIN_ROOM: usize = 4096;
+        if self.rpos > 0 && self.rbuf.capacity() - self.rbuf.len() < MIN_ROOM {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_ROOM {
+            let want = (self.rbuf.capacity() * 2).clamp(self.initial, max.max(self.initial));
+            if want > self.rbuf.len() {
+                self.rbuf.reserve(want - self.rbuf.len());
+            }
+        }
+        let buf = std::mem::take(&mut self.rbuf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
+            Ok((res, slice)) => {
+                self.rbuf = slice.into_inner();
+                match res {
+                    Ok(0) => Err(ReadEnd::Closed),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(ReadEnd::Io(e)),
+                }
+            }
+            // The cancelled read may still hold the buffer: the caller drops this connection.
+            Err(_) => Err(ReadEnd::Timeout),
+        }
+    }
+
+    /// Writes `buf[start..end]` within `timeout`; the buffer comes back unless the write timed
+    /// out (the kernel may still hold it, and the connection must be dropped).
+    pub async fn write(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+        timeout: Duration,
+    ) -> (std::io::Result<()>, Option<Vec<u8>>) {
+        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
+            Ok((res, slice)) => {
+                if res.is_ok() {
+                    self.bytes_out += (end - start) as u64;
+                }
+                (res.map(|_| ()), Some(slice.into_inner()))
+            }
+            Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
+        }
+    }
+
+    /// Writes all of `buf` and gives it back cleared (a connection's reusable write buffer).
+    pub async fn write_buf(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let len = buf.len();
+        let (res, back) = self.write(std::mem::take(buf), 0, len, timeout).await;
+        if let Some(mut back) = back {
+            back.clear();
+            *buf = back;
+        }
+        res
+    }
+
+    /// What the stream holds beyond what was read: bytes already buffered count as data.
+    /// One non-blocking syscall at most.
+    pub fn peek(&self) -> Peek {
+        if !self.data().is_empty() {
+            return Peek::Data;
+        }
+        self.stream.peek()
+    }
+
+    /// Between requests, gives back buffer space a large exchange needed, so an idle
+    /// connection holds a few KiB, not the peak of its last exchange.
+    pub fn shrink_idle(&mut self, keep: usize) {
+        if self.rbuf.capacity() > keep && self.data().len() <= self.initial {
+            let mut fresh = Vec::with_capacity(self.initial);
+            fresh.extend_from_slice(&self.rbuf[self.rpos..]);
+            self.rbuf = fresh;
+            self.rpos = 0;
+        }
+    }
+
+    /// Lingering close: stops sending (the peer sees the end of what was written), then reads
+    /// and discards what the peer still sends, until it closes or `linger` runs out. Closing
+    /// a socket with unread input resets the connection, and the reset throws away what is
+    /// still in the send buffer (RFC 9112 §9.6). Time-bounded only: stopping early while the
+    /// peer still sends would bring that reset back.
+    pub async fn linger(&mut self, linger: Duration) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + linger;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.rbuf.clear();
+            self.rpos = 0;
+            if self.fill(left, self.initial).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Runs `f` on a monoio runtime with one end of a loopback connection; the other end is a
+    /// plain blocking socket handed to `peer` on its own thread.
+    fn with_pair<F, Fut, P>(f: F, peer: P)
+    where
+        F: FnOnce(BufConn) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+        P: FnOnce(std::net::TcpStream) + Send + 'static,
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = std::thread::spawn(move || peer(listener.accept().unwrap().0));
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let stream = Stream::connect(addr).await.unwrap();
+            f(BufConn::new(stream, 1024)).await;
+        });
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn fill_consume_and_close() {
+        with_pair(
+            |mut c| async move {
+                let mut got = Vec::new();
+                while got.len() < 10 {
+                    c.fill(Duration::from_secs(5), 1 << 20).await.unwrap();
+                    got.extend_from_slice(c.data());
+                    let n = c.data().len();
+                    c.consume(n);
+                }
+                assert_eq!(got, b"helloworld");
+                assert_eq!(c.bytes_in, 10);
+                assert!(matches!(
+                    c.fill(Duration::from_secs(5), 1 << 20).await,
+                    Err(ReadEnd::Closed)
+                ));
+            },
+            |mut s| {
+                s.write_all(b"hello").unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+                s.write_all(b"world").unwrap();
+            },
+        );
+    }
+
+    #[test]
+    fn fill_times_out_when_nothing_arrives() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        with_pair(
+            |mut c| async move {
+                let r = c.fill(Duration::from_millis(30), 1 << 20).await;
+                assert!(matches!(r, Err(ReadEnd::Timeout)), "{r:?}");
+                tx.send(()).unwrap();
+            },
+            move |_s| {
+                // Hold the connection open until the read has timed out.
+                rx.recv().unwrap();
+            },
+        );
+    }
+
+    /// The liveness peek sees buffered bytes, a waiting byte and a close, and takes nothing.
+    #[test]
+    fn peek_reports_data_and_close_without_consuming() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+        with_pair(
+            |mut c| async move {
+                assert_eq!(c.peek(), Peek::Nothing);
+                tx.send(()).unwrap();
+                sent_rx.recv().unwrap();
+                // The byte is on the socket: seen, not taken.
+                let end = Instant::now() + Duration::from_secs(5);
+                while c.peek() != Peek::Data && Instant::now() < end {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                assert_eq!(c.peek(), Peek::Data);
+                c.fill(Duration::from_secs(5), 1024).await.unwrap();
+                assert_eq!(c.data(), b"x");
+                assert_eq!(c.peek(), Peek::Data, "buffered bytes count as data");
+                c.consume(1);
+                tx.send(()).unwrap();
+                let end = Instant::now() + Duration::from_secs(5);
+                while c.peek() != Peek::Closed && Instant::now() < end {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                assert_eq!(c.peek(), Peek::Closed);
+            },
+            move |mut s| {
+                rx.recv().unwrap();
+                s.write_all(b"x").unwrap();
+                sent_tx.send(()).unwrap();
+                rx.recv().unwrap();
+                drop(s);
+            },
+        );
+    }
+
+    /// A lingering close lets the peer read the whole answer although it was still sending.
+    #[test]
+    fn linger_delivers_the_answer_to_a_peer_still_sending() {
+        with_pair(
+            |mut c| async move {
+                let mut answer = vec![b'a'; 256 * 1024];
+                c.write_buf(&mut answer, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert!(answer.is_empty());
+                assert_eq!(c.bytes_out, 256 * 1024);
+                c.linger(Duration::from_secs(5)).await;
+            },
+            |mut s| {
+                s.write_all(&vec![b'u'; 64 * 1024]).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                assert_eq!(got.len(), 256 * 1024);
+            },
+        );
+    }
+
+    #[test]
+    fn shrink_idle_keeps_unconsumed_bytes() {
+        with_pair(
+            |mut c| async move {
+                c.rbuf.reserve(64 * 1024);
+                c.rbuf.extend_from_slice(b"doneNEXT");
+                c.consume(4);
+                c.shrink_idle(16 * 1024);
+                assert!(c.rbuf.capacity() < 16 * 1024);
+                assert_eq!(c.data(), b"NEXT");
+            },
+            |_s| {},
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The stream layer: how bytes move on a connection, whichever side it faces.
+//!
+//! [`Stream`] is the transport (plain TCP today; TLS is one more variant, so nothing above
+//! this layer changes when it lands). [`BufConn`] is the one buffered connection type that the
+//! client side (`server::conn`) and the upstream side (`upstream::client`) are built on: its
+//! read buffer (parsed zero-copy by the codec), reads and writes bounded by a timeout, byte
+//! counts, the lingering close, and the non-blocking liveness peek that the upstream pool asks
+//! before it reuses a connection.
+//!
+//! The one thing to know: every read and write takes its buffer by value (io_uring owns it
+//! while the operation is in flight). A read or write that times out is cancelled, and its
+//! buffer may still be held by the kernel: such a connection is never used again.
+
+mod conn;
+mod stream;
+
+pub use conn::{BufConn, ReadEnd};
+pub use stream::{Peek, Stream};
