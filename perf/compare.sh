@@ -12,11 +12,15 @@
 #        haproxy   127.0.0.1:18083  perf/peers/haproxy.cfg       (nbthread 2, http-reuse always)
 #   5. warms each one, then runs `wrk -t1 -c64 -d10s --latency` against each in interleaved
 #      rounds (round 1: A B C, round 2: C B A, ...) so slow drift of the machine hits all alike;
-#   6. per run records req/s, p50, p99 and the proxy's CPU time per request: utime+stime of all
-#      its processes (master and workers) from /proc/PID/stat before and after the run, divided
-#      by the number of requests wrk completed;
+#   6. per run records req/s, p50, p99 and the proxy's CPU time per request, user and system
+#      separately: utime and stime of all its processes (master and workers) from
+#      /proc/PID/stat before and after the run, divided by the number of requests wrk completed
+#      (user time is what the proxy's own code costs; system time is the kernel's work for it:
+#      sockets, io_uring or epoll, copies);
 #   7. prints a table per run and a summary: the median of each proxy over the rounds and the
-#      ratios Dispatch/nginx and Dispatch/HAProxy for CPU per request and p99.
+#      ratios Dispatch/nginx and Dispatch/HAProxy for CPU per request (total, user, system)
+#      and p99. With DISPATCH_B set, a second Dispatch binary ("dispatch-b") is measured in the
+#      same run, interleaved with the first (A B, B A, ...): the ABBA comparison of a change.
 #
 # Everything runs as child processes of this script with pid, log and temp files in one temp
 # dir; all of them are stopped on exit. Nothing is pinned to a core.
@@ -35,6 +39,12 @@
 #   KEEP_TMP=1          keep the temp dir (logs, raw wrk output, results.tsv) after the run
 #   RELOAD_EVERY=1      while Dispatch is measured, POST /reload to its admin API every this
 #                       many seconds (hot reload under load; the count is printed per run)
+#   DISPATCH_B=path     a second Dispatch binary, measured as "dispatch-b" on 127.0.0.1:18084
+#                       with the same config (ports rewritten); it is added to PROXIES right
+#                       after "dispatch", so rounds alternate A B / B A. Summary: B/A ratios.
+#
+# ABBA of a change: build both commits with `cargo build --profile perf`, copy the binaries,
+#   DISPATCH_BIN=/tmp/before DISPATCH_B=/tmp/after PROXIES=dispatch ROUNDS=6 perf/compare.sh
 #
 # Smoke test: DURATION=2s ROUNDS=1 WARMUP=1s perf/compare.sh
 set -euo pipefail
@@ -57,8 +67,10 @@ RELOAD_EVERY=${RELOAD_EVERY:-0}
 
 # Fixed loopback ports: the files in perf/peers/ name them too.
 UPSTREAM_PORT=18000
-declare -A PORT=([dispatch]=18081 [nginx]=18082 [haproxy]=18083)
+declare -A PORT=([dispatch]=18081 [nginx]=18082 [haproxy]=18083 [dispatch-b]=18084)
 DISPATCH_ADMIN_PORT=18091
+DISPATCH_B_ADMIN_PORT=18092
+DISPATCH_B=${DISPATCH_B:-}
 
 # nginx and haproxy live in /usr/sbin, which a non-login shell may not have on PATH.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -103,6 +115,13 @@ pick_dispatch() {
     fi
     [[ -f $DISPATCH_CONFIG ]] || die "no Dispatch config for scenario '$SCENARIO': $DISPATCH_CONFIG"
 
+    if [[ -n $DISPATCH_B ]]; then
+        [[ -x $DISPATCH_B ]] || die "DISPATCH_B=$DISPATCH_B is not an executable file"
+        # B runs right after A in every round's order, so the two alternate A B / B A.
+        PROXIES=$(tr ' ' '\n' <<<"$PROXIES" | grep -vx dispatch-b \
+            | awk '{ print } $0 == "dispatch" { print "dispatch-b" }' | xargs)
+        want dispatch-b || die "DISPATCH_B needs \"dispatch\" in PROXIES"
+    fi
     if [[ -n ${DISPATCH_BIN:-} ]]; then
         [[ -x $DISPATCH_BIN ]] || die "DISPATCH_BIN=$DISPATCH_BIN is not an executable file"
         DISPATCH_REV="DISPATCH_BIN=$DISPATCH_BIN"
@@ -127,6 +146,7 @@ pick_dispatch() {
 # Processes: every server is a child of this script; the trap stops them all.
 # --------------------------------------------------------------------------------------------
 TMP=""
+B_CONFIG=""
 declare -A ROOT_PID=()
 CHILDREN=()
 
@@ -144,6 +164,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    [[ -z $B_CONFIG ]] || rm -f "$B_CONFIG"
     if [[ -n $TMP && -d $TMP ]]; then
         if [[ $KEEP_TMP == 1 || $rc -ne 0 ]]; then
             log "logs and raw wrk output kept in $TMP"
@@ -208,19 +229,35 @@ start_haproxy() {
     CHILDREN+=($!)
 }
 
-start_dispatch() {
-    local prefix=$TMP/dispatch
+start_dispatch() { # start_dispatch NAME BINARY CONFIG
+    local name=$1 bin=$2 config=$3 prefix=$TMP/$1
     mkdir -p "$prefix/logs"
-    "$DISPATCH_BIN" check --config "$DISPATCH_CONFIG" >"$prefix/logs/check.log" 2>&1 \
-        || { cat "$prefix/logs/check.log" >&2; die "dispatch check rejected $DISPATCH_CONFIG"; }
-    "$DISPATCH_BIN" run --config "$DISPATCH_CONFIG" >"$prefix/logs/stdout.log" 2>&1 &
-    ROOT_PID[dispatch]=$!
+    "$bin" check --config "$config" >"$prefix/logs/check.log" 2>&1 \
+        || { cat "$prefix/logs/check.log" >&2; die "$name: dispatch check rejected $config"; }
+    "$bin" run --config "$config" >"$prefix/logs/stdout.log" 2>&1 &
+    ROOT_PID[$name]=$!
     CHILDREN+=($!)
+}
+
+# The B binary serves the same config on its own ports; the copy sits beside the original so
+# relative paths inside it still resolve.
+start_dispatch_b() {
+    local config
+    config=$(dirname "$DISPATCH_CONFIG")/.compare-b-$$.toml
+    B_CONFIG=$config
+    sed -e "s/127\.0\.0\.1:${PORT[dispatch]}/127.0.0.1:${PORT[dispatch-b]}/" \
+        -e "s/127\.0\.0\.1:$DISPATCH_ADMIN_PORT/127.0.0.1:$DISPATCH_B_ADMIN_PORT/" \
+        "$DISPATCH_CONFIG" >"$config"
+    start_dispatch dispatch-b "$DISPATCH_B" "$config"
+    # The binary has read it by the time it answers; remove it at once so no copy is left.
+    wait_ready dispatch-b "${PORT[dispatch-b]}"
+    rm -f "$config"
 }
 
 start_proxy() {
     case $1 in
-        dispatch) start_dispatch ;;
+        dispatch) start_dispatch dispatch "$DISPATCH_BIN" "$DISPATCH_CONFIG" ;;
+        dispatch-b) start_dispatch_b ;;
         nginx) start_nginx nginx "$PEERS/nginx-proxy.conf" ;;
         haproxy) start_haproxy ;;
         *) die "unknown proxy '$1' in PROXIES (known: dispatch nginx haproxy)" ;;
@@ -239,19 +276,20 @@ descendants() {
     for child in $(pgrep -P "$pid" || true); do descendants "$child"; done
 }
 
-# cpu_ticks PID: utime + stime (fields 14, 15 of /proc/PID/stat; all threads included) summed
-# over PID and its descendants, in clock ticks.
+# cpu_ticks PID: "utime stime" (fields 14, 15 of /proc/PID/stat; all threads included), each
+# summed over PID and its descendants, in clock ticks.
 cpu_ticks() {
-    local total=0 pid line
+    local user=0 sys=0 pid line
     local -a f
     for pid in $(descendants "$1"); do
         line=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         # The command name (field 2) may hold spaces: split after its closing parenthesis,
         # where field 3 (state) is f[0], so utime (14) is f[11] and stime (15) is f[12].
         read -r -a f <<<"${line##*) }"
-        total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +306,7 @@ to_ms() {
     }'
 }
 
-RESULTS=""     # results.tsv: round proxy rps p50_ms p99_ms cpu_us_per_req proxy_cpu_pct upstream_cpu_pct wrk_cpu_pct errors
+RESULTS=""     # results.tsv: round proxy rps p50_ms p99_ms cpu_us_per_req proxy_cpu_pct upstream_cpu_pct wrk_cpu_pct errors user_us_per_req sys_us_per_req
 dur_seconds() { # 10s / 1m / 2 -> seconds (for CPU %)
     awk -v d="$1" 'BEGIN { if (d ~ /m$/) { sub(/m$/, "", d); d *= 60 } else if (d ~ /h$/) { sub(/h$/, "", d); d *= 3600 } else sub(/s$/, "", d); print d + 0 }'
 }
@@ -277,9 +315,9 @@ dur_seconds() { # 10s / 1m / 2 -> seconds (for CPU %)
 measure() {
     local round=$1 name=$2 duration=$3 port=${PORT[$2]}
     local out=$TMP/wrk-$round-$name.txt
-    local before after up_before up_after
-    before=$(cpu_ticks "${ROOT_PID[$name]}")
-    up_before=$(cpu_ticks "${ROOT_PID[upstream]}")
+    local before after up_before up_after u_before s_before u_after s_after
+    read -r u_before s_before <<<"$(cpu_ticks "${ROOT_PID[$name]}")"
+    up_before=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
     local reloader=""
     if [[ $name == dispatch && $RELOAD_EVERY != 0 ]]; then
         : >"$TMP/reloads-$round"
@@ -296,8 +334,10 @@ measure() {
         wait "$reloader" 2>/dev/null || true
         log "round $round: $(grep -c '"reloaded"' "$TMP/reloads-$round" || true) reloads during the run ($(grep -vc '"reloaded"' "$TMP/reloads-$round" || true) failed)"
     fi
-    after=$(cpu_ticks "${ROOT_PID[$name]}")
-    up_after=$(cpu_ticks "${ROOT_PID[upstream]}")
+    read -r u_after s_after <<<"$(cpu_ticks "${ROOT_PID[$name]}")"
+    up_after=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
+    before=$((u_before + s_before))
+    after=$((u_after + s_after))
 
     local total rps p50 p99 errors secs
     total=$(awk '/ requests in / { print $1 }' "$out")
@@ -311,18 +351,20 @@ measure() {
     [[ -n $total && $total -gt 0 ]] || { cat "$out" >&2; die "wrk completed no request against $name"; }
     secs=$(dur_seconds "$duration")
 
-    local cpu_us cpu_pct up_pct wrk_pct
+    local cpu_us user_us sys_us cpu_pct up_pct wrk_pct
     wrk_pct=$(awk -v s="$secs" 'FNR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] }
                                    if (NR == FNR) b = t; else e = t }
                        END { printf "%.0f", (e - b) / s * 100 }' "$TMP/times.before" "$TMP/times.after")
     cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$total" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    user_us=$(awk -v d=$((u_after - u_before)) -v hz="$CLK_TCK" -v n="$total" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    sys_us=$(awk -v d=$((s_after - s_before)) -v hz="$CLK_TCK" -v n="$total" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
     cpu_pct=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
     up_pct=$(awk -v d=$((up_after - up_before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
 
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors" >>"$RESULTS"
-    printf '| %5s | %-8s | %10s | %7s | %7s | %10s | %8s%% | %11s%% | %6s%% | %6s |\n' \
-        "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors" "$user_us" "$sys_us" >>"$RESULTS"
+    printf '| %5s | %-10s | %10s | %7s | %7s | %10s | %7s | %7s | %8s%% | %11s%% | %6s%% | %6s |\n' \
+        "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$sys_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors"
     ((errors == 0)) || log "WARNING: $name had $errors errors in round $round (see $out)"
     if ((up_pct >= 90)); then
         log "WARNING: the upstream nginx worker used ${up_pct}% of a core during this run: it may be the bottleneck"
@@ -357,19 +399,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else pri
 
 summary() {
     local name
-    declare -A rps p50 p99 cpu
+    declare -A rps p50 p99 cpu usr sys
     echo
     echo "### Summary: median of $ROUNDS round(s), $DURATION each"
     echo
-    echo "| proxy    |      req/s |  p50 ms |  p99 ms | CPU us/req |"
-    echo "| -------- | ---------: | ------: | ------: | ---------: |"
+    echo "| proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us |"
+    echo "| ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: |"
     for name in $PROXIES; do
         rps[$name]=$(median 3 "$name")
         p50[$name]=$(median 4 "$name")
         p99[$name]=$(median 5 "$name")
         cpu[$name]=$(median 6 "$name")
-        printf '| %-8s | %10.0f | %7.3f | %7.3f | %10.2f |\n' \
-            "$name" "${rps[$name]}" "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}"
+        usr[$name]=$(median 11 "$name")
+        sys[$name]=$(median 12 "$name")
+        printf '| %-10s | %10.0f | %7.3f | %7.3f | %10.2f | %7.2f | %6.2f |\n' \
+            "$name" "${rps[$name]}" "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}" "${usr[$name]}" "${sys[$name]}"
     done
     echo
     echo "Ratios (lower is better for Dispatch):"
@@ -379,18 +423,31 @@ summary() {
         for other in nginx haproxy; do
             want "$other" || continue
             label=$([[ $other == nginx ]] && echo nginx || echo HAProxy)
-            printf -- '- Dispatch/%-7s CPU per request %s, p99 %s, req/s %s\n' "$label" \
+            printf -- '- Dispatch/%-7s CPU per request %s (user %s, system %s), p99 %s, req/s %s\n' "$label" \
                 "$(ratio "${cpu[dispatch]}" "${cpu[$other]}")" \
+                "$(ratio "${usr[dispatch]}" "${usr[$other]}")" \
+                "$(ratio "${sys[dispatch]}" "${sys[$other]}")" \
                 "$(ratio "${p99[dispatch]}" "${p99[$other]}")" \
                 "$(ratio "${rps[dispatch]}" "${rps[$other]}")"
             any=1
         done
     fi
     if want nginx && want haproxy; then
-        printf -- '- HAProxy/nginx    CPU per request %s, p99 %s, req/s %s\n' \
+        printf -- '- HAProxy/nginx    CPU per request %s (user %s, system %s), p99 %s, req/s %s\n' \
             "$(ratio "${cpu[haproxy]}" "${cpu[nginx]}")" \
+            "$(ratio "${usr[haproxy]}" "${usr[nginx]}")" \
+            "$(ratio "${sys[haproxy]}" "${sys[nginx]}")" \
             "$(ratio "${p99[haproxy]}" "${p99[nginx]}")" \
             "$(ratio "${rps[haproxy]}" "${rps[nginx]}")"
+        any=1
+    fi
+    if want dispatch-b; then
+        printf -- '- B/A (dispatch-b/dispatch) CPU per request %s (user %s, system %s), p99 %s, req/s %s\n' \
+            "$(ratio "${cpu[dispatch-b]}" "${cpu[dispatch]}")" \
+            "$(ratio "${usr[dispatch-b]}" "${usr[dispatch]}")" \
+            "$(ratio "${sys[dispatch-b]}" "${sys[dispatch]}")" \
+            "$(ratio "${p99[dispatch-b]}" "${p99[dispatch]}")" \
+            "$(ratio "${rps[dispatch-b]}" "${rps[dispatch]}")"
         any=1
     fi
     ((any)) || echo "- (need at least two proxies for a ratio)"
@@ -418,7 +475,7 @@ main() {
     trap 'exit 143' TERM
 
     local p
-    for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "$DISPATCH_ADMIN_PORT"; do
+    for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "${PORT[dispatch-b]}" "$DISPATCH_ADMIN_PORT" "$DISPATCH_B_ADMIN_PORT"; do
         port_free "$p" || die "port 127.0.0.1:$p is in use (stop whatever holds it)"
     done
 
@@ -434,6 +491,9 @@ main() {
     echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     if want dispatch; then
         echo "- dispatch: $DISPATCH_BIN ($DISPATCH_REV), config $DISPATCH_CONFIG"
+    fi
+    if want dispatch-b; then
+        echo "- dispatch-b: $DISPATCH_B, same config on port ${PORT[dispatch-b]}"
     fi
     echo "- note: nothing is pinned. wrk (1 thread), the upstream (1 nginx worker) and the proxy under"
     echo "  test (2 workers/threads) share these $cores cores, so absolute numbers understate every proxy;"
@@ -461,8 +521,8 @@ main() {
     echo
     echo "### Runs"
     echo
-    echo "| round | proxy    |      req/s |  p50 ms |  p99 ms | CPU us/req | proxy CPU | upstream CPU | wrk CPU | errors |"
-    echo "| ----: | -------- | ---------: | ------: | ------: | ---------: | --------: | -----------: | ------: | -----: |"
+    echo "| round | proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us | proxy CPU | upstream CPU | wrk CPU | errors |"
+    echo "| ----: | ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: | --------: | -----------: | ------: | -----: |"
 
     local round order
     for round in $(seq "$ROUNDS"); do

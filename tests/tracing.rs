@@ -513,3 +513,75 @@ fn otlp_hanging_collector_does_not_hold_up_shutdown() {
         .expect("still running 3 s after SIGTERM with a hanging collector");
     assert!(status.success(), "exit status {status}");
 }
+
+/// Requests the gateway refused before routing (a malformed head, a head that never completed)
+/// or answered itself (404, 413) went unrecorded: no span, and framing errors and 408s not even
+/// in the access log or the request metrics. Every answered request now passes the logging
+/// phase once: one access-log line and one span each.
+#[test]
+fn every_answered_request_is_logged_once_with_a_span() {
+    let up = Upstream::echo();
+    let collector = Collector::start();
+    let gw = Gateway::start(&format!(
+        "[server.limits]\nheader_timeout = \"300ms\"\nmax_body = \"10B\"\n\n\
+         [log]\naccess = \"json\"\n\n{}",
+        export_config(&up, &collector.endpoint())
+    ));
+    // 404: no route.
+    let r = send_request(
+        gw.addr(),
+        &Req::get("/nowhere").header("X-Request-Id", "lp-404"),
+    );
+    assert_eq!(r.status, 404);
+    // 413: routed, refused before the upstream.
+    let r = send_request(
+        gw.addr(),
+        &Req::post("/x", b"far more than ten bytes").header("X-Request-Id", "lp-413"),
+    );
+    assert_eq!(r.status, 413);
+    // 400: a malformed head (obs-fold).
+    let mut c = Client::connect(gw.addr());
+    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n");
+    assert_eq!(c.read_response().status, 400);
+    // 408: a head that never completes.
+    let mut c = Client::connect(gw.addr());
+    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n");
+    assert_eq!(c.read_response().status, 408);
+
+    let lines = || -> Vec<Value> {
+        gw.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.is_object())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || lines().len() >= 4),
+        "expected 4 access-log lines, stdout:\n{}",
+        gw.stdout()
+    );
+    let lines = lines();
+    let mut statuses: Vec<u64> = lines.iter().filter_map(|l| l["status"].as_u64()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [400, 404, 408, 413], "{lines:?}");
+    let line_413 = lines.iter().find(|l| l["status"] == 413).unwrap();
+    assert_eq!(line_413["request_id"], "lp-413");
+    assert_eq!(line_413["route"], "app", "{line_413}");
+
+    let mut codes = Vec::new();
+    wait_until(EXPORT_WITHIN, || {
+        codes = collector
+            .spans()
+            .iter()
+            .map(|s| attr(s, "http.response.status_code")["intValue"].clone())
+            .map(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(0)
+            })
+            .collect();
+        codes.len() >= 4
+    });
+    codes.sort_unstable();
+    assert_eq!(codes, [400, 404, 408, 413], "one span per answered request");
+}

@@ -10,6 +10,7 @@
 
 pub mod ctx;
 pub mod headers;
+pub mod log;
 pub mod proxy;
 pub mod stack;
 pub mod target;
@@ -31,6 +32,8 @@ pub struct Rejection {
     pub close: bool,
     /// The request was HEAD: the response carries the head only (RFC 9110 §9.3.2).
     pub head_only: bool,
+    /// The request's trace context (for its span), when tracing propagates.
+    pub trace: Option<trace::TraceContext>,
     /// A JSON body to send instead of the standard error body (a breaker's fallback).
     pub body: Option<String>,
     /// The route and upstream the request had reached (metrics and the access log name
@@ -52,6 +55,7 @@ impl Rejection {
             close: false,
             head_only: false,
             body: None,
+            trace: None,
             routed: None,
         }
     }

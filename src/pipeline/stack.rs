@@ -68,10 +68,12 @@ pub fn prepare(
     snap: &Snapshot,
     ubuf: &mut Vec<u8>,
 ) -> Prepared {
-    match stages(head, peer, worker, snap, ubuf) {
+    let mut trace = None;
+    match stages(head, peer, worker, snap, ubuf, &mut trace) {
         Ok(ctx) => Prepared::Forward(ctx),
         Err(mut r) => {
             r.head_only = head.method == "HEAD";
+            r.trace = trace;
             Prepared::Answer(r)
         }
     }
@@ -94,6 +96,7 @@ fn stages(
     worker: &Worker,
     snap: &Snapshot,
     ubuf: &mut Vec<u8>,
+    trace_out: &mut Option<TraceContext>,
 ) -> Result<RequestCtx, Rejection> {
     let cfg = &snap.active.config;
     let headers = &head.headers[..];
@@ -104,6 +107,15 @@ fn stages(
         .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
         .and_then(|h| RequestId::from_client(h.value))
         .unwrap_or_else(|| worker.request_id());
+    // Trace context, with the identity: every answered request gets a span, those the
+    // gateway answers itself included. Continued (or started) only when propagating; an
+    // ambiguous incoming context (two traceparent fields) starts a new trace (W3C trace
+    // context §3.2).
+    let trace = cfg.tracing.propagate.then(|| {
+        let incoming = single(headers, "traceparent").ok().flatten();
+        TraceContext::continue_or_start(incoming, || worker.rand())
+    });
+    *trace_out = trace;
     let bad = |status: u16, msg: &str| Rejection::new(status, msg.to_string(), id).closing();
 
     // 2. framing
@@ -198,12 +210,6 @@ fn stages(
         Balance::HashIp => Key::Hash(hash_ip(peer.ip())),
         _ => Key::None,
     };
-    // Trace context: continued (or started) only when propagating; an ambiguous incoming
-    // context (two traceparent fields) starts a new trace (W3C trace context §3.2).
-    let trace = cfg.tracing.propagate.then(|| {
-        let incoming = single(headers, "traceparent").ok().flatten();
-        TraceContext::continue_or_start(incoming, || worker.rand())
-    });
     ubuf.clear();
     write_request_head(
         ubuf,

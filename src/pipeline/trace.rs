@@ -6,7 +6,7 @@
 //! own, so the upstream's spans become children of the gateway's.
 
 /// A trace context as sent upstream, in its lower-case hex form.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TraceContext {
     trace_id: [u8; 32],
     span_id: [u8; 16],

@@ -131,6 +131,17 @@ impl Worker {
     pub fn request_id(&self) -> RequestId {
         RequestId::generate([self.rand(), self.rand()])
     }
+
+    /// Where the logging phase writes a request served with `snap`.
+    pub fn log_sinks<'a>(&'a self, snap: &'a Snapshot) -> crate::pipeline::log::Sinks<'a> {
+        crate::pipeline::log::Sinks {
+            config: &snap.active.config,
+            metrics: &snap.metrics,
+            access: &self.access,
+            spans: self.spans.as_ref(),
+            worker: self.id,
+        }
+    }
 }
 
 fn seed(id: usize) -> u64 {

@@ -16,7 +16,6 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::config::model::AccessLog;
 use crate::http;
 use crate::pipeline;
 use crate::runtime::worker::Worker;
@@ -213,6 +212,25 @@ impl ClientIo {
     }
 }
 
+/// What waiting for the next request on a connection produced.
+enum Next {
+    /// A parsed head, run through the synchronous request phases (its bytes are consumed).
+    Request(Box<Parsed>),
+    /// The head could not be read (malformed, over a limit, too slow): answer and close.
+    Refused(pipeline::Rejection),
+    /// The client closed or went idle past the keep-alive timeout, or a drain began.
+    Gone,
+}
+
+/// A request whose head has been read and handed to the pipeline.
+struct Parsed {
+    prepared: pipeline::stack::Prepared,
+    snap: Rc<crate::runtime::worker::Snapshot>,
+    method: &'static str,
+    /// Method and path as received, copied only when the access log or span export is on.
+    text: Option<(String, String)>,
+}
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -233,202 +251,211 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         // Limits for reading this head; the config that serves the request is taken once the
         // head is complete, so a reload during the idle wait applies to it.
         let limits = worker.snapshot().active.config.server.limits.clone();
-        let head_limits = http::HeadLimits {
-            max_request_line: limits.max_request_line,
-            max_header_bytes: limits.max_header_bytes,
-            max_headers: limits.max_headers,
-        };
-        let head_max = limits.max_request_line + limits.max_header_bytes + 4;
-        // Deadline for the whole head, from its first byte (or from accept for the first one).
-        let mut deadline = if first || !conn.data().is_empty() {
-            Some(Instant::now() + limits.header_timeout)
-        } else {
-            None
-        };
-
-        let prepared = loop {
-            if !conn.data().is_empty() {
-                let parsed = {
-                    let data = &conn.rbuf[conn.rpos..];
-                    match http::parse_request(data, &head_limits) {
-                        Ok(Some(head)) => {
-                            let snap = worker.snapshot();
-                            let method =
-                                crate::metrics::METHODS[crate::metrics::method_index(head.method)];
-                            // Access-log and span fields that the head owns; copied only when
-                            // logging or exporting spans.
-                            let logged = (snap.active.config.log.access == AccessLog::Json
-                                || worker.spans.is_some())
-                            .then(|| {
-                                let path = head.target.split('?').next().unwrap_or(head.target);
-                                (head.method.to_string(), path.to_string())
-                            });
-                            let p = pipeline::stack::prepare(
-                                &head,
-                                conn.peer,
-                                &worker,
-                                &snap,
-                                &mut conn.ubuf,
-                            );
-                            Some(Ok((head.head_len, (p, snap, method, logged))))
-                        }
-                        Ok(None) => None,
-                        Err(e) => Some(Err(e)),
-                    }
-                };
-                match parsed {
-                    Some(Ok((head_len, p))) => {
-                        conn.consume(head_len);
-                        break p;
-                    }
-                    Some(Err(e)) => {
-                        let r = pipeline::Rejection::new(
-                            e.status(),
-                            e.to_string(),
-                            worker.request_id(),
-                        )
-                        .closing();
-                        if conn.send_error(&r, limits.body_timeout).await.is_ok() {
-                            // The client may still be sending the rest of what was refused.
-                            conn.linger().await;
-                        }
-                        return;
-                    }
-                    None => {}
-                }
-            }
-            // Need more bytes.
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => limits.keepalive_timeout,
-            };
-            let idle = deadline.is_none();
-            let res = if idle {
-                // Between requests: a drain closes idle connections at once.
-                if worker.drain.is_fired() {
-                    return;
-                }
-                monoio::select! {
-                    r = conn.fill(wait, head_max) => Some(r),
-                    _ = worker.drain.wait() => None,
-                }
-            } else {
-                Some(conn.fill(wait, head_max).await)
-            };
-            match res {
-                None => return,
-                Some(Ok(_)) => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + limits.header_timeout);
-                    }
-                }
-                Some(Err(ReadEnd::Timeout)) if !idle => {
-                    let r = pipeline::Rejection::new(
-                        408,
-                        "Request header timeout".into(),
-                        worker.request_id(),
-                    )
-                    .closing();
-                    let _ = conn.send_error(&r, limits.body_timeout).await;
-                    return;
-                }
-                Some(Err(_)) => return,
-            }
-        };
+        let next = next_request(&mut conn, &worker, &limits, first).await;
         first = false;
-
-        let (prepared, snap, method, logged) = prepared;
+        let started = Instant::now();
+        let parsed = match next {
+            Next::Gone => return,
+            Next::Refused(r) => {
+                // Refused heads go through the same answer and logging phases as any request.
+                let sent = conn.send_error(&r, limits.body_timeout).await.is_ok();
+                let snap = worker.snapshot();
+                let trace = worker.spans.is_some().then(|| {
+                    pipeline::trace::TraceContext::continue_or_start(None, || worker.rand())
+                });
+                let record = pipeline::log::Record {
+                    id: &r.id,
+                    trace: trace.as_ref(),
+                    method: "",
+                    path: "",
+                    route: None,
+                    upstream: None,
+                    attempt: None,
+                    status: r.status,
+                    started,
+                    client: conn.peer.ip(),
+                    bytes_in: conn.bytes_in - bytes_in,
+                    bytes_out: conn.bytes_out - bytes_out,
+                };
+                pipeline::log::log(&worker.log_sinks(&snap), &record);
+                if sent {
+                    // The client may still be sending the rest of what was refused.
+                    conn.linger().await;
+                }
+                return;
+            }
+            Next::Request(p) => p,
+        };
+        let Parsed {
+            prepared,
+            snap,
+            method,
+            text,
+        } = *parsed;
         let (id, trace) = match &prepared {
             pipeline::stack::Prepared::Forward(ctx) => (ctx.id, ctx.trace),
-            pipeline::stack::Prepared::Answer(r) => (r.id, None),
+            pipeline::stack::Prepared::Answer(r) => (r.id, r.trace),
         };
-        let (keep, route, status, started, upstream) = match prepared {
+        let (keep, route, status, started, upstream, attempt) = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
-                let (route, started) = (ctx.route as u32, ctx.started);
-                let upstream_id = ctx.upstream;
+                let (route, started, upstream) = (ctx.route, ctx.started, ctx.upstream);
                 let served = pipeline::stack::run(ctx, &mut conn, &worker, &snap).await;
                 (
                     served.keep,
                     Some(route),
                     served.status,
                     started,
-                    Some((upstream_id, served.upstream)),
+                    Some(upstream),
+                    served.upstream,
                 )
             }
             pipeline::stack::Prepared::Answer(rejection) => {
-                let started = Instant::now();
                 let sent = conn
                     .send_error(&rejection, limits.body_timeout)
                     .await
                     .is_ok();
                 (
                     sent && !rejection.close,
-                    rejection.routed.map(|(route, _)| route as u32),
+                    rejection.routed.map(|(route, _)| route),
                     rejection.status,
                     started,
-                    rejection.routed.map(|(_, upstream)| (upstream, None)),
+                    rejection.routed.map(|(_, upstream)| upstream),
+                    None,
                 )
             }
         };
         // A client that left before any response is counted as nginx does: 499.
         let status = if status == 0 { 499 } else { status };
-        let elapsed = started.elapsed();
-        snap.metrics.request(route, method, status, elapsed);
-        if let Some((method, path)) = logged {
-            let cfg = &snap.active.config;
-            let route = route.map(|r| &cfg.routes[r as usize]);
-            // The upstream the request went to (a split's side), and its last attempt.
-            let (upstream_name, attempt) = match upstream {
-                Some((id, attempt)) => (Some(cfg.upstreams[id].name.as_str()), attempt),
-                None => (None, None),
-            };
-            if let (Some(spans), Some(trace)) = (&worker.spans, &trace) {
-                let route_name = route.map(|r| r.name.as_str());
-                spans.borrow_mut().record(crate::otlp::Span {
-                    trace_id: trace.trace_id_bytes(),
-                    span_id: trace.span_id_bytes(),
-                    parent_span_id: trace.parent_span_id_bytes(),
-                    name: match route_name {
-                        Some(r) => format!("{method} {r}"),
-                        None => method.clone(),
-                    },
-                    start_unix_nanos: crate::runtime::clock::unix_nanos(started),
-                    end_unix_nanos: crate::runtime::clock::unix_nanos(started + elapsed),
-                    method: method.clone(),
-                    path: path.clone(),
-                    route: route_name.map(Into::into),
-                    status,
-                    client: conn.peer.ip(),
-                    upstream: upstream_name.map(Into::into),
-                    worker: worker.id as u32,
-                });
-            }
-            if cfg.log.access == AccessLog::Json {
-                worker.access.record(&crate::access_log::Entry {
-                    ts: std::time::SystemTime::now(),
-                    request_id: id.as_str(),
-                    trace_id: trace.as_ref().map(|t| t.trace_id()),
-                    client_ip: conn.peer.ip(),
-                    method: &method,
-                    path: &path,
-                    route: route.map(|r| r.name.as_str()),
-                    status,
-                    upstream: upstream_name,
-                    upstream_addr: attempt.map(|(a, _)| a),
-                    duration: elapsed,
-                    upstream_time: attempt.map(|(_, t)| t),
-                    bytes_in: conn.bytes_in - bytes_in,
-                    bytes_out: conn.bytes_out - bytes_out,
-                    cache: None,
-                    worker: worker.id,
-                });
-            }
-        }
+        let (log_method, log_path) = match &text {
+            Some((m, p)) => (m.as_str(), p.as_str()),
+            None => (method, ""),
+        };
+        let record = pipeline::log::Record {
+            id: &id,
+            trace: trace.as_ref(),
+            method: log_method,
+            path: log_path,
+            route,
+            upstream,
+            attempt,
+            status,
+            started,
+            client: conn.peer.ip(),
+            bytes_in: conn.bytes_in - bytes_in,
+            bytes_out: conn.bytes_out - bytes_out,
+        };
+        pipeline::log::log(&worker.log_sinks(&snap), &record);
         if !keep || worker.drain.is_fired() {
             if status != 499 {
                 conn.linger().await;
             }
             return;
+        }
+    }
+}
+
+/// Waits for the next request head (keep-alive timeout while idle, header timeout from its
+/// first byte), parses it and runs the synchronous request phases on it while it is still
+/// borrowed from the read buffer.
+async fn next_request(
+    conn: &mut ClientIo,
+    worker: &Rc<Worker>,
+    limits: &crate::config::model::Limits,
+    first: bool,
+) -> Next {
+    let head_limits = http::HeadLimits {
+        max_request_line: limits.max_request_line,
+        max_header_bytes: limits.max_header_bytes,
+        max_headers: limits.max_headers,
+    };
+    let head_max = limits.max_request_line + limits.max_header_bytes + 4;
+    // Deadline for the whole head, from its first byte (or from accept for the first one).
+    let mut deadline = if first || !conn.data().is_empty() {
+        Some(Instant::now() + limits.header_timeout)
+    } else {
+        None
+    };
+    loop {
+        if !conn.data().is_empty() {
+            let parsed = {
+                let data = &conn.rbuf[conn.rpos..];
+                match http::parse_request(data, &head_limits) {
+                    Ok(Some(head)) => {
+                        let snap = worker.snapshot();
+                        let method =
+                            crate::metrics::METHODS[crate::metrics::method_index(head.method)];
+                        let text = worker.log_sinks(&snap).wants_text().then(|| {
+                            let path = head.target.split('?').next().unwrap_or(head.target);
+                            (head.method.to_string(), path.to_string())
+                        });
+                        let prepared = pipeline::stack::prepare(
+                            &head,
+                            conn.peer,
+                            worker,
+                            &snap,
+                            &mut conn.ubuf,
+                        );
+                        Some(Ok((
+                            head.head_len,
+                            Parsed {
+                                prepared,
+                                snap,
+                                method,
+                                text,
+                            },
+                        )))
+                    }
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            };
+            match parsed {
+                Some(Ok((head_len, p))) => {
+                    conn.consume(head_len);
+                    return Next::Request(Box::new(p));
+                }
+                Some(Err(e)) => {
+                    let r =
+                        pipeline::Rejection::new(e.status(), e.to_string(), worker.request_id());
+                    return Next::Refused(r.closing());
+                }
+                None => {}
+            }
+        }
+        // Need more bytes.
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => limits.keepalive_timeout,
+        };
+        let idle = deadline.is_none();
+        let res = if idle {
+            // Between requests: a drain closes idle connections at once.
+            if worker.drain.is_fired() {
+                return Next::Gone;
+            }
+            monoio::select! {
+                r = conn.fill(wait, head_max) => Some(r),
+                _ = worker.drain.wait() => None,
+            }
+        } else {
+            Some(conn.fill(wait, head_max).await)
+        };
+        match res {
+            None => return Next::Gone,
+            Some(Ok(_)) => {
+                if deadline.is_none() {
+                    deadline = Some(Instant::now() + limits.header_timeout);
+                }
+            }
+            Some(Err(ReadEnd::Timeout)) if !idle => {
+                let r = pipeline::Rejection::new(
+                    408,
+                    "Request header timeout".into(),
+                    worker.request_id(),
+                );
+                return Next::Refused(r.closing());
+            }
+            Some(Err(_)) => return Next::Gone,
         }
     }
 }
