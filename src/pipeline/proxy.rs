@@ -381,7 +381,7 @@ pub async fn forward(
                 avoid = tried;
             }
             let ep = s.balancer.pick(ctx.balance_key, avoid);
-            (ep, s.checkout(ep, Instant::now(), !ctx.method.idempotent))
+            (ep, s.checkout(ep, Instant::now()))
         };
         let addr = upstream.endpoints[ep].addr;
         let mut up = match pooled {
