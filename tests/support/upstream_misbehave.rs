@@ -87,11 +87,14 @@ impl Exchange {
         self.out.write_all(bytes).is_ok() && self.out.flush().is_ok()
     }
 
-    /// Closes the connection with a reset (SO_LINGER 0), discarding anything unread.
-    pub fn reset(self) {
+    /// Makes the close at the end of the script a reset (SO_LINGER 0): RST, not FIN.
+    pub fn reset_on_close(&mut self) {
         let _ = socket2::SockRef::from(&self.out).set_linger(Some(Duration::ZERO));
-        drop(self.reader);
-        drop(self.out);
+    }
+
+    /// Sends FIN now (both directions shut down), before the script returns.
+    pub fn close(&mut self) {
+        let _ = self.out.shutdown(Shutdown::Both);
     }
 
     /// Counts one occurrence of the script's event number `n` (see `Scripted::marks`).
@@ -99,6 +102,19 @@ impl Exchange {
         if let Some(m) = self.shared.marks.get(n) {
             m.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// Waits (at most 10 s) until event `n` was counted `count` times, by the test
+    /// (`Scripted::mark`) or another connection's script; true if it was.
+    pub fn await_mark(&self, n: usize, count: usize) -> bool {
+        let end = Instant::now() + READ_WAIT;
+        while self.shared.marks[n].load(Ordering::SeqCst) < count {
+            if Instant::now() >= end {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 }
 
@@ -117,10 +133,10 @@ struct Shared {
     heads: AtomicUsize,
     targets: Mutex<Vec<String>>,
     marks: Vec<AtomicUsize>,
-    streams: Mutex<Vec<TcpStream>>,
 }
 
-/// A running scripted upstream; stops accepting and closes its connections when dropped.
+/// A running scripted upstream; stops accepting when dropped (a script still running ends
+/// when the gateway closes its connection, or after 10 s without a request).
 pub struct Scripted {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -139,7 +155,6 @@ impl Scripted {
             heads: AtomicUsize::new(0),
             targets: Mutex::new(Vec::new()),
             marks: (0..MARKS).map(|_| AtomicUsize::new(0)).collect(),
-            streams: Mutex::new(Vec::new()),
         });
         let script = Arc::new(script);
         let s = Arc::clone(&shared);
@@ -151,10 +166,9 @@ impl Scripted {
                 let Ok(stream) = stream else { continue };
                 let conn = s.accepted.fetch_add(1, Ordering::SeqCst) + 1;
                 let _ = stream.set_nodelay(true);
-                let (Ok(out), Ok(keep)) = (stream.try_clone(), stream.try_clone()) else {
+                let Ok(out) = stream.try_clone() else {
                     continue;
                 };
-                lock(&s.streams).push(keep);
                 let mut x = Exchange {
                     reader: WireReader::new(stream),
                     out,
@@ -162,6 +176,7 @@ impl Scripted {
                     shared: Arc::clone(&s),
                 };
                 let script = Arc::clone(&script);
+                // The connection closes when the script returns and `x` is dropped.
                 thread::spawn(move || script(&mut x));
             }
         });
@@ -191,6 +206,12 @@ impl Scripted {
         lock(&self.shared.targets).clone()
     }
 
+    /// Counts one occurrence of event `n` from the test side (a signal to scripts waiting in
+    /// `Exchange::await_mark`).
+    pub fn mark(&self, n: usize) {
+        self.shared.marks[n].fetch_add(1, Ordering::SeqCst);
+    }
+
     /// How often the script counted event `n`.
     pub fn marks(&self, n: usize) -> usize {
         self.shared.marks[n].load(Ordering::SeqCst)
@@ -213,9 +234,6 @@ impl Scripted {
 impl Drop for Scripted {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        for s in lock(&self.shared.streams).drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
         // Wake the accept loop so it sees `stop`.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
