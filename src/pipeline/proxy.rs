@@ -5,8 +5,21 @@
 //! way down (streamed in its own framing, re-framed for the client). Retries follow
 //! BEHAVIOR.md: connect failures for any method, timeouts/resets/502-504 only for idempotent
 //! requests whose body is still held, never once response bytes went to the client, and never
-//! beyond the upstream's retry budget. A pooled connection that turns out closed is replaced
-//! by a fresh one without spending a retry.
+//! beyond the upstream's retry budget.
+//!
+//! A failure is a free "stale connection" replay (no retry spent, no budget taken, at most
+//! [`MAX_STALE_REPLAYS`] per request) only when the upstream cannot have seen the request:
+//! - the pooled connection is found closed, or holding bytes, by the peek at reuse
+//!   (`UpstreamState::checkout`): it is dropped before anything is sent; or
+//! - the kernel refused the first byte of the request on a pooled connection (the write failed
+//!   with EPIPE/ECONNRESET before any byte was accepted): the connection was already dead.
+//!
+//! Once a byte of the request was accepted, a close or reset before the response (EOF with no
+//! byte, ECONNRESET) cannot be told apart from an upstream that read the whole request, acted
+//! on it and then failed, so it is an attempt like any other: retried only under the rules,
+//! `retries` and the budget. The race this leaves (an upstream closing an idle connection
+//! between the peek and the request's arrival) costs one ordinary retry, never a duplicate
+//! that `retries` did not allow.
 
 use std::time::{Duration, Instant};
 
@@ -60,7 +73,11 @@ struct RequestBody {
     /// The upstream answered before the whole body went up: the rest is not sent, and neither
     /// connection can carry another request.
     abandoned: bool,
+    /// A `100 Continue` went to the client (the gateway's own, or one relayed): never two.
     continue_sent: bool,
+    /// An interim response was relayed to the client: response bytes have left the gateway,
+    /// so nothing is retried any more (BEHAVIOR.md "Retries").
+    interim_relayed: bool,
 }
 
 /// A client-side failure while reading the request body.
@@ -98,6 +115,7 @@ impl RequestBody {
             streamed: false,
             abandoned: false,
             continue_sent: false,
+            interim_relayed: false,
         }
     }
 
@@ -325,8 +343,9 @@ const UPSTREAM_HEAD_LIMITS: http::HeadLimits = http::HeadLimits {
 const MAX_STALE_REPLAYS: u32 = 2;
 
 enum Attempt {
-    /// A pooled connection turned out closed before the upstream took the request: replay on a
-    /// fresh connection without spending a retry.
+    /// A pooled connection refused the request's first byte: it was closed before the request,
+    /// which the upstream cannot have seen. Replay on a fresh connection without spending a
+    /// retry.
     Stale(UpstreamError),
     /// The response went to the client; `keep` tells whether the client connection stays.
     Done { keep: bool, status: u16 },
@@ -381,9 +400,12 @@ pub async fn forward(
                 avoid = tried;
             }
             let ep = s.balancer.pick(ctx.balance_key, avoid);
-            (ep, s.checkout(ep, Instant::now(), !ctx.method.idempotent))
+            (ep, s.checkout(ep, Instant::now()))
         };
         let addr = upstream.endpoints[ep].addr;
+        // The attempt's duration, connect included: what the access log's `upstream_ms` and
+        // the upstream duration histogram show, failures included.
+        let began = Instant::now();
         let mut up = match pooled {
             Some(c) => c,
             None => match UpConn::connect(addr, ctx.connect_timeout).await {
@@ -392,7 +414,8 @@ pub async fn forward(
                     c
                 }
                 Err(e) => {
-                    metrics.upstream(upstream_id, outcome_of(&e), Duration::ZERO);
+                    let took = began.elapsed();
+                    metrics.upstream(upstream_id, outcome_of(&e), took);
                     passive(state, ep, true);
                     tried.add(ep);
                     attempts += 1;
@@ -400,12 +423,12 @@ pub async fn forward(
                         crate::debug!("retrying after: {e}");
                         continue;
                     }
-                    return upstream_failed(conn, ctx, e, worker, state, io_timeout).await;
+                    let last = Some((addr, took));
+                    return upstream_failed(conn, ctx, e, last, worker, state, io_timeout).await;
                 }
             },
         };
         metrics.pool(upstream_id, up.reused);
-        let began = Instant::now();
         {
             let mut s = state.borrow_mut();
             s.balancer.start(ep);
@@ -481,7 +504,8 @@ pub async fn forward(
                     conn.wbuf.clear();
                     continue;
                 }
-                return upstream_failed(conn, ctx, e, worker, state, io_timeout).await;
+                let last = Some((addr, began.elapsed()));
+                return upstream_failed(conn, ctx, e, last, worker, state, io_timeout).await;
             }
             (Attempt::RetryStatus(e), _) => {
                 // The budget was already taken when the attempt chose to retry.
@@ -498,7 +522,8 @@ pub async fn forward(
                     conn.wbuf.clear();
                     continue;
                 }
-                return upstream_failed(conn, ctx, e, worker, state, io_timeout).await;
+                let last = Some((addr, began.elapsed()));
+                return upstream_failed(conn, ctx, e, last, worker, state, io_timeout).await;
             }
         }
     }
@@ -513,6 +538,7 @@ fn retry_allowed(
     worker: &Worker,
 ) -> bool {
     if attempts > ctx.retries
+        || body.interim_relayed
         || !may_retry(e, ctx.method.idempotent, !body.streamed, body.replayable())
     {
         return false;
@@ -544,9 +570,12 @@ async fn attempt(
         let len = ubuf.len();
         match up.write(ubuf, 0, len, ctx.read_timeout).await {
             Ok(ubuf) => conn.ubuf = ubuf,
-            // Nothing of this request was accepted by the upstream: a closed pooled
-            // connection, replayable for any method.
-            Err(e @ UpstreamError::Reset { .. }) if up.reused => return (Attempt::Stale(e), false),
+            // The kernel refused the very first byte (EPIPE, ECONNRESET): the pooled connection
+            // was dead before this request, which the upstream cannot have seen. Replayable
+            // for any method, without spending a retry.
+            Err(e @ UpstreamError::Reset { .. }) if up.reused && !up.request_accepted() => {
+                return (Attempt::Stale(e), false)
+            }
             Err(e) => return (Attempt::Failed(e), false),
         }
     }
@@ -571,6 +600,24 @@ async fn attempt(
                         if let Some(info) = info.as_mut() {
                             info.upstream_reusable = false;
                         }
+                    }
+                    if info.is_none() && relays_interim(ctx, body, head.status) {
+                        // RFC 9110 §15.2: a proxy forwards interim responses, hop-by-hop
+                        // headers removed as for the final one.
+                        if head.status == 100 {
+                            body.continue_sent = true;
+                        }
+                        write_response_head(
+                            &mut conn.wbuf,
+                            &ResponseHeadOut {
+                                status: head.status,
+                                reason: head.reason,
+                                headers: &head.headers,
+                                framing: OutFraming::NoBody,
+                                request_id: &ctx.id,
+                                connection: ConnDirective::Default,
+                            },
+                        );
                     }
                     if let Some(info) = &info {
                         conn.wbuf.clear();
@@ -606,7 +653,20 @@ async fn attempt(
                 up.consume(head_len);
                 break info;
             }
-            Some(Ok((head_len, None))) => up.consume(head_len), // 1xx: skip it
+            Some(Ok((head_len, None))) => {
+                // 1xx: relayed at once (its point is to arrive early) or dropped.
+                up.consume(head_len);
+                if !conn.wbuf.is_empty() {
+                    body.interim_relayed = true;
+                    if conn.flush(io_timeout).await.is_err() {
+                        let gone = ClientFail {
+                            status: None,
+                            message: "client closed",
+                        };
+                        return (Attempt::Client(gone), false);
+                    }
+                }
+            }
             Some(Err(e)) => return (Attempt::Failed(e), false),
             None => {
                 let seen = !up.data().is_empty();
@@ -618,15 +678,9 @@ async fn attempt(
                             false,
                         );
                     }
-                    // A pooled connection closed under an idempotent request before any response
-                    // byte: the upstream dropped an idle connection as the request arrived.
-                    Ok(0) if up.reused && ctx.method.idempotent => {
-                        let detail = "pooled connection closed".into();
-                        return (Attempt::Stale(UpstreamError::Reset { addr, detail }), false);
-                    }
-                    Err(e @ UpstreamError::Reset { .. }) if up.reused && ctx.method.idempotent => {
-                        return (Attempt::Stale(e), false);
-                    }
+                    // A close or reset after the request went out, even on a pooled connection
+                    // that passed its reuse check: the upstream may have read the request and
+                    // acted on it, so this is an attempt like any other (see the module doc).
                     Ok(0) => {
                         let detail = "closed before a response".into();
                         return (
@@ -644,17 +698,16 @@ async fn attempt(
     if retryable_status(info.status) {
         // A 502/503/504 is retried when the rules and the budget allow; otherwise it is the
         // answer, passed on as the upstream sent it.
-        let e = UpstreamError::Reset {
+        let e = UpstreamError::Status {
             addr,
-            detail: format!("status {}", info.status),
+            status: info.status,
         };
         if ctx.method.idempotent && body.replayable() && retry_status(&e, body) {
             return (Attempt::RetryStatus(e), false);
         }
     }
 
-    answering(info.status);
-    match stream_response(&info, ctx, conn, up, io_timeout).await {
+    match stream_response(&info, ctx, conn, up, io_timeout, answering).await {
         Ok(()) => (
             Attempt::Done {
                 keep: info.client_keep,
@@ -662,7 +715,9 @@ async fn attempt(
             },
             info.upstream_reusable && !up.pending_bytes(),
         ),
-        Err(()) => (
+        // The client gets a 502 (or 504) instead of a response that was never started.
+        Err(Cut::Unsent(e)) => (Attempt::Failed(e), false),
+        Err(Cut::Sent) => (
             Attempt::Done {
                 keep: false,
                 status: info.status,
@@ -670,6 +725,22 @@ async fn attempt(
             false,
         ),
     }
+}
+
+/// Whether an interim (1xx) response from the upstream goes on to the client: only to
+/// HTTP/1.1 clients (RFC 9110 §15.2: a server must not send 1xx to an HTTP/1.0 client), and a
+/// `100 Continue` only when the client has not had one already.
+fn relays_interim(ctx: &RequestCtx, body: &RequestBody, status: u16) -> bool {
+    ctx.version == Version::Http11 && !(status == 100 && body.continue_sent)
+}
+
+/// How a response body stream ended early.
+enum Cut {
+    /// No byte of the response left the gateway (its head is still held): the client can
+    /// still be answered with this error.
+    Unsent(UpstreamError),
+    /// Part of the response reached the client: both connections must close.
+    Sent,
 }
 
 fn response_info(
@@ -713,17 +784,36 @@ fn response_info(
     }))
 }
 
-/// Streams the response body; `Err` means the response was cut short and both connections
-/// must close.
+/// Streams the response (its head is in `conn.wbuf`) and its body. `answering` learns the
+/// status right before the first byte leaves for the client (outlier detection and the
+/// breaker learn the outcome first).
 async fn stream_response(
     info: &ResponseInfo,
     ctx: &RequestCtx,
     conn: &mut ClientIo,
     up: &mut UpConn,
     io_timeout: Duration,
-) -> Result<(), ()> {
+    answering: &dyn Fn(u16),
+) -> Result<(), Cut> {
+    if info.body != BodyKind::Chunked {
+        answering(info.status);
+    }
+    stream_body(info, ctx, conn, up, io_timeout, answering)
+        .await
+        .map_err(|cut| cut.unwrap_or(Cut::Sent))
+}
+
+/// The body part of [`stream_response`]. `Err(None)`: cut short after bytes went out.
+async fn stream_body(
+    info: &ResponseInfo,
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    up: &mut UpConn,
+    io_timeout: Duration,
+    answering: &dyn Fn(u16),
+) -> Result<(), Option<Cut>> {
     match info.body {
-        BodyKind::None => conn.flush(io_timeout).await.map_err(|_| ()),
+        BodyKind::None => conn.flush(io_timeout).await.map_err(|_| None),
         BodyKind::Length(n) => {
             let mut remaining = n;
             let avail = (remaining as usize).min(up.data().len());
@@ -732,19 +822,19 @@ async fn stream_response(
                 up.consume(avail);
                 remaining -= avail as u64;
             }
-            conn.flush(io_timeout).await.map_err(|_| ())?;
+            conn.flush(io_timeout).await.map_err(|_| None)?;
             while remaining > 0 {
                 if up.data().is_empty() {
                     match up.fill(ctx.read_timeout, 64 * 1024).await {
-                        Ok(0) | Err(_) => return Err(()),
+                        Ok(0) | Err(_) => return Err(None),
                         Ok(_) => {}
                     }
                 }
                 let take = (remaining as usize).min(up.data().len());
                 let (start, buf) = (up.pos, std::mem::take(&mut up.buf));
                 let (res, buf) = conn.write_from(buf, start, start + take, io_timeout).await;
-                up.buf = buf.ok_or(())?;
-                res.map_err(|_| ())?;
+                up.buf = buf.ok_or(None)?;
+                res.map_err(|_| None)?;
                 up.consume(take);
                 remaining -= take as u64;
             }
@@ -753,20 +843,49 @@ async fn stream_response(
         BodyKind::Chunked => {
             let chunked_out = info.out == OutFraming::Chunked;
             let mut dec = ChunkedDecoder::new();
+            let addr = up.addr;
+            // The head is held until the first chunk's size line proved valid (payload decoded,
+            // or the last chunk): until a byte has left, a broken body is still answered 502.
+            let mut started = false;
+            let mut sent = false;
             loop {
-                let (consumed, _, done) =
-                    reframe_chunked(&mut dec, up.data(), &mut conn.wbuf, chunked_out)
-                        .map_err(|_| ())?;
+                let (consumed, data, done) =
+                    match reframe_chunked(&mut dec, up.data(), &mut conn.wbuf, chunked_out) {
+                        Ok(step) => step,
+                        Err(e) if !sent => {
+                            let detail = format!("invalid chunked body: {e}");
+                            return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
+                                addr,
+                                detail,
+                            })));
+                        }
+                        Err(_) => return Err(None),
+                    };
                 up.consume(consumed);
-                if done {
-                    return conn.flush(io_timeout).await.map_err(|_| ());
+                if !started && (data > 0 || done) {
+                    started = true;
+                    answering(info.status);
                 }
-                if conn.wbuf.len() >= FLUSH_AT || up.data().is_empty() {
-                    conn.flush(io_timeout).await.map_err(|_| ())?;
+                if done {
+                    return conn.flush(io_timeout).await.map_err(|_| None);
+                }
+                if started && (conn.wbuf.len() >= FLUSH_AT || up.data().is_empty()) {
+                    conn.flush(io_timeout).await.map_err(|_| None)?;
+                    sent = true;
                 }
                 if up.data().is_empty() || consumed == 0 {
                     match up.fill(ctx.read_timeout, 64 * 1024).await {
-                        Ok(0) | Err(_) => return Err(()),
+                        Ok(0) | Err(UpstreamError::Reset { .. }) if !sent => {
+                            let detail = "closed before the first chunk".into();
+                            return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
+                                addr,
+                                detail,
+                            })));
+                        }
+                        Err(e @ UpstreamError::ReadTimeout { .. }) if !sent => {
+                            return Err(Some(Cut::Unsent(e)))
+                        }
+                        Ok(0) | Err(_) => return Err(None),
                         Ok(_) => {}
                     }
                 }
@@ -787,17 +906,17 @@ async fn stream_response(
                     let n = data.len();
                     up.consume(n);
                 }
-                conn.flush(io_timeout).await.map_err(|_| ())?;
+                conn.flush(io_timeout).await.map_err(|_| None)?;
                 match up.fill(ctx.read_timeout, 64 * 1024).await {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(_) => return Err(()),
+                    Err(_) => return Err(None),
                 }
             }
             if chunked_out {
                 conn.wbuf.extend_from_slice(b"0\r\n\r\n");
             }
-            conn.flush(io_timeout).await.map_err(|_| ())
+            conn.flush(io_timeout).await.map_err(|_| None)
         }
     }
 }
@@ -830,16 +949,20 @@ fn outcome_of(e: &UpstreamError) -> UpstreamOutcome {
         }
         UpstreamError::ReadTimeout { .. } => UpstreamOutcome::Timeout,
         UpstreamError::Reset { .. } => UpstreamOutcome::Reset,
+        UpstreamError::Status { status, .. } => UpstreamOutcome::from_status(*status),
         UpstreamError::BadResponse { .. } | UpstreamError::ClientAborted { .. } => {
             UpstreamOutcome::ProtocolError
         }
     }
 }
 
+/// Answers a request whose last attempt failed with `e`; `last` is that attempt's endpoint
+/// and duration, for the access log.
 async fn upstream_failed(
     conn: &mut ClientIo,
     ctx: &RequestCtx,
     e: UpstreamError,
+    last: Option<(std::net::SocketAddr, Duration)>,
     worker: &Worker,
     state: &std::cell::RefCell<UpstreamState>,
     timeout: Duration,
@@ -856,7 +979,7 @@ async fn upstream_failed(
     Served {
         keep: !r.close,
         status: r.status,
-        upstream: None,
+        upstream: last,
         verdict: verdict_of(&e),
     }
 }
@@ -870,9 +993,9 @@ fn verdict_of(e: &UpstreamError) -> Outcome {
         }
         UpstreamError::ReadTimeout { .. } => Outcome::Failure(FailureKind::Timeout),
         // Answered 502 by the gateway: the upstream failed the exchange.
-        UpstreamError::Reset { .. } | UpstreamError::BadResponse { .. } => {
-            Outcome::Failure(FailureKind::Status5xx)
-        }
+        UpstreamError::Reset { .. }
+        | UpstreamError::BadResponse { .. }
+        | UpstreamError::Status { .. } => Outcome::Failure(FailureKind::Status5xx),
         UpstreamError::ClientAborted { .. } => Outcome::Ignored,
     }
 }

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 
 use super::UpstreamError;
@@ -25,6 +25,9 @@ pub struct UpConn {
     pub pos: usize,
     /// True when this connection served an earlier request (pool hit).
     pub reused: bool,
+    /// The kernel accepted at least one byte of the current request on this connection: from
+    /// then on the upstream may have seen (and acted on) the request. Cleared at check-in.
+    pub(super) accepted: bool,
     pub(super) idle_since: Instant,
     /// Counts this connection in `dispatch_connections_active{side="upstream"}` while it lives.
     gauge: Option<std::rc::Rc<crate::metrics::WorkerMetrics>>,
@@ -61,6 +64,7 @@ impl UpConn {
             buf: Vec::with_capacity(READ_BUF),
             pos: 0,
             reused: false,
+            accepted: false,
             idle_since: Instant::now(),
             gauge: None,
         })
@@ -126,7 +130,8 @@ impl UpConn {
 
     /// Writes `buf[start..end]` within `timeout` (an upstream that stops reading must not hold
     /// a request forever). The buffer comes back unless the write timed out, in which case the
-    /// kernel may still hold it and this connection must be dropped.
+    /// kernel may still hold it and this connection must be dropped. Notes in
+    /// [`UpConn::request_accepted`] whether any byte got through.
     pub async fn write(
         &mut self,
         buf: Vec<u8>,
@@ -135,14 +140,37 @@ impl UpConn {
         timeout: Duration,
     ) -> Result<Vec<u8>, UpstreamError> {
         let addr = self.addr;
-        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
-            Ok((Ok(_), slice)) => Ok(slice.into_inner()),
+        let (stream, accepted) = (&mut self.stream, &mut self.accepted);
+        let write_all = async move {
+            let (mut buf, mut pos) = (buf, start);
+            while pos < end {
+                let (res, slice) = stream.write(buf.slice(pos..end)).await;
+                buf = slice.into_inner();
+                match res {
+                    Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
+                    Ok(n) => {
+                        *accepted = true;
+                        pos += n;
+                    }
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+            (Ok(()), buf)
+        };
+        match monoio::time::timeout(timeout, write_all).await {
+            Ok((Ok(()), buf)) => Ok(buf),
             Ok((Err(e), _)) => Err(UpstreamError::Reset {
                 addr,
                 detail: e.to_string(),
             }),
             Err(_) => Err(UpstreamError::ReadTimeout { addr }),
         }
+    }
+
+    /// Whether the kernel took any byte of the current request on this connection. Until it
+    /// has, the upstream cannot have seen the request.
+    pub fn request_accepted(&self) -> bool {
+        self.accepted
     }
 
     /// Keeps a pooled connection's buffer small: one large response must not pin its buffer

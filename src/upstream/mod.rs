@@ -43,9 +43,14 @@ pub enum UpstreamError {
     /// 502: the connection was reset or closed before a complete response head.
     #[error("upstream {addr} closed the connection: {detail}")]
     Reset { addr: SocketAddr, detail: String },
-    /// 502: the upstream sent a response we cannot frame (bad head, conflicting lengths, ...).
+    /// 502: the upstream sent a response we cannot frame (bad head, conflicting lengths, a
+    /// bad chunk before any response byte left the gateway, ...).
     #[error("upstream {addr} sent an invalid response: {detail}")]
     BadResponse { addr: SocketAddr, detail: String },
+    /// The upstream answered 502, 503 or 504: a complete exchange, retried for idempotent
+    /// requests. When it is not retried, the response itself goes to the client.
+    #[error("upstream {addr} answered {status}")]
+    Status { addr: SocketAddr, status: u16 },
     /// The client went away or misbehaved while its request was being forwarded. Not the
     /// upstream's fault; carries the client-side status to answer with, if any.
     #[error("client aborted: {detail}")]
@@ -58,6 +63,7 @@ impl UpstreamError {
         match self {
             UpstreamError::ReadTimeout { .. } => 504,
             UpstreamError::ClientAborted { status, .. } => status.unwrap_or(400),
+            UpstreamError::Status { status, .. } => *status,
             _ => 502,
         }
     }
@@ -71,6 +77,7 @@ impl UpstreamError {
             UpstreamError::ReadTimeout { .. } => "Upstream timed out",
             UpstreamError::Reset { .. } => "Upstream connection reset",
             UpstreamError::BadResponse { .. } => "Invalid response from upstream",
+            UpstreamError::Status { .. } => "Upstream error",
             UpstreamError::ClientAborted {
                 status: Some(413), ..
             } => "Request body too large",

@@ -1,10 +1,16 @@
 //! Per-worker upstream state: one [`UpstreamState`] per configured upstream, each with its
 //! balancer and a keep-alive pool per endpoint.
 //!
-//! A connection goes back to its pool only after its response was read completely and neither
-//! side asked to close; it is taken out LIFO (warmest first) and checked for a close by the
-//! upstream before reuse. Pools are swept by the worker's housekeeping tick. Pools survive a
-//! config swap for endpoints whose address did not change.
+//! A connection goes back to its pool only after its response was read completely, with no
+//! byte beyond that response's framing, and neither side asked to close; it is taken out LIFO
+//! (warmest first). Every reuse, however short the idle spell, first peeks at the socket (one
+//! non-blocking `MSG_PEEK`): an idle HTTP/1.1 connection has no request outstanding, so any
+//! byte found there is an unsolicited response (or the tail of a mis-framed one) and the
+//! connection is out of step with its requests (RFC 9112 §9.3, §11.2). Such a connection, like
+//! one the upstream closed, is dropped, never read: reading those bytes as the next request's
+//! response would hand one client another exchange's answer (response queue poisoning).
+//! Pools are swept by the worker's housekeeping tick. Pools survive a config swap for
+//! endpoints whose address did not change.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -20,10 +26,6 @@ use super::health::{EndpointHealth, OutlierConfig, Rotation};
 use super::retry::RetryBudget;
 use crate::config::model::{Config, Upstream};
 use crate::runtime::shared::UpstreamShared;
-
-/// Idle connections older than this are probed with a non-blocking peek before reuse; younger
-/// ones are reused blind (the reused-connection retry covers the rare race).
-const PROBE_AFTER: Duration = Duration::from_millis(50);
 
 pub struct EndpointPool {
     pub addr: SocketAddr,
@@ -157,10 +159,9 @@ impl UpstreamState {
         }
     }
 
-    /// A pooled connection to endpoint `ep` that is still open, if there is one.
-    /// `always_probe`: check even a just-used connection (non-idempotent requests, which are
-    /// never replayed once sent).
-    pub fn checkout(&mut self, ep: usize, now: Instant, always_probe: bool) -> Option<UpConn> {
+    /// A pooled connection to endpoint `ep` that is still open and has received nothing while
+    /// idle, if there is one. Connections that fail the check are dropped on the way.
+    pub fn checkout(&mut self, ep: usize, now: Instant) -> Option<UpConn> {
         let timeout = self.idle_timeout;
         let pool = &mut self.pools[ep];
         while let Some(conn) = pool.idle.pop_back() {
@@ -170,9 +171,15 @@ impl UpstreamState {
                 pool.idle.clear();
                 return None;
             }
-            if (idle < PROBE_AFTER && !always_probe) || conn.is_open() {
+            // Checked at every reuse, not only after some idle time: a stray response can
+            // arrive within microseconds of the one before it.
+            if conn.is_open() {
                 return Some(conn);
             }
+            crate::debug!(
+                "idle connection to {} was closed or sent unsolicited bytes; dropped",
+                conn.addr
+            );
         }
         None
     }
@@ -185,7 +192,8 @@ impl UpstreamState {
         }
     }
 
-    /// Returns a connection whose last response was read completely.
+    /// Returns a connection whose last response was read completely. One with bytes left over
+    /// past that response is out of step and is dropped instead.
     pub fn checkin(&mut self, ep: usize, mut conn: UpConn, now: Instant) {
         if self.max_idle == 0 || ep >= self.pools.len() || conn.pending_bytes() {
             return;
@@ -198,6 +206,7 @@ impl UpstreamState {
             pool.idle.pop_front();
         }
         conn.idle_since = now;
+        conn.accepted = false;
         conn.shrink_idle();
         pool.idle.push_back(conn);
     }

@@ -1,5 +1,8 @@
 //! Retry rules and the process-wide retry budget (BEHAVIOR.md "Retries").
 //!
+//! What counts as an attempt, and when a failed one is a free replay on a stale pooled
+//! connection instead, is the upstream stage's rule (see `pipeline::proxy`).
+//!
 //! Owns two things: which failures may be retried for which requests ([`may_retry`]), and the
 //! budget that keeps retries under 20% of an upstream's requests over the last 10 s while
 //! always allowing 3 retries per second, so an outage does not multiply load and a quiet
@@ -29,7 +32,9 @@ pub fn may_retry(err: &UpstreamError, idempotent: bool, untouched: bool, replaya
     match err {
         // Nothing reached the upstream: safe for any method, whatever the body's size.
         UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => untouched,
-        UpstreamError::ReadTimeout { .. } | UpstreamError::Reset { .. } => idempotent && replayable,
+        UpstreamError::ReadTimeout { .. }
+        | UpstreamError::Reset { .. }
+        | UpstreamError::Status { .. } => idempotent && replayable,
         UpstreamError::BadResponse { .. } | UpstreamError::ClientAborted { .. } => false,
     }
 }
