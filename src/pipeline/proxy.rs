@@ -156,8 +156,9 @@ impl RequestBody {
             BodyKind::None | BodyKind::UntilClose => self.complete = true,
             BodyKind::Length(n) => loop {
                 let take = (self.remaining as usize).min(conn.data().len());
-                let start = conn.rpos;
-                conn.ubuf.extend_from_slice(&conn.rbuf[start..start + take]);
+                let start = conn.io.rpos;
+                conn.ubuf
+                    .extend_from_slice(&conn.io.rbuf[start..start + take]);
                 conn.consume(take);
                 self.remaining -= take as u64;
                 if self.remaining == 0 {
@@ -182,8 +183,8 @@ impl RequestBody {
 
     /// Decodes the chunked bytes in the read buffer, re-encoding them into `ubuf`.
     fn decode_available(&mut self, conn: &mut ClientIo, max_body: u64) -> Result<(), ClientFail> {
-        let start = conn.rpos;
-        let input = &conn.rbuf[start..];
+        let start = conn.io.rpos;
+        let input = &conn.io.rbuf[start..];
         let (consumed, data, done) =
             reframe_chunked(&mut self.decoder, input, &mut conn.ubuf, true).map_err(|_| {
                 ClientFail {
@@ -230,8 +231,8 @@ impl RequestBody {
             match self.kind {
                 BodyKind::Length(_) => {
                     let take = (self.remaining as usize).min(conn.data().len());
-                    let (start, rbuf) = (conn.rpos, std::mem::take(&mut conn.rbuf));
-                    conn.rbuf = up
+                    let (start, rbuf) = (conn.io.rpos, std::mem::take(&mut conn.io.rbuf));
+                    conn.io.rbuf = up
                         .write(rbuf, start, start + take, ctx.read_timeout)
                         .await
                         .map_err(PumpFail::Upstream)?;

@@ -1,6 +1,6 @@
 //! One client connection: keep-alive, head limits and timeouts, pipelining in order.
 //!
-//! Owns [`ClientIo`] (the socket and its three buffers) and the connection loop [`serve`]:
+//! Owns [`ClientIo`] (the stream layer's buffered connection plus the exchange's two buffers) and the connection loop [`serve`]:
 //! wait for a request head (keep-alive timeout while idle, header timeout once the first byte
 //! arrives), parse it zero-copy, hand it to the pipeline, repeat. Pipelined requests are read
 //! from the same buffer after the previous response is complete, so responses go out in order.
@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::http;
+pub use crate::io::ReadEnd;
+use crate::io::{BufConn, Stream};
 use crate::pipeline;
 use crate::runtime::worker::Worker;
 
@@ -27,105 +27,52 @@ const READ_BUF: usize = 8 * 1024;
 /// while the client still sends would reset the connection under the response.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The client side of a connection: the buffered stream, plus the two buffers a request's
+/// exchange fills (the client-bound head and small bodies; the upstream-bound head and the
+/// replayable part of the request body).
 pub struct ClientIo {
-    pub stream: TcpStream,
+    pub io: BufConn,
     pub peer: SocketAddr,
-    /// Read buffer; `rbuf[rpos..]` is received and not yet consumed.
-    pub rbuf: Vec<u8>,
-    pub rpos: usize,
     /// Client-bound bytes (response heads, small bodies).
     pub wbuf: Vec<u8>,
     /// Upstream-bound bytes (request head and the replayable part of the body).
     pub ubuf: Vec<u8>,
-    /// Bytes of requests consumed and of responses written on this connection (access log).
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-/// Why a client read ended without data.
-#[derive(Debug)]
-pub enum ReadEnd {
-    Closed,
-    Timeout,
-    Io(std::io::Error),
 }
 
 impl ClientIo {
+    fn new(stream: TcpStream, peer: SocketAddr) -> ClientIo {
+        ClientIo {
+            io: BufConn::new(Stream::accepted(stream), READ_BUF),
+            peer,
+            wbuf: Vec::new(),
+            ubuf: Vec::new(),
+        }
+    }
+
     pub fn data(&self) -> &[u8] {
-        &self.rbuf[self.rpos..]
+        self.io.data()
     }
 
     pub fn consume(&mut self, n: usize) {
-        self.bytes_in += n as u64;
-        self.rpos += n;
-        if self.rpos >= self.rbuf.len() {
-            self.rpos = 0;
-            self.rbuf.clear();
-        }
+        self.io.consume(n);
     }
 
     /// Reads at least one more byte within `timeout`, keeping unconsumed bytes; `max` bounds
     /// how large the buffer may grow (the head limits while reading a head).
     pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, ReadEnd> {
-        if self.rpos > 0 && self.rbuf.capacity() - self.rbuf.len() < 2048 {
-            self.rbuf.drain(..self.rpos);
-            self.rpos = 0;
-        }
-        if self.rbuf.capacity() - self.rbuf.len() < 2048 {
-            let want = (self.rbuf.capacity() * 2).clamp(READ_BUF, max.max(READ_BUF));
-            if want > self.rbuf.len() {
-                self.rbuf.reserve(want - self.rbuf.len());
-            }
-        }
-        let buf = std::mem::take(&mut self.rbuf);
-        let (len, cap) = (buf.len(), buf.capacity());
-        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
-            Ok((res, slice)) => {
-                self.rbuf = slice.into_inner();
-                match res {
-                    Ok(0) => Err(ReadEnd::Closed),
-                    Ok(n) => Ok(n),
-                    Err(e) => Err(ReadEnd::Io(e)),
-                }
-            }
-            Err(_) => Err(ReadEnd::Timeout),
-        }
+        self.io.fill(timeout, max).await
     }
 
-    /// Closes gracefully: stops sending (the client sees the end of the response), then reads
-    /// and discards what the client still sends, such as the unread rest of a request body,
-    /// until it closes or [`LINGER`] runs out. Closing a socket with unread input resets the
-    /// connection, and the reset throws away the part of the response still in the send
-    /// buffer (RFC 9112 §9.6).
+    /// Closes gracefully (the stream layer's lingering close, for up to [`LINGER`]).
     async fn linger(&mut self) {
-        use monoio::io::AsyncWriteRent;
-        if self.stream.shutdown().await.is_err() {
-            return;
-        }
-        let deadline = Instant::now() + LINGER;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            self.rbuf.clear();
-            self.rpos = 0;
-            if self.fill(left, READ_BUF).await.is_err() {
-                return;
-            }
-        }
+        self.io.linger(LINGER).await;
     }
 
     /// Between requests, gives back buffer space a large request or response needed, so an
     /// idle keep-alive connection holds a few KiB, not the peak of its last exchange.
     fn shrink_idle(&mut self) {
         const KEEP: usize = 16 * 1024;
-        if self.rbuf.capacity() > KEEP && self.data().len() <= READ_BUF {
-            let mut fresh = Vec::with_capacity(READ_BUF);
-            fresh.extend_from_slice(&self.rbuf[self.rpos..]);
-            self.rbuf = fresh;
-            self.rpos = 0;
-        }
+        self.io.shrink_idle(KEEP);
         if self.wbuf.capacity() > KEEP {
             self.wbuf = Vec::new();
         }
@@ -136,25 +83,11 @@ impl ClientIo {
 
     /// Writes and clears `wbuf`.
     pub async fn flush(&mut self, timeout: Duration) -> std::io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut self.wbuf);
-        match monoio::time::timeout(timeout, self.stream.write_all(buf)).await {
-            Ok((res, mut buf)) => {
-                if res.is_ok() {
-                    self.bytes_out += buf.len() as u64;
-                }
-                buf.clear();
-                self.wbuf = buf;
-                res.map(|_| ())
-            }
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        self.io.write_buf(&mut self.wbuf, timeout).await
     }
 
     /// Writes `buf[start..end]` from a buffer the caller owns (an upstream read buffer), so
-    /// large bodies are not copied; the buffer comes back whatever happened.
+    /// large bodies are not copied; the buffer comes back unless the write timed out.
     pub async fn write_from(
         &mut self,
         buf: Vec<u8>,
@@ -162,15 +95,7 @@ impl ClientIo {
         end: usize,
         timeout: Duration,
     ) -> (std::io::Result<()>, Option<Vec<u8>>) {
-        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
-            Ok((res, slice)) => {
-                if res.is_ok() {
-                    self.bytes_out += (end - start) as u64;
-                }
-                (res.map(|_| ()), Some(slice.into_inner()))
-            }
-            Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
-        }
+        self.io.write(buf, start, end, timeout).await
     }
 
     /// Writes a gateway error response (BEHAVIOR.md JSON body).
@@ -233,21 +158,11 @@ struct Parsed {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let mut conn = ClientIo {
-        stream,
-        peer,
-        rbuf: Vec::with_capacity(READ_BUF),
-        rpos: 0,
-        wbuf: Vec::new(),
-        ubuf: Vec::new(),
-        bytes_in: 0,
-        bytes_out: 0,
-    };
+    let mut conn = ClientIo::new(stream, peer);
     let mut first = true;
     loop {
         conn.shrink_idle();
-        let (bytes_in, bytes_out) = (conn.bytes_in, conn.bytes_out);
+        let (bytes_in, bytes_out) = (conn.io.bytes_in, conn.io.bytes_out);
         // Limits for reading this head; the config that serves the request is taken once the
         // head is complete, so a reload during the idle wait applies to it.
         let limits = worker.snapshot().active.config.server.limits.clone();
@@ -274,8 +189,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     status: r.status,
                     started,
                     client: conn.peer.ip(),
-                    bytes_in: conn.bytes_in - bytes_in,
-                    bytes_out: conn.bytes_out - bytes_out,
+                    bytes_in: conn.io.bytes_in - bytes_in,
+                    bytes_out: conn.io.bytes_out - bytes_out,
                 };
                 pipeline::log::log(&worker.log_sinks(&snap), &record);
                 if sent {
@@ -341,8 +256,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             status,
             started,
             client: conn.peer.ip(),
-            bytes_in: conn.bytes_in - bytes_in,
-            bytes_out: conn.bytes_out - bytes_out,
+            bytes_in: conn.io.bytes_in - bytes_in,
+            bytes_out: conn.io.bytes_out - bytes_out,
         };
         pipeline::log::log(&worker.log_sinks(&snap), &record);
         if !keep || worker.drain.is_fired() {
@@ -378,7 +293,7 @@ async fn next_request(
     loop {
         if !conn.data().is_empty() {
             let parsed = {
-                let data = &conn.rbuf[conn.rpos..];
+                let data = conn.io.data();
                 match http::parse_request(data, &head_limits) {
                     Ok(Some(head)) => {
                         let snap = worker.snapshot();
