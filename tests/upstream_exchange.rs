@@ -208,10 +208,9 @@ fn client_never_gets_two_100_continue() {
         Upstream::start(|_| Reply::text(200, "final").interim("HTTP/1.1 100 Continue\r\n\r\n"));
     let gw = catch_all_gateway(&up, "");
     let mut c = Client::connect(gw.addr());
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
-    );
-    c.send(head.as_bytes());
+    let head: &[u8] =
+        b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n";
+    c.send(head);
     let cont = c.read_head().expect("the gateway invites the body");
     assert_eq!(cont.status, 100);
     c.send(b"body");

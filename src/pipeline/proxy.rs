@@ -863,16 +863,17 @@ async fn stream_body(
                         Err(_) => return Err(None),
                     };
                 up.consume(consumed);
-                if !started && (data > 0 || done) {
-                    started = true;
-                    answering(info.status);
+                started |= data > 0 || done;
+                if started && (done || conn.wbuf.len() >= FLUSH_AT || up.data().is_empty()) {
+                    if !sent {
+                        // The first byte is about to leave: the outcome is settled.
+                        answering(info.status);
+                        sent = true;
+                    }
+                    conn.flush(io_timeout).await.map_err(|_| None)?;
                 }
                 if done {
-                    return conn.flush(io_timeout).await.map_err(|_| None);
-                }
-                if started && (conn.wbuf.len() >= FLUSH_AT || up.data().is_empty()) {
-                    conn.flush(io_timeout).await.map_err(|_| None)?;
-                    sent = true;
+                    return Ok(());
                 }
                 if up.data().is_empty() || consumed == 0 {
                     match up.fill(ctx.read_timeout, 64 * 1024).await {
