@@ -88,7 +88,9 @@ impl BufConn {
     }
 
     /// Writes `buf[start..end]` within `timeout`; the buffer comes back unless the write timed
-    /// out (the kernel may still hold it, and the connection must be dropped).
+    /// out (the kernel may still hold it, and the connection must be dropped). `bytes_out`
+    /// counts what the kernel took, also when the write fails part way: the upstream side
+    /// tells from it whether a request can have been seen.
     pub async fn write(
         &mut self,
         buf: Vec<u8>,
@@ -96,13 +98,25 @@ impl BufConn {
         end: usize,
         timeout: Duration,
     ) -> (std::io::Result<()>, Option<Vec<u8>>) {
-        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(start..end))).await {
-            Ok((res, slice)) => {
-                if res.is_ok() {
-                    self.bytes_out += (end - start) as u64;
+        let (stream, sent) = (&mut self.stream, &mut self.bytes_out);
+        let write_all = async move {
+            let (mut buf, mut pos) = (buf, start);
+            while pos < end {
+                let (res, slice) = stream.write(buf.slice(pos..end)).await;
+                buf = slice.into_inner();
+                match res {
+                    Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
+                    Ok(n) => {
+                        *sent += n as u64;
+                        pos += n;
+                    }
+                    Err(e) => return (Err(e), buf),
                 }
-                (res.map(|_| ()), Some(slice.into_inner()))
             }
+            (Ok(()), buf)
+        };
+        match monoio::time::timeout(timeout, write_all).await {
+            Ok((res, buf)) => (res, Some(buf)),
             Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
         }
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
@@ -47,9 +47,10 @@ impl Stream {
         }
     }
 
-    pub async fn write_all<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+    /// One write: takes some prefix of `buf` (at least one byte unless it fails).
+    pub async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
         match self {
-            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Tcp(s) => s.write(buf).await,
         }
     }
 

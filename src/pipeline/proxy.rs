@@ -832,9 +832,9 @@ async fn stream_body(
                     }
                 }
                 let take = (remaining as usize).min(up.data().len());
-                let (start, buf) = (up.pos, std::mem::take(&mut up.buf));
+                let (start, buf) = (up.io.rpos, std::mem::take(&mut up.io.rbuf));
                 let (res, buf) = conn.write_from(buf, start, start + take, io_timeout).await;
-                up.buf = buf.ok_or(None)?;
+                up.io.rbuf = buf.ok_or(None)?;
                 res.map_err(|_| None)?;
                 up.consume(take);
                 remaining -= take as u64;

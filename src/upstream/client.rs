@@ -1,16 +1,14 @@
 //! One upstream HTTP/1.1 connection: connect with a timeout, write, read with a timeout.
 //!
-//! [`UpConn`] owns its socket and its read buffer; the response head is parsed zero-copy from
-//! that buffer by the pipeline. Reads and writes use monoio's owned-buffer I/O; a read that
-//! times out is cancelled and the connection is never reused.
+//! [`UpConn`] is the stream layer's [`BufConn`] plus what the pool and the retry rules need to
+//! know of it (endpoint, reuse, whether the current request was accepted). The response head is
+//! parsed zero-copy from its read buffer by the pipeline; a read or write that times out is
+//! cancelled and the connection is never reused.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::net::TcpStream;
+use crate::io::{BufConn, Peek, ReadEnd, Stream};
 
 use super::UpstreamError;
 
@@ -18,16 +16,14 @@ use super::UpstreamError;
 const READ_BUF: usize = 16 * 1024;
 
 pub struct UpConn {
-    pub stream: TcpStream,
+    /// The stream layer's buffered connection; `io.data()` is received and not yet consumed.
+    pub io: BufConn,
     pub addr: SocketAddr,
-    /// Read buffer; `buf[pos..]` holds bytes received but not yet consumed.
-    pub buf: Vec<u8>,
-    pub pos: usize,
     /// True when this connection served an earlier request (pool hit).
     pub reused: bool,
-    /// The kernel accepted at least one byte of the current request on this connection: from
-    /// then on the upstream may have seen (and acted on) the request. Cleared at check-in.
-    pub(super) accepted: bool,
+    /// `io.bytes_out` when the current request began: once the kernel has taken more than
+    /// that, the upstream may have seen (and acted on) the request.
+    sent_before: u64,
     pub(super) idle_since: Instant,
     /// Counts this connection in `dispatch_connections_active{side="upstream"}` while it lives.
     gauge: Option<std::rc::Rc<crate::metrics::WorkerMetrics>>,
@@ -41,30 +37,18 @@ impl Drop for UpConn {
     }
 }
 
-/// What a non-blocking peek found on an upstream socket.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Peek {
-    Nothing,
-    Data,
-    Closed,
-    Error,
-}
-
 impl UpConn {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, UpstreamError> {
-        let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        let stream = match monoio::time::timeout(timeout, Stream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
         };
-        let _ = stream.set_nodelay(true);
         Ok(UpConn {
-            stream,
+            io: BufConn::new(stream, READ_BUF),
             addr,
-            buf: Vec::with_capacity(READ_BUF),
-            pos: 0,
             reused: false,
-            accepted: false,
+            sent_before: 0,
             idle_since: Instant::now(),
             gauge: None,
         })
@@ -78,60 +62,37 @@ impl UpConn {
 
     /// Unconsumed bytes received so far.
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        self.io.data()
     }
 
     pub fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos == self.buf.len() {
-            self.pos = 0;
-            self.buf.clear();
-        }
+        self.io.consume(n);
     }
 
     /// Bytes left over after a complete response: the upstream sent more than it framed.
     pub fn pending_bytes(&self) -> bool {
-        self.pos < self.buf.len()
+        !self.io.data().is_empty()
     }
 
     /// Reads more bytes (at least one) within `timeout`. `Ok(0)` means the upstream closed.
     pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, UpstreamError> {
-        if self.pos > 0
-            && (self.pos == self.buf.len() || self.buf.capacity() - self.buf.len() < 4096)
-        {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            let want = (self.buf.capacity() * 2).clamp(READ_BUF, max.max(READ_BUF));
-            if want > self.buf.len() {
-                self.buf.reserve(want - self.buf.len());
-            }
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let cap = buf.capacity();
-        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
-            Ok((res, slice)) => {
-                self.buf = slice.into_inner();
-                match res {
-                    Ok(n) => Ok(n),
-                    Err(e) => Err(UpstreamError::Reset {
-                        addr: self.addr,
-                        detail: e.to_string(),
-                    }),
-                }
-            }
-            // The cancelled read keeps the buffer until the kernel lets go of it; this
+        match self.io.fill(timeout, max).await {
+            Ok(n) => Ok(n),
+            Err(ReadEnd::Closed) => Ok(0),
+            Err(ReadEnd::Io(e)) => Err(UpstreamError::Reset {
+                addr: self.addr,
+                detail: e.to_string(),
+            }),
+            // The cancelled read may keep the buffer until the kernel lets go of it; this
             // connection is dropped by the caller.
-            Err(_) => Err(UpstreamError::ReadTimeout { addr: self.addr }),
+            Err(ReadEnd::Timeout) => Err(UpstreamError::ReadTimeout { addr: self.addr }),
         }
     }
 
     /// Writes `buf[start..end]` within `timeout` (an upstream that stops reading must not hold
-    /// a request forever). The buffer comes back unless the write timed out, in which case the
-    /// kernel may still hold it and this connection must be dropped. Notes in
-    /// [`UpConn::request_accepted`] whether any byte got through.
+    /// a request forever). The buffer comes back unless the write failed; after a timeout the
+    /// kernel may still hold it and this connection must be dropped. Whether any byte got
+    /// through shows in [`UpConn::request_accepted`].
     pub async fn write(
         &mut self,
         buf: Vec<u8>,
@@ -140,80 +101,41 @@ impl UpConn {
         timeout: Duration,
     ) -> Result<Vec<u8>, UpstreamError> {
         let addr = self.addr;
-        let (stream, accepted) = (&mut self.stream, &mut self.accepted);
-        let write_all = async move {
-            let (mut buf, mut pos) = (buf, start);
-            while pos < end {
-                let (res, slice) = stream.write(buf.slice(pos..end)).await;
-                buf = slice.into_inner();
-                match res {
-                    Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
-                    Ok(n) => {
-                        *accepted = true;
-                        pos += n;
-                    }
-                    Err(e) => return (Err(e), buf),
-                }
+        match self.io.write(buf, start, end, timeout).await {
+            (Ok(()), Some(buf)) => Ok(buf),
+            (Err(e), _) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(UpstreamError::ReadTimeout { addr })
             }
-            (Ok(()), buf)
-        };
-        match monoio::time::timeout(timeout, write_all).await {
-            Ok((Ok(()), buf)) => Ok(buf),
-            Ok((Err(e), _)) => Err(UpstreamError::Reset {
+            (Err(e), _) => Err(UpstreamError::Reset {
                 addr,
                 detail: e.to_string(),
             }),
-            Err(_) => Err(UpstreamError::ReadTimeout { addr }),
+            (Ok(()), None) => Err(UpstreamError::ReadTimeout { addr }),
         }
     }
 
     /// Whether the kernel took any byte of the current request on this connection. Until it
     /// has, the upstream cannot have seen the request.
     pub fn request_accepted(&self) -> bool {
-        self.accepted
+        self.io.bytes_out > self.sent_before
     }
 
-    /// Keeps a pooled connection's buffer small: one large response must not pin its buffer
-    /// for the connection's whole idle life.
-    pub fn shrink_idle(&mut self) {
-        if self.buf.capacity() > 2 * READ_BUF && self.buf.is_empty() {
-            self.buf = Vec::with_capacity(READ_BUF);
-            self.pos = 0;
-        }
+    /// Readies an idle connection for the pool: its buffer shrinks back (one large response
+    /// must not pin it for the connection's idle life) and the next request starts counting.
+    pub fn park_idle(&mut self) {
+        self.io.shrink_idle(2 * READ_BUF);
+        self.sent_before = self.io.bytes_out;
     }
 
     /// Non-blocking check that the upstream has not closed (or written to) this idle
     /// connection. Any byte or EOF means it cannot be reused.
     pub fn is_open(&self) -> bool {
-        self.peek() == Peek::Nothing
+        self.io.peek() == Peek::Nothing
     }
 
     /// The upstream has sent something (or closed) that has not been read yet: while a request
     /// body is still going up, that is an early answer. One non-blocking peek.
     pub fn peer_sent(&self) -> bool {
-        !self.data().is_empty() || matches!(self.peek(), Peek::Data | Peek::Closed)
-    }
-
-    /// What the socket holds, without taking it or blocking.
-    fn peek(&self) -> Peek {
-        let mut byte = 0u8;
-        // SAFETY: recv on a socket fd we own into a valid 1-byte buffer; MSG_PEEK leaves the
-        // socket's data untouched and MSG_DONTWAIT never blocks the event loop.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => Peek::Closed,
-            n if n > 0 => Peek::Data,
-            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) => {
-                Peek::Nothing
-            }
-            _ => Peek::Error,
-        }
+        matches!(self.io.peek(), Peek::Data | Peek::Closed)
     }
 }

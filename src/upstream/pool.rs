@@ -206,8 +206,7 @@ impl UpstreamState {
             pool.idle.pop_front();
         }
         conn.idle_since = now;
-        conn.accepted = false;
-        conn.shrink_idle();
+        conn.park_idle();
         pool.idle.push_back(conn);
     }
 }
