@@ -14,6 +14,7 @@ pub mod client;
 pub mod gateway;
 pub mod ports;
 pub mod upstream;
+pub mod waits;
 pub mod wire;
 
 pub use client::{get, send_request, Client, Req, Response};
