@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::waits::wait_requests_done;
+use support::waits::{wait_requests_done, Rendezvous};
 use support::*;
 
 /// A gateway with route `/app` to upstream `app` (these endpoints and extra upstream keys;
@@ -227,10 +227,13 @@ fn post_received_by_the_upstream_is_never_replayed() {
 /// Guard: every pooled connection closed at once; stale ones are replaced (GET 200, retries = 0).
 #[test]
 fn all_pooled_connections_closed_at_once_never_fail_a_get() {
-    let up = Upstream::start(|req| {
+    // The three warm-up requests are held at the upstream until all three are there, so the
+    // pool gets three connections.
+    let warm_up = Rendezvous::new(3, Duration::from_secs(5));
+    let up = Upstream::start(move |req| {
         if req.path().starts_with("/app/warm") {
-            // Hold the three warm-up requests together so the pool gets three connections.
-            Reply::text(200, "warm").delay(Duration::from_millis(300))
+            warm_up.arrive();
+            Reply::text(200, "warm")
         } else {
             Reply::text(200, &format!("fresh {}", req.path()))
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::waits::wait_requests_done;
+use support::waits::{wait_requests_done, Rendezvous};
 use support::wire::WireError;
 use support::*;
 
@@ -73,10 +73,15 @@ fn round_robin_with_equal_weights_alternates() {
 
 #[test]
 fn least_request_prefers_the_idle_endpoint() {
+    // `/slow` is held at the upstream until the fast requests are done.
+    let gate = Gate::new();
     let handler = |name: &'static str| {
+        let gate = gate.clone();
         move |req: &Request| {
-            let delay = if req.path() == "/slow" { 1500 } else { 0 };
-            Reply::text(200, name).delay(Duration::from_millis(delay))
+            if req.path() == "/slow" {
+                gate.wait(Duration::from_secs(10));
+            }
+            Reply::text(200, name)
         }
     };
     let a = Upstream::start(handler("a"));
@@ -100,6 +105,7 @@ fn least_request_prefers_the_idle_endpoint() {
         served.iter().all(|s| s == idle),
         "with {busy} busy, least_request sent fast requests to it: {served:?}"
     );
+    gate.open();
     assert_eq!(slow.join().expect("slow request"), busy);
 }
 
@@ -301,9 +307,13 @@ fn idle_timeout_closes_pooled_connections() {
 
 #[test]
 fn max_idle_per_worker_bounds_the_pool() {
-    let up = Upstream::start(|req| {
-        let delay = if req.path() == "/slow" { 300 } else { 0 };
-        Reply::text(200, "ok").delay(Duration::from_millis(delay))
+    // The three `/slow` requests are held at the upstream until all three are there.
+    let together = Rendezvous::new(3, Duration::from_secs(5));
+    let up = Upstream::start(move |req| {
+        if req.path() == "/slow" {
+            together.arrive();
+        }
+        Reply::text(200, "ok")
     });
     let gw = gateway(&endpoints(&[&up]), "max_idle_per_worker = 1");
     let addr = gw.addr();

@@ -60,3 +60,38 @@ pub fn wait_requests_done(gw: &Gateway, n: u64) {
         "the gateway finished {done} requests, expected {n} (dispatch_requests_total)"
     );
 }
+
+/// A meeting point inside an upstream handler: `arrive` holds each request until `n` have
+/// arrived, so that `n` requests are proven in flight at once (instead of delaying each reply
+/// and hoping they overlap). Bounded: after `within` a request goes on alone, and the test's
+/// own check (e.g. the number of upstream connections) then fails.
+pub struct Rendezvous {
+    n: usize,
+    within: Duration,
+    arrived: std::sync::Mutex<usize>,
+    all_here: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    pub fn new(n: usize, within: Duration) -> Rendezvous {
+        Rendezvous {
+            n,
+            within,
+            arrived: std::sync::Mutex::new(0),
+            all_here: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Counts this request and waits until `n` have arrived (at most `within`); true if they
+    /// all met.
+    pub fn arrive(&self) -> bool {
+        let mut arrived = self.arrived.lock().unwrap_or_else(|e| e.into_inner());
+        *arrived += 1;
+        self.all_here.notify_all();
+        let (arrived, _) = self
+            .all_here
+            .wait_timeout_while(arrived, self.within, |a| *a < self.n)
+            .unwrap_or_else(|e| e.into_inner());
+        *arrived >= self.n
+    }
+}
