@@ -458,9 +458,14 @@ fn app(up: &Upstream, server: &str) -> String {
 
 #[test]
 fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
-    let up = Upstream::start(|req| {
-        let delay = if req.path() == "/slow" { 1000 } else { 0 };
-        Reply::text(200, "done").delay(Duration::from_millis(delay))
+    // `/slow` is held at the upstream until the test has seen new connections refused.
+    let gate = Gate::new();
+    let g = gate.clone();
+    let up = Upstream::start(move |req| {
+        if req.path() == "/slow" {
+            g.wait(Duration::from_secs(10));
+        }
+        Reply::text(200, "done")
     });
     let mut gw = Gateway::start(&app(&up, "drain_timeout = \"5s\""));
     let addr = gw.addr();
@@ -471,7 +476,17 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     });
     assert!(up.wait_until(Duration::from_secs(2), |u| u.request_count() == 1));
     gw.sigterm();
-    pause(300);
+    // The worker closes its listener when it notices the shutdown (its next tick); a
+    // connection that races in before that is not "after SIGTERM" for the gateway.
+    assert!(
+        wait_until(Duration::from_secs(2), || Client::try_connect(addr)
+            .is_err()),
+        "the listener still accepts 2 s after SIGTERM"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight request ended before the upstream answered it"
+    );
     match Client::try_connect(addr) {
         Err(_) => {}
         Ok(mut c) => {
@@ -484,6 +499,7 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
             }
         }
     }
+    gate.open();
     let r = in_flight
         .join()
         .expect("in-flight request thread")
@@ -622,14 +638,10 @@ fn workers_are_pinned_to_distinct_cores() {
     if cpus.len() > 1 {
         let expected: HashSet<usize> = cpus[..workers].iter().copied().collect();
         // Workers pin themselves as their threads start, which may be after the ports accept.
-        let end = Instant::now() + Duration::from_secs(3);
-        let mut pinned = pinned_cpus(gw.pid());
-        while pinned != expected && Instant::now() < end {
-            pause(20);
-            pinned = pinned_cpus(gw.pid());
-        }
+        wait_until(Duration::from_secs(3), || pinned_cpus(gw.pid()) == expected);
         assert_eq!(
-            pinned, expected,
+            pinned_cpus(gw.pid()),
+            expected,
             "worker i must be pinned to the i-th allowed core ({allowed})"
         );
     }
@@ -726,7 +738,11 @@ fn connections_beyond_max_connections_are_closed_at_once() {
         "{}\n[server.limits]\nmax_connections = 2\n",
         app(&up, "")
     ));
-    pause(100); // let the readiness probes' connections go away
+    // `Gateway::start`'s readiness probes connected too: wait until they are gone.
+    assert!(
+        wait_until(Duration::from_secs(2), || client_connections(&gw) == 0.0),
+        "client connections left open at start"
+    );
     let mut c1 = Client::connect(gw.addr());
     let mut c2 = Client::connect(gw.addr());
     assert_eq!(c1.request(&Req::get("/1")).status, 200);
@@ -749,20 +765,25 @@ fn connections_beyond_max_connections_are_closed_at_once() {
         "existing connections keep working"
     );
     drop(c1);
-    let end = Instant::now() + Duration::from_secs(2);
-    loop {
-        let mut c = Client::connect(gw.addr());
-        c.set_timeout(Duration::from_millis(500));
-        let _ = c.try_send(&Req::get("/4").to_bytes());
-        match c.try_read_response() {
-            Ok(r) => {
-                assert_eq!(r.status, 200);
-                break;
-            }
-            Err(_) if Instant::now() < end => pause(50),
-            Err(e) => panic!("a freed connection slot was never reused: {e}"),
-        }
+    assert!(
+        wait_until(Duration::from_secs(2), || client_connections(&gw) == 1.0),
+        "the gateway did not notice the closed connection"
+    );
+    let mut c = Client::connect(gw.addr());
+    c.set_timeout(Duration::from_millis(500));
+    let _ = c.try_send(&Req::get("/4").to_bytes());
+    match c.try_read_response() {
+        Ok(r) => assert_eq!(r.status, 200),
+        Err(e) => panic!("a freed connection slot was not reused: {e}"),
     }
+}
+
+/// `dispatch_connections_active{side="client"}`: client connections the gateway holds open.
+fn client_connections(gw: &Gateway) -> f64 {
+    let r = get(gw.admin_addr(), "/metrics");
+    assert_eq!(r.status, 200, "{r:?}");
+    metric(&r.text(), "dispatch_connections_active{side=\"client\"}")
+        .expect("dispatch_connections_active{side=\"client\"} is exposed")
 }
 
 /// Whether an access-log `status` field is `code` (a JSON number, or a string of digits).
@@ -791,10 +812,7 @@ fn access_log_writes_one_json_line_per_request() {
     c.request(&Req::get("/app/a?q=1").header("X-Request-Id", "log-1"));
     c.request(&Req::post("/app/b", b"12345").header("X-Request-Id", "log-2"));
     c.request(&Req::get("/missing").header("X-Request-Id", "log-3"));
-    let end = Instant::now() + Duration::from_secs(3);
-    while access_lines(&gw).len() < 3 && Instant::now() < end {
-        pause(20);
-    }
+    wait_until(Duration::from_secs(3), || access_lines(&gw).len() >= 3);
     let lines = access_lines(&gw);
     assert_eq!(
         lines.len(),

@@ -8,6 +8,7 @@ mod support;
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
+use support::waits::wait_requests_done;
 use support::*;
 
 /// Small limits so that tests can cross them cheaply.
@@ -206,15 +207,18 @@ fn rejected_request_body_is_never_parsed_as_a_request(expect_continue: bool) {
         .as_bytes(),
     );
     if expect_continue {
-        // The client waits a moment for 100 Continue, then sends the body anyway
-        // (RFC 9110 §10.1.1); the gateway may have answered 404 meanwhile.
-        pause(200);
+        // The client waits for 100 Continue, then sends the body anyway (RFC 9110 §10.1.1).
+        // The 404 can be decided from the head alone, so the gateway answers it at once
+        // (counted once written): the body arrives after the answer.
+        wait_requests_done(&gw, 1);
     }
     let _ = c.try_send(smuggled);
     let _ = c.try_send(&Req::get("/api/next").to_bytes());
     let r = c.read_response();
     assert_error(&r, 404);
-    match c.try_read_response() {
+    // Requests on one connection are served in order: once it answered the next request or
+    // closed the connection, the gateway is done with whatever it parsed from it.
+    let answered = match c.try_read_response() {
         Ok(r) => {
             assert_eq!(r.status, 200, "{r:?}");
             assert_eq!(
@@ -222,11 +226,12 @@ fn rejected_request_body_is_never_parsed_as_a_request(expect_continue: bool) {
                 "/api/next",
                 "the body was parsed as a request"
             );
+            2
         }
-        Err(support::wire::WireError::Closed { partial, .. }) if partial.is_empty() => {}
+        Err(support::wire::WireError::Closed { partial, .. }) if partial.is_empty() => 1,
         Err(e) => panic!("after the 404: {e}"),
-    }
-    pause(100);
+    };
+    wait_requests_done(&gw, answered);
     assert!(
         up.requests().iter().all(|r| r.path() != "/api/smuggled"),
         "a request smuggled in a rejected request's body reached the upstream"
@@ -378,15 +383,9 @@ fn chunked_body_over_max_body_is_413_while_streaming() {
     let mut c = Client::connect(gw.addr());
     c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
     let chunk = format!("190\r\n{}\r\n", "c".repeat(0x190));
-    let mut w = c.writer_clone();
-    // 4 x 400 bytes crosses 1 KiB on the third chunk; stop writing once the gateway answers.
-    for _ in 0..4 {
-        if w.write_all(chunk.as_bytes()).is_err() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = w.write_all(b"0\r\n\r\n");
+    // 3 x 400 bytes crosses 1 KiB on the third chunk. The body stays open (no last chunk):
+    // only a gateway that counts while streaming can answer now.
+    c.send(chunk.repeat(3).as_bytes());
     let r = c
         .try_read_response()
         .unwrap_or_else(|e| panic!("no 413 for a chunked body over max_body: {e}"));
@@ -500,9 +499,10 @@ fn body_that_keeps_flowing_is_not_timed_out() {
     let gw = gateway(&up);
     let mut c = Client::connect(gw.addr());
     c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n");
-    // 8 bytes over ~1.2 s, never more than 150 ms apart (body_timeout is 500ms).
+    // 8 bytes over ~800 ms, longer than body_timeout (500ms) in all but never more than
+    // 100 ms apart.
     for b in b"abcdefgh" {
-        thread::sleep(Duration::from_millis(150));
+        thread::sleep(Duration::from_millis(100));
         c.send(&[*b]);
     }
     let r = c.read_response();

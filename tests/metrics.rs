@@ -23,14 +23,12 @@ fn scrape(gw: &Gateway) -> String {
 /// Scrapes until `series` reads `want` (a request is counted just after its response is
 /// written, so a client can be a moment ahead of the scrape); bounded to 3 s.
 fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let text = scrape(gw);
-        if metric(&text, series) == Some(want) || std::time::Instant::now() >= deadline {
-            return text;
-        }
-        pause(10);
-    }
+    let mut text = String::new();
+    wait_until(std::time::Duration::from_secs(3), || {
+        text = scrape(gw);
+        metric(&text, series) == Some(want)
+    });
+    text
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use support::waits::{wait_requests_done, Rendezvous};
 use support::*;
 
 /// A gateway with route `/app` to upstream `app` (these endpoints and extra upstream keys;
@@ -53,21 +54,19 @@ impl Deaf {
     fn start() -> Deaf {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind deaf upstream");
         let addr = listener.local_addr().expect("local_addr");
-        listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (s, n) = (Arc::clone(&stop), Arc::clone(&accepted));
         let thread = thread::spawn(move || {
             let mut held: Vec<TcpStream> = Vec::new();
-            // Bounded even if the test forgets to stop it.
-            let end = Instant::now() + Duration::from_secs(30);
-            while !s.load(Ordering::SeqCst) && Instant::now() < end {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        n.fetch_add(1, Ordering::SeqCst);
-                        held.push(stream);
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
+            // Blocking accepts; `drop` wakes the last one with a connection of its own.
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
                 }
             }
             drop(held);
@@ -88,6 +87,8 @@ impl Deaf {
 impl Drop for Deaf {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop (a refused connect means it is gone already).
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(h) = self.thread.take() {
             let _ = h.join();
         }
@@ -198,10 +199,12 @@ fn post_received_by_the_upstream_is_never_replayed() {
     let mut c = Client::connect(gw.addr());
     let r = c.request(&Req::get("/app/a"));
     assert_eq!(r.status, 200, "{r:?}");
-    pause(200);
+    // Done with the GET: its upstream connection is back in the pool for the POST.
+    wait_requests_done(&gw, 1);
     let r = c.request(&Req::post("/app/charge", b"12345"));
     assert_error(&r, 502);
-    pause(200);
+    // Done with the POST: any replay of it has reached the upstream.
+    wait_requests_done(&gw, 2);
     let posts: Vec<Request> = up
         .requests()
         .into_iter()
@@ -224,10 +227,13 @@ fn post_received_by_the_upstream_is_never_replayed() {
 /// Guard: every pooled connection closed at once; stale ones are replaced (GET 200, retries = 0).
 #[test]
 fn all_pooled_connections_closed_at_once_never_fail_a_get() {
-    let up = Upstream::start(|req| {
+    // The three warm-up requests are held at the upstream until all three are there, so the
+    // pool gets three connections.
+    let warm_up = Rendezvous::new(3, Duration::from_secs(5));
+    let up = Upstream::start(move |req| {
         if req.path().starts_with("/app/warm") {
-            // Hold the three warm-up requests together so the pool gets three connections.
-            Reply::text(200, "warm").delay(Duration::from_millis(300))
+            warm_up.arrive();
+            Reply::text(200, "warm")
         } else {
             Reply::text(200, &format!("fresh {}", req.path()))
         }
@@ -400,12 +406,14 @@ upstream = "app"
 }
 
 /// An upstream that reads one request head, answers it at once with `status` and `body`
-/// (never reading the request body), and keeps the connection open for `hold`.
+/// (never reading the request body), and keeps the connection open until `release` opens
+/// (at most 10 s).
 fn early_answering_upstream(
     status: &'static str,
     body: Vec<u8>,
-    hold: std::time::Duration,
+    release: &Gate,
 ) -> (u16, std::thread::JoinHandle<()>) {
+    let release = release.clone();
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -424,7 +432,7 @@ fn early_answering_upstream(
         )
         .unwrap();
         s.write_all(&body).unwrap();
-        std::thread::sleep(hold);
+        release.wait(std::time::Duration::from_secs(10));
     });
     (port, thread)
 }
@@ -454,10 +462,11 @@ fn uploading_client(port: u16, total: u64) -> (Gateway, Client, std::thread::Joi
 /// its answer reaches the client at once, instead of a 504 after the upload's write times out.
 #[test]
 fn early_upstream_answer_during_a_large_upload_is_relayed() {
+    let release = Gate::new();
     let (port, upstream) = early_answering_upstream(
         "413 Payload Too Large",
         br#"{"error":"too big"}"#.to_vec(),
-        std::time::Duration::from_secs(4),
+        &release,
     );
     let (_gw, mut c, writer) = uploading_client(port, 256 << 20);
     let start = std::time::Instant::now();
@@ -477,6 +486,7 @@ fn early_upstream_answer_during_a_large_upload_is_relayed() {
     c.assert_closed(std::time::Duration::from_secs(4));
     drop(c);
     let _ = writer.join();
+    release.open();
     let _ = upstream.join();
 }
 
@@ -488,11 +498,8 @@ fn early_upstream_answer_during_a_large_upload_is_relayed() {
 #[test]
 fn early_answer_is_not_cut_short_by_a_reset_when_the_connection_closes() {
     const ANSWER: usize = 4 << 20;
-    let (port, upstream) = early_answering_upstream(
-        "403 Forbidden",
-        vec![b'a'; ANSWER],
-        std::time::Duration::from_secs(3),
-    );
+    let release = Gate::new();
+    let (port, upstream) = early_answering_upstream("403 Forbidden", vec![b'a'; ANSWER], &release);
     let (_gw, mut c, writer) = uploading_client(port, 64 << 20);
     // Read late: by then the gateway has written what fits and is waiting on this client.
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -509,5 +516,6 @@ fn early_answer_is_not_cut_short_by_a_reset_when_the_connection_closes() {
     assert_eq!(r.body.len(), ANSWER);
     drop(c);
     let _ = writer.join();
+    release.open();
     let _ = upstream.join();
 }

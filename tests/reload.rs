@@ -20,14 +20,12 @@ fn sighup(gw: &Gateway) {
 
 /// Sends `/path` on `c` until it answers `want` (the reload is asynchronous), within 3 s.
 fn until_status(c: &mut Client, path: &str, want: u16) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let got = c.request(&Req::get(path)).status;
-        if got == want || Instant::now() >= deadline {
-            return got;
-        }
-        pause(20);
-    }
+    let mut got = 0;
+    wait_until(Duration::from_secs(3), || {
+        got = c.request(&Req::get(path)).status;
+        got == want
+    });
+    got
 }
 
 /// A gateway routing `/a` to an upstream that echoes the target, and a keep-alive connection
@@ -73,10 +71,9 @@ fn sighup_with_a_bad_config_keeps_the_running_one() {
     rewrite(&gw, "upstream = \"app\"", "upstream = \"ap\"");
     sighup(&gw);
 
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !gw.stderr().contains("reload failed") && Instant::now() < deadline {
-        pause(20);
-    }
+    wait_until(Duration::from_secs(3), || {
+        gw.stderr().contains("reload failed")
+    });
     let stderr = gw.stderr();
     assert!(
         stderr.contains("reload failed")

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use support::waits::{wait_requests_done, Rendezvous};
 use support::wire::WireError;
 use support::*;
 
@@ -72,10 +73,15 @@ fn round_robin_with_equal_weights_alternates() {
 
 #[test]
 fn least_request_prefers_the_idle_endpoint() {
+    // `/slow` is held at the upstream until the fast requests are done.
+    let gate = Gate::new();
     let handler = |name: &'static str| {
+        let gate = gate.clone();
         move |req: &Request| {
-            let delay = if req.path() == "/slow" { 1500 } else { 0 };
-            Reply::text(200, name).delay(Duration::from_millis(delay))
+            if req.path() == "/slow" {
+                gate.wait(Duration::from_secs(10));
+            }
+            Reply::text(200, name)
         }
     };
     let a = Upstream::start(handler("a"));
@@ -83,14 +89,12 @@ fn least_request_prefers_the_idle_endpoint() {
     let gw = gateway(&endpoints(&[&a, &b]), "balance = \"least_request\"");
     let addr = gw.addr();
     let slow = thread::spawn(move || get(addr, "/slow").text());
-    let busy_seen = Instant::now() + Duration::from_secs(2);
-    while a.request_count() + b.request_count() == 0 {
-        assert!(
-            Instant::now() < busy_seen,
-            "the slow request never reached an upstream"
-        );
-        pause(5);
-    }
+    assert!(
+        wait_until(Duration::from_secs(2), || a.request_count()
+            + b.request_count()
+            > 0),
+        "the slow request never reached an upstream"
+    );
     let (busy, idle) = if a.request_count() == 1 {
         ("a", "b")
     } else {
@@ -101,6 +105,7 @@ fn least_request_prefers_the_idle_endpoint() {
         served.iter().all(|s| s == idle),
         "with {busy} busy, least_request sent fast requests to it: {served:?}"
     );
+    gate.open();
     assert_eq!(slow.join().expect("slow request"), busy);
 }
 
@@ -213,7 +218,9 @@ fn pooled_connection_is_not_reused_after_an_incomplete_response() {
     let up = Upstream::start(move |req| {
         if req.path() == "/big" {
             Reply::status(200)
-                .body(&vec![b'x'; 100_000])
+                // 2 pieces of 4 MiB: after the gate the second is more than the socket
+                // buffers hold, so the gateway is still reading it when its relay fails.
+                .body(&vec![b'x'; 8 << 20])
                 .slow_body(2, Duration::ZERO)
                 .gate(&g)
         } else {
@@ -228,9 +235,11 @@ fn pooled_connection_is_not_reused_after_an_incomplete_response() {
         assert_eq!(head.status, 200);
         // The client leaves mid-body; the upstream is still holding the rest.
     }
-    pause(100);
-    let r = get(gw.addr(), "/small");
+    // The upstream sends the rest; relaying it to the departed client fails, and the gateway
+    // is done with the request (counted) once it has kept or dropped the upstream connection.
     gate.open();
+    wait_requests_done(&gw, 1);
+    let r = get(gw.addr(), "/small");
     assert_eq!(r.status, 200);
     assert_eq!(
         r.text(),
@@ -298,9 +307,13 @@ fn idle_timeout_closes_pooled_connections() {
 
 #[test]
 fn max_idle_per_worker_bounds_the_pool() {
-    let up = Upstream::start(|req| {
-        let delay = if req.path() == "/slow" { 300 } else { 0 };
-        Reply::text(200, "ok").delay(Duration::from_millis(delay))
+    // The three `/slow` requests are held at the upstream until all three are there.
+    let together = Rendezvous::new(3, Duration::from_secs(5));
+    let up = Upstream::start(move |req| {
+        if req.path() == "/slow" {
+            together.arrive();
+        }
+        Reply::text(200, "ok")
     });
     let gw = gateway(&endpoints(&[&up]), "max_idle_per_worker = 1");
     let addr = gw.addr();
@@ -463,7 +476,8 @@ fn status_502_503_504_are_not_retried_for_non_idempotent_methods() {
             );
         }
     }
-    pause(200);
+    // Every attempt of the 6 requests has reached the upstream once they are counted.
+    wait_requests_done(&gw, 6);
     assert_eq!(
         up.request_count(),
         6,
@@ -478,7 +492,7 @@ fn status_503_is_not_retried_for_post() {
     let r = send_request(gw.addr(), &Req::post("/", b"once"));
     assert_eq!(r.status, 503);
     assert_eq!(r.text(), "busy", "the upstream's own 503 is passed through");
-    pause(200);
+    wait_requests_done(&gw, 1);
     assert_eq!(up.request_count(), 1, "POST was retried");
 }
 
@@ -499,8 +513,8 @@ fn status_500_is_not_retried() {
     let r = get(gw.addr(), "/");
     assert_eq!(r.status, 500);
     assert_eq!(r.text(), "broken");
-    pause(100);
-    assert_eq!(up.request_count(), 1);
+    wait_requests_done(&gw, 1);
+    assert_eq!(up.request_count(), 1, "a 500 was retried");
 }
 
 #[test]
@@ -583,7 +597,7 @@ fn read_timeout_is_not_retried_for_post() {
     );
     let r = send_request(gw.addr(), &Req::post("/", b"x"));
     assert_error(&r, 504);
-    pause(300);
+    wait_requests_done(&gw, 1);
     assert_eq!(
         slow.request_count(),
         1,
@@ -610,7 +624,7 @@ fn reset_before_any_response_byte_is_502_and_not_retried_for_post() {
     let gw = gateway(&endpoints(&[&bad]), "retries = 2");
     let r = send_request(gw.addr(), &Req::post("/", b"x"));
     assert_error(&r, 502);
-    pause(200);
+    wait_requests_done(&gw, 1);
     assert_eq!(
         bad.request_count(),
         1,
@@ -654,16 +668,21 @@ upstream = "live"
     bytes.extend(Req::get("/live/next").to_bytes());
     c.send(&bytes);
     assert_error(&c.read_response(), 502);
-    match c.try_read_response() {
-        Ok(r) => assert_eq!(
-            r.json()["path"],
-            "/live/next",
-            "the body was parsed as a request"
-        ),
-        Err(WireError::Closed { partial, .. }) if partial.is_empty() => {}
+    // The gateway is done with the connection's requests once it closed it or answered the
+    // next one (in order): a smuggled request would have been one of them.
+    let answered = match c.try_read_response() {
+        Ok(r) => {
+            assert_eq!(
+                r.json()["path"],
+                "/live/next",
+                "the body was parsed as a request"
+            );
+            2
+        }
+        Err(WireError::Closed { partial, .. }) if partial.is_empty() => 1,
         Err(e) => panic!("after the 502: {e}"),
-    }
-    pause(100);
+    };
+    wait_requests_done(&gw, answered);
     assert!(
         live.requests().iter().all(|r| r.path() != "/live/smuggled"),
         "a request smuggled in a failed request's body reached an upstream"
@@ -692,7 +711,7 @@ fn nothing_is_retried_once_the_response_has_started() {
         Err(WireError::Closed { .. }) => {}
         Err(e) => panic!("expected an aborted response or an error status, got {e}"),
     }
-    pause(200);
+    wait_requests_done(&gw, 1);
     assert_eq!(
         bad.request_count(),
         1,

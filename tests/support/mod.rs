@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod ports;
 pub mod upstream;
 pub mod upstream_misbehave;
+pub mod waits;
 pub mod wire;
 
 pub use client::{get, send_request, Client, Req, Response};
