@@ -22,8 +22,16 @@ use crate::upstream::health::all_out;
 const MAX_BODY: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::Result<()> {
+/// Serves the admin API on `listener` (bound from `settings.listen`). `settings` is the
+/// `[admin]` section the process started with: a reload to a file without one keeps the
+/// listener, and its token, until a restart.
+pub fn spawn(
+    shared: Arc<Shared>,
+    settings: crate::config::model::Admin,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    let settings = Arc::new(settings);
     crate::runtime::spawn_side_thread("admin", move || async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -35,7 +43,7 @@ pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::R
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    monoio::spawn(serve(shared.clone(), stream));
+                    monoio::spawn(serve(shared.clone(), settings.clone(), stream));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
@@ -70,7 +78,11 @@ fn error(status: u16, message: &str) -> Reply {
     )
 }
 
-async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
+async fn serve(
+    shared: Arc<Shared>,
+    settings: Arc<crate::config::model::Admin>,
+    mut stream: TcpStream,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     loop {
         // Read one request (head and Content-Length body).
@@ -116,7 +128,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
                             body: &buf[head.head_len..head.head_len + body_len],
                             auth,
                         };
-                        let reply = route(&shared, &call);
+                        let reply = route(&shared, &settings, &call);
                         break (reply, keep, head.head_len + body_len);
                     }
                 }
@@ -183,12 +195,20 @@ struct Call<'a> {
     auth: Option<&'a [u8]>,
 }
 
-fn route(shared: &Shared, call: &Call<'_>) -> Reply {
+fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>) -> Reply {
     let active = shared.active();
-    let cfg = &active.config;
     let (method, path) = (call.method, call.path);
     let open = method == "GET" && path == "/health";
-    if !open && !authorized(call.auth, cfg.admin.token_env.as_deref()) {
+    // The running file's `[admin]` (token_env may change on reload), or the one the listener
+    // was started with when the file no longer has one: never an open admin API by omission.
+    let token_env = active
+        .config
+        .admin
+        .as_ref()
+        .unwrap_or(started)
+        .token_env
+        .as_deref();
+    if !open && !authorized(call.auth, token_env) {
         return error(401, "Missing or invalid admin token");
     }
     if let Some(name) = path

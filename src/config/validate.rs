@@ -17,7 +17,10 @@ use super::units::{self, Duration, Size};
 
 pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, ConfigError> {
     let server = server(&file.server, src)?;
-    let admin = admin(&file.admin, &server, src)?;
+    let admin = match &file.admin {
+        Some(written) => Some(admin(written, &server, src)?),
+        None => None,
+    };
     let upstreams = file
         .upstreams
         .iter()
@@ -180,6 +183,27 @@ fn admin(
             return Err(src.error(
                 &at.key("token_env"),
                 format!("invalid environment variable name {name:?}: expected letters, digits and '_', not starting with a digit"),
+            ));
+        }
+    }
+    // Endpoint registration and reload reachable from the network need a token: a
+    // non-loopback admin listener starts only with `token_env` naming a variable that is set
+    // (and not empty) in the environment it starts in.
+    if !listen.ip().is_loopback() {
+        let token_set = admin
+            .token_env
+            .as_deref()
+            .is_some_and(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+        if !token_set {
+            let why = match &admin.token_env {
+                None => "needs token_env (a non-loopback admin API must require a token)".to_string(),
+                Some(var) => format!(
+                    "needs a token: ${var} (admin.token_env) is not set or empty, and a non-loopback admin API must require one"
+                ),
+            };
+            return Err(src.error(
+                &at.key("listen"),
+                format!("{listen} is not a loopback address: {why}"),
             ));
         }
     }

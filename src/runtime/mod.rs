@@ -41,7 +41,8 @@ pub struct Running {
     spans: Option<crate::otlp::Exporter>,
     workers: Vec<std::thread::JoinHandle<()>>,
     pub listen: Vec<std::net::SocketAddr>,
-    pub admin: std::net::SocketAddr,
+    /// The admin API's address; `None` without an `[admin]` section.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Running {
@@ -119,13 +120,23 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         listen.push(addr);
     }
     let pin = config.server.pin_workers;
-    let admin_listen = config.admin.listen;
-    let admin_listener =
-        std::net::TcpListener::bind(admin_listen).map_err(|source| StartError::Bind {
-            addr: admin_listen,
-            source,
-        })?;
-    let admin = admin_listener.local_addr()?;
+    // No `[admin]` section, no admin listener: two gateways on one host must not collide on
+    // a default port, and an unconfigured box must not expose endpoint registration.
+    let admin_listener = match &config.admin {
+        None => None,
+        Some(a) => {
+            let socket =
+                std::net::TcpListener::bind(a.listen).map_err(|source| StartError::Bind {
+                    addr: a.listen,
+                    source,
+                })?;
+            Some((a.clone(), socket))
+        }
+    };
+    let admin = match &admin_listener {
+        Some((_, socket)) => Some(socket.local_addr()?),
+        None => None,
+    };
 
     let discovery = discovery::Discovery::new(config.clone());
     let (listeners, changes) = listeners::Listeners::new(config.server.listen.clone(), workers);
@@ -172,7 +183,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             },
         )?);
     }
-    crate::admin::spawn(shared.clone(), admin_listener)?;
+    if let Some((settings, socket)) = admin_listener {
+        crate::admin::spawn(shared.clone(), settings, socket)?;
+    }
     control::spawn(shared.clone())?;
     let reload_shared = shared.clone();
     shutdown::watch(signals, shared.clone(), move || {
@@ -181,13 +194,17 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         }
     })?;
     crate::info!(
-        "dispatch {} serving on {:?} with {workers} worker(s) ({}), admin on {admin}",
+        "dispatch {} serving on {:?} with {workers} worker(s) ({}), {}",
         env!("CARGO_PKG_VERSION"),
         listen,
         if driver == Driver::IoUring {
             "io_uring"
         } else {
             "epoll"
+        },
+        match admin {
+            Some(addr) => format!("admin on {addr}"),
+            None => "no admin listener (no [admin] section)".to_string(),
         },
     );
     Ok(Running {

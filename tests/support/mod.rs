@@ -278,3 +278,4 @@ impl Default for Blackhole {
         Blackhole::new()
     }
 }
+pub mod ops;

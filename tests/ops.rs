@@ -1,0 +1,75 @@
+//! Operations: the admin listener only where `[admin]` asks for one (and a token where it is
+//! reachable from the network), admin API details (`Allow` on 405, the auth scheme's case),
+//! endpoint masks past 64 endpoints, metrics and warnings for dropped and refused work, DNS
+//! resolution off the admin thread, and the process log's format.
+
+mod support;
+
+use support::ops::*;
+use support::*;
+
+/// Without an `[admin]` section an admin API used to be bound on 127.0.0.1:9901 anyway.
+#[test]
+fn no_admin_section_used_to_bind_a_default_admin_listener() {
+    let up = Upstream::start(|_| Reply::text(200, "ok"));
+    let gw = start_without_admin(&format!(
+        "[upstreams.app]\nendpoints = {}\n\n[routes.all]\npaths = [\"/\"]\nupstream = \"app\"\n",
+        endpoints(&[&up])
+    ));
+    assert_eq!(get(gw.addr(), "/").status, 200);
+    let listening = listening_addrs(gw.pid());
+    assert_eq!(
+        listening,
+        [gw.addr()].into_iter().collect(),
+        "the client listener is the only socket it listens on"
+    );
+    assert!(
+        gw.stderr().contains("no admin listener"),
+        "the start line says so: {}",
+        gw.stderr()
+    );
+}
+
+/// `dispatch check` said nothing about a config without an admin listener.
+#[test]
+fn check_summary_used_to_say_nothing_about_a_missing_admin_listener() {
+    let out = check("[upstreams.app]\nendpoints = [\"http://127.0.0.1:9\"]\n");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("admin: none (no [admin] section, no admin listener)\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A non-loopback `admin.listen` without a token used to start an admin API open to the network.
+#[test]
+fn non_loopback_admin_without_a_token_used_to_start() {
+    let port = free_addr().port();
+    let toml =
+        format!("[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken_env = \"OPS_TEST_ADMIN_TOKEN\"\n");
+    let expected = format!(
+        "dispatch.toml:2:10: admin.listen: 0.0.0.0:{port} is not a loopback address: needs a token: $OPS_TEST_ADMIN_TOKEN (admin.token_env) is not set or empty"
+    );
+    for cmd in ["check", "run"] {
+        let (code, _, stderr) = dispatch_with_env(cmd, &toml, &[]);
+        assert_eq!(code, Some(1), "{cmd}: {stderr}");
+        assert!(stderr.contains(&expected), "{cmd}: {stderr}");
+    }
+    // No token_env at all: refused the same way.
+    let bare = format!("[admin]\nlisten = \"0.0.0.0:{port}\"\n");
+    let (code, _, stderr) = dispatch_with_env("check", &bare, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("needs token_env"), "{stderr}");
+    // With the variable set, the same file checks.
+    let (code, stdout, stderr) =
+        dispatch_with_env("check", &toml, &[("OPS_TEST_ADMIN_TOKEN", "s3cret")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "admin: 0.0.0.0:{port} (token from $OPS_TEST_ADMIN_TOKEN)"
+        )),
+        "{stdout}"
+    );
+}
