@@ -73,3 +73,55 @@ fn non_loopback_admin_without_a_token_used_to_start() {
         "{stdout}"
     );
 }
+
+/// A 405 from the admin API used to carry no `Allow` header (RFC 9110 §15.5.6 requires one).
+#[test]
+fn admin_405_used_to_carry_no_allow_header() {
+    let gw = Gateway::start("[upstreams.app]\nendpoints = [\"http://127.0.0.1:9\"]\n");
+    for (method, path, allow) in [
+        ("POST", "/health", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("PUT", "/routes", "GET"),
+        ("POST", "/upstreams", "GET"),
+        ("GET", "/reload", "POST"),
+        ("GET", "/upstreams/app/endpoints", "PUT, DELETE"),
+    ] {
+        let r = send_request(gw.admin_addr(), &Req::new(method, path));
+        assert_eq!(r.status, 405, "{method} {path}: {r:?}");
+        assert_eq!(r.json()["error"]["code"], 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}: {r:?}");
+    }
+    // Other answers carry none.
+    assert!(!get(gw.admin_addr(), "/health").has_header("allow"));
+}
+
+/// `Authorization: bearer <token>` (lower-case scheme) used to get 401: RFC 9110 §11.1 makes
+/// the scheme case-insensitive.
+#[test]
+fn lower_case_bearer_scheme_used_to_get_401() {
+    // A variable cargo sets for every test process: its value is the token.
+    let var = "CARGO_MANIFEST_DIR";
+    let token = std::env::var(var).expect("cargo sets CARGO_MANIFEST_DIR");
+    let gw = Gateway::start(&format!(
+        "[admin]\ntoken_env = \"{var}\"\n\n[upstreams.app]\nendpoints = [\"http://127.0.0.1:9\"]\n"
+    ));
+    assert_eq!(get(gw.admin_addr(), "/routes").status, 401);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = send_request(
+            gw.admin_addr(),
+            &Req::get("/routes").header("Authorization", &format!("{scheme} {token}")),
+        );
+        assert_eq!(r.status, 200, "{scheme}: {r:?}");
+    }
+    for wrong in [
+        format!("Basic {token}"),
+        format!("Bearer {token}x"),
+        "bearer".to_string(),
+    ] {
+        let r = send_request(
+            gw.admin_addr(),
+            &Req::get("/routes").header("Authorization", &wrong),
+        );
+        assert_eq!(r.status, 401, "{wrong}: {r:?}");
+    }
+}

@@ -59,6 +59,8 @@ struct Reply {
     status: u16,
     body: String,
     content_type: &'static str,
+    /// The methods the path serves, sent as `Allow` with a 405 (RFC 9110 §15.5.6).
+    allow: Option<&'static str>,
 }
 
 impl Reply {
@@ -67,7 +69,16 @@ impl Reply {
             status,
             body,
             content_type: "application/json",
+            allow: None,
         }
+    }
+}
+
+/// 405 for a path that serves only `allow`.
+fn not_allowed(allow: &'static str) -> Reply {
+    Reply {
+        allow: Some(allow),
+        ..error(405, "Method not allowed")
     }
 }
 
@@ -154,6 +165,11 @@ async fn serve(
         out.extend_from_slice(b"\r\nContent-Length: ");
         http::write::write_u64(&mut out, reply.body.len() as u64);
         out.extend_from_slice(b"\r\n");
+        if let Some(allow) = reply.allow {
+            out.extend_from_slice(b"Allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if reply.status == 401 {
             out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
         }
@@ -174,7 +190,7 @@ fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
     let Ok(token) = std::env::var(var) else {
         return true;
     };
-    let Some(given) = auth.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+    let Some(given) = auth.and_then(bearer_credentials) else {
         return false;
     };
     // Constant time in the token's length.
@@ -184,6 +200,18 @@ fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
             .zip(token.as_bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+/// The token of `Bearer <token>`. RFC 9110 §11.1: the scheme is case-insensitive
+/// (`bearer`, `BEARER`), and one or more spaces separate it from the credentials.
+fn bearer_credentials(header: &[u8]) -> Option<&[u8]> {
+    let space = header.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = header.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[start..])
 }
 
 /// One admin request.
@@ -218,7 +246,7 @@ fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>
         return match method {
             "PUT" => register(shared, name, call.body),
             "DELETE" => deregister(shared, name, call.query),
-            _ => error(405, "Method not allowed"),
+            _ => not_allowed("PUT, DELETE"),
         };
     }
     match (method, path.as_bytes()) {
@@ -250,6 +278,7 @@ fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>
                 status: 200,
                 body,
                 content_type: crate::metrics::CONTENT_TYPE,
+                allow: None,
             }
         }
         ("GET", b"/routes") => Reply::json(200, routes(shared).to_string()),
@@ -258,9 +287,8 @@ fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>
             Ok(()) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
             Err(e) => error(400, &e.to_string()),
         },
-        (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => {
-            error(405, "Method not allowed")
-        }
+        (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => not_allowed("GET"),
+        (_, b"/reload") => not_allowed("POST"),
         _ => error(404, "No such admin endpoint"),
     }
 }
@@ -498,7 +526,17 @@ fn percent_decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{bearer_credentials, percent_decode};
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+    }
 
     #[test]
     fn percent_decoding() {
