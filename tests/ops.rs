@@ -125,3 +125,62 @@ fn lower_case_bearer_scheme_used_to_get_401() {
         assert_eq!(r.status, 401, "{wrong}: {r:?}");
     }
 }
+
+/// With more than 64 endpoints an ejected endpoint 3 used to take endpoints 67, 131 and 195
+/// out of the rotation too (`1 << (i % 64)`).
+#[test]
+fn ejected_endpoint_3_used_to_take_out_endpoints_67_131_195() {
+    let ups: Vec<Upstream> = (0..200)
+        .map(|i| {
+            Upstream::start(move |_| {
+                if i == 3 {
+                    Reply::text(503, "down")
+                } else {
+                    Reply::text(200, &i.to_string())
+                }
+            })
+        })
+        .collect();
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let gw = Gateway::start(&format!(
+        "[upstreams.many]\nendpoints = {}\nretries = 1\n\n[upstreams.many.outlier]\nconsecutive_failures = 1\nbase_ejection = \"5m\"\n\n[routes.all]\npaths = [\"/\"]\nupstream = \"many\"\n",
+        endpoints(&refs)
+    ));
+    let mut client = Client::connect(gw.addr());
+    // One pass of round robin reaches endpoint 3 once: its 503 ejects it (the GET is retried).
+    for _ in 0..200 {
+        assert_eq!(client.request(&Req::get("/")).status, 200);
+    }
+    assert_eq!(ups[3].request_count(), 1);
+    let before: Vec<usize> = ups.iter().map(|u| u.request_count()).collect();
+    for _ in 0..2 * 199 {
+        assert_eq!(client.request(&Req::get("/")).status, 200);
+    }
+    let got: Vec<usize> = ups
+        .iter()
+        .zip(&before)
+        .map(|(u, b)| u.request_count() - b)
+        .collect();
+    assert_eq!(got[3], 0, "the ejected endpoint is out of the rotation");
+    for i in (0..200).filter(|&i| i != 3) {
+        assert_eq!(got[i], 2, "endpoint {i} stays in the rotation: {got:?}");
+    }
+}
+
+/// Nothing capped the endpoints of an upstream; the file is now held to 1,024.
+#[test]
+fn more_than_1024_endpoints_in_the_file_used_to_load() {
+    let urls: Vec<String> = (0..1025)
+        .map(|i| format!("\"http://127.0.0.1:{}\"", 10_000 + i))
+        .collect();
+    let out = check(&format!(
+        "[upstreams.big]\nendpoints = [{}]\n",
+        urls.join(", ")
+    ));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("upstreams.big.endpoints[1024]: too many endpoints: 1025 addresses with this one, at most 1024 per upstream"),
+        "{}",
+        out.stderr
+    );
+}

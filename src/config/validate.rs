@@ -14,6 +14,7 @@ use super::file::{self, default, Named, Workers};
 use super::model;
 use super::source::{KeyPath, Source};
 use super::units::{self, Duration, Size};
+use crate::upstream::balance::MAX_ENDPOINTS;
 
 pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, ConfigError> {
     let server = server(&file.server, src)?;
@@ -259,6 +260,16 @@ fn upstream(
                 return Err(src.error(&url_at, format!("duplicate endpoint {url:?}")));
             }
             endpoints.push(endpoint);
+        }
+        // Endpoint sets (rotation, retries) index at most MAX_ENDPOINTS endpoints.
+        if endpoints.len() > MAX_ENDPOINTS {
+            return Err(src.error(
+                &url_at,
+                format!(
+                    "too many endpoints: {} addresses with this one, at most {MAX_ENDPOINTS} per upstream",
+                    endpoints.len()
+                ),
+            ));
         }
     }
     let balance = match &upstream.balance {
