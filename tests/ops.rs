@@ -184,3 +184,96 @@ fn more_than_1024_endpoints_in_the_file_used_to_load() {
         out.stderr
     );
 }
+
+/// Access-log lines dropped because stdout was slow used to be invisible: no metric, no warning.
+#[test]
+fn dropped_access_log_lines_used_to_be_invisible() {
+    let up = Upstream::start(|_| Reply::text(200, "ok"));
+    let gw = support::ops::StalledStdout::start(&format!(
+        "[server.limits]\nmax_request_line = \"128KiB\"\n\n[log]\naccess = \"json\"\n\n[upstreams.app]\nendpoints = {}\n\n[routes.all]\npaths = [\"/\"]\nupstream = \"app\"\n",
+        endpoints(&[&up])
+    ));
+    // Lines of ~60 KiB (the path is logged): each one is a batch of its own, so the writer's
+    // queue (about 8 MiB) and the unread pipe fill after a few hundred requests.
+    let path = format!("/{}", "a".repeat(60 * 1024));
+    let mut client = Client::connect(gw.addr);
+    let mut dropped = 0.0;
+    for _ in 0..2000 {
+        assert_eq!(client.request(&Req::get(&path)).status, 200);
+        let scrape = get(gw.admin, "/metrics").text();
+        dropped = metric(&scrape, "dispatch_access_log_dropped_total").expect("family present");
+        if dropped > 0.0 {
+            break;
+        }
+    }
+    assert!(dropped > 0.0, "no line counted as dropped");
+    let warnings = wait_stderr_lines(|| gw.stderr(), "access log: the writer is behind", 1);
+    assert!(warnings >= 1, "{}", gw.stderr());
+}
+
+/// Connections refused over `server.max_connections` used to be invisible: no metric, and no
+/// warning (then one per connection would flood the log: it is rate-limited).
+#[test]
+fn connections_refused_over_max_connections_used_to_be_invisible() {
+    let up = Upstream::start(|_| Reply::text(200, "ok"));
+    let gw = Gateway::start(&format!(
+        "[server.limits]\nmax_connections = 2\n\n[upstreams.app]\nendpoints = {}\n\n[routes.all]\npaths = [\"/\"]\nupstream = \"app\"\n",
+        endpoints(&[&up])
+    ));
+    let scrape = get(gw.admin_addr(), "/metrics").text();
+    assert_eq!(
+        metric(&scrape, "dispatch_connections_rejected_total"),
+        Some(0.0)
+    );
+    // Two connections held open (each proven accepted by an answer) fill the limit.
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(gw.addr())).collect();
+    for c in &mut held {
+        assert_eq!(c.request(&Req::get("/")).status, 200);
+    }
+    for _ in 0..5 {
+        let mut c = Client::connect(gw.addr());
+        assert!(c.try_read_response().is_err(), "closed without an answer");
+    }
+    let scrape = get(gw.admin_addr(), "/metrics").text();
+    assert_eq!(
+        metric(&scrape, "dispatch_connections_rejected_total"),
+        Some(5.0)
+    );
+    // At least one warning, and fewer lines than refusals (at most one a second).
+    let lines = wait_stderr_lines(
+        || gw.stderr(),
+        "refused: 2 connections open (server.max_connections)",
+        1,
+    );
+    assert!((1..5).contains(&lines), "{}", gw.stderr());
+}
+
+/// Process log lines used to start with Unix seconds (`1796527511.889 info ...`) instead of an
+/// RFC 3339 UTC timestamp with milliseconds.
+#[test]
+fn process_log_lines_used_to_start_with_unix_seconds() {
+    let gw = Gateway::start("[upstreams.app]\nendpoints = [\"http://127.0.0.1:9\"]\n");
+    wait_stderr_lines(|| gw.stderr(), "serving on", 1);
+    let stderr = gw.stderr();
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        let (ts, rest) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let b = ts.as_bytes();
+        let shape_ok = b.len() == 24
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                4 | 7 => c == b'-',
+                10 => c == b'T',
+                13 | 16 => c == b':',
+                19 => c == b'.',
+                23 => c == b'Z',
+                _ => c.is_ascii_digit(),
+            });
+        assert!(shape_ok, "not RFC 3339 UTC with milliseconds: {line:?}");
+        assert!(ts.starts_with("20"), "{line:?}");
+        let level = rest.split(' ').next().unwrap_or_default();
+        assert!(
+            ["error", "warn", "info", "debug"].contains(&level),
+            "{line:?}"
+        );
+    }
+}

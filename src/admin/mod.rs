@@ -270,9 +270,17 @@ fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>
             let dropped = shared
                 .spans_dropped
                 .load(std::sync::atomic::Ordering::Relaxed);
+            let access_dropped = shared
+                .access_log_dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let rejected = shared
+                .connections_rejected
+                .load(std::sync::atomic::Ordering::Relaxed);
             shared.metrics.render(&mut body, &|w| {
                 w.breaker_states(states.iter().copied());
                 w.spans_dropped(dropped);
+                w.access_log_dropped(access_dropped);
+                w.connections_rejected(rejected);
             });
             Reply {
                 status: 200,

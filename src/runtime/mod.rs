@@ -147,7 +147,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     } else {
         Vec::new()
     };
-    let access_log = crate::access_log::Writer::start()?;
+    let access_log = crate::access_log::Writer::start(shared.access_log_dropped.clone())?;
     let spans = match &shared.active().config.tracing.otlp_endpoint {
         None => None,
         Some(url) => Some(

@@ -1,6 +1,6 @@
 //! Test support for tests/ops.rs (the admin listener, endpoint masks, drop and rejection
 //! metrics, the process log): gateways without an `[admin]` section, `dispatch` with a chosen
-//! environment, the listening sockets a process holds, and metric values out of a scrape.
+//! environment, the listening sockets a process holds, a gateway whose stdout stalls, and waiting for stderr lines.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -95,11 +95,91 @@ fn parse_proc_addr(text: &str, v6: bool) -> SocketAddr {
     }
 }
 
-/// The value of the sample `name` (with its labels exactly as written, e.g.
-/// `dispatch_x_total` or `dispatch_y{upstream="a"}`) in a Prometheus text scrape.
-pub fn metric(scrape: &str, name: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+/// A `dispatch run` whose stdout is a pipe nobody reads (so the access-log writer blocks once
+/// the pipe is full); stderr is captured. Killed on drop.
+pub struct StalledStdout {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    _stdout: std::process::ChildStdout,
+    _dir: TempDir,
+}
+
+impl StalledStdout {
+    /// Starts `toml` with `server.listen`, `workers = 1` and `[admin]` filled in (like
+    /// `Gateway::start`) and waits until both listen.
+    pub fn start(toml: &str) -> StalledStdout {
+        let (addr, admin) = (free_addr(), free_addr());
+        let config = super::gateway::complete_config(toml, addr, admin);
+        let dir = TempDir::new();
+        let path = dir.write("dispatch.toml", &config);
+        let mut child = Command::new(dispatch_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dispatch");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        let end = std::time::Instant::now() + super::gateway::START_TIMEOUT;
+        for a in [addr, admin] {
+            while std::net::TcpStream::connect(a).is_err() {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "dispatch did not listen on {a}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        StalledStdout {
+            child,
+            stderr,
+            addr,
+            admin,
+            _stdout: stdout,
+            _dir: dir,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StalledStdout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 5 s) until `stderr()` has at least `min` lines containing `needle`; returns
+/// how many it has then.
+pub fn wait_stderr_lines(stderr: impl Fn() -> String, needle: &str, min: usize) -> usize {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = stderr().lines().filter(|l| l.contains(needle)).count();
+        if n >= min || std::time::Instant::now() > end {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
