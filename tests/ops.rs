@@ -5,6 +5,10 @@
 
 mod support;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use support::ops::*;
 use support::*;
 
@@ -276,4 +280,90 @@ fn process_log_lines_used_to_start_with_unix_seconds() {
             "{line:?}"
         );
     }
+}
+
+static SLOW_ENTERED: AtomicBool = AtomicBool::new(false);
+static SLOW_DONE: AtomicBool = AtomicBool::new(false);
+
+/// The resolver of `registration_dns_lookup_used_to_stall_metrics`: `slow.ops.test` answers
+/// 127.0.0.1 after 2 s, `stuck.ops.test` after 8 s (past the admin API's 5 s), others fail.
+fn scripted_resolver(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match host {
+        "slow.ops.test" => {
+            SLOW_ENTERED.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(2));
+            SLOW_DONE.store(true, Ordering::SeqCst);
+            Ok(vec![addr])
+        }
+        "stuck.ops.test" => {
+            std::thread::sleep(Duration::from_secs(8));
+            Ok(vec![addr])
+        }
+        _ => Err(format!("cannot resolve {host:?}: scripted resolver")),
+    }
+}
+
+/// A registration's DNS lookup used to run on the admin thread: a slow resolver stalled
+/// `/health` and `/metrics` until it returned.
+#[test]
+fn registration_dns_lookup_used_to_stall_metrics() {
+    assert!(dispatch::config::set_resolver(scripted_resolver));
+    let up = Upstream::start(|_| Reply::text(200, "ok"));
+    let (listen, admin) = (free_addr(), free_addr());
+    let toml = format!(
+        "[server]\nlisten = [\"{listen}\"]\nworkers = 1\npin_workers = false\ndrain_timeout = \"1s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[upstreams.app]\nendpoints = {}\n\n[routes.all]\npaths = [\"/\"]\nupstream = \"app\"\n",
+        endpoints(&[&up])
+    );
+    let config =
+        dispatch::config::load_str(&toml, std::path::Path::new("ops.toml")).expect("loads");
+    let running = dispatch::runtime::start(config).expect("starts in process");
+    // The registered endpoint: another upstream (one address serves under one URL only).
+    let up2 = Upstream::start(|_| Reply::text(200, "registered"));
+    let port = up2.addr().port();
+
+    let register = move |host: &str| {
+        let body = serde_json::json!({"url": format!("http://{host}:{port}")});
+        send_request(admin, &Req::json("PUT", "/upstreams/app/endpoints", &body))
+    };
+    let slow = std::thread::spawn(move || register("slow.ops.test"));
+    while !SLOW_ENTERED.load(Ordering::SeqCst) {
+        assert!(
+            !slow.is_finished(),
+            "the registration ended before its lookup began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The lookup is under way: the admin API still answers, before it ends.
+    let metrics = get(admin, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(get(admin, "/health").status, 200);
+    assert!(
+        !SLOW_DONE.load(Ordering::SeqCst),
+        "/metrics and /health were answered only after the lookup"
+    );
+    // The registration is answered when its lookup is done, and applied.
+    let r = slow.join().expect("registration thread");
+    assert_eq!(r.status, 201, "{r:?}");
+    let ups = get(admin, "/upstreams").json();
+    let urls: Vec<&str> = ups["upstreams"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["url"].as_str())
+        .collect();
+    assert!(
+        urls.contains(&format!("http://slow.ops.test:{port}").as_str()),
+        "{urls:?}"
+    );
+
+    // A lookup past the admin API's 5 s gets 504 and registers nothing.
+    let r = register("stuck.ops.test");
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], 504);
+    let ups = get(admin, "/upstreams").json().to_string();
+    assert!(!ups.contains("stuck.ops.test"), "{ups}");
+
+    running.shared.begin_shutdown();
+    running.wait();
 }

@@ -6,7 +6,14 @@
 //! in this milestone: `GET /health`, `GET /metrics`, `GET /routes`, `GET /upstreams`,
 //! `PUT`/`DELETE /upstreams/{name}/endpoints` (service discovery, applied like a reload) and
 //! `POST /reload`. Any other path is a JSON 404.
+//!
+//! The admin thread never blocks: work that may (a registration's DNS lookup, a reload, which
+//! re-resolves the file's host names) runs on a thread of its own while this one keeps serving
+//! `/health` and `/metrics`. The call is answered when that work is done: a registration waits
+//! for its lookup up to 5 s, then answers 504 and changes nothing; a reload is answered with
+//! its outcome.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +28,42 @@ use crate::upstream::health::all_out;
 
 const MAX_BODY: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a registration waits for its host name to resolve before it answers 504.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Blocking admin work (lookups, reloads) running at once; more is answered 503. A lookup the
+/// admin API gave up on still holds its thread until the resolver returns.
+pub const MAX_BLOCKING: usize = 8;
+
+static BLOCKING: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `work` on a thread of its own (the side thread's `spawn_blocking`) and waits for it
+/// without blocking the admin thread; `Err` is the reply when it cannot run (too many at once,
+/// no thread).
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, Reply> {
+    if BLOCKING.fetch_add(1, Ordering::AcqRel) >= MAX_BLOCKING {
+        BLOCKING.fetch_sub(1, Ordering::AcqRel);
+        return Err(error(
+            503,
+            "too many admin operations in progress (DNS lookups, reloads); try again",
+        ));
+    }
+    // Released when the work ends (or is dropped unrun), not when a caller stops waiting.
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            BLOCKING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let release = Release;
+    let job = monoio::spawn_blocking(move || {
+        let _release = release;
+        work()
+    });
+    job.await
+        .map_err(|_| error(500, "could not run the operation on a thread of its own"))
+}
 
 /// Serves the admin API on `listener` (bound from `settings.listen`). `settings` is the
 /// `[admin]` section the process started with: a reload to a file without one keeps the
@@ -139,7 +182,7 @@ async fn serve(
                             body: &buf[head.head_len..head.head_len + body_len],
                             auth,
                         };
-                        let reply = route(&shared, &settings, &call);
+                        let reply = route(&shared, &settings, &call).await;
                         break (reply, keep, head.head_len + body_len);
                     }
                 }
@@ -223,7 +266,11 @@ struct Call<'a> {
     auth: Option<&'a [u8]>,
 }
 
-fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>) -> Reply {
+async fn route(
+    shared: &Arc<Shared>,
+    started: &crate::config::model::Admin,
+    call: &Call<'_>,
+) -> Reply {
     let active = shared.active();
     let (method, path) = (call.method, call.path);
     let open = method == "GET" && path == "/health";
@@ -244,7 +291,7 @@ fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>
         .and_then(|rest| rest.strip_suffix("/endpoints"))
     {
         return match method {
-            "PUT" => register(shared, name, call.body),
+            "PUT" => register(shared, name, call.body).await,
             "DELETE" => deregister(shared, name, call.query),
             _ => not_allowed("PUT, DELETE"),
         };
@@ -291,10 +338,19 @@ fn route(shared: &Shared, started: &crate::config::model::Admin, call: &Call<'_>
         }
         ("GET", b"/routes") => Reply::json(200, routes(shared).to_string()),
         ("GET", b"/upstreams") => Reply::json(200, upstreams(shared).to_string()),
-        ("POST", b"/reload") => match crate::runtime::reload::reload(shared) {
-            Ok(()) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
-            Err(e) => error(400, &e.to_string()),
-        },
+        ("POST", b"/reload") => {
+            // Loading the file resolves its host names: off this thread, so /health and
+            // /metrics keep answering. The answer waits for the outcome (no timeout: the
+            // reload applies whenever it completes, so answering earlier would misreport it).
+            let s = shared.clone();
+            match blocking(move || crate::runtime::reload::reload(&s).map_err(|e| e.to_string()))
+                .await
+            {
+                Ok(Ok(())) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
+                Ok(Err(e)) => error(400, &e),
+                Err(busy) => busy,
+            }
+        }
         (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => not_allowed("GET"),
         (_, b"/reload") => not_allowed("POST"),
         _ => error(404, "No such admin endpoint"),
@@ -438,7 +494,7 @@ pub fn health(shared: &Shared) -> serde_json::Value {
 }
 
 /// `PUT /upstreams/{name}/endpoints` with `{"url", "weight", "metadata"}`.
-fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
+async fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Registration {
@@ -457,9 +513,25 @@ fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
         }
     };
     let weight = reg.weight.unwrap_or(1);
-    let mut endpoints = match crate::config::parse_endpoint(&reg.url, weight) {
-        Ok(e) => e,
-        Err(e) => return error(400, &e),
+    // The URL's host name is resolved on a thread of its own (getaddrinfo blocks), so a slow
+    // resolver never stalls the other admin calls; the registration waits for it, up to
+    // RESOLVE_TIMEOUT, and changes nothing when it gives up.
+    let url = reg.url.clone();
+    let lookup = blocking(move || crate::config::parse_endpoint(&url, weight));
+    let mut endpoints = match monoio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(Ok(e))) => e,
+        Ok(Ok(Err(e))) => return error(400, &e),
+        Ok(Err(busy)) => return busy,
+        Err(_) => {
+            return error(
+                504,
+                &format!(
+                    "resolving {:?} took longer than {}s; nothing was registered",
+                    reg.url,
+                    RESOLVE_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let metadata = reg.metadata.as_ref().map(|m| m.to_string());
     for e in &mut endpoints {

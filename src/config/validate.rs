@@ -545,6 +545,9 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
 
 /// Every address of `host` (deduplicated, in the resolver's order).
 pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Some(resolver) = super::RESOLVER.get() {
+        return resolver(host, port);
+    }
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in (host, port)
         .to_socket_addrs()

@@ -60,7 +60,8 @@ impl Running {
 }
 
 /// Starts a named thread that runs `task` on a monoio runtime of its own (legacy driver, timer
-/// on): for the admin API and the health checker, which must never take time from a worker.
+/// on, `spawn_blocking` on threads of their own): for the admin API and the health checker,
+/// which must never take time from a worker.
 pub fn spawn_side_thread<F, Fut>(name: &str, task: F) -> std::io::Result<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -72,6 +73,7 @@ where
         .spawn(move || {
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
+                .attach_thread_pool(Box::new(ThreadPerTask))
                 .build()
             {
                 Ok(mut rt) => rt.block_on(task()),
@@ -79,6 +81,24 @@ where
             }
         })?;
     Ok(())
+}
+
+/// Where a side thread's `monoio::spawn_blocking` work runs: a thread of its own per task.
+/// Such work is rare and operator-driven (an admin registration's DNS lookup, a reload), and a
+/// lookup stuck in `getaddrinfo` must not hold up the next one, so there is no fixed pool to
+/// queue behind. Callers bound how many they start (`admin::MAX_BLOCKING`).
+struct ThreadPerTask;
+
+impl monoio::blocking::ThreadPool for ThreadPerTask {
+    fn schedule_task(&self, task: monoio::blocking::BlockingTask) {
+        // A thread that cannot be started drops the task: its JoinHandle reports it canceled.
+        if let Err(e) = std::thread::Builder::new()
+            .name("dispatch-blocking".into())
+            .spawn(move || task.run())
+        {
+            crate::error!("cannot start a thread for blocking work: {e}");
+        }
+    }
 }
 
 /// How long an exit waits for the last spans to reach the collector.
