@@ -5,7 +5,8 @@
 //! its lines into a local buffer and hands the buffer to the writer thread when it passes
 //! [`BATCH`] bytes or on the worker's housekeeping tick, so the request path never makes a
 //! system call for logging. When the writer falls behind, whole batches are dropped and counted
-//! (a slow stdout must not stall requests); at shutdown every worker hands over what it holds and
+//! in `dispatch_access_log_dropped_total`, with a warning at most once a second (a slow stdout
+//! must not stall requests); at shutdown every worker hands over what it holds and
 //! the writer drains the queue before the process exits, so no line of a drained request is lost.
 
 use std::cell::RefCell;
@@ -22,6 +23,9 @@ pub const BATCH: usize = 32 * 1024;
 /// Batches queued for the writer before new ones are dropped (about 8 MiB).
 const QUEUE: usize = 256;
 
+/// One warning a second at most for dropped batches, whichever worker drops them.
+static DROPPED_WARNING: crate::logging::Limiter = crate::logging::Limiter::new();
+
 /// The writer thread.
 pub struct Writer {
     tx: Option<Sender<Vec<u8>>>,
@@ -30,7 +34,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start() -> std::io::Result<Writer> {
+    /// `dropped` counts the lines dropped when the writer falls behind
+    /// (`dispatch_access_log_dropped_total`).
+    pub fn start(dropped: Arc<AtomicU64>) -> std::io::Result<Writer> {
         let (tx, rx) = bounded::<Vec<u8>>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("dispatch-access-log".into())
@@ -51,7 +57,7 @@ impl Writer {
         Ok(Writer {
             tx: Some(tx),
             thread: Some(thread),
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         })
     }
 
@@ -152,6 +158,10 @@ impl Local {
         };
         if !sent {
             self.dropped.fetch_add(lines, Ordering::Relaxed);
+            crate::warn_limited!(
+                &DROPPED_WARNING,
+                "access log: the writer is behind (stdout slow); dropped {lines} lines"
+            );
         }
     }
 }

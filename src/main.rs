@@ -62,10 +62,15 @@ fn main() -> ExitCode {
                     Ok(upstreams) => {
                         let code = serve_with(cfg, |running| {
                             println!("{}", upstreams.describe());
-                            println!(
-                                "{}",
-                                dispatch::demo::curl_lines(running.listen[0], running.admin)
-                            );
+                            match running.admin {
+                                Some(admin) => println!(
+                                    "{}",
+                                    dispatch::demo::curl_lines(running.listen[0], admin)
+                                ),
+                                None => dispatch::warn!(
+                                    "demo: the config has no [admin] section; the tour needs the admin API"
+                                ),
+                            }
                         });
                         drop(upstreams);
                         code

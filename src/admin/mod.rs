@@ -6,7 +6,14 @@
 //! in this milestone: `GET /health`, `GET /metrics`, `GET /routes`, `GET /upstreams`,
 //! `PUT`/`DELETE /upstreams/{name}/endpoints` (service discovery, applied like a reload) and
 //! `POST /reload`. Any other path is a JSON 404.
+//!
+//! The admin thread never blocks: work that may (a registration's DNS lookup, a reload, which
+//! re-resolves the file's host names) runs on a thread of its own while this one keeps serving
+//! `/health` and `/metrics`. The call is answered when that work is done: a registration waits
+//! for its lookup up to 5 s, then answers 504 and changes nothing; a reload is answered with
+//! its outcome.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +28,53 @@ use crate::upstream::health::all_out;
 
 const MAX_BODY: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a registration waits for its host name to resolve before it answers 504.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Blocking admin work (lookups, reloads) running at once; more is answered 503. A lookup the
+/// admin API gave up on still holds its thread until the resolver returns.
+pub const MAX_BLOCKING: usize = 8;
 
-pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::Result<()> {
+static BLOCKING: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `work` on a thread of its own (the side thread's `spawn_blocking`) and waits for it
+/// without blocking the admin thread; `Err` is the reply when it cannot run (too many at once,
+/// no thread).
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, Reply> {
+    if BLOCKING.fetch_add(1, Ordering::AcqRel) >= MAX_BLOCKING {
+        BLOCKING.fetch_sub(1, Ordering::AcqRel);
+        return Err(error(
+            503,
+            "too many admin operations in progress (DNS lookups, reloads); try again",
+        ));
+    }
+    // Released when the work ends (or is dropped unrun), not when a caller stops waiting.
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            BLOCKING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let release = Release;
+    let job = monoio::spawn_blocking(move || {
+        let _release = release;
+        work()
+    });
+    job.await
+        .map_err(|_| error(500, "could not run the operation on a thread of its own"))
+}
+
+/// Serves the admin API on `listener` (bound from `settings.listen`). `settings` is the
+/// `[admin]` section the process started with: a reload to a file without one keeps the
+/// listener, and its token, until a restart.
+pub fn spawn(
+    shared: Arc<Shared>,
+    settings: crate::config::model::Admin,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    let settings = Arc::new(settings);
     crate::runtime::spawn_side_thread("admin", move || async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -35,7 +86,7 @@ pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::R
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    monoio::spawn(serve(shared.clone(), stream));
+                    monoio::spawn(serve(shared.clone(), settings.clone(), stream));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
@@ -51,6 +102,8 @@ struct Reply {
     status: u16,
     body: String,
     content_type: &'static str,
+    /// The methods the path serves, sent as `Allow` with a 405 (RFC 9110 §15.5.6).
+    allow: Option<&'static str>,
 }
 
 impl Reply {
@@ -59,7 +112,16 @@ impl Reply {
             status,
             body,
             content_type: "application/json",
+            allow: None,
         }
+    }
+}
+
+/// 405 for a path that serves only `allow`.
+fn not_allowed(allow: &'static str) -> Reply {
+    Reply {
+        allow: Some(allow),
+        ..error(405, "Method not allowed")
     }
 }
 
@@ -70,7 +132,11 @@ fn error(status: u16, message: &str) -> Reply {
     )
 }
 
-async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
+async fn serve(
+    shared: Arc<Shared>,
+    settings: Arc<crate::config::model::Admin>,
+    mut stream: TcpStream,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     loop {
         // Read one request (head and Content-Length body).
@@ -116,7 +182,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
                             body: &buf[head.head_len..head.head_len + body_len],
                             auth,
                         };
-                        let reply = route(&shared, &call);
+                        let reply = route(&shared, &settings, &call).await;
                         break (reply, keep, head.head_len + body_len);
                     }
                 }
@@ -142,6 +208,11 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         out.extend_from_slice(b"\r\nContent-Length: ");
         http::write::write_u64(&mut out, reply.body.len() as u64);
         out.extend_from_slice(b"\r\n");
+        if let Some(allow) = reply.allow {
+            out.extend_from_slice(b"Allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if reply.status == 401 {
             out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
         }
@@ -162,7 +233,7 @@ fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
     let Ok(token) = std::env::var(var) else {
         return true;
     };
-    let Some(given) = auth.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+    let Some(given) = auth.and_then(bearer_credentials) else {
         return false;
     };
     // Constant time in the token's length.
@@ -174,6 +245,18 @@ fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
             == 0
 }
 
+/// The token of `Bearer <token>`. RFC 9110 §11.1: the scheme is case-insensitive
+/// (`bearer`, `BEARER`), and one or more spaces separate it from the credentials.
+fn bearer_credentials(header: &[u8]) -> Option<&[u8]> {
+    let space = header.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = header.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[start..])
+}
+
 /// One admin request.
 struct Call<'a> {
     method: &'a str,
@@ -183,12 +266,24 @@ struct Call<'a> {
     auth: Option<&'a [u8]>,
 }
 
-fn route(shared: &Shared, call: &Call<'_>) -> Reply {
+async fn route(
+    shared: &Arc<Shared>,
+    started: &crate::config::model::Admin,
+    call: &Call<'_>,
+) -> Reply {
     let active = shared.active();
-    let cfg = &active.config;
     let (method, path) = (call.method, call.path);
     let open = method == "GET" && path == "/health";
-    if !open && !authorized(call.auth, cfg.admin.token_env.as_deref()) {
+    // The running file's `[admin]` (token_env may change on reload), or the one the listener
+    // was started with when the file no longer has one: never an open admin API by omission.
+    let token_env = active
+        .config
+        .admin
+        .as_ref()
+        .unwrap_or(started)
+        .token_env
+        .as_deref();
+    if !open && !authorized(call.auth, token_env) {
         return error(401, "Missing or invalid admin token");
     }
     if let Some(name) = path
@@ -196,9 +291,9 @@ fn route(shared: &Shared, call: &Call<'_>) -> Reply {
         .and_then(|rest| rest.strip_suffix("/endpoints"))
     {
         return match method {
-            "PUT" => register(shared, name, call.body),
+            "PUT" => register(shared, name, call.body).await,
             "DELETE" => deregister(shared, name, call.query),
-            _ => error(405, "Method not allowed"),
+            _ => not_allowed("PUT, DELETE"),
         };
     }
     match (method, path.as_bytes()) {
@@ -222,25 +317,42 @@ fn route(shared: &Shared, call: &Call<'_>) -> Reply {
             let dropped = shared
                 .spans_dropped
                 .load(std::sync::atomic::Ordering::Relaxed);
+            let access_dropped = shared
+                .access_log_dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let rejected = shared
+                .connections_rejected
+                .load(std::sync::atomic::Ordering::Relaxed);
             shared.metrics.render(&mut body, &|w| {
                 w.breaker_states(states.iter().copied());
                 w.spans_dropped(dropped);
+                w.access_log_dropped(access_dropped);
+                w.connections_rejected(rejected);
             });
             Reply {
                 status: 200,
                 body,
                 content_type: crate::metrics::CONTENT_TYPE,
+                allow: None,
             }
         }
         ("GET", b"/routes") => Reply::json(200, routes(shared).to_string()),
         ("GET", b"/upstreams") => Reply::json(200, upstreams(shared).to_string()),
-        ("POST", b"/reload") => match crate::runtime::reload::reload(shared) {
-            Ok(()) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
-            Err(e) => error(400, &e.to_string()),
-        },
-        (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => {
-            error(405, "Method not allowed")
+        ("POST", b"/reload") => {
+            // Loading the file resolves its host names: off this thread, so /health and
+            // /metrics keep answering. The answer waits for the outcome (no timeout: the
+            // reload applies whenever it completes, so answering earlier would misreport it).
+            let s = shared.clone();
+            match blocking(move || crate::runtime::reload::reload(&s).map_err(|e| e.to_string()))
+                .await
+            {
+                Ok(Ok(())) => Reply::json(200, json!({"status": "reloaded"}).to_string()),
+                Ok(Err(e)) => error(400, &e),
+                Err(busy) => busy,
+            }
         }
+        (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => not_allowed("GET"),
+        (_, b"/reload") => not_allowed("POST"),
         _ => error(404, "No such admin endpoint"),
     }
 }
@@ -382,7 +494,7 @@ pub fn health(shared: &Shared) -> serde_json::Value {
 }
 
 /// `PUT /upstreams/{name}/endpoints` with `{"url", "weight", "metadata"}`.
-fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
+async fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Registration {
@@ -401,9 +513,25 @@ fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
         }
     };
     let weight = reg.weight.unwrap_or(1);
-    let mut endpoints = match crate::config::parse_endpoint(&reg.url, weight) {
-        Ok(e) => e,
-        Err(e) => return error(400, &e),
+    // The URL's host name is resolved on a thread of its own (getaddrinfo blocks), so a slow
+    // resolver never stalls the other admin calls; the registration waits for it, up to
+    // RESOLVE_TIMEOUT, and changes nothing when it gives up.
+    let url = reg.url.clone();
+    let lookup = blocking(move || crate::config::parse_endpoint(&url, weight));
+    let mut endpoints = match monoio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(Ok(e))) => e,
+        Ok(Ok(Err(e))) => return error(400, &e),
+        Ok(Err(busy)) => return busy,
+        Err(_) => {
+            return error(
+                504,
+                &format!(
+                    "resolving {:?} took longer than {}s; nothing was registered",
+                    reg.url,
+                    RESOLVE_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let metadata = reg.metadata.as_ref().map(|m| m.to_string());
     for e in &mut endpoints {
@@ -478,7 +606,17 @@ fn percent_decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{bearer_credentials, percent_decode};
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+    }
 
     #[test]
     fn percent_decoding() {

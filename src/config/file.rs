@@ -64,8 +64,8 @@ pub mod default {
 pub struct File {
     #[serde(default)]
     pub server: Server,
-    #[serde(default)]
-    pub admin: Admin,
+    /// Absent: no admin listener at all.
+    pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
     /// Named backend services, in file order.
@@ -145,7 +145,7 @@ pub struct Limits {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Default: `"127.0.0.1:9901"` (Envoy's admin port).
+    /// Default within `[admin]`: `"127.0.0.1:9901"` (Envoy's admin port).
     pub listen: Option<String>,
     /// Default: none, the admin API needs no token.
     pub token_env: Option<String>,

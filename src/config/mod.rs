@@ -61,6 +61,18 @@ pub fn parse_endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, St
     validate::endpoint(url, weight)
 }
 
+/// A host-name resolver: every address of `(host, port)`, or why there is none. It may block.
+pub type Resolver = fn(&str, u16) -> Result<Vec<std::net::SocketAddr>, String>;
+
+static RESOLVER: std::sync::OnceLock<Resolver> = std::sync::OnceLock::new();
+
+/// Replaces the system resolver (`getaddrinfo`) for every later load, registration and DNS
+/// refresh of this process, once: for embedding the gateway, and for tests that need a slow or
+/// scripted resolver. False when one was set already.
+pub fn set_resolver(resolver: Resolver) -> bool {
+    RESOLVER.set(resolver).is_ok()
+}
+
 /// Every address of `host` (the DNS refresher uses it).
 pub fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
     validate::resolve(host, port)

@@ -35,7 +35,8 @@ pub struct Config {
     /// The file this config was read from (reload re-reads it).
     pub path: PathBuf,
     pub server: Server,
-    pub admin: Admin,
+    /// `None` without an `[admin]` section: no admin listener.
+    pub admin: Option<Admin>,
     pub log: Log,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,

@@ -46,9 +46,12 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
         dur(l.keepalive_timeout),
         l.max_connections,
     )?;
-    match &cfg.admin.token_env {
-        Some(var) => writeln!(out, "admin: {} (token from ${var})", cfg.admin.listen)?,
-        None => writeln!(out, "admin: {} (no token)", cfg.admin.listen)?,
+    match &cfg.admin {
+        None => writeln!(out, "admin: none (no [admin] section, no admin listener)")?,
+        Some(a) => match &a.token_env {
+            Some(var) => writeln!(out, "admin: {} (token from ${var})", a.listen)?,
+            None => writeln!(out, "admin: {} (no token)", a.listen)?,
+        },
     }
     let level = match cfg.log.level {
         LogLevel::Error => "error",

@@ -119,8 +119,9 @@ fn spec_example_without_later_capabilities_loads() {
             Duration::from_secs(60)
         )
     );
-    assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().unwrap());
-    assert_eq!(cfg.admin.token_env.as_deref(), Some("DISPATCH_ADMIN_TOKEN"));
+    let admin = cfg.admin.as_ref().expect("[admin] section");
+    assert_eq!(admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(admin.token_env.as_deref(), Some("DISPATCH_ADMIN_TOKEN"));
     assert_eq!(
         (cfg.log.level, cfg.log.access),
         (LogLevel::Info, AccessLog::Off)
@@ -302,8 +303,10 @@ fn defaults_apply_to_an_empty_file() {
     assert_eq!(cfg.server.drain_timeout, Duration::from_secs(30));
     assert_eq!(cfg.server.limits.max_request_line, 8 << 10);
     assert_eq!(cfg.server.limits.max_body, 10 << 20);
-    assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().unwrap());
-    assert_eq!(cfg.admin.token_env, None);
+    assert!(cfg.admin.is_none(), "no [admin] section, no admin listener");
+    let admin = load("[admin]\n").admin.expect("[admin] section");
+    assert_eq!(admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(admin.token_env, None);
     assert_eq!(
         (cfg.log.level, cfg.log.access),
         (LogLevel::Info, AccessLog::Off)
@@ -662,4 +665,19 @@ fn summary_lists_workers_listeners_upstreams_and_routes() {
         )),
         "{text}"
     );
+}
+
+/// A non-loopback admin API without a token used to start open to the network.
+#[test]
+fn non_loopback_admin_without_a_token_is_refused() {
+    assert_eq!(
+        error("[admin]\nlisten = \"0.0.0.0:9901\"\n"),
+        "d.toml:2:10: admin.listen: 0.0.0.0:9901 is not a loopback address: needs token_env (a non-loopback admin API must require a token)"
+    );
+    assert_eq!(
+        error("[admin]\nlisten = \"10.1.2.3:9901\"\ntoken_env = \"DISPATCH_TEST_TOKEN_NEVER_SET_4711\"\n"),
+        "d.toml:2:10: admin.listen: 10.1.2.3:9901 is not a loopback address: needs a token: $DISPATCH_TEST_TOKEN_NEVER_SET_4711 (admin.token_env) is not set or empty, and a non-loopback admin API must require one"
+    );
+    // Loopback needs no token; [::1] is loopback too.
+    assert!(load("[admin]\nlisten = \"[::1]:9901\"\n").admin.is_some());
 }

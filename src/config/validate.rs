@@ -14,10 +14,14 @@ use super::file::{self, default, Named, Workers};
 use super::model;
 use super::source::{KeyPath, Source};
 use super::units::{self, Duration, Size};
+use crate::upstream::balance::MAX_ENDPOINTS;
 
 pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, ConfigError> {
     let server = server(&file.server, src)?;
-    let admin = admin(&file.admin, &server, src)?;
+    let admin = match &file.admin {
+        Some(written) => Some(admin(written, &server, src)?),
+        None => None,
+    };
     let upstreams = file
         .upstreams
         .iter()
@@ -183,6 +187,27 @@ fn admin(
             ));
         }
     }
+    // Endpoint registration and reload reachable from the network need a token: a
+    // non-loopback admin listener starts only with `token_env` naming a variable that is set
+    // (and not empty) in the environment it starts in.
+    if !listen.ip().is_loopback() {
+        let token_set = admin
+            .token_env
+            .as_deref()
+            .is_some_and(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+        if !token_set {
+            let why = match &admin.token_env {
+                None => "needs token_env (a non-loopback admin API must require a token)".to_string(),
+                Some(var) => format!(
+                    "needs a token: ${var} (admin.token_env) is not set or empty, and a non-loopback admin API must require one"
+                ),
+            };
+            return Err(src.error(
+                &at.key("listen"),
+                format!("{listen} is not a loopback address: {why}"),
+            ));
+        }
+    }
     Ok(model::Admin {
         listen,
         token_env: admin.token_env.clone(),
@@ -235,6 +260,16 @@ fn upstream(
                 return Err(src.error(&url_at, format!("duplicate endpoint {url:?}")));
             }
             endpoints.push(endpoint);
+        }
+        // Endpoint sets (rotation, retries) index at most MAX_ENDPOINTS endpoints.
+        if endpoints.len() > MAX_ENDPOINTS {
+            return Err(src.error(
+                &url_at,
+                format!(
+                    "too many endpoints: {} addresses with this one, at most {MAX_ENDPOINTS} per upstream",
+                    endpoints.len()
+                ),
+            ));
         }
     }
     let balance = match &upstream.balance {
@@ -510,6 +545,9 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
 
 /// Every address of `host` (deduplicated, in the resolver's order).
 pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Some(resolver) = super::RESOLVER.get() {
+        return resolver(host, port);
+    }
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in (host, port)
         .to_socket_addrs()

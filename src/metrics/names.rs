@@ -114,6 +114,22 @@ pub const TRACING_SPANS_DROPPED_TOTAL: Family = family(
     Kind::Counter,
 );
 
+/// `dispatch_access_log_dropped_total`: access-log lines dropped because the writer fell
+/// behind (BEHAVIOR.md "Metrics").
+pub const ACCESS_LOG_DROPPED_TOTAL: Family = family(
+    "dispatch_access_log_dropped_total",
+    "Access log lines dropped instead of blocking a worker (the writer fell behind).",
+    Kind::Counter,
+);
+
+/// `dispatch_connections_rejected_total`: client connections closed at accept because
+/// `server.max_connections` were open (BEHAVIOR.md "Metrics").
+pub const CONNECTIONS_REJECTED_TOTAL: Family = family(
+    "dispatch_connections_rejected_total",
+    "Client connections closed at accept because server.max_connections were open.",
+    Kind::Counter,
+);
+
 // --- process ------------------------------------------------------------------------------
 
 /// `process_resident_memory_bytes`: VmRSS of /proc/self/status.
@@ -148,7 +164,7 @@ pub const BUILD_INFO: Family = family(
 );
 
 /// Every family, in exposition order.
-pub const ALL: [Family; 16] = [
+pub const ALL: [Family; 18] = [
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     UPSTREAM_REQUESTS_TOTAL,
@@ -160,6 +176,8 @@ pub const ALL: [Family; 16] = [
     CONNECTIONS_ACTIVE,
     BREAKER_STATE,
     TRACING_SPANS_DROPPED_TOTAL,
+    ACCESS_LOG_DROPPED_TOTAL,
+    CONNECTIONS_REJECTED_TOTAL,
     PROCESS_RESIDENT_MEMORY,
     PROCESS_OPEN_FDS,
     PROCESS_START_TIME,

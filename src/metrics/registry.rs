@@ -819,6 +819,20 @@ impl<'a> Writer<'a> {
         self.sample(names::TRACING_SPANS_DROPPED_TOTAL.name, &[], dropped);
     }
 
+    /// `dispatch_access_log_dropped_total`, from the access-log writer's counter. For the
+    /// `extra` closure of [`Registry::render`].
+    pub fn access_log_dropped(&mut self, dropped: u64) {
+        self.family(&names::ACCESS_LOG_DROPPED_TOTAL);
+        self.sample(names::ACCESS_LOG_DROPPED_TOTAL.name, &[], dropped);
+    }
+
+    /// `dispatch_connections_rejected_total`, from the process-wide counter the accept loops
+    /// bump. For the `extra` closure of [`Registry::render`].
+    pub fn connections_rejected(&mut self, rejected: u64) {
+        self.family(&names::CONNECTIONS_REJECTED_TOTAL);
+        self.sample(names::CONNECTIONS_REJECTED_TOTAL.name, &[], rejected);
+    }
+
     /// `dispatch_breaker_state{upstream}` from `(upstream name, state)` pairs, state being
     /// 0 closed, 1 half-open, 2 open. For the `extra` closure of [`Registry::render`].
     pub fn breaker_states<'s>(&mut self, states: impl IntoIterator<Item = (&'s str, u8)>) {
@@ -1048,7 +1062,11 @@ dispatch_breaker_state{upstream="a\"b"} 0
         reg.render(&mut out, &|w| {
             w.breaker_states([("api", 1)]);
             w.spans_dropped(7);
+            w.access_log_dropped(3);
+            w.connections_rejected(2);
         });
+        assert!(out.contains("dispatch_access_log_dropped_total 3\n"));
+        assert!(out.contains("dispatch_connections_rejected_total 2\n"));
         assert!(out.contains("dispatch_tracing_spans_dropped_total 7\n"));
         assert!(out.contains("dispatch_breaker_state{upstream=\"api\"} 1\n"));
         assert!(out.contains("dispatch_build_info{version=\"0.1.0\"} 1\n"));

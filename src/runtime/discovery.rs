@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::model::{Config, Endpoint, EndpointSource};
+use crate::upstream::balance::MAX_ENDPOINTS;
 
 /// Why an endpoint change was refused; each variant names its admin API status.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,11 @@ pub enum DiscoveryError {
     #[error("cannot remove the last endpoint of upstream {0:?}")]
     LastEndpoint(String),
     /// 409
+    #[error(
+        "upstream {upstream:?} would have {count} endpoints: at most {MAX_ENDPOINTS} per upstream"
+    )]
+    TooManyEndpoints { upstream: String, count: usize },
+    /// 409
     #[error("address {addr} is already endpoint {url:?} of upstream {upstream:?}")]
     AddressInUse {
         upstream: String,
@@ -42,7 +48,9 @@ impl DiscoveryError {
     pub fn status(&self) -> u16 {
         match self {
             DiscoveryError::NoUpstream(_) | DiscoveryError::NoEndpoint { .. } => 404,
-            DiscoveryError::LastEndpoint(_) | DiscoveryError::AddressInUse { .. } => 409,
+            DiscoveryError::LastEndpoint(_)
+            | DiscoveryError::AddressInUse { .. }
+            | DiscoveryError::TooManyEndpoints { .. } => 409,
         }
     }
 }
@@ -148,6 +156,14 @@ impl Discovery {
         // from the effective set, so the registration is refused instead.
         let current = self.effective();
         if let Some(u) = current.upstreams.iter().find(|u| u.name == upstream) {
+            // A registration replaces the endpoints of its URL.
+            let count = u.endpoints.iter().filter(|e| e.url != url).count() + endpoints.len();
+            if count > MAX_ENDPOINTS {
+                return Err(DiscoveryError::TooManyEndpoints {
+                    upstream: upstream.to_string(),
+                    count,
+                });
+            }
             for e in &endpoints {
                 if let Some(other) = u
                     .endpoints
@@ -227,9 +243,32 @@ impl Discovery {
         targets
     }
 
-    /// Records a DNS answer; true when it differs from the addresses in use.
+    /// Records a DNS answer; true when it differs from the addresses in use. An answer that
+    /// would take the upstream past [`MAX_ENDPOINTS`] keeps only the first addresses that fit
+    /// (in sorted order, so the choice is stable), or the previous answer when none fits, with
+    /// a warning.
     pub fn set_dns(&mut self, upstream: &str, url: &str, mut addrs: Vec<SocketAddr>) -> bool {
         addrs.sort();
+        let others = self
+            .effective()
+            .upstreams
+            .iter()
+            .find(|u| u.name == upstream)
+            .map_or(0, |u| u.endpoints.iter().filter(|e| e.url != url).count());
+        let room = MAX_ENDPOINTS.saturating_sub(others);
+        if room == 0 {
+            crate::warn!(
+                "upstream {upstream}: no room for the addresses of {url} (at most {MAX_ENDPOINTS} endpoints per upstream); keeping the previous answer"
+            );
+            return false;
+        }
+        if addrs.len() > room {
+            crate::warn!(
+                "upstream {upstream}: {url} resolves to {} addresses; keeping {room} (at most {MAX_ENDPOINTS} endpoints per upstream)",
+                addrs.len()
+            );
+            addrs.truncate(room);
+        }
         let key = (upstream.to_string(), url.to_string());
         let mut current: Vec<SocketAddr> = match self.dns.get(&key) {
             Some(a) => a.clone(),
@@ -290,6 +329,42 @@ upstream = "users"
             .iter()
             .map(|e| (e.url.clone(), e.weight))
             .collect()
+    }
+
+    /// Registrations and DNS answers could grow an upstream past what endpoint sets index.
+    #[test]
+    fn endpoints_are_capped_at_max_endpoints() {
+        let mut d = Discovery::new(config());
+        for i in 0..MAX_ENDPOINTS - 2 {
+            let url = format!("http://127.0.1.{}:{}", i / 250, 1000 + i % 250);
+            d.register("users", registered(&url, 1)).expect("room left");
+        }
+        assert_eq!(d.effective().upstreams[0].endpoints.len(), MAX_ENDPOINTS);
+        let err = d
+            .register("users", registered("http://127.0.0.9:1", 1))
+            .unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            err.to_string(),
+            "upstream \"users\" would have 1025 endpoints: at most 1024 per upstream"
+        );
+        // Updating a registered URL at the cap replaces its endpoint: allowed.
+        assert!(!d
+            .register("users", registered("http://127.0.1.0:1000", 7))
+            .unwrap());
+
+        // A DNS answer larger than the room left keeps the first addresses that fit.
+        let file = crate::config::load_str(
+            "[upstreams.dns]\nendpoints = [\"http://localhost:9000\"]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("localhost resolves");
+        let mut d = Discovery::new(file);
+        let answer: Vec<SocketAddr> = (0..MAX_ENDPOINTS + 500)
+            .map(|i| SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 9000)))
+            .collect();
+        assert!(d.set_dns("dns", "http://localhost:9000", answer));
+        assert_eq!(d.effective().upstreams[0].endpoints.len(), MAX_ENDPOINTS);
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub struct Running {
     spans: Option<crate::otlp::Exporter>,
     workers: Vec<std::thread::JoinHandle<()>>,
     pub listen: Vec<std::net::SocketAddr>,
-    pub admin: std::net::SocketAddr,
+    /// The admin API's address; `None` without an `[admin]` section.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Running {
@@ -59,7 +60,8 @@ impl Running {
 }
 
 /// Starts a named thread that runs `task` on a monoio runtime of its own (legacy driver, timer
-/// on): for the admin API and the health checker, which must never take time from a worker.
+/// on, `spawn_blocking` on threads of their own): for the admin API and the health checker,
+/// which must never take time from a worker.
 pub fn spawn_side_thread<F, Fut>(name: &str, task: F) -> std::io::Result<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -71,6 +73,7 @@ where
         .spawn(move || {
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
+                .attach_thread_pool(Box::new(ThreadPerTask))
                 .build()
             {
                 Ok(mut rt) => rt.block_on(task()),
@@ -78,6 +81,24 @@ where
             }
         })?;
     Ok(())
+}
+
+/// Where a side thread's `monoio::spawn_blocking` work runs: a thread of its own per task.
+/// Such work is rare and operator-driven (an admin registration's DNS lookup, a reload), and a
+/// lookup stuck in `getaddrinfo` must not hold up the next one, so there is no fixed pool to
+/// queue behind. Callers bound how many they start (`admin::MAX_BLOCKING`).
+struct ThreadPerTask;
+
+impl monoio::blocking::ThreadPool for ThreadPerTask {
+    fn schedule_task(&self, task: monoio::blocking::BlockingTask) {
+        // A thread that cannot be started drops the task: its JoinHandle reports it canceled.
+        if let Err(e) = std::thread::Builder::new()
+            .name("dispatch-blocking".into())
+            .spawn(move || task.run())
+        {
+            crate::error!("cannot start a thread for blocking work: {e}");
+        }
+    }
 }
 
 /// How long an exit waits for the last spans to reach the collector.
@@ -119,13 +140,23 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         listen.push(addr);
     }
     let pin = config.server.pin_workers;
-    let admin_listen = config.admin.listen;
-    let admin_listener =
-        std::net::TcpListener::bind(admin_listen).map_err(|source| StartError::Bind {
-            addr: admin_listen,
-            source,
-        })?;
-    let admin = admin_listener.local_addr()?;
+    // No `[admin]` section, no admin listener: two gateways on one host must not collide on
+    // a default port, and an unconfigured box must not expose endpoint registration.
+    let admin_listener = match &config.admin {
+        None => None,
+        Some(a) => {
+            let socket =
+                std::net::TcpListener::bind(a.listen).map_err(|source| StartError::Bind {
+                    addr: a.listen,
+                    source,
+                })?;
+            Some((a.clone(), socket))
+        }
+    };
+    let admin = match &admin_listener {
+        Some((_, socket)) => Some(socket.local_addr()?),
+        None => None,
+    };
 
     let discovery = discovery::Discovery::new(config.clone());
     let (listeners, changes) = listeners::Listeners::new(config.server.listen.clone(), workers);
@@ -136,7 +167,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     } else {
         Vec::new()
     };
-    let access_log = crate::access_log::Writer::start()?;
+    let access_log = crate::access_log::Writer::start(shared.access_log_dropped.clone())?;
     let spans = match &shared.active().config.tracing.otlp_endpoint {
         None => None,
         Some(url) => Some(
@@ -172,7 +203,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             },
         )?);
     }
-    crate::admin::spawn(shared.clone(), admin_listener)?;
+    if let Some((settings, socket)) = admin_listener {
+        crate::admin::spawn(shared.clone(), settings, socket)?;
+    }
     control::spawn(shared.clone())?;
     let reload_shared = shared.clone();
     shutdown::watch(signals, shared.clone(), move || {
@@ -181,13 +214,17 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         }
     })?;
     crate::info!(
-        "dispatch {} serving on {:?} with {workers} worker(s) ({}), admin on {admin}",
+        "dispatch {} serving on {:?} with {workers} worker(s) ({}), {}",
         env!("CARGO_PKG_VERSION"),
         listen,
         if driver == Driver::IoUring {
             "io_uring"
         } else {
             "epoll"
+        },
+        match admin {
+            Some(addr) => format!("admin on {addr}"),
+            None => "no admin listener (no [admin] section)".to_string(),
         },
     );
     Ok(Running {

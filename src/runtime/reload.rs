@@ -33,7 +33,10 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     if next.server.workers != current.config.server.workers {
         fixed("server.workers");
     }
-    if next.admin.listen != current.config.admin.listen {
+    // The admin thread keeps its listener (and, while the new file has no `[admin]`, the
+    // token it started with) until a restart.
+    let listen_of = |c: &crate::config::model::Config| c.admin.as_ref().map(|a| a.listen);
+    if listen_of(&next) != listen_of(&current.config) {
         fixed("admin.listen");
     }
     if next.tracing.otlp_endpoint != current.config.tracing.otlp_endpoint {

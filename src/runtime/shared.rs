@@ -180,6 +180,11 @@ pub struct Shared {
     pub discovery: Mutex<Discovery>,
     /// Spans the OTLP exporter dropped (queue full, collector failing).
     pub spans_dropped: Arc<AtomicU64>,
+    /// Access-log lines dropped because the writer fell behind (bumped only on a drop).
+    pub access_log_dropped: Arc<AtomicU64>,
+    /// Client connections closed at accept over `max_connections` (bumped only on a
+    /// rejection, next to the connection count the accept already touches).
+    pub connections_rejected: AtomicU64,
     /// The open listen addresses and the way to change them (reload).
     pub listeners: Listeners,
 }
@@ -202,6 +207,8 @@ impl Shared {
             metrics: crate::metrics::Registry::new(env!("CARGO_PKG_VERSION")),
             discovery: Mutex::new(discovery),
             spans_dropped: Arc::default(),
+            access_log_dropped: Arc::default(),
+            connections_rejected: AtomicU64::new(0),
             listeners,
         })
     }

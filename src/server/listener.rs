@@ -3,7 +3,8 @@
 //!
 //! Sockets are bound on the main thread before any worker starts (a port in use fails the
 //! start with a clear error), then handed to their worker, whose accept loop runs until the
-//! drain starts. Connections over `max_connections` are closed at once.
+//! drain starts. Connections over `max_connections` are closed at once, counted in
+//! `dispatch_connections_rejected_total` and warned about at most once a second.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
@@ -14,6 +15,10 @@ use socket2::{Domain, Socket, Type};
 use crate::metrics::Side;
 use crate::runtime::shutdown::Latch;
 use crate::runtime::worker::Worker;
+
+/// Rate limits of the accept loops' warnings, shared by every worker.
+static REJECTED_WARNING: crate::logging::Limiter = crate::logging::Limiter::new();
+static ACCEPT_WARNING: crate::logging::Limiter = crate::logging::Limiter::new();
 
 /// Accept backlog; the kernel caps it at net.core.somaxconn.
 const BACKLOG: i32 = 4096;
@@ -56,6 +61,14 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<Lat
                     .max_connections;
                 if !worker.shared.try_open_connection(max) {
                     drop(stream);
+                    worker
+                        .shared
+                        .connections_rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::warn_limited!(
+                        &REJECTED_WARNING,
+                        "connection from {peer} refused: {max} connections open (server.max_connections)"
+                    );
                     continue;
                 }
                 worker.open.set(worker.open.get() + 1);
@@ -73,7 +86,7 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<Lat
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
-                crate::warn!("worker {}: accept failed: {e}", worker.id);
+                crate::warn_limited!(&ACCEPT_WARNING, "worker {}: accept failed: {e}", worker.id);
                 monoio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

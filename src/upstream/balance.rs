@@ -11,24 +11,48 @@
 
 use crate::config::model::{Balance, Endpoint};
 
-/// Endpoints already tried by one request (bit i = endpoint i). Upstreams with more than 64
-/// endpoints reuse bits modulo 64, which only weakens "another endpoint" for very large sets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tried(u64);
+/// The most endpoints one upstream may have: the file, admin registrations and DNS answers are
+/// all held to it (config validation, `Discovery`), so every endpoint index fits an
+/// [`EndpointSet`].
+pub const MAX_ENDPOINTS: usize = 1024;
 
-impl Tried {
+const SET_WORDS: usize = MAX_ENDPOINTS / 64;
+
+/// A set of endpoint indices of one upstream (bit i = endpoint i), for every index below
+/// [`MAX_ENDPOINTS`]: endpoints out of rotation, or already tried by one request. A fixed
+/// 128-byte bitset rather than an inline-or-heap one: it stays `Copy` and allocation-free, and
+/// the few word operations a request does on it (one union, one emptiness test) cost nothing
+/// next to a proxied exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointSet([u64; SET_WORDS]);
+
+/// The endpoints one request has tried.
+pub type Tried = EndpointSet;
+
+impl EndpointSet {
+    /// Adds endpoint `i`. Indices at or above [`MAX_ENDPOINTS`] cannot occur (the cap is
+    /// enforced wherever endpoints are added) and are ignored rather than aliased.
+    #[inline]
     pub fn add(&mut self, i: usize) {
-        self.0 |= 1 << (i % 64);
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
     }
-    pub fn contains(self, i: usize) -> bool {
-        self.0 & (1 << (i % 64)) != 0
+    #[inline]
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
-    pub fn count(self) -> u32 {
-        self.0.count_ones()
+    pub fn count(&self) -> u32 {
+        self.0.iter().map(|w| w.count_ones()).sum()
     }
-    /// These endpoints plus those of `mask` (same bit layout).
-    pub fn with_mask(self, mask: u64) -> Tried {
-        Tried(self.0 | mask)
+    /// These endpoints plus those of `mask`.
+    #[inline]
+    pub fn with_mask(self, mask: &EndpointSet) -> EndpointSet {
+        let mut out = self;
+        for (o, m) in out.0.iter_mut().zip(&mask.0) {
+            *o |= m;
+        }
+        out
     }
 }
 
@@ -333,6 +357,35 @@ mod tests {
         for c in counts {
             assert!((700..1300).contains(&c), "{counts:?}");
         }
+    }
+
+    /// Retries past endpoint 64 used to alias: trying endpoint 3 marked 67 as tried too.
+    #[test]
+    fn tried_past_64_endpoints_used_to_alias() {
+        let mut t = Tried::default();
+        t.add(3);
+        assert!(t.contains(3) && !t.contains(67) && !t.contains(131));
+        t.add(MAX_ENDPOINTS - 1);
+        assert!(t.contains(MAX_ENDPOINTS - 1) && t.count() == 2);
+        // Beyond the cap nothing is added or found (never aliased onto a real endpoint).
+        t.add(MAX_ENDPOINTS + 3);
+        assert!(!t.contains(MAX_ENDPOINTS + 3) && t.count() == 2);
+        let mut out = EndpointSet::default();
+        out.add(200);
+        let avoid = t.with_mask(&out);
+        assert!(avoid.contains(200) && avoid.contains(3) && avoid.count() == 3);
+        // A fixed 1,024-bit set: 128 bytes, copied and compared by the request path.
+        assert_eq!(std::mem::size_of::<EndpointSet>(), 128);
+        // 200 endpoints, 3 of them tried: round robin never picks a tried one.
+        let mut b = Balancer::new(&Balance::RoundRobin, &eps(&[1; 200]), 1);
+        let mut tried = Tried::default();
+        for i in [3, 67, 131] {
+            tried.add(i);
+        }
+        let picks: std::collections::HashSet<usize> =
+            (0..197).map(|_| b.pick(Key::None, tried)).collect();
+        assert_eq!(picks.len(), 197);
+        assert!(!picks.contains(&3) && !picks.contains(&67) && !picks.contains(&131));
     }
 
     #[test]

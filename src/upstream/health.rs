@@ -44,6 +44,8 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::balance::EndpointSet;
+
 /// Largest response head a probe reads.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -251,7 +253,7 @@ pub struct Rotation {
     epoch: Arc<HealthEpoch>,
     seen: u64,
     next_expiry: u64,
-    mask: u64,
+    mask: EndpointSet,
     panic: bool,
 }
 
@@ -265,19 +267,19 @@ impl Rotation {
             seen: 0,
             // Forces the first call to compute.
             next_expiry: 0,
-            mask: 0,
+            mask: EndpointSet::default(),
             panic: false,
         }
     }
 
-    /// Bit `i % 64` set = endpoint `i` is out of rotation; 0 in panic mode.
+    /// The endpoints out of rotation (index `i` = endpoint `i`); empty in panic mode.
     #[inline]
-    pub fn out_mask(&mut self, now_ms: u64) -> u64 {
+    pub fn out_mask(&mut self, now_ms: u64) -> &EndpointSet {
         let epoch = self.epoch.get();
         if epoch != self.seen || now_ms >= self.next_expiry {
             self.recompute(epoch, now_ms);
         }
-        self.mask
+        &self.mask
     }
 
     /// Whether the last computation found every endpoint out.
@@ -291,7 +293,7 @@ impl Rotation {
 
     #[cold]
     fn recompute(&mut self, epoch: u64, now_ms: u64) {
-        let mut mask = 0u64;
+        let mut mask = EndpointSet::default();
         let mut out = 0usize;
         let mut next = u64::MAX;
         for (i, ep) in self.endpoints.iter().enumerate() {
@@ -301,12 +303,16 @@ impl Rotation {
                 next = next.min(until);
             }
             if ejected || !ep.active_healthy() {
-                mask |= 1 << (i % 64);
+                mask.add(i);
                 out += 1;
             }
         }
         self.panic = out > 0 && out == self.endpoints.len();
-        self.mask = if self.panic { 0 } else { mask };
+        self.mask = if self.panic {
+            EndpointSet::default()
+        } else {
+            mask
+        };
         self.seen = epoch;
         self.next_expiry = next;
     }
@@ -610,6 +616,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::balance::MAX_ENDPOINTS;
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::atomic::AtomicU16;
@@ -801,14 +808,14 @@ mod tests {
     fn rotation_recomputes_on_epoch_bump() {
         let (epoch, eps) = upstream(2);
         let mut rot = Rotation::new(eps.clone(), epoch.clone());
-        assert_eq!(rot.out_mask(0), 0);
+        assert_eq!(*rot.out_mask(0), set(&[]));
         // A write that skips the epoch is invisible: proof that the mask is cached.
         eps[1].active.store(false, Ordering::Release);
-        assert_eq!(rot.out_mask(1), 0);
+        assert_eq!(*rot.out_mask(1), set(&[]));
         epoch.bump();
-        assert_eq!(rot.out_mask(2), 0b10);
+        assert_eq!(*rot.out_mask(2), set(&[1]));
         assert!(eps[1].set_active(true));
-        assert_eq!(rot.out_mask(3), 0);
+        assert_eq!(*rot.out_mask(3), set(&[]));
         assert!(!rot.panic());
     }
 
@@ -817,10 +824,10 @@ mod tests {
         let (epoch, eps) = upstream(2);
         let mut rot = Rotation::new(eps.clone(), epoch);
         fail_n(&eps[0], 5, 1000);
-        assert_eq!(rot.out_mask(1000), 0b01);
+        assert_eq!(*rot.out_mask(1000), set(&[0]));
         eps[1].active.store(false, Ordering::Release);
-        assert_eq!(rot.out_mask(30_999), 0b01, "cached until the expiry");
-        assert_eq!(rot.out_mask(31_000), 0b10);
+        assert_eq!(*rot.out_mask(30_999), set(&[0]), "cached until the expiry");
+        assert_eq!(*rot.out_mask(31_000), set(&[1]));
     }
 
     #[test]
@@ -830,16 +837,37 @@ mod tests {
         eps[0].set_active(false);
         fail_n(&eps[1], 5, 0);
         assert!(all_out(&eps, 0));
-        assert_eq!(rot.out_mask(0), 0);
+        assert_eq!(*rot.out_mask(0), set(&[]));
         assert!(rot.panic());
-        assert_eq!(rot.out_mask(30_000), 0b01);
+        assert_eq!(*rot.out_mask(30_000), set(&[0]));
         assert!(!rot.panic() && !all_out(&eps, 30_000));
         assert!(!all_out(&[], 0));
 
         let (epoch, eps) = upstream(66);
         let mut rot = Rotation::new(eps.clone(), epoch);
         eps[65].set_active(false);
-        assert_eq!(rot.out_mask(0), 0b10);
+        assert_eq!(*rot.out_mask(0), set(&[65]));
+    }
+
+    /// An unhealthy endpoint 3 used to take endpoints 67, 131, ... out too (`1 << (i % 64)`).
+    #[test]
+    fn rotation_past_64_endpoints_used_to_alias() {
+        let (epoch, eps) = upstream(MAX_ENDPOINTS);
+        let mut rot = Rotation::new(eps.clone(), epoch);
+        eps[3].set_active(false);
+        eps[MAX_ENDPOINTS - 1].set_active(false);
+        let out = *rot.out_mask(0);
+        assert_eq!(out, set(&[3, MAX_ENDPOINTS - 1]));
+        assert_eq!(out.count(), 2);
+        assert!(!out.contains(67) && !out.contains(131) && !out.contains(1023 - 64));
+    }
+
+    fn set(bits: &[usize]) -> EndpointSet {
+        let mut s = EndpointSet::default();
+        for &b in bits {
+            s.add(b);
+        }
+        s
     }
 
     /// Answers each connection with `respond()` after reading its request head, which goes to

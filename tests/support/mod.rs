@@ -280,3 +280,4 @@ impl Default for Blackhole {
         Blackhole::new()
     }
 }
+pub mod ops;
