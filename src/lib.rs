@@ -42,6 +42,7 @@ pub mod logging;
 
 pub mod access_log;
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -42,7 +42,7 @@ pub fn format_line(
     let _ = write!(
         out,
         "{} {name} dispatch: {args}",
-        crate::runtime::clock::rfc3339(unix_ms)
+        crate::clock::rfc3339(unix_ms)
     );
 }
 
@@ -90,7 +90,7 @@ impl Limiter {
         }
     }
 
-    /// At `now_ms` (any monotonic millisecond clock, [`crate::runtime::clock::now_ms`] in the
+    /// At `now_ms` (any monotonic millisecond clock, [`crate::clock::now_ms`] in the
     /// gateway): `Some(n)` when this line is to be written, `n` being the lines suppressed
     /// since the last one written; `None` when it is suppressed (and counted).
     pub fn admit(&self, now_ms: u64) -> Option<u64> {
@@ -119,7 +119,7 @@ impl Limiter {
 macro_rules! warn_limited {
     ($limiter:expr, $($arg:tt)*) => {
         if $crate::logging::enabled($crate::config::model::LogLevel::Warn) {
-            match $limiter.admit($crate::runtime::clock::now_ms()) {
+            match $limiter.admit($crate::clock::now_ms()) {
                 None => {}
                 Some(0) => $crate::logging::write_line(
                     $crate::config::model::LogLevel::Warn,

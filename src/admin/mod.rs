@@ -21,10 +21,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use serde_json::json;
 
+use crate::clock;
 use crate::http;
-use crate::runtime::clock;
-use crate::runtime::shared::{Shared, UpstreamShared};
+use crate::runtime::shared::Shared;
 use crate::upstream::health::all_out;
+use crate::upstream::shared::UpstreamShared;
 
 const MAX_BODY: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -300,7 +301,7 @@ async fn route(
         ("GET", b"/health") => Reply::json(200, health(shared).to_string()),
         ("GET", b"/metrics") => {
             let mut body = String::with_capacity(16 * 1024);
-            let now = crate::runtime::clock::now_ms();
+            let now = crate::clock::now_ms();
             let states: Vec<(&str, u8)> = active
                 .config
                 .upstreams

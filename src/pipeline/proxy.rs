@@ -387,7 +387,7 @@ pub async fn forward(
     let mut stale: u32 = 0;
     // The rotation is read as of the request's start (an ejection ending meanwhile is seen by
     // the next request); results are recorded at the time they happen (see `passive`).
-    let now_ms = crate::runtime::clock::ms_at(ctx.started);
+    let now_ms = crate::clock::ms_at(ctx.started);
     loop {
         let (ep, pooled) = {
             let mut s = state.borrow_mut();
@@ -1011,7 +1011,7 @@ fn settle(ctx: &RequestCtx, state: &std::cell::RefCell<UpstreamState>, verdict: 
     };
     let s = state.borrow();
     if let Some(replica) = &s.breaker {
-        if let Some(to) = replica.record(permit, verdict, crate::runtime::clock::now_ms()) {
+        if let Some(to) = replica.record(permit, verdict, crate::clock::now_ms()) {
             crate::warn!("upstream {}: breaker {}", s.name, to.as_str());
         }
     }
@@ -1034,11 +1034,7 @@ fn passive(state: &std::cell::RefCell<UpstreamState>, ep: usize, failed: bool) {
     };
     // Only a failure needs the time (an ejection runs from now); a success just clears the
     // streak, so the common path reads no clock.
-    let now_ms = if failed {
-        crate::runtime::clock::now_ms()
-    } else {
-        0
-    };
+    let now_ms = if failed { crate::clock::now_ms() } else { 0 };
     if let Some(ejected_for) = health.record(failed, &s.outlier, now_ms) {
         crate::warn!(
             "upstream {}: endpoint {} ejected for {}s after {} consecutive failures",

@@ -31,8 +31,8 @@ use super::headers::{write_request_head, ForwardHead};
 use super::proxy::Served;
 use super::trace::TraceContext;
 use super::{target, Rejection};
+use crate::clock;
 use crate::config::model::{Balance, Route, Sticky, Upstream};
-use crate::runtime::clock;
 use crate::upstream::breaker::Admission;
 
 struct Headers<'a, 'h>(&'a [Header<'h>]);

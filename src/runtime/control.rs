@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::clock;
 use super::shared::Shared;
+use crate::clock;
 use crate::upstream::health::{Checker, HealthCheckConfig, Target};
 
 /// How often the checker looks for due probes.

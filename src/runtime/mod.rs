@@ -4,7 +4,6 @@
 //! in [`shared::Shared`], starts the pinned workers, the admin thread and signal handling;
 //! [`Running::wait`] blocks until every worker has drained.
 
-pub mod clock;
 pub mod control;
 pub mod discovery;
 pub mod listeners;

@@ -1,7 +1,7 @@
 //! The only state shared across worker threads.
 //!
 //! [`Shared`] holds the active compiled config ([`Active`], swapped whole on reload, with one
-//! [`UpstreamShared`] per upstream: retry budget, breaker, endpoint health), the shutdown flag,
+//! [`UpstreamShared`](crate::upstream::shared::UpstreamShared) per upstream: retry budget, breaker, endpoint health), the shutdown flag,
 //! the process-wide connection count, the listener set and the discovery state. The request
 //! path touches only atomics and the `ArcSwap`; the two `Mutex`es (discovery, listeners) are
 //! taken only by the admin, DNS and reload threads. Workers keep their own
@@ -14,14 +14,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::clock;
 use super::discovery::Discovery;
 use super::listeners::Listeners;
-use crate::config::model::{Config, Upstream};
+use crate::config::model::Config;
 use crate::router::Router;
-use crate::upstream::breaker::{Breaker, BreakerConfig, FailureKind, FailureSet};
-use crate::upstream::health::{EndpointHealth, HealthEpoch};
-use crate::upstream::retry::RetryBudget;
+use crate::upstream::shared::UpstreamShared;
 
 /// One compiled generation of the config: the model, its route table and the cross-core state
 /// that belongs to its upstreams (kept across reloads by upstream name).
@@ -33,91 +30,6 @@ pub struct Active {
     pub generation: u64,
     /// Worker threads running (fixed at start).
     pub workers: usize,
-}
-
-/// The cross-core state of one upstream: atomics only, written by workers on failures and
-/// transitions, read on every request. It outlives a config generation: a reload or an
-/// endpoint registration hands it on by upstream name (and endpoint address).
-pub struct UpstreamShared {
-    pub budget: Arc<RetryBudget>,
-    /// The breaker and the settings it was built from (changed settings start a new breaker;
-    /// a changed fallback alone keeps it, open or not).
-    pub breaker: Option<(Arc<Breaker>, BreakerConfig)>,
-    /// Bumped whenever an endpoint of this upstream enters or leaves the rotation by a write.
-    pub epoch: Arc<HealthEpoch>,
-    /// Indexed like the upstream's endpoints.
-    pub endpoints: Vec<Arc<EndpointHealth>>,
-}
-
-impl UpstreamShared {
-    fn new(
-        u: &Upstream,
-        old: Option<&UpstreamShared>,
-        old_u: Option<&Upstream>,
-        workers: usize,
-    ) -> Self {
-        let breaker = u.breaker.as_ref().map(|b| {
-            let settings = breaker_config(b);
-            match old
-                .and_then(|o| o.breaker.as_ref())
-                .filter(|(_, c)| *c == settings)
-            {
-                Some(kept) => kept.clone(),
-                None => (Arc::new(Breaker::new(&settings, clock::now_ms())), settings),
-            }
-        });
-        let epoch = old.map_or_else(|| Arc::new(HealthEpoch::default()), |o| o.epoch.clone());
-        let endpoints: Vec<Arc<EndpointHealth>> = u
-            .endpoints
-            .iter()
-            .map(|e| {
-                old.zip(old_u)
-                    .and_then(|(o, ou)| {
-                        ou.endpoints
-                            .iter()
-                            .position(|p| p.addr == e.addr)
-                            .and_then(|i| o.endpoints.get(i).cloned())
-                    })
-                    .unwrap_or_else(|| Arc::new(EndpointHealth::new_in(epoch.clone(), workers)))
-            })
-            .collect();
-        if u.health_check.is_none() {
-            // Without active checks nothing would ever clear a verdict from before a reload
-            // that removed them.
-            for h in &endpoints {
-                h.set_active(true);
-            }
-        }
-        // The set changed: workers recompute their rotation.
-        epoch.bump();
-        UpstreamShared {
-            budget: old.map_or_else(|| Arc::new(RetryBudget::new()), |o| o.budget.clone()),
-            breaker,
-            epoch,
-            endpoints,
-        }
-    }
-}
-
-/// The breaker core's settings for `[upstreams.*.breaker]`.
-pub fn breaker_config(b: &crate::config::model::Breaker) -> BreakerConfig {
-    let mut failure_on = FailureSet::NONE;
-    for (on, kind) in [
-        (b.on_connect, FailureKind::Connect),
-        (b.on_timeout, FailureKind::Timeout),
-        (b.on_5xx, FailureKind::Status5xx),
-    ] {
-        if on {
-            failure_on = failure_on.with(kind);
-        }
-    }
-    BreakerConfig {
-        failure_threshold: b.failure_threshold,
-        window: b.window,
-        recovery_timeout: b.recovery_timeout,
-        half_open_probes: b.half_open_probes,
-        failure_on,
-    }
 }
 
 impl Active {

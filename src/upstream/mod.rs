@@ -11,7 +11,7 @@
 //!
 //! Invariant: pools and balancers are owned by one worker thread (a pooled connection is only
 //! ever used by the worker that opened it); the retry budget, breakers and endpoint health are
-//! the cross-core parts, atomics only, reached through `runtime::shared::UpstreamShared`.
+//! the cross-core parts, atomics only, held in [`shared::UpstreamShared`].
 
 pub mod balance;
 pub mod breaker;
@@ -19,6 +19,7 @@ pub mod client;
 pub mod health;
 pub mod pool;
 pub mod retry;
+pub mod shared;
 
 use std::net::SocketAddr;
 

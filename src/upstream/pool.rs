@@ -24,8 +24,8 @@ use super::breaker::BreakerReplica;
 use super::client::UpConn;
 use super::health::{EndpointHealth, OutlierConfig, Rotation};
 use super::retry::RetryBudget;
+use super::shared::UpstreamShared;
 use crate::config::model::{Config, Upstream};
-use crate::runtime::shared::UpstreamShared;
 
 pub struct EndpointPool {
     pub addr: SocketAddr,
