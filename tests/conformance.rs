@@ -1,0 +1,93 @@
+//! Protocol conformance at the request side (BEHAVIOR.md "Proxying", RFC 9110/9112): line
+//! endings, request targets and their normalisation, CONNECT, `OPTIONS *`, Max-Forwards, Host,
+//! header names with underscores, HEAD. Every test runs the real gateway over loopback sockets
+//! in front of a real upstream, and checks what the upstream received as well as what the
+//! client got.
+
+mod support;
+
+use std::time::Duration;
+use support::conformance::*;
+use support::*;
+
+/// RFC 9112 §2.2: a bare LF ending the request line or a header line was refused with 400;
+/// it reads as CRLF, and the upstream gets the head re-serialized with CRLF only.
+#[test]
+fn bare_lf_line_endings_are_read_as_crlf() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    let (r, mut c) = exchange(
+        gw.addr(),
+        b"GET /a?x=1 HTTP/1.1\nHost: example.com\nX-A: one\r\nX-B: two\n\n",
+        "GET",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last_request();
+    assert_eq!(seen.target, "/a?x=1");
+    assert_eq!(seen.header("x-a"), Some("one"));
+    assert_eq!(seen.header("x-b"), Some("two"));
+    assert_eq!(seen.header("host"), Some("example.com"));
+    assert!(
+        !has_bare_lf(&seen.head_raw),
+        "the upstream saw a bare LF: {:?}",
+        String::from_utf8_lossy(&seen.head_raw)
+    );
+    // The connection stays in sync: a pipelined bare-LF POST with a body, then a CRLF GET.
+    c.send(
+        b"POST /b HTTP/1.1\nHost: x\nContent-Length: 5\n\nhelloGET /c HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let rs = c.read_responses(2);
+    assert_eq!((rs[0].status, rs[1].status), (200, 200), "{rs:?}");
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(
+        (reqs[1].target.as_str(), reqs[1].body.as_slice()),
+        ("/b", &b"hello"[..])
+    );
+    assert_eq!(reqs[2].target, "/c");
+    assert!(reqs.iter().all(|q| !has_bare_lf(&q.head_raw)));
+}
+
+/// The response side of RFC 9112 §2.2: an upstream status line or header line ending in a
+/// bare LF was a 502; it reads as CRLF and the client gets CRLF only.
+#[test]
+fn bare_lf_in_upstream_response_head_is_read_as_crlf() {
+    let up =
+        Upstream::start(|_| Reply::raw(b"HTTP/1.1 200 Fine\nX-Up: 1\r\nContent-Length: 2\n\nhi"));
+    let gw = catch_all_gateway(&up, "");
+    let r = get(gw.addr(), "/");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.reason, "Fine");
+    assert_eq!(r.header("x-up"), Some("1"));
+    assert_eq!(r.body, b"hi");
+    assert!(
+        !has_bare_lf(&r.head_raw),
+        "the client saw a bare LF: {:?}",
+        String::from_utf8_lossy(&r.head_raw)
+    );
+}
+
+/// A bare CR is still a 400 (RFC 9112 §2.2), and chunked framing lines still need CRLF.
+#[test]
+fn bare_cr_and_bare_lf_in_chunk_lines_are_still_refused() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    for raw in [
+        &b"GET / HTTP/1.1\rHost: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\rX-B: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\r\n",
+    ] {
+        assert_400_and_close(gw.addr(), raw);
+    }
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+    // The head is accepted, the bad chunk line is not: 400 whether or not the upstream has
+    // already been sent the head (the body streams).
+    let (r, mut c) = exchange(
+        gw.addr(),
+        b"POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n5\nhello\r\n0\r\n\r\n",
+        "POST",
+    );
+    assert!(matches!(r.status, 400 | 502), "{r:?}");
+    c.assert_closed(Duration::from_secs(3));
+    assert!(up.requests().iter().all(|q| q.body.is_empty()));
+}
