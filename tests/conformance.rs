@@ -91,3 +91,34 @@ fn bare_cr_and_bare_lf_in_chunk_lines_are_still_refused() {
     c.assert_closed(Duration::from_secs(3));
     assert!(up.requests().iter().all(|q| q.body.is_empty()));
 }
+
+/// `Host: a b` was forwarded. A Host that is not a valid authority (RFC 9112 §3.2, RFC 3986
+/// §3.2) is a 400; so is a second Host; valid forms pass.
+#[test]
+fn host_with_invalid_authority_is_a_400() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    for host in [
+        "a b", "a/b", "u@a", "a:99999", "a:x", "[::1", "a\"b", "a,b c",
+    ] {
+        assert_400_and_close(
+            gw.addr(),
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        );
+    }
+    assert_400_and_close(gw.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n");
+    // The authority of an absolute-form target is held to the same grammar.
+    assert_400_and_close(gw.addr(), b"GET http://a%zz/ HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+    let mut c = Client::connect(gw.addr());
+    for host in [
+        "api.example.com",
+        "[::1]:8080",
+        "10.0.0.1:80",
+        "xn--bcher-kva.example",
+    ] {
+        let r = c.request(&Req::get("/").host(host));
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+        assert_eq!(up.last_request().header("host"), Some(host));
+    }
+}

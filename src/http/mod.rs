@@ -92,7 +92,7 @@ pub enum HeadError {
     /// 400 Bad Request: anything else that is not a valid HTTP/1.x head (bad method token,
     /// bad version syntax, HTTP/0.9, obs-fold, whitespace before a colon, an empty or
     /// invalid header name, CTL bytes in a value, a bare CR, a status code outside
-    /// 100..=599). The reason is for logs, not for the client.
+    /// 100..=599, an invalid `Host` authority). The reason is for logs, not for the client.
     #[error("malformed head: {0}")]
     Malformed(&'static str),
 }

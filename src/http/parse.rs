@@ -1,5 +1,5 @@
 //! Request and response heads: httparse for the grammar, plus the checks httparse leaves
-//! to its caller (limits, the version answer, status code range).
+//! to its caller (limits, the version answer, status code range, the Host authority).
 //!
 //! Key types: [`RequestHead`] and [`ResponseHead`] borrow the connection's buffer (zero
 //! copy: method, target, header names and values are slices of it); [`HeadLimits`] bounds
@@ -143,8 +143,10 @@ impl<'b> RequestHead<'b> {
     /// field. `Ok(None)` only for HTTP/1.0 without Host.
     ///
     /// Errors, all 400 (§3.2: a server "MUST respond with a 400"): HTTP/1.1 without Host,
-    /// more than one Host field, an absolute-form target whose authority is empty or
-    /// carries userinfo. The value itself is not validated further here.
+    /// more than one Host field, a Host value that is not a valid authority (see
+    /// [`is_authority`]: `Host: a b` is refused, not forwarded), an absolute-form target
+    /// whose authority is empty, invalid or carries userinfo. An empty Host is valid (§3.2:
+    /// a client sends one when the target URI has no authority).
     pub fn host(&self) -> Result<Option<&'b [u8]>, HeadError> {
         let mut hosts = self
             .headers
@@ -157,14 +159,91 @@ impl<'b> RequestHead<'b> {
         if host.is_none() && self.version == Version::Http11 {
             return Err(HeadError::Malformed("missing Host field"));
         }
+        // Checked even when an absolute-form target overrides it (§3.2.2): §3.2 asks for a
+        // 400 on an invalid Host whatever the target.
+        if host.is_some_and(|h| !h.is_empty() && !is_authority(h)) {
+            return Err(HeadError::Malformed("invalid Host field"));
+        }
         if let Some(authority) = absolute_form_authority(self.target) {
-            if authority.is_empty() || authority.contains('@') {
+            if authority.is_empty() || !is_authority(authority.as_bytes()) {
                 return Err(HeadError::Malformed("invalid authority in request target"));
             }
             return Ok(Some(authority.as_bytes()));
         }
         Ok(host)
     }
+}
+
+/// Whether `value` is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2-3.2.3): a
+/// reg-name (unreserved, pct-encoded and sub-delims: IPv4 addresses included), or an
+/// IP-literal in brackets (an IPv6 address, or IPvFuture); then optionally ':' and a port of
+/// up to 5 digits, at most 65535 (RFC 3986 allows an empty port, so "a:" passes). No userinfo,
+/// no whitespace, no path. An empty value is not an authority here; callers decide.
+pub fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(close) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        if !is_ip_literal(&value[1..close]) {
+            return false;
+        }
+        match &value[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (None, port),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (Some(&value[..colon]), &value[colon + 1..]),
+            None => (Some(value), &[][..]),
+        }
+    };
+    if let Some(name) = host {
+        if name.is_empty() || !is_reg_name(name) {
+            return false;
+        }
+    }
+    port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+}
+
+/// RFC 3986 §3.2.2 reg-name: `*( unreserved / pct-encoded / sub-delims )`.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The inside of RFC 3986's `IP-literal`: an IPv6 address or `IPvFuture`.
+fn is_ip_literal(inner: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = inner {
+        // IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        return dot > 0
+            && rest[..dot].iter().all(u8::is_ascii_hexdigit)
+            && rest.len() > dot + 1
+            && rest[dot + 1..]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+    }
+    std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// The authority of an `http://` or `https://` absolute-form target.
@@ -855,7 +934,67 @@ mod tests {
                 b"GET http://b.example/ HTTP/1.1\r\n\r\n",
                 Err(HeadError::Malformed("missing Host field")),
             ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+                Ok(Some(b"[::1]:8080")),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [v1.fe:x]\r\n\r\n",
+                Ok(Some(b"[v1.fe:x]")),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: 10.0.0.1:80\r\n\r\n",
+                Ok(Some(b"10.0.0.1:80")),
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a:\r\n\r\n", Ok(Some(b"a:"))),
+            (
+                b"GET / HTTP/1.1\r\nHost: x%41-_~!$&'()*+,;=\r\n\r\n",
+                Ok(Some(b"x%41-_~!$&'()*+,;=")),
+            ),
+            (
+                b"GET http://b.example/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+                Err(HeadError::Malformed("invalid Host field")),
+            ),
+            (
+                b"GET http://b:99999/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(HeadError::Malformed("invalid authority in request target")),
+            ),
         ];
+        let invalid: &[&[u8]] = &[
+            b"a b",
+            b"a\tb",
+            b"u@a",
+            b"a/b",
+            b"a?b",
+            b"a#b",
+            b"%zz",
+            b"a:b",
+            b"a:-1",
+            b"a:65536",
+            b"a:123456",
+            b"[::1",
+            b"[::1]x",
+            b"[::g]",
+            b"[1.2.3.4]",
+            b"[v.x]",
+            b"a\"b",
+            b"a<b",
+            b":80",
+            b"a:1:2",
+            b"caf\xc3\xa9",
+        ];
+        for value in invalid {
+            let mut input = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            input.extend_from_slice(value);
+            input.extend_from_slice(b"\r\n\r\n");
+            let head = req(&input).unwrap().unwrap();
+            assert_eq!(
+                head.host(),
+                Err(HeadError::Malformed("invalid Host field")),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
         for (input, expected) in cases {
             let head = req(input).unwrap().unwrap();
             assert_eq!(head.host(), *expected, "{}", String::from_utf8_lossy(input));
