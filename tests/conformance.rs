@@ -122,3 +122,25 @@ fn host_with_invalid_authority_is_a_400() {
         assert_eq!(up.last_request().header("host"), Some(host));
     }
 }
+
+/// HEAD got 405 on a route whose `methods` allow GET. HEAD is allowed wherever GET is (RFC
+/// 9110 §9.3.2), and the 405's `Allow` lists HEAD with GET.
+#[test]
+fn head_is_allowed_wherever_get_is() {
+    let up = Upstream::start(|req| Reply::text(200, &format!("{} body", req.method)));
+    let gw = gateway_with_routes(
+        &up,
+        "[routes.read]\npaths = [\"/r\"]\nmethods = [\"GET\"]\nupstream = \"app\"\n",
+    );
+    let mut c = Client::connect(gw.addr());
+    let r = c.request(&Req::head("/r"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.is_empty());
+    assert_eq!(up.last_request().method, "HEAD");
+    let r = c.request(&Req::new("DELETE", "/r"));
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // The connection is still in sync after the bodiless HEAD response.
+    let r = c.request(&Req::get("/r"));
+    assert_eq!(r.text(), "GET body");
+}
