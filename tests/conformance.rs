@@ -123,6 +123,97 @@ fn host_with_invalid_authority_is_a_400() {
     }
 }
 
+/// `/%61dmin` missed the `/admin` route and reached the catch-all. Escapes of unreserved
+/// characters are decoded, dot segments (`%2E` too) removed and slashes merged before routing,
+/// and the upstream gets that same path; `%2F` stays encoded (upper-cased), the query verbatim.
+#[test]
+fn percent_encoded_path_is_normalized_before_routing() {
+    let admin = Upstream::echo();
+    let public = Upstream::echo();
+    let gw = Gateway::start(&format!(
+        "[upstreams.admin]\nendpoints = [\"{}\"]\nretries = 0\n\n\
+         [upstreams.public]\nendpoints = [\"{}\"]\nretries = 0\n\n\
+         [routes.admin]\npaths = [\"/admin\"]\nupstream = \"admin\"\n\n\
+         [routes.api]\npaths = [\"/api\"]\nupstream = \"public\"\nstrip_prefix = true\n\n\
+         [routes.all]\npaths = [\"/\"]\nupstream = \"public\"\n",
+        admin.url(),
+        public.url()
+    ));
+    let mut c = Client::connect(gw.addr());
+    for (sent, to_admin, forwarded) in [
+        ("/%61dmin", true, "/admin"),
+        ("/%41dmin", false, "/Admin"),
+        ("/public/../admin/x", true, "/admin/x"),
+        ("/public/%2E%2e/admin", true, "/admin"),
+        ("//admin//x/./", true, "/admin/x/"),
+        ("/admin%2fx", false, "/admin%2Fx"),
+        (
+            "/%61pi//users/./7?q=%61&b=%2f",
+            false,
+            "/users/7?q=%61&b=%2f",
+        ),
+        ("/api/a%2fb%5c", false, "/a%2Fb%5C"),
+        ("/files/caf%c3%a9?x", false, "/files/caf%C3%A9?x"),
+    ] {
+        let (before_admin, before_public) = (admin.request_count(), public.request_count());
+        let r = c.request(&Req::get(sent));
+        assert_eq!(r.status, 200, "{sent}: {r:?}");
+        let (up, other) = if to_admin {
+            (&admin, public.request_count() - before_public)
+        } else {
+            (&public, admin.request_count() - before_admin)
+        };
+        assert_eq!(other, 0, "{sent} reached the wrong upstream");
+        assert_eq!(up.last_request().target, forwarded, "{sent}");
+    }
+    for bad in ["/%zz", "/%4", "/a%", "/x/../../admin", "/%2e%2e/admin"] {
+        assert_400_and_close(
+            gw.addr(),
+            format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        );
+    }
+}
+
+/// A fragment or a byte RFC 3986 forbids in the target was forwarded (or answered by
+/// the route); each is a 400 and the connection is closed.
+#[test]
+fn targets_with_fragments_or_forbidden_bytes_are_400() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    for target in [
+        &b"/x#frag"[..],
+        b"/x?y#frag",
+        b"/a\\b",
+        b"/a\"b",
+        b"/a{b",
+        b"/a}b",
+        b"/a<b",
+        b"/a>b",
+        b"/a|b",
+        b"/a^b",
+        b"/a`b",
+        b"/a[b]",
+        b"/caf\xc3\xa9",
+        b"/a?b|c",
+        b"/a?b\"c",
+        b"/a?b\\c",
+        b"/a?\x7f",
+    ] {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(target);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_400_and_close(gw.addr(), &raw);
+    }
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+    // Square brackets in the query pass (browsers send them unencoded), verbatim.
+    let r = get(gw.addr(), "/list?filter[name]=a&page[size]=2");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        up.last_request().target,
+        "/list?filter[name]=a&page[size]=2"
+    );
+}
+
 /// HEAD got 405 on a route whose `methods` allow GET. HEAD is allowed wherever GET is (RFC
 /// 9110 §9.3.2), and the 405's `Allow` lists HEAD with GET.
 #[test]

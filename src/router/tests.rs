@@ -547,6 +547,8 @@ fn invalid_patterns_are_rejected() {
         ("/a\\b", "not allowed in a path"),
         ("/%zz", "two hex digits"),
         ("/a%2", "two hex digits"),
+        ("/%61dmin", "normalized, write 'a'"),
+        ("/a%2fb", "normalized, write \"%2F\""),
         ("/./a", "dot segment"),
         ("/a/..", "dot segment"),
         ("=/a/*", "cannot end in '/*'"),
