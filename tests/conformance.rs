@@ -174,6 +174,40 @@ fn percent_encoded_path_is_normalized_before_routing() {
     }
 }
 
+/// `X_Forwarded_For` and `Transfer_Encoding` reached the upstream, where CGI-style servers read
+/// them as the dashed names. Header names with `_` are dropped on the way upstream and play no
+/// part in any gateway decision (framing, forwarding headers).
+#[test]
+fn header_names_with_underscores_are_dropped() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    let (r, mut c) = exchange(
+        gw.addr(),
+        b"POST /u HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\n\
+          X_Custom: 1\r\nX-Custom: 2\r\nContent-Length: 5\r\n\r\nhello",
+        "POST",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last_request();
+    let names: Vec<&str> = seen.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.iter().all(|n| !n.contains('_')), "{names:?}");
+    assert_eq!(seen.header("x-custom"), Some("2"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.body, b"hello");
+    assert!(!seen.chunked);
+    // The connection is in sync: the body was framed by Content-Length alone.
+    assert_eq!(c.request(&Req::get("/next")).status, 200);
+    assert_eq!(up.last_request().target, "/next");
+
+    // A config that would read such a header is refused at load.
+    let out = check(&format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\n\n[routes.r]\npaths = [\"/\"]\nupstream = \"app\"\nheaders = {{ \"x_canary\" = \"1\" }}\n",
+        up.url()
+    ));
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.all().contains("holds '_'"), "{}", out.all());
+}
+
 /// A fragment or a byte RFC 3986 forbids in the target was forwarded (or answered by
 /// the route); each is a 400 and the connection is closed.
 #[test]

@@ -3,6 +3,9 @@
 //! A request goes through [`prepare`] (synchronous, while its head is still borrowed from the
 //! connection's read buffer) and then [`run`] (asynchronous I/O). The stage order is:
 //!
+//! 0. header fields whose name holds `_` are dropped, before any stage can read them (as
+//!    nginx's default `underscores_in_headers off`: CGI-style upstreams read `X_Forwarded_For`
+//!    as `X-Forwarded-For`, so forwarding it would let a client forge gateway headers);
 //! 1. identity: the request id first, so every later error carries it;
 //! 2. framing: body framing is validated before anything may read the body (RFC 9112 §6.3);
 //! 3. target: normalised once, so the path that is routed is the path that is forwarded;
@@ -96,7 +99,20 @@ fn stages(
     ubuf: &mut Vec<u8>,
 ) -> Result<RequestCtx, Rejection> {
     let cfg = &snap.active.config;
-    let headers = &head.headers[..];
+
+    // 0. underscores: dropped, never used for any decision (nginx's ignore_invalid_headers).
+    let kept: http::Headers<'_>;
+    let headers: &[Header<'_>] = if head.headers.iter().any(|h| h.name.contains('_')) {
+        kept = head
+            .headers
+            .iter()
+            .filter(|h| !h.name.contains('_'))
+            .copied()
+            .collect();
+        &kept
+    } else {
+        &head.headers
+    };
 
     // 1. identity
     let id = headers
