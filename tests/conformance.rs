@@ -92,6 +92,147 @@ fn bare_cr_and_bare_lf_in_chunk_lines_are_still_refused() {
     assert!(up.requests().iter().all(|q| q.body.is_empty()));
 }
 
+/// A CONNECT was forwarded to the upstream like any request. The gateway never tunnels: an
+/// authority-form CONNECT is a 405 (with an empty `Allow`), any other CONNECT a 400.
+#[test]
+fn connect_is_never_tunnelled() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    let target = up.addr().to_string();
+    let (r, mut c) = exchange(
+        gw.addr(),
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        "CONNECT",
+    );
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some(""), "{r:?}");
+    // No tunnel: the connection still speaks HTTP.
+    let again = c.request(&Req::get("/after"));
+    assert_eq!(again.status, 200);
+    assert_eq!(up.last_request().target, "/after");
+
+    for bad in [
+        "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT http://a:80/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT a.example HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT u@a.example:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT * HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert_400_and_close(gw.addr(), bad.as_bytes());
+    }
+    assert_eq!(up.request_count(), 1, "{:?}", up.requests());
+}
+
+/// `OPTIONS *` was a 400. The gateway answers it itself: 204, `Allow` listing the methods its
+/// routes serve (HEAD with GET, and OPTIONS), no body, the connection kept.
+#[test]
+fn options_asterisk_is_answered_by_the_gateway() {
+    let up = Upstream::echo();
+    let gw = gateway_with_routes(
+        &up,
+        "[routes.read]\npaths = [\"/r\"]\nmethods = [\"GET\"]\nupstream = \"app\"\n\n\
+         [routes.write]\npaths = [\"/w\"]\nmethods = [\"POST\", \"PURGE\"]\nupstream = \"app\"\n",
+    );
+    let (r, mut c) = exchange(
+        gw.addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "OPTIONS",
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS, PURGE"));
+    assert!(r.header("x-request-id").is_some());
+    assert!(
+        !r.has_header("content-length") && r.body.is_empty(),
+        "{r:?}"
+    );
+    let again = c.request(&Req::get("/r"));
+    assert_eq!(again.status, 200);
+    // Asterisk-form belongs to OPTIONS alone.
+    assert_400_and_close(gw.addr(), b"GET * HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(up.request_count(), 1);
+}
+
+/// RFC 9110 §7.6.2: OPTIONS or TRACE with `Max-Forwards: 0` went to the upstream. The gateway
+/// is then the last hop: OPTIONS gets 204 with the resource's `Allow`; TRACE gets 405 and
+/// never an echo of the request (cross-site tracing would read its cookies).
+#[test]
+fn max_forwards_zero_is_answered_by_the_gateway() {
+    let up = Upstream::echo();
+    let gw = gateway_with_routes(
+        &up,
+        "[routes.api]\npaths = [\"/api\"]\nmethods = [\"GET\", \"POST\", \"OPTIONS\", \"TRACE\"]\nupstream = \"app\"\n",
+    );
+    let r = send_request(
+        gw.addr(),
+        &Req::new("OPTIONS", "/api/x").header("Max-Forwards", "0"),
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS, TRACE"));
+    assert!(r.body.is_empty());
+
+    let r = send_request(
+        gw.addr(),
+        &Req::new("TRACE", "/api/x")
+            .header("Max-Forwards", "0")
+            .header("Cookie", "session=s3cr3t"),
+    );
+    assert_error(&r, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
+    assert!(
+        !r.text().contains("s3cr3t"),
+        "TRACE echoed the request: {r:?}"
+    );
+
+    let r = send_request(
+        gw.addr(),
+        &Req::new("OPTIONS", "/nowhere").header("Max-Forwards", "0"),
+    );
+    assert_error(&r, 404);
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+}
+
+/// A Max-Forwards above 0 on OPTIONS / TRACE is decremented when forwarded (RFC 9110 §7.6.2);
+/// on other methods it passes through untouched.
+#[test]
+fn max_forwards_is_decremented_when_forwarded() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    let mut c = Client::connect(gw.addr());
+    for (method, sent, forwarded) in [
+        ("OPTIONS", "5", "4"),
+        ("TRACE", "1", "0"),
+        ("OPTIONS", "99999999999999999999999", "18446744073709551614"),
+        ("GET", "5", "5"),
+    ] {
+        let r = c.request(&Req::new(method, "/x").header("Max-Forwards", sent));
+        assert_eq!(r.status, 200, "{method} {sent}: {r:?}");
+        let seen = up.last_request();
+        assert_eq!(seen.method, method);
+        assert_eq!(
+            seen.header_all("max-forwards"),
+            vec![forwarded],
+            "{method} {sent}"
+        );
+    }
+}
+
+/// An invalid Max-Forwards on OPTIONS / TRACE is a 400 (RFC 9110 §7.6.2: `1*DIGIT`).
+#[test]
+fn invalid_max_forwards_is_a_400() {
+    let up = Upstream::echo();
+    let gw = catch_all_gateway(&up, "");
+    for raw in [
+        "OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: abc\r\n\r\n",
+        "OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: -1\r\n\r\n",
+        "TRACE /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 1.5\r\n\r\n",
+        "TRACE /x HTTP/1.1\r\nHost: a\r\nMax-Forwards:\r\n\r\n",
+        "OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 1\r\nMax-Forwards: 2\r\n\r\n",
+    ] {
+        assert_400_and_close(gw.addr(), raw.as_bytes());
+    }
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+}
+
 /// `Host: a b` was forwarded. A Host that is not a valid authority (RFC 9112 §3.2, RFC 3986
 /// §3.2) is a 400; so is a second Host; valid forms pass.
 #[test]

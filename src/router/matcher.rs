@@ -8,8 +8,9 @@
 //! Decisions:
 //! - Methods are case-sensitive tokens (RFC 9110 §9.1). `GET` implies `HEAD` (RFC 9110 §9.3.2:
 //!   HEAD is GET without the content), so a route listing GET serves HEAD and an `Allow` that
-//!   lists GET lists HEAD. The `Allow` order is RFC 9110's (GET, HEAD, POST, PUT, DELETE,
-//!   CONNECT, OPTIONS, TRACE), then PATCH, then extension methods alphabetically.
+//!   lists GET lists HEAD. `CONNECT` is refused in `methods`: the gateway never tunnels, and
+//!   answers every CONNECT before routing. The `Allow` order is RFC 9110's (GET, HEAD, POST,
+//!   PUT, DELETE, CONNECT, OPTIONS, TRACE), then PATCH, then extension methods alphabetically.
 //! - Hosts compare ASCII case-insensitively, without the port (`[v6]:port` understood) and
 //!   without one trailing '.'. `*.example.com` needs at least one label before `.example.com`.
 //!   A request without Host (or with an empty one) matches only routes without `hosts`.
@@ -55,6 +56,14 @@ impl MethodTable {
             for m in route.methods.iter().flatten() {
                 if m.is_empty() || !m.bytes().all(is_tchar) {
                     return Err((id, m.clone(), "not an HTTP method token".into()));
+                }
+                if m == "CONNECT" {
+                    return Err((
+                        id,
+                        m.clone(),
+                        "the gateway never tunnels: every CONNECT is answered 400 or 405 before routing"
+                            .into(),
+                    ));
                 }
                 if !STANDARD.contains(&m.as_str()) && !ext.iter().any(|e| **e == **m) {
                     if ext.len() == MAX_EXTENSIONS {
@@ -122,9 +131,11 @@ impl MethodTable {
             .collect()
     }
 
-    /// The value of an `Allow` header for `set`, e.g. "GET, HEAD, POST".
+    /// The value of an `Allow` header for `set`, e.g. "GET, HEAD, POST". CONNECT is never
+    /// listed: no route serves it, not even one without `methods`.
     pub fn allow_header(&self, set: MethodSet) -> String {
-        self.names(set).join(", ")
+        let without_connect = MethodSet(set.0 & !(1 << 5));
+        self.names(without_connect).join(", ")
     }
 }
 

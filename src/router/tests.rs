@@ -1224,3 +1224,53 @@ fn head_is_allowed_wherever_get_is() {
         Some(&["GET".to_string(), "HEAD".to_string()][..])
     );
 }
+
+#[test]
+fn connect_is_refused_in_methods() {
+    let err = Router::compile(&[route("t", &["/t"]).methods(&["GET", "CONNECT"])]).unwrap_err();
+    match err {
+        RouteError::InvalidMethod { method, reason, .. } => {
+            assert_eq!(method, "CONNECT");
+            assert!(reason.contains("never tunnels"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn allow_for_options() {
+    let routes = [
+        route("read", &["/a"]).methods(&["GET"]),
+        route("write", &["/a"])
+            .methods(&["POST"])
+            .header("x-w", "1"),
+        route("ext", &["/e"]).methods(&["PURGE"]),
+    ];
+    let router = Router::compile(&routes).unwrap();
+    assert_eq!(router.allow_all(), "GET, HEAD, POST, OPTIONS, PURGE");
+    let view = |path, headers: &'static [(&'static str, &'static [u8])]| RequestView {
+        path,
+        method: "OPTIONS",
+        host: None,
+        headers,
+    };
+    assert_eq!(
+        router.allowed(&view("/a/1", &[])).as_deref(),
+        Some("GET, HEAD")
+    );
+    assert_eq!(
+        router.allowed(&view("/a", &[("x-w", b"1")])).as_deref(),
+        Some("GET, HEAD, POST")
+    );
+    assert_eq!(router.allowed(&view("/x", &[])), None);
+    // A route without `methods` serves every method but CONNECT.
+    let any = Router::compile(&[route("all", &["/"])]).unwrap();
+    assert_eq!(
+        any.allow_all(),
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
+    );
+    assert_eq!(
+        any.allowed(&view("/z", &[])).as_deref(),
+        Some("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
+    );
+}
