@@ -179,7 +179,7 @@ fn stages(
         let allow = snap.active.router.allow_all().to_string();
         return Err(close_if_body(Rejection::options(allow, id)));
     }
-    let target = target::parse(head.target.as_bytes()).map_err(|e| bad(400, &e.to_string()))?;
+    let target = target::parse(head.target).map_err(|e| bad(400, &e.to_string()))?;
 
     // 4. route
     let view = RequestView {

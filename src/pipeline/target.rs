@@ -15,8 +15,8 @@
 //! (`filter[name]=x`); its escapes are the upstream's to read. A fragment, whitespace, a
 //! control byte, a byte above 0x7F, or any of `"<>\^`{|}` is a 400.
 //!
-//! Cost: one pass over the target with a byte-class table; a path that needs no
-//! normalisation (the common case) is not copied.
+//! Cost: one pass over the target with a byte-class table (the target is already text:
+//! httparse checked it); a path that needs no normalisation (the common case) is not copied.
 
 use std::borrow::Cow;
 
@@ -106,21 +106,14 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Parses an origin-form or absolute-form target. `*` and authority-form are the caller's
 /// (they belong to OPTIONS and CONNECT).
-pub fn parse(raw: &[u8]) -> Result<Target<'_>, TargetError> {
-    if raw.contains(&b'#') {
-        return Err(TargetError::Fragment);
-    }
-    // Checked before slicing as text: from here on every byte is ASCII.
-    if raw.iter().any(|&b| CLASS[usize::from(b)] == 0) {
-        return Err(TargetError::InvalidByte);
-    }
-    let raw = std::str::from_utf8(raw).map_err(|_| TargetError::InvalidByte)?;
+pub fn parse(raw: &str) -> Result<Target<'_>, TargetError> {
     let (authority, rest) = if raw.starts_with('/') {
         (None, raw)
     } else {
         let has_prefix = |p: &str| {
-            raw.get(..p.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+            raw.as_bytes()
+                .get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p.as_bytes()))
         };
         let after = if has_prefix("http://") {
             &raw[7..]
@@ -129,32 +122,51 @@ pub fn parse(raw: &[u8]) -> Result<Target<'_>, TargetError> {
         } else {
             return Err(TargetError::Invalid);
         };
-        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
         let authority = &after[..end];
         if authority.is_empty() || !crate::http::parse::is_authority(authority.as_bytes()) {
             return Err(TargetError::Invalid);
         }
         let rest = &after[end..];
-        (Some(authority), if rest.is_empty() { "/" } else { rest })
+        (Some(authority), rest)
     };
-    let (path, query) = match rest.find('?') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
+    let (path_len, needs) = scan_path(rest.as_bytes())?;
+    let query = match rest.as_bytes().get(path_len) {
+        Some(b'?') => {
+            let query = &rest[path_len + 1..];
+            if let Some(&b) = query
+                .as_bytes()
+                .iter()
+                .find(|&&b| CLASS[usize::from(b)] & QUERY == 0)
+            {
+                return Err(refused(b));
+            }
+            Some(query)
+        }
+        _ => None,
     };
-    // '?', '[' and ']' are query-only.
-    if path.bytes().any(|b| CLASS[usize::from(b)] & PATH == 0) {
-        return Err(TargetError::InvalidByte);
-    }
+    let path = &rest[..path_len];
     let path = if path.is_empty() {
         Cow::Borrowed("/")
-    } else {
+    } else if needs {
         normalize(path)?
+    } else {
+        Cow::Borrowed(path)
     };
     Ok(Target {
         path,
         query,
         authority,
     })
+}
+
+/// The error for a byte that is not allowed where it stands.
+fn refused(b: u8) -> TargetError {
+    if b == b'#' {
+        TargetError::Fragment
+    } else {
+        TargetError::InvalidByte
+    }
 }
 
 /// Whether `target` is the authority-form of a CONNECT request (RFC 9112 §3.2.3):
@@ -167,13 +179,22 @@ pub fn is_authority_form(target: &str) -> bool {
     has_port && crate::http::parse::is_authority(target.as_bytes())
 }
 
-/// Whether `path` needs any normalisation; checks every escape on the way.
-fn needs_normalizing(path: &[u8]) -> Result<bool, TargetError> {
+/// One pass over the path part of a target: checks every byte and escape, finds where the
+/// path ends (its length: the end, or the '?' that starts the query), and says whether the
+/// path needs normalising.
+fn scan_path(path: &[u8]) -> Result<(usize, bool), TargetError> {
     let mut needs = false;
     let mut seg_start = 0;
     let mut i = 0;
     while i < path.len() {
-        match path[i] {
+        let b = path[i];
+        if CLASS[usize::from(b)] & PATH == 0 {
+            if b == b'?' {
+                break;
+            }
+            return Err(refused(b));
+        }
+        match b {
             b'%' => {
                 let (Some(hi), Some(lo)) = (
                     path.get(i + 1).copied().and_then(hex),
@@ -196,17 +217,15 @@ fn needs_normalizing(path: &[u8]) -> Result<bool, TargetError> {
         }
         i += 1;
     }
-    Ok(needs || is_dot_segment(&path[seg_start..]))
+    Ok((i, needs || is_dot_segment(&path[seg_start..i])))
 }
 
 fn is_dot_segment(seg: &[u8]) -> bool {
     seg == b"." || seg == b".."
 }
 
+/// Normalises a path that [`scan_path`] accepted and found in need of it.
 fn normalize(path: &str) -> Result<Cow<'_, str>, TargetError> {
-    if !needs_normalizing(path.as_bytes())? {
-        return Ok(Cow::Borrowed(path));
-    }
     // 1. Decode unreserved escapes, upper-case the others (all escapes are valid here).
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
@@ -294,7 +313,7 @@ mod tests {
     use super::*;
 
     fn p(raw: &str) -> Result<(String, Option<String>, Option<String>), TargetError> {
-        parse(raw.as_bytes()).map(|t| {
+        parse(raw).map(|t| {
             (
                 t.path.into_owned(),
                 t.query.map(Into::into),
@@ -324,7 +343,10 @@ mod tests {
             ("*", Err(TargetError::Invalid)),
             ("example.com:443", Err(TargetError::Invalid)),
             ("http://u@h/", Err(TargetError::Invalid)),
-            ("http://a b/", Err(TargetError::InvalidByte)),
+            ("http://a b/", Err(TargetError::Invalid)),
+            ("http://a#x/", Err(TargetError::Fragment)),
+            ("http://h?x", Ok(("/", Some("x"), Some("h")))),
+            ("http://[::1]:8080/p", Ok(("/p", None, Some("[::1]:8080")))),
             ("http://h:99999/", Err(TargetError::Invalid)),
             ("/a..b/.c", Ok(("/a..b/.c", None, None))),
             // Percent-encoded unreserved characters are decoded, the rest upper-cased.
@@ -389,10 +411,10 @@ mod tests {
             "/a%2Fb%C3%A9",
             "/a.b/.c/..d",
         ] {
-            let t = parse(raw.as_bytes()).unwrap();
+            let t = parse(raw).unwrap();
             assert!(matches!(t.path, Cow::Borrowed(_)), "{raw}");
         }
-        let t = parse(b"/api/v1/users?status=open&x=%zz").unwrap();
+        let t = parse("/api/v1/users?status=open&x=%zz").unwrap();
         assert!(matches!(t.path, Cow::Borrowed(_)));
     }
 
