@@ -1,8 +1,9 @@
 //! The router: picks the route for a request from its path, method, host and headers.
 //!
 //! Owns: compiling `Config::routes` into a [`Router`] (once per config, off the request path),
-//! lookups ([`Router::lookup`], the first pipeline stage) and the route table rows that
-//! `dispatch check` and admin `GET /routes` print ([`Router::describe`]).
+//! lookups ([`Router::lookup`], the first pipeline stage), the `Allow` values the gateway
+//! answers OPTIONS with ([`Router::allowed`], [`Router::allow_all`]) and the route table rows
+//! that `dispatch check` and admin `GET /routes` print ([`Router::describe`]).
 //! Files: `pattern.rs` (path pattern syntax), `trie.rs` (the compiled segment trie),
 //! `matcher.rs` (method / host / header predicates).
 //!
