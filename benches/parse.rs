@@ -4,6 +4,7 @@
 //! httparse alone is the floor: the gap between the two lines is what our strictness
 //! costs (limit bookkeeping, the CRLF-only check, copying header slots into the returned
 //! head). A response head is measured the same way, since every proxied request parses one.
+//! `target/*` measures the request target checks and path normalisation.
 
 use std::mem::MaybeUninit;
 
@@ -104,5 +105,25 @@ fn heads(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, heads);
+/// Request target checks and path normalisation (`pipeline::target::parse`), run on every
+/// request: a clean path must stay a borrow (no copy) and one pass over its bytes; a path with
+/// escapes and dot segments shows what normalising costs when it is needed.
+fn targets(c: &mut Criterion) {
+    use dispatch::pipeline::target;
+    let mut group = c.benchmark_group("target");
+    for (name, raw) in [
+        ("clean", "/api/v1/users/12345/orders?status=open&limit=50"),
+        (
+            "normalized",
+            "/api/v1/%75sers/./12345//orders/../orders?status=open",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(target::parse(black_box(raw)).unwrap().path.len()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, heads, targets);
 criterion_main!(benches);

@@ -47,7 +47,11 @@ fn routes_lists_the_compiled_table_in_precedence_order() {
     assert_eq!(names, vec!["specific", "canary", "general"], "{v}");
     let specific = &rows[0];
     assert_eq!(specific["pattern"], "/api/users/:id", "{v}");
-    assert_eq!(specific["methods"], serde_json::json!(["GET"]), "{v}");
+    assert_eq!(
+        specific["methods"],
+        serde_json::json!(["GET", "HEAD"]),
+        "{v}"
+    );
     assert_eq!(specific["strip_prefix"], true, "{v}");
     assert_eq!(specific["timeout_ms"], 2000, "{v}");
     assert_eq!(specific["upstream"], "app", "{v}");

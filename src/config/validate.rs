@@ -568,6 +568,12 @@ fn sticky(text: &str) -> Result<model::Sticky, String> {
         return Ok(model::Sticky::Ip);
     }
     if let Some(name) = text.strip_prefix("header:").filter(|n| is_token(n)) {
+        if name.contains('_') {
+            return Err(format!(
+                "invalid sticky {text:?}: {}",
+                underscore_name(name)
+            ));
+        }
         return Ok(model::Sticky::Header(name.to_ascii_lowercase()));
     }
     if let Some(name) = text.strip_prefix("cookie:").filter(|n| is_token(n)) {
@@ -590,6 +596,9 @@ fn balance(text: &str) -> Result<model::Balance, String> {
         "least_request" => Ok(model::Balance::LeastRequest),
         "hash:ip" => Ok(model::Balance::HashIp),
         _ => match text.strip_prefix("hash:header:") {
+            Some(name) if name.contains('_') => {
+                Err(format!("invalid balance {text:?}: {}", underscore_name(name)))
+            }
             Some(name) if is_token(name) => Ok(model::Balance::HashHeader(name.to_ascii_lowercase())),
             Some(name) => Err(format!("invalid balance {text:?}: {name:?} is not a header name")),
             None => Err(format!(
@@ -827,6 +836,9 @@ fn header_predicates(
 
 /// A lower-cased header name, or why it is not one.
 pub(super) fn header_name(name: &str) -> Result<String, String> {
+    if name.contains('_') {
+        return Err(underscore_name(name));
+    }
     if is_token(name) {
         Ok(name.to_ascii_lowercase())
     } else {
@@ -848,6 +860,14 @@ pub(super) fn header_value(value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Why a request header name with '_' cannot be used: the gateway drops such fields.
+fn underscore_name(name: &str) -> String {
+    format!(
+        "header name {name:?} holds '_': request fields with '_' in their name are dropped \
+         (as nginx's underscores_in_headers off), so it could never be read"
+    )
 }
 
 /// RFC 9110 §5.6.2 token: what methods and header names are made of.
@@ -1043,6 +1063,7 @@ mod tests {
             ("hash:header:X-User-Id", Ok(model::Balance::HashHeader("x-user-id".into()))),
             ("hash:header:", Err("invalid balance \"hash:header:\": \"\" is not a header name")),
             ("hash:header:a b", Err("invalid balance \"hash:header:a b\": \"a b\" is not a header name")),
+            ("hash:header:x_user", Err("invalid balance \"hash:header:x_user\": header name \"x_user\" holds '_': request fields with '_' in their name are dropped (as nginx's underscores_in_headers off), so it could never be read")),
             ("round-robin", Err("invalid balance \"round-robin\": expected \"round_robin\", \"least_request\", \"hash:header:NAME\" or \"hash:ip\" (did you mean \"round_robin\"?)")),
             ("random", Err("invalid balance \"random\": expected \"round_robin\", \"least_request\", \"hash:header:NAME\" or \"hash:ip\"")),
         ] {

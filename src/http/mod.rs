@@ -13,10 +13,12 @@
 //!   error responses into a `Vec<u8>`.
 //!
 //! The one thing to know: parsing is strict wherever two HTTP implementations could
-//! disagree about where a message ends (request smuggling, response splitting). Bare LF
-//! line endings, obs-fold, whitespace before a colon, Content-Length together with
-//! Transfer-Encoding and repeated Content-Length values are all rejected, and every
-//! error here ends the connection it came from. The limits in [`HeadLimits`] are enforced
+//! disagree about where a message ends (request smuggling, response splitting). Bare CR,
+//! obs-fold, whitespace before a colon, Content-Length together with Transfer-Encoding and
+//! repeated Content-Length values are all rejected, and every error here ends the
+//! connection it came from. A bare LF ending a head line is read as CRLF (RFC 9112 §2.2):
+//! every head is re-serialized with CRLF, so no peer behind us sees it; chunked framing
+//! lines still need CRLF. The limits in [`HeadLimits`] are enforced
 //! on incomplete input too, so no peer can make a connection buffer without bound.
 //!
 //! Error statuses: a client's error answers with the status its variant documents
@@ -89,8 +91,8 @@ pub enum HeadError {
     UnsupportedVersion,
     /// 400 Bad Request: anything else that is not a valid HTTP/1.x head (bad method token,
     /// bad version syntax, HTTP/0.9, obs-fold, whitespace before a colon, an empty or
-    /// invalid header name, CTL bytes in a value, bare CR or bare LF line endings, a status
-    /// code outside 100..=599). The reason is for logs, not for the client.
+    /// invalid header name, CTL bytes in a value, a bare CR, a status code outside
+    /// 100..=599, an invalid `Host` authority). The reason is for logs, not for the client.
     #[error("malformed head: {0}")]
     Malformed(&'static str),
 }

@@ -1,5 +1,5 @@
 //! Request and response heads: httparse for the grammar, plus the checks httparse leaves
-//! to its caller (limits, bare LF, the version answer, status code range).
+//! to its caller (limits, the version answer, status code range, the Host authority).
 //!
 //! Key types: [`RequestHead`] and [`ResponseHead`] borrow the connection's buffer (zero
 //! copy: method, target, header names and values are slices of it); [`HeadLimits`] bounds
@@ -12,6 +12,10 @@
 //! letting httparse judge only that view: a limit error is "the view is full and the head
 //! is still incomplete". The common case (a complete head within the limits) takes one
 //! httparse pass over the buffer and a few pointer comparisons.
+//!
+//! Line endings (RFC 9112 §2.2): a bare LF ending the start line or a field line is read as
+//! CRLF, as httparse does; a bare CR anywhere is an error. Nothing downstream ever sees the
+//! difference: the gateway re-serializes every head it forwards with CRLF.
 
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -78,7 +82,9 @@ impl Version {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadLimits {
     /// Longest request line (status line, for responses) without its CRLF, counting any
-    /// empty lines before it. Over it: [`HeadError::RequestLineTooLong`] (414).
+    /// empty lines before it: the line and its ending fit in `max_request_line + 2` bytes
+    /// (so a line ending in a bare LF may be one byte longer). Over it:
+    /// [`HeadError::RequestLineTooLong`] (414).
     pub max_request_line: usize,
     /// Largest header block: every byte after the request line, up to and including the
     /// empty line that ends the head. Over it: [`HeadError::HeaderTooLarge`] (431).
@@ -137,8 +143,10 @@ impl<'b> RequestHead<'b> {
     /// field. `Ok(None)` only for HTTP/1.0 without Host.
     ///
     /// Errors, all 400 (§3.2: a server "MUST respond with a 400"): HTTP/1.1 without Host,
-    /// more than one Host field, an absolute-form target whose authority is empty or
-    /// carries userinfo. The value itself is not validated further here.
+    /// more than one Host field, a Host value that is not a valid authority (see
+    /// [`is_authority`]: `Host: a b` is refused, not forwarded), an absolute-form target
+    /// whose authority is empty, invalid or carries userinfo. An empty Host is valid (§3.2:
+    /// a client sends one when the target URI has no authority).
     pub fn host(&self) -> Result<Option<&'b [u8]>, HeadError> {
         let mut hosts = self
             .headers
@@ -151,14 +159,91 @@ impl<'b> RequestHead<'b> {
         if host.is_none() && self.version == Version::Http11 {
             return Err(HeadError::Malformed("missing Host field"));
         }
+        // Checked even when an absolute-form target overrides it (§3.2.2): §3.2 asks for a
+        // 400 on an invalid Host whatever the target.
+        if host.is_some_and(|h| !h.is_empty() && !is_authority(h)) {
+            return Err(HeadError::Malformed("invalid Host field"));
+        }
         if let Some(authority) = absolute_form_authority(self.target) {
-            if authority.is_empty() || authority.contains('@') {
+            if authority.is_empty() || !is_authority(authority.as_bytes()) {
                 return Err(HeadError::Malformed("invalid authority in request target"));
             }
             return Ok(Some(authority.as_bytes()));
         }
         Ok(host)
     }
+}
+
+/// Whether `value` is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2-3.2.3): a
+/// reg-name (unreserved, pct-encoded and sub-delims: IPv4 addresses included), or an
+/// IP-literal in brackets (an IPv6 address, or IPvFuture); then optionally ':' and a port of
+/// up to 5 digits, at most 65535 (RFC 3986 allows an empty port, so "a:" passes). No userinfo,
+/// no whitespace, no path. An empty value is not an authority here; callers decide.
+pub fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(close) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        if !is_ip_literal(&value[1..close]) {
+            return false;
+        }
+        match &value[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (None, port),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (Some(&value[..colon]), &value[colon + 1..]),
+            None => (Some(value), &[][..]),
+        }
+    };
+    if let Some(name) = host {
+        if name.is_empty() || !is_reg_name(name) {
+            return false;
+        }
+    }
+    port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+}
+
+/// RFC 3986 §3.2.2 reg-name: `*( unreserved / pct-encoded / sub-delims )`.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The inside of RFC 3986's `IP-literal`: an IPv6 address or `IPvFuture`.
+fn is_ip_literal(inner: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = inner {
+        // IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        return dot > 0
+            && rest[..dot].iter().all(u8::is_ascii_hexdigit)
+            && rest.len() > dot + 1
+            && rest[dot + 1..]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+    }
+    std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// The authority of an `http://` or `https://` absolute-form target.
@@ -477,9 +562,9 @@ fn exact_view(buf: &[u8], limits: &HeadLimits) -> ExactView {
     }
 }
 
-/// Skips empty lines the way httparse does (CRLF, and bare LF, which we reject once the
-/// head is complete). RFC 9112 §2.2: a server SHOULD ignore at least one empty line before
-/// the request line. They count against `max_request_line`, so they cannot go on forever.
+/// Skips empty lines the way httparse does (CRLF or a bare LF). RFC 9112 §2.2: a server
+/// SHOULD ignore at least one empty line before the request line. They count against
+/// `max_request_line`, so they cannot go on forever.
 fn skip_empty_lines(buf: &[u8]) -> usize {
     let mut i = 0;
     loop {
@@ -502,8 +587,8 @@ fn complete_request<'b, 's>(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
-    // request-line = method SP target SP HTTP-version(8 bytes) CRLF; httparse also takes
-    // a bare LF, which check_crlf refuses.
+    // request-line = method SP target SP HTTP-version(8 bytes) CRLF, or a bare LF (RFC 9112
+    // §2.2), which httparse takes as CRLF.
     let version_end = offset(buf, target.as_bytes()) + target.len() + 1 + 8;
     let line_end = if buf.get(version_end) == Some(&b'\r') {
         version_end + 2
@@ -511,8 +596,6 @@ fn complete_request<'b, 's>(
         version_end + 1
     };
     check_limits(line_end, head_len, limits)?;
-    let method_start = offset(buf, method.as_bytes());
-    check_crlf(buf, method_start, line_end, req.headers, head_len)?;
     Ok(RequestParts {
         method,
         target,
@@ -537,7 +620,6 @@ fn complete_response<'b, 's>(
             .ok_or(HeadError::Malformed("invalid status line"))?;
     let line_end = lf + 1;
     check_limits(line_end, head_len, limits)?;
-    check_crlf(buf, start, line_end, res.headers, head_len)?;
     let status = res.code.unwrap_or_default();
     if !(100..=599).contains(&status) {
         return Err(HeadError::Malformed("status code out of range"));
@@ -546,8 +628,10 @@ fn complete_response<'b, 's>(
     // SP after the code when the reason is absent. Taken from the buffer because httparse
     // replaces a reason holding obs-text with "".
     let reason_start = start + 13;
-    let reason = if buf[start + 12] == b' ' && reason_start < lf {
-        &buf[reason_start..lf - 1]
+    // The line ends in CRLF or in a bare LF (RFC 9112 §2.2).
+    let reason_end = if buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+    let reason = if buf[start + 12] == b' ' && reason_start < reason_end {
+        &buf[reason_start..reason_end]
     } else {
         &[][..]
     };
@@ -581,38 +665,8 @@ fn check_limits(line_end: usize, head_len: usize, limits: &HeadLimits) -> Result
     Ok(())
 }
 
-/// Every line of the head ends in CR LF. httparse also accepts a bare LF (RFC 9112 §2.2
-/// lets a recipient); we refuse it, since an intermediary that splits lines differently
-/// from the server behind it is how requests get smuggled. Costs one check per line.
-fn check_crlf(
-    buf: &[u8],
-    line_start: usize,
-    line_end: usize,
-    headers: &[httparse::Header<'_>],
-    head_len: usize,
-) -> Result<(), HeadError> {
-    const BARE_LF: HeadError = HeadError::Malformed("bare LF line ending");
-    if buf[..line_start].chunks(2).any(|pair| pair != b"\r\n") || buf[line_end - 2] != b'\r' {
-        return Err(BARE_LF);
-    }
-    for h in headers {
-        // httparse trims the value's trailing SP/HT; the line ending follows them.
-        let mut i = offset(buf, h.value) + h.value.len();
-        while matches!(buf[i], b' ' | b'\t') {
-            i += 1;
-        }
-        if buf[i] != b'\r' {
-            return Err(BARE_LF);
-        }
-    }
-    if buf[head_len - 2] != b'\r' {
-        return Err(BARE_LF);
-    }
-    Ok(())
-}
-
 enum VersionShape {
-    /// `HTTP/d.d` CRLF, but not 1.0 or 1.1: 505.
+    /// `HTTP/d.d` CRLF (or LF), but not 1.0 or 1.1: 505.
     Unsupported,
     /// Anything else: 400.
     Invalid,
@@ -632,7 +686,7 @@ fn version_shape(view: &[u8]) -> VersionShape {
     let Some(version_start) = spaces.nth(1).map(|sp| sp + 1) else {
         return VersionShape::Invalid;
     };
-    const SHAPE: &[u8] = b"HTTP/0.0\r\n";
+    const SHAPE: &[u8] = b"HTTP/0.0";
     for (i, expected) in SHAPE.iter().enumerate() {
         let Some(&b) = view.get(version_start + i) else {
             return VersionShape::Incomplete;
@@ -646,7 +700,12 @@ fn version_shape(view: &[u8]) -> VersionShape {
             return VersionShape::Invalid;
         }
     }
-    VersionShape::Unsupported
+    // CRLF, or a bare LF (RFC 9112 §2.2).
+    match view.get(version_start + SHAPE.len()..) {
+        Some([b'\n', ..] | [b'\r', b'\n', ..]) => VersionShape::Unsupported,
+        Some([] | [b'\r']) | None => VersionShape::Incomplete,
+        Some(_) => VersionShape::Invalid,
+    }
 }
 
 #[cfg(test)]
@@ -875,7 +934,67 @@ mod tests {
                 b"GET http://b.example/ HTTP/1.1\r\n\r\n",
                 Err(HeadError::Malformed("missing Host field")),
             ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+                Ok(Some(b"[::1]:8080")),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [v1.fe:x]\r\n\r\n",
+                Ok(Some(b"[v1.fe:x]")),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: 10.0.0.1:80\r\n\r\n",
+                Ok(Some(b"10.0.0.1:80")),
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a:\r\n\r\n", Ok(Some(b"a:"))),
+            (
+                b"GET / HTTP/1.1\r\nHost: x%41-_~!$&'()*+,;=\r\n\r\n",
+                Ok(Some(b"x%41-_~!$&'()*+,;=")),
+            ),
+            (
+                b"GET http://b.example/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+                Err(HeadError::Malformed("invalid Host field")),
+            ),
+            (
+                b"GET http://b:99999/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(HeadError::Malformed("invalid authority in request target")),
+            ),
         ];
+        let invalid: &[&[u8]] = &[
+            b"a b",
+            b"a\tb",
+            b"u@a",
+            b"a/b",
+            b"a?b",
+            b"a#b",
+            b"%zz",
+            b"a:b",
+            b"a:-1",
+            b"a:65536",
+            b"a:123456",
+            b"[::1",
+            b"[::1]x",
+            b"[::g]",
+            b"[1.2.3.4]",
+            b"[v.x]",
+            b"a\"b",
+            b"a<b",
+            b":80",
+            b"a:1:2",
+            b"caf\xc3\xa9",
+        ];
+        for value in invalid {
+            let mut input = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            input.extend_from_slice(value);
+            input.extend_from_slice(b"\r\n\r\n");
+            let head = req(&input).unwrap().unwrap();
+            assert_eq!(
+                head.host(),
+                Err(HeadError::Malformed("invalid Host field")),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
         for (input, expected) in cases {
             let head = req(input).unwrap().unwrap();
             assert_eq!(head.host(), *expected, "{}", String::from_utf8_lossy(input));
@@ -939,7 +1058,10 @@ mod tests {
         ("http/0.9 version", b"GET / HTTP/0.9\r\n\r\n", Err(HeadError::UnsupportedVersion)),
         ("h2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Err(HeadError::UnsupportedVersion)),
         ("h2 preface, partial", b"PRI * HTTP/2.0\r", Ok(())),
-        ("h2 version, bare LF", b"GET / HTTP/2.0\n\n", Err(HeadError::Malformed("invalid HTTP version"))),
+        ("h2 version, bare LF", b"GET / HTTP/2.0\n\n", Err(HeadError::UnsupportedVersion)),
+        ("bare CR after version", b"GET / HTTP/2.0\rX\r\n\r\n", Err(HeadError::Malformed("invalid HTTP version"))),
+        ("bare CR ending header line", b"GET / HTTP/1.1\r\nX: a\r\rY: b\r\n\r\n", Err(HeadError::Malformed("invalid header value"))),
+        ("bare CR empty line before request", b"\rGET / HTTP/1.1\r\n\r\n", Err(HeadError::Malformed("invalid line ending"))),
         ("obs-fold", b"GET / HTTP/1.1\r\nX: a\r\n  b\r\n\r\n", Err(HeadError::Malformed("invalid header name"))),
         ("obs-fold with tab", b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", Err(HeadError::Malformed("invalid header name"))),
         ("leading whitespace before first header", b"GET / HTTP/1.1\r\n X: a\r\n\r\n", Err(HeadError::Malformed("invalid header name"))),
@@ -956,18 +1078,87 @@ mod tests {
         ("bare CR ending value", b"GET / HTTP/1.1\r\nX: a\rY: b\r\n\r\n", Err(HeadError::Malformed("invalid header value"))),
         ("bare CR after request line", b"GET / HTTP/1.1\rX: a\r\n\r\n", Err(HeadError::Malformed("invalid line ending"))),
         ("bare CR ending head", b"GET / HTTP/1.1\r\nX: a\r\n\rZ", Err(HeadError::Malformed("invalid line ending"))),
-        ("bare LF after request line", b"GET / HTTP/1.1\nHost: a\r\n\r\n", Err(HeadError::Malformed("bare LF line ending"))),
-        ("bare LF after header", b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", Err(HeadError::Malformed("bare LF line ending"))),
-        ("bare LF after empty value", b"GET / HTTP/1.1\r\nX:\nY: b\r\n\r\n", Err(HeadError::Malformed("bare LF line ending"))),
-        ("bare LF after trailing whitespace", b"GET / HTTP/1.1\r\nX: a \t\nY: b\r\n\r\n", Err(HeadError::Malformed("bare LF line ending"))),
-        ("bare LF ending head", b"GET / HTTP/1.1\r\nHost: a\r\n\n", Err(HeadError::Malformed("bare LF line ending"))),
-        ("bare LF only", b"GET / HTTP/1.1\nHost: a\n\n", Err(HeadError::Malformed("bare LF line ending"))),
-        ("bare LF empty line before request", b"\nGET / HTTP/1.1\r\n\r\n", Err(HeadError::Malformed("bare LF line ending"))),
         ("CR CR LF before request", b"\r\r\nGET / HTTP/1.1\r\n\r\n", Err(HeadError::Malformed("invalid line ending"))),
         ("incomplete headers", b"GET / HTTP/1.1\r\nHost: a\r\n", Ok(())),
         ("incomplete final CR", b"GET / HTTP/1.1\r\nHost: a\r\n\r", Ok(())),
         ("incomplete leading lines", b"\r\n\r\n\r", Ok(())),
     ];
+
+    /// RFC 9112 §2.2: a bare LF ending the request line or a field line was refused with 400;
+    /// it reads as CRLF, wherever it stands and however the input was split.
+    #[test]
+    fn bare_lf_line_endings_are_read_as_crlf() {
+        type Case = (
+            &'static [u8],
+            &'static str,
+            &'static [(&'static str, &'static [u8])],
+        );
+        let cases: &[Case] = &[
+            (b"GET /a HTTP/1.1\nHost: a\r\n\r\n", "/a", &[("Host", b"a")]),
+            (
+                b"GET /a HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+                "/a",
+                &[("Host", b"a"), ("X", b"b")],
+            ),
+            (
+                b"GET /a HTTP/1.1\r\nX:\nY: b\r\n\r\n",
+                "/a",
+                &[("X", b""), ("Y", b"b")],
+            ),
+            (
+                b"GET /a HTTP/1.1\r\nX: a \t\nY: b\r\n\r\n",
+                "/a",
+                &[("X", b"a"), ("Y", b"b")],
+            ),
+            (b"GET /a HTTP/1.1\r\nHost: a\r\n\n", "/a", &[("Host", b"a")]),
+            (b"GET /a HTTP/1.1\nHost: a\n\n", "/a", &[("Host", b"a")]),
+            (b"\nGET /a HTTP/1.1\r\n\r\n", "/a", &[]),
+            (b"\r\n\nGET /a HTTP/1.0\n\n", "/a", &[]),
+        ];
+        for (input, target, headers) in cases {
+            let name = String::from_utf8_lossy(input);
+            let head = req(input)
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"))
+                .unwrap_or_else(|| panic!("{name:?}: incomplete"));
+            assert_eq!(head.target, *target, "{name:?}");
+            assert_eq!(head.head_len, input.len(), "{name:?}");
+            let got: Vec<(&str, &[u8])> = head.headers.iter().map(|h| (h.name, h.value)).collect();
+            assert_eq!(got, *headers, "{name:?}");
+            for cut in 0..input.len() {
+                assert_eq!(req(&input[..cut]), Ok(None), "{name:?} cut {cut}");
+            }
+        }
+        // Responses too: the status line and field lines.
+        type ResCase = (
+            &'static [u8],
+            u16,
+            &'static [u8],
+            &'static [(&'static str, &'static [u8])],
+        );
+        let responses: &[ResCase] = &[
+            (b"HTTP/1.1 200 OK\nX: a\r\n\r\n", 200, b"OK", &[("X", b"a")]),
+            (b"HTTP/1.1 204\nX: a\r\n\r\n", 204, b"", &[("X", b"a")]),
+            (b"HTTP/1.1 404 \n\n", 404, b"", &[]),
+            (
+                b"HTTP/1.1 200 Fine Thanks\r\nX: a\n\r\n",
+                200,
+                b"Fine Thanks",
+                &[("X", b"a")],
+            ),
+            (b"HTTP/1.1 200 OK\r\nX: a\r\n\n", 200, b"OK", &[("X", b"a")]),
+        ];
+        for (input, status, reason, headers) in responses {
+            let name = String::from_utf8_lossy(input);
+            let head = res(input)
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"))
+                .unwrap_or_else(|| panic!("{name:?}: incomplete"));
+            assert_eq!(head.status, *status, "{name:?}");
+            assert_eq!(head.reason, *reason, "{name:?}");
+            assert_eq!(head.head_len, input.len(), "{name:?}");
+            let got: Vec<(&str, &[u8])> = head.headers.iter().map(|h| (h.name, h.value)).collect();
+            assert_eq!(got, *headers, "{name:?}");
+        }
+    }
 
     #[test]
     fn bad_requests() {
@@ -1223,11 +1414,9 @@ mod tests {
         ("obs-fold", b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", HeadError::Malformed("invalid header name")),
         ("space before colon", b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n", HeadError::Malformed("invalid header name")),
         ("NUL in value", b"HTTP/1.1 200 OK\r\nX: \x00\r\n\r\n", HeadError::Malformed("invalid header value")),
-        ("bare LF status line", b"HTTP/1.1 200 OK\nX: a\r\n\r\n", HeadError::Malformed("bare LF line ending")),
-        ("bare LF status line, no reason", b"HTTP/1.1 200\nX: a\r\n\r\n", HeadError::Malformed("bare LF line ending")),
-        ("bare LF header", b"HTTP/1.1 200 OK\r\nX: a\n\r\n", HeadError::Malformed("bare LF line ending")),
-        ("bare LF end", b"HTTP/1.1 200 OK\r\nX: a\r\n\n", HeadError::Malformed("bare LF line ending")),
         ("CTL in reason", b"HTTP/1.1 200 O\x01K\r\n\r\n", HeadError::Malformed("invalid status line")),
+        ("bare CR status line", b"HTTP/1.1 200 OK\rX: a\r\n\r\n", HeadError::Malformed("invalid status line")),
+        ("bare CR ending head", b"HTTP/1.1 200 OK\r\nX: a\r\n\rZ", HeadError::Malformed("invalid line ending")),
     ];
 
     #[test]

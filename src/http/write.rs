@@ -205,6 +205,27 @@ pub fn json_response(
     head_len
 }
 
+/// A response without content that the gateway answers itself (204 to `OPTIONS`): the
+/// status line, `extra_headers`, `Connection: close` when `close`. No Content-Length (RFC
+/// 9110 §8.6: never on 204). Returns the length written.
+pub fn empty_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    close: bool,
+) -> usize {
+    let start = out.len();
+    status_line(out, Version::Http11, status, None);
+    for (name, value) in extra_headers {
+        header(out, name, value.as_bytes());
+    }
+    if close {
+        header(out, "Connection", b"close");
+    }
+    end_head(out);
+    out.len() - start
+}
+
 /// The head of a JSON response the gateway answers itself; returns its length.
 fn json_head(
     out: &mut Vec<u8>,

@@ -85,6 +85,9 @@ pub struct ForwardHead<'a, 'h> {
     pub body: http::BodyKind,
     /// The trace context to send (tracing.propagate); None passes the client's through.
     pub trace: Option<&'a super::trace::TraceContext>,
+    /// `Max-Forwards` to send instead of the client's (OPTIONS / TRACE: decremented, RFC 9110
+    /// §7.6.2); None passes the client's through.
+    pub max_forwards: Option<u64>,
 }
 
 /// Writes the upstream request head into `out`.
@@ -119,6 +122,7 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
             6 if name.eq_ignore_ascii_case("expect") => continue,
             11 if f.trace.is_some() && name.eq_ignore_ascii_case("traceparent") => continue,
             12 if name.eq_ignore_ascii_case("x-request-id") => continue,
+            12 if f.max_forwards.is_some() && name.eq_ignore_ascii_case("max-forwards") => continue,
             14 if name.eq_ignore_ascii_case("content-length") => continue,
             15 if name.eq_ignore_ascii_case("x-forwarded-for") => {
                 xff.push(h.value);
@@ -145,6 +149,11 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
     push_header(out, b"X-Request-Id", f.request_id.as_bytes());
     if let Some(trace) = f.trace {
         trace.write_header(out);
+    }
+    if let Some(n) = f.max_forwards {
+        out.extend_from_slice(b"Max-Forwards: ");
+        http::write::write_u64(out, n);
+        out.extend_from_slice(b"\r\n");
     }
     write_via(out, &via);
     match f.body {

@@ -36,6 +36,9 @@ pub struct Rejection {
     pub trace: Option<trace::TraceContext>,
     /// A JSON body to send instead of the standard error body (a breaker's fallback).
     pub body: Option<String>,
+    /// Not an error: a 204 the gateway answers itself (`OPTIONS *`, `Max-Forwards: 0`),
+    /// sent without content.
+    pub no_content: bool,
     /// The route and upstream the request had reached (metrics and the access log name
     /// them), when a stage after routing answered it.
     pub routed: Option<(
@@ -56,8 +59,17 @@ impl Rejection {
             head_only: false,
             body: None,
             trace: None,
+            no_content: false,
             routed: None,
         }
+    }
+
+    /// 204 No Content with `Allow`: the gateway's answer to an OPTIONS it does not forward.
+    pub fn options(allow: String, id: RequestId) -> Self {
+        let mut r = Rejection::new(204, String::new(), id);
+        r.allow = Some(allow);
+        r.no_content = true;
+        r
     }
 
     pub fn closing(mut self) -> Self {

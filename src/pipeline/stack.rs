@@ -3,10 +3,16 @@
 //! A request goes through [`prepare`] (synchronous, while its head is still borrowed from the
 //! connection's read buffer) and then [`run`] (asynchronous I/O). The stage order is:
 //!
+//! 0. header fields whose name holds `_` are dropped, before any stage can read them (as
+//!    nginx's default `underscores_in_headers off`: CGI-style upstreams read `X_Forwarded_For`
+//!    as `X-Forwarded-For`, so forwarding it would let a client forge gateway headers);
 //! 1. identity: the request id first, so every later error carries it;
 //! 2. framing: body framing is validated before anything may read the body (RFC 9112 §6.3);
-//! 3. target: normalised once, so the path that is routed is the path that is forwarded;
-//! 4. route: path, then method, host, headers (BEHAVIOR.md precedence);
+//! 3. target: Host and the target form are checked (CONNECT is never tunnelled, `OPTIONS *`
+//!    is answered here), then the path normalised once, so the path that is routed is the
+//!    path that is forwarded;
+//! 4. route: path, then method, host, headers (BEHAVIOR.md precedence); `Max-Forwards: 0` on
+//!    OPTIONS / TRACE is answered here, once the resource is known (RFC 9110 §7.6.2);
 //!    trace context is continued or started here, once the request will be forwarded;
 //!    then the split picks the upstream (canary / A-B) when the route has one;
 //! 5. (later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
@@ -99,7 +105,20 @@ fn stages(
     trace_out: &mut Option<TraceContext>,
 ) -> Result<RequestCtx, Rejection> {
     let cfg = &snap.active.config;
-    let headers = &head.headers[..];
+
+    // 0. underscores: dropped, never used for any decision (nginx's ignore_invalid_headers).
+    let kept: http::Headers<'_>;
+    let headers: &[Header<'_>] = if head.headers.iter().any(|h| h.name.contains('_')) {
+        kept = head
+            .headers
+            .iter()
+            .filter(|h| !h.name.contains('_'))
+            .copied()
+            .collect();
+        &kept
+    } else {
+        &head.headers
+    };
 
     // 1. identity
     let id = headers
@@ -142,10 +161,37 @@ fn stages(
         r
     };
 
-    // 3. target (and Host, RFC 9112 §3.2: exactly one in HTTP/1.1)
-    // The codec owns the Host rules: one Host in HTTP/1.1, an absolute-form authority wins.
+    // 3. target (and Host, RFC 9112 §3.2: exactly one in HTTP/1.1, a valid authority)
+    // The codec owns the Host rules: one valid Host, an absolute-form authority wins.
     let host = head.host().map_err(|e| bad(400, &e.to_string()))?;
-    let target = target::parse(head.target.as_bytes()).map_err(|e| bad(400, &e.to_string()))?;
+    if head.method == "CONNECT" {
+        // RFC 9110 §9.3.6: CONNECT asks for a tunnel, which the gateway never opens; its
+        // target must be authority-form (RFC 9112 §3.2.3), and no route serves it.
+        if !target::is_authority_form(head.target) {
+            return Err(bad(400, "CONNECT needs an authority-form target"));
+        }
+        let mut r = close_if_body(Rejection::new(
+            405,
+            "CONNECT is not served: the gateway does not tunnel".into(),
+            id,
+        ));
+        // RFC 9110 §10.2.1: an empty Allow, the resource allows no method.
+        r.allow = Some(String::new());
+        return Err(r);
+    }
+    let max_forwards = match head.method {
+        "OPTIONS" | "TRACE" => max_forwards(headers).map_err(|msg| bad(400, msg))?,
+        _ => None,
+    };
+    if head.target == "*" {
+        // RFC 9112 §3.2.4: asterisk-form is for a server-wide OPTIONS only, answered here.
+        if head.method != "OPTIONS" {
+            return Err(bad(400, "asterisk-form target is only for OPTIONS"));
+        }
+        let allow = snap.active.router.allow_all().to_string();
+        return Err(close_if_body(Rejection::options(allow, id)));
+    }
+    let target = target::parse(head.target).map_err(|e| bad(400, &e.to_string()))?;
 
     // 4. route
     let view = RequestView {
@@ -154,6 +200,9 @@ fn stages(
         host,
         headers: &Headers(headers),
     };
+    if max_forwards == Some(0) {
+        return Err(close_if_body(last_hop(head.method, &view, snap, id)));
+    }
     let m = match snap.active.router.lookup(&view) {
         Lookup::Found(m) => m,
         Lookup::MethodNotAllowed { allow } => {
@@ -226,6 +275,7 @@ fn stages(
             request_id: &id,
             body,
             trace: trace.as_ref(),
+            max_forwards: max_forwards.map(|n| n - 1),
         },
     );
     Ok(RequestCtx {
@@ -249,6 +299,47 @@ fn stages(
         upstream_head_len: ubuf.len(),
         started,
     })
+}
+
+/// The value of `Max-Forwards` (RFC 9110 §7.6.2: `1*DIGIT`), saturating at u64::MAX. Err: the
+/// 400's message, for an invalid value or more than one field.
+fn max_forwards(headers: &[Header<'_>]) -> Result<Option<u64>, &'static str> {
+    let value = single(headers, "max-forwards").map_err(|()| "more than one Max-Forwards field")?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err("invalid Max-Forwards value");
+    }
+    Ok(Some(value.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    })))
+}
+
+/// The answer to an OPTIONS or TRACE with `Max-Forwards: 0`: the gateway is the last hop
+/// (RFC 9110 §7.6.2). OPTIONS gets 204 with the resource's `Allow`. TRACE gets 405: the
+/// gateway never reflects a request, since the echo would hand a page's cookies and
+/// credentials to a script (cross-site tracing), which is why nginx refuses TRACE outright.
+fn last_hop(
+    method: &str,
+    view: &RequestView<'_, Headers<'_, '_>>,
+    snap: &Snapshot,
+    id: RequestId,
+) -> Rejection {
+    let Some(allow) = snap.active.router.allowed(view) else {
+        return Rejection::new(404, "No route matches the request".into(), id);
+    };
+    if method == "OPTIONS" {
+        return Rejection::options(allow, id);
+    }
+    let mut r = Rejection::new(
+        405,
+        "TRACE with Max-Forwards: 0 is not answered: the gateway does not reflect requests".into(),
+        id,
+    );
+    let without_trace: Vec<&str> = allow.split(", ").filter(|m| *m != "TRACE").collect();
+    r.allow = Some(without_trace.join(", "));
+    r
 }
 
 /// The response of an open breaker: the configured fallback, or 503 with the standard body.

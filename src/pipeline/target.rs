@@ -1,10 +1,22 @@
-//! The request target (RFC 9112 §3.2): origin-form and absolute-form, path normalisation, and
-//! the path sent upstream after `strip_prefix` / `rewrite`.
+//! The request target (RFC 9112 §3.2): origin-form and absolute-form, byte checks, path
+//! normalisation, and the path sent upstream after `strip_prefix` / `rewrite`.
 //!
 //! Normalisation happens once, before routing, so that the path that was routed is the path
-//! that is forwarded: `.` and `..` segments are resolved (RFC 3986 §5.2.4, also in their
-//! percent-encoded forms) and repeated slashes merged, as nginx does. A `..` that would climb
-//! above the root is a 400. Paths that need none of this are not copied.
+//! that is forwarded (RFC 3986 §6.2.2): percent-encoded unreserved characters are decoded
+//! (`%61` is `a`, `%2E` is `.`), the hex of the escapes kept is upper-cased (`%2f` -> `%2F`),
+//! `.` and `..` segments are resolved (§5.2.4) and repeated slashes merged, as nginx does.
+//! `%2F` and `%5C` stay encoded: decoding them would change which segments the path has. A
+//! `..` that would climb above the root is a 400 (nginx does the same; §5.2.4 would drop it).
+//! The query is forwarded verbatim.
+//!
+//! Bytes are checked against RFC 3986: the path takes `pchar` and `/` only, with every `%`
+//! starting a valid escape; the query takes `pchar`, `/`, `?`, and also `[` and `]`, which
+//! browsers send unencoded in queries (WHATWG URL) and JSON:API-style APIs use
+//! (`filter[name]=x`); its escapes are the upstream's to read. A fragment, whitespace, a
+//! control byte, a byte above 0x7F, or any of `"<>\^`{|}` is a 400.
+//!
+//! Cost: one pass over the target with a byte-class table (the target is already text:
+//! httparse checked it); a path that needs no normalisation (the common case) is not copied.
 
 use std::borrow::Cow;
 
@@ -18,52 +30,128 @@ pub struct Target<'a> {
     pub authority: Option<&'a str>,
 }
 
+/// A request target that cannot be served. All are 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    /// 400: not origin-form or absolute-form http(s).
+    /// 400: not origin-form or absolute-form http(s), or an invalid authority.
     #[error("invalid request target")]
     Invalid,
+    /// 400: a `#fragment` (RFC 9112 §3.2: never sent in a request).
+    #[error("request target with a fragment")]
+    Fragment,
+    /// 400: a byte RFC 3986 does not allow where it stands.
+    #[error("invalid character in request target")]
+    InvalidByte,
+    /// 400: `%` not followed by two hex digits in the path.
+    #[error("malformed percent-encoding in request path")]
+    MalformedEscape,
     /// 400: `..` above the root.
     #[error("invalid request path")]
     EscapesRoot,
 }
 
-pub fn parse(raw: &[u8]) -> Result<Target<'_>, TargetError> {
-    let raw = std::str::from_utf8(raw).map_err(|_| TargetError::Invalid)?;
+/// Byte classes: bit 0 allowed in the path, bit 1 allowed in the query.
+const PATH: u8 = 1;
+const QUERY: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let pchar = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'%'
+                    | b'/'
+            );
+        if pchar {
+            t[b] = PATH | QUERY;
+        } else if matches!(c, b'?' | b'[' | b']') {
+            t[b] = QUERY;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// RFC 3986 §2.3 unreserved: what a `%XX` escape may be decoded to.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Parses an origin-form or absolute-form target. `*` and authority-form are the caller's
+/// (they belong to OPTIONS and CONNECT).
+pub fn parse(raw: &str) -> Result<Target<'_>, TargetError> {
     let (authority, rest) = if raw.starts_with('/') {
         (None, raw)
     } else {
-        let lower_scheme = raw
-            .get(..7)
-            .map(|s| s.eq_ignore_ascii_case("http://"))
-            .unwrap_or(false);
-        let lower_scheme_s = raw
-            .get(..8)
-            .map(|s| s.eq_ignore_ascii_case("https://"))
-            .unwrap_or(false);
-        let after = if lower_scheme {
+        let has_prefix = |p: &str| {
+            raw.as_bytes()
+                .get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p.as_bytes()))
+        };
+        let after = if has_prefix("http://") {
             &raw[7..]
-        } else if lower_scheme_s {
+        } else if has_prefix("https://") {
             &raw[8..]
         } else {
             return Err(TargetError::Invalid);
         };
-        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
         let authority = &after[..end];
-        if authority.is_empty() || authority.contains('@') {
+        if authority.is_empty() || !crate::http::parse::is_authority(authority.as_bytes()) {
             return Err(TargetError::Invalid);
         }
         let rest = &after[end..];
-        (Some(authority), if rest.is_empty() { "/" } else { rest })
+        (Some(authority), rest)
     };
-    let (path, query) = match rest.find('?') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
+    let (path_len, needs) = scan_path(rest.as_bytes())?;
+    let query = match rest.as_bytes().get(path_len) {
+        Some(b'?') => {
+            let query = &rest[path_len + 1..];
+            if let Some(&b) = query
+                .as_bytes()
+                .iter()
+                .find(|&&b| CLASS[usize::from(b)] & QUERY == 0)
+            {
+                return Err(refused(b));
+            }
+            Some(query)
+        }
+        _ => None,
     };
+    let path = &rest[..path_len];
     let path = if path.is_empty() {
         Cow::Borrowed("/")
-    } else {
+    } else if needs {
         normalize(path)?
+    } else {
+        Cow::Borrowed(path)
     };
     Ok(Target {
         path,
@@ -72,45 +160,109 @@ pub fn parse(raw: &[u8]) -> Result<Target<'_>, TargetError> {
     })
 }
 
-fn is_dot(seg: &str) -> bool {
-    strip_dot(seg.as_bytes()).is_some_and(<[u8]>::is_empty)
-}
-
-/// One `.` of a dot segment, raw or percent-encoded; returns the rest of the segment.
-fn strip_dot(seg: &[u8]) -> Option<&[u8]> {
-    match seg {
-        [b'.', rest @ ..] => Some(rest),
-        [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => Some(rest),
-        _ => None,
+/// The error for a byte that is not allowed where it stands.
+fn refused(b: u8) -> TargetError {
+    if b == b'#' {
+        TargetError::Fragment
+    } else {
+        TargetError::InvalidByte
     }
 }
 
-fn is_dotdot(seg: &str) -> bool {
-    strip_dot(seg.as_bytes())
-        .and_then(strip_dot)
-        .is_some_and(<[u8]>::is_empty)
+/// Whether `target` is the authority-form of a CONNECT request (RFC 9112 §3.2.3):
+/// `uri-host ":" port`, the port present.
+pub fn is_authority_form(target: &str) -> bool {
+    let has_port = match target.rfind(':') {
+        Some(colon) => colon + 1 < target.len() && !target[colon + 1..].contains(']'),
+        None => false,
+    };
+    has_port && crate::http::parse::is_authority(target.as_bytes())
 }
 
-fn normalize(path: &str) -> Result<Cow<'_, str>, TargetError> {
-    let needs = path.contains("//") || path.split('/').any(|s| is_dot(s) || is_dotdot(s));
-    if !needs {
-        return Ok(Cow::Borrowed(path));
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    for seg in path.split('/') {
-        if seg.is_empty() || is_dot(seg) {
-            continue;
-        }
-        if is_dotdot(seg) {
-            if out.pop().is_none() {
-                return Err(TargetError::EscapesRoot);
+/// One pass over the path part of a target: checks every byte and escape, finds where the
+/// path ends (its length: the end, or the '?' that starts the query), and says whether the
+/// path needs normalising.
+fn scan_path(path: &[u8]) -> Result<(usize, bool), TargetError> {
+    let mut needs = false;
+    let mut seg_start = 0;
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        if CLASS[usize::from(b)] & PATH == 0 {
+            if b == b'?' {
+                break;
             }
-            continue;
+            return Err(refused(b));
         }
-        out.push(seg);
+        match b {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    path.get(i + 1).copied().and_then(hex),
+                    path.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(TargetError::MalformedEscape);
+                };
+                // Decoded when unreserved, upper-cased when written in lower case.
+                needs |= is_unreserved(hi << 4 | lo)
+                    || path[i + 1].is_ascii_lowercase()
+                    || path[i + 2].is_ascii_lowercase();
+                i += 3;
+                continue;
+            }
+            b'/' => {
+                needs |= is_dot_segment(&path[seg_start..i]) || (i > 0 && path[i - 1] == b'/');
+                seg_start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
     }
-    let mut s = String::with_capacity(path.len());
+    Ok((i, needs || is_dot_segment(&path[seg_start..i])))
+}
+
+fn is_dot_segment(seg: &[u8]) -> bool {
+    seg == b"." || seg == b".."
+}
+
+/// Normalises a path that [`scan_path`] accepted and found in need of it.
+fn normalize(path: &str) -> Result<Cow<'_, str>, TargetError> {
+    // 1. Decode unreserved escapes, upper-case the others (all escapes are valid here).
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let (hi, lo) = (bytes[i + 1], bytes[i + 2]);
+            let value = hex(hi).unwrap_or(0) << 4 | hex(lo).unwrap_or(0);
+            if is_unreserved(value) {
+                decoded.push(char::from(value));
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(hi.to_ascii_uppercase()));
+                decoded.push(char::from(lo.to_ascii_uppercase()));
+            }
+            i += 3;
+        } else {
+            decoded.push(char::from(bytes[i]));
+            i += 1;
+        }
+    }
+    // 2. Dot segments and empty segments. '/' is a separator only where it was sent as one:
+    //    %2F stayed encoded above.
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(TargetError::EscapesRoot);
+                }
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut s = String::with_capacity(decoded.len());
     for seg in &out {
         s.push('/');
         s.push_str(seg);
@@ -161,7 +313,7 @@ mod tests {
     use super::*;
 
     fn p(raw: &str) -> Result<(String, Option<String>, Option<String>), TargetError> {
-        parse(raw.as_bytes()).map(|t| {
+        parse(raw).map(|t| {
             (
                 t.path.into_owned(),
                 t.query.map(Into::into),
@@ -191,7 +343,55 @@ mod tests {
             ("*", Err(TargetError::Invalid)),
             ("example.com:443", Err(TargetError::Invalid)),
             ("http://u@h/", Err(TargetError::Invalid)),
+            ("http://a b/", Err(TargetError::Invalid)),
+            ("http://a#x/", Err(TargetError::Fragment)),
+            ("http://h?x", Ok(("/", Some("x"), Some("h")))),
+            ("http://[::1]:8080/p", Ok(("/p", None, Some("[::1]:8080")))),
+            ("http://h:99999/", Err(TargetError::Invalid)),
             ("/a..b/.c", Ok(("/a..b/.c", None, None))),
+            // Percent-encoded unreserved characters are decoded, the rest upper-cased.
+            ("/%61dmin", Ok(("/admin", None, None))),
+            ("/%41%5a%7e%2D%5F%30", Ok(("/AZ~-_0", None, None))),
+            ("/a%2fb", Ok(("/a%2Fb", None, None))),
+            ("/a%2Fb/%5c/%5C", Ok(("/a%2Fb/%5C/%5C", None, None))),
+            ("/caf%c3%a9", Ok(("/caf%C3%A9", None, None))),
+            ("/%20x", Ok(("/%20x", None, None))),
+            ("/%2e%2E/x", Err(TargetError::EscapesRoot)),
+            ("/a/%2e/b", Ok(("/a/b", None, None))),
+            ("/a/.%2e/b", Ok(("/b", None, None))),
+            ("/a/%2e%2e%2f/b", Ok(("/a/..%2F/b", None, None))),
+            ("/a/b/%2E", Ok(("/a/b/", None, None))),
+            ("//a///b//", Ok(("/a/b/", None, None))),
+            ("/%2F%2F", Ok(("/%2F%2F", None, None))),
+            // The query is forwarded verbatim, escapes and all.
+            (
+                "/%61?q=%61%zz&a[]=1",
+                Ok(("/a", Some("q=%61%zz&a[]=1"), None)),
+            ),
+            ("/a?b?c/d", Ok(("/a", Some("b?c/d"), None))),
+            // Malformed escapes in the path.
+            ("/%zz", Err(TargetError::MalformedEscape)),
+            ("/%4", Err(TargetError::MalformedEscape)),
+            ("/a%", Err(TargetError::MalformedEscape)),
+            ("/%4g", Err(TargetError::MalformedEscape)),
+            // Bytes RFC 3986 does not allow.
+            ("/x#frag", Err(TargetError::Fragment)),
+            ("/x?a#frag", Err(TargetError::Fragment)),
+            ("/a\\b", Err(TargetError::InvalidByte)),
+            ("/a\"b", Err(TargetError::InvalidByte)),
+            ("/a{b", Err(TargetError::InvalidByte)),
+            ("/a}b", Err(TargetError::InvalidByte)),
+            ("/a<b", Err(TargetError::InvalidByte)),
+            ("/a>b", Err(TargetError::InvalidByte)),
+            ("/a|b", Err(TargetError::InvalidByte)),
+            ("/a^b", Err(TargetError::InvalidByte)),
+            ("/a`b", Err(TargetError::InvalidByte)),
+            ("/a[b", Err(TargetError::InvalidByte)),
+            ("/a]b", Err(TargetError::InvalidByte)),
+            ("/caf\u{e9}", Err(TargetError::InvalidByte)),
+            ("/a?b c", Err(TargetError::InvalidByte)),
+            ("/a?b|c", Err(TargetError::InvalidByte)),
+            ("/a?b\\c", Err(TargetError::InvalidByte)),
         ];
         for (raw, want) in cases {
             let got = p(raw);
@@ -199,6 +399,42 @@ mod tests {
                 .clone()
                 .map(|(a, b, c)| (a.to_string(), b.map(Into::into), c.map(Into::into)));
             assert_eq!(got, want, "{raw}");
+        }
+    }
+
+    /// A path with nothing to normalise is borrowed, not copied.
+    #[test]
+    fn clean_paths_are_not_copied() {
+        for raw in [
+            "/",
+            "/api/v1/users/12345/orders",
+            "/a%2Fb%C3%A9",
+            "/a.b/.c/..d",
+        ] {
+            let t = parse(raw).unwrap();
+            assert!(matches!(t.path, Cow::Borrowed(_)), "{raw}");
+        }
+        let t = parse("/api/v1/users?status=open&x=%zz").unwrap();
+        assert!(matches!(t.path, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn authority_form() {
+        for ok in ["a.example:443", "10.0.0.1:5432", "[::1]:8080", "db:1"] {
+            assert!(is_authority_form(ok), "{ok}");
+        }
+        for bad in [
+            "a.example",
+            "a.example:",
+            "/x",
+            "[::1]",
+            "a b:1",
+            "u@h:1",
+            "h:1/x",
+            "*",
+            "",
+        ] {
+            assert!(!is_authority_form(bad), "{bad}");
         }
     }
 

@@ -6,9 +6,11 @@
 //! mask test, a few byte compares and header lookups, never an allocation.
 //!
 //! Decisions:
-//! - Methods are case-sensitive tokens (RFC 9110 §9.1) and listed explicitly: `GET` does not
-//!   imply `HEAD`. The `Allow` order is RFC 9110's (GET, HEAD, POST, PUT, DELETE, CONNECT,
-//!   OPTIONS, TRACE), then PATCH, then extension methods alphabetically.
+//! - Methods are case-sensitive tokens (RFC 9110 §9.1). `GET` implies `HEAD` (RFC 9110 §9.3.2:
+//!   HEAD is GET without the content), so a route listing GET serves HEAD and an `Allow` that
+//!   lists GET lists HEAD. `CONNECT` is refused in `methods`: the gateway never tunnels, and
+//!   answers every CONNECT before routing. The `Allow` order is RFC 9110's (GET, HEAD, POST,
+//!   PUT, DELETE, CONNECT, OPTIONS, TRACE), then PATCH, then extension methods alphabetically.
 //! - Hosts compare ASCII case-insensitively, without the port (`[v6]:port` understood) and
 //!   without one trailing '.'. `*.example.com` needs at least one label before `.example.com`.
 //!   A request without Host (or with an empty one) matches only routes without `hosts`.
@@ -55,6 +57,14 @@ impl MethodTable {
                 if m.is_empty() || !m.bytes().all(is_tchar) {
                     return Err((id, m.clone(), "not an HTTP method token".into()));
                 }
+                if m == "CONNECT" {
+                    return Err((
+                        id,
+                        m.clone(),
+                        "the gateway never tunnels: every CONNECT is answered 400 or 405 before routing"
+                            .into(),
+                    ));
+                }
                 if !STANDARD.contains(&m.as_str()) && !ext.iter().any(|e| **e == **m) {
                     if ext.len() == MAX_EXTENSIONS {
                         return Err((
@@ -95,10 +105,16 @@ impl MethodTable {
         }
     }
 
+    /// The methods a route serves: those listed, plus HEAD wherever GET is (RFC 9110 §9.3.2).
     pub fn set(&self, methods: Option<&[String]>) -> MethodSet {
+        const GET: u64 = 1;
+        const HEAD: u64 = 1 << 1;
         match methods {
             None => MethodSet::ANY,
-            Some(list) => MethodSet(list.iter().fold(0, |acc, m| acc | self.bit(m))),
+            Some(list) => {
+                let bits = list.iter().fold(0, |acc, m| acc | self.bit(m));
+                MethodSet(if bits & GET != 0 { bits | HEAD } else { bits })
+            }
         }
     }
 
@@ -115,9 +131,11 @@ impl MethodTable {
             .collect()
     }
 
-    /// The value of an `Allow` header for `set`, e.g. "GET, HEAD, POST".
+    /// The value of an `Allow` header for `set`, e.g. "GET, HEAD, POST". CONNECT is never
+    /// listed: no route serves it, not even one without `methods`.
     pub fn allow_header(&self, set: MethodSet) -> String {
-        self.names(set).join(", ")
+        let without_connect = MethodSet(set.0 & !(1 << 5));
+        self.names(without_connect).join(", ")
     }
 }
 

@@ -1,8 +1,9 @@
 //! The router: picks the route for a request from its path, method, host and headers.
 //!
 //! Owns: compiling `Config::routes` into a [`Router`] (once per config, off the request path),
-//! lookups ([`Router::lookup`], the first pipeline stage) and the route table rows that
-//! `dispatch check` and admin `GET /routes` print ([`Router::describe`]).
+//! lookups ([`Router::lookup`], the first pipeline stage), the `Allow` values the gateway
+//! answers OPTIONS with ([`Router::allowed`], [`Router::allow_all`]) and the route table rows
+//! that `dispatch check` and admin `GET /routes` print ([`Router::describe`]).
 //! Files: `pattern.rs` (path pattern syntax), `trie.rs` (the compiled segment trie),
 //! `matcher.rs` (method / host / header predicates).
 //!
@@ -232,6 +233,8 @@ pub struct Router {
     predicates: Box<[Predicates]>,
     methods: MethodTable,
     rows: Vec<RouteRow>,
+    /// `Allow` for `OPTIONS *`: every method some route serves, and OPTIONS.
+    allow_all: String,
 }
 
 const _: () = {
@@ -319,6 +322,10 @@ impl Router {
         }
 
         let rows = table_rows(routes, &entries, &parsed, &texts, &predicates, &methods);
+        let served = predicates
+            .iter()
+            .fold(methods.bit("OPTIONS"), |acc, p| acc | p.methods.0);
+        let allow_all = methods.allow_header(matcher::MethodSet(served));
         Ok(Router {
             trie: trie.finish(),
             entries: entries.into(),
@@ -327,7 +334,41 @@ impl Router {
             predicates: predicates.into(),
             methods,
             rows,
+            allow_all,
         })
+    }
+
+    /// The `Allow` value for `OPTIONS *` (RFC 9110 §9.3.7): every method some route serves
+    /// (the standard methods but CONNECT when a route takes any method), and OPTIONS, which
+    /// the gateway answers itself for `*`.
+    pub fn allow_all(&self) -> &str {
+        &self.allow_all
+    }
+
+    /// The `Allow` value for the resource `req` names: the methods of every route that matches
+    /// its path, host and headers, whatever its method. None when no route does (a 404).
+    pub fn allowed<H: HeaderLookup + ?Sized>(&self, req: &RequestView<'_, H>) -> Option<String> {
+        let path = req.path.as_bytes();
+        if path.first() != Some(&b'/') {
+            return None;
+        }
+        let prepared = Prepared {
+            method: self.methods.bit(req.method),
+            host: req.host,
+            headers: req.headers,
+        };
+        let mut allow = 0u64;
+        let mut any = false;
+        let mut collect = |e: u32| {
+            let p = &self.predicates[self.entries[e as usize].route as usize];
+            if p.check(&prepared) != Check::No {
+                allow |= p.methods.0;
+                any = true;
+            }
+            false
+        };
+        let _ = self.trie.find(path, &mut collect);
+        any.then(|| self.methods.allow_header(matcher::MethodSet(allow)))
     }
 
     /// The route for `req`, or why there is none (405 / 404).

@@ -10,6 +10,7 @@
 //! pattern  = [ "=" ] "/" [ segment *( "/" segment ) ] [ "/*" ]   ; "/*" alone is allowed too
 //! segment  = literal / ":" name
 //! literal  = 1*( unreserved / pct-encoded / sub-delims-but-"*" / ":" / "@" )   ; not "." or ".."
+//!            ; pct-encoded in normalized form: upper-case hex, never an unreserved character
 //! name     = 1*( ALPHA / DIGIT / "_" )
 //! ```
 //! An exact pattern (`=`) may end in `/` (then the request path must end in `/` too: exact means
@@ -127,8 +128,24 @@ fn check_literal(seg: &str) -> Result<(), String> {
             b'*' => return Err("'*' must be a whole segment ('/*') at the end".into()),
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                let Some(hex) = hex.filter(|h| h.iter().all(u8::is_ascii_hexdigit)) else {
                     return Err("'%' must be followed by two hex digits".into());
+                };
+                // Request paths are normalized before routing (see pipeline::target): an
+                // escape in any other form could never match.
+                let text = std::str::from_utf8(hex).unwrap_or("00");
+                let value = u8::from_str_radix(text, 16).unwrap_or(0);
+                if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                    return Err(format!(
+                        "\"%{text}\" never matches: request paths are normalized, write {:?}",
+                        char::from(value)
+                    ));
+                }
+                if hex.iter().any(u8::is_ascii_lowercase) {
+                    return Err(format!(
+                        "\"%{text}\" never matches: request paths are normalized, write \"%{}\"",
+                        text.to_ascii_uppercase()
+                    ));
                 }
                 i += 3;
                 continue;

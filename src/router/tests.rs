@@ -457,12 +457,12 @@ fn method_not_allowed_lists_every_route_that_matched_but_the_method() {
             route("exact", &["=/p/1/cache"]).methods(&["OPTIONS"]),
         ],
         &[
-            ("DELETE /p", "405 GET, POST"),
-            ("PATCH /p/1", "405 GET, POST, PUT, DELETE"),
+            ("DELETE /p", "405 GET, HEAD, POST"),
+            ("PATCH /p/1", "405 GET, HEAD, POST, PUT, DELETE"),
             ("PATCH /p/1 host=a.example.com", "p_id_host"),
             (
                 "OPTIONS /p/1 host=a.example.com",
-                "405 GET, POST, PUT, DELETE, PATCH",
+                "405 GET, HEAD, POST, PUT, DELETE, PATCH",
             ),
             (
                 "OPTIONS /p/1 host=b.example.com x-h=1",
@@ -471,9 +471,12 @@ fn method_not_allowed_lists_every_route_that_matched_but_the_method() {
             // Extension methods follow the standard ones, alphabetically; exact routes count.
             (
                 "BREW /p/1/cache",
-                "405 GET, POST, PUT, DELETE, OPTIONS, BAN, PURGE",
+                "405 GET, HEAD, POST, PUT, DELETE, OPTIONS, BAN, PURGE",
             ),
-            ("BREW /p/2/cache", "405 GET, POST, PUT, DELETE, BAN, PURGE"),
+            (
+                "BREW /p/2/cache",
+                "405 GET, HEAD, POST, PUT, DELETE, BAN, PURGE",
+            ),
             ("GET /q", "404"),
         ],
     );
@@ -544,6 +547,8 @@ fn invalid_patterns_are_rejected() {
         ("/a\\b", "not allowed in a path"),
         ("/%zz", "two hex digits"),
         ("/a%2", "two hex digits"),
+        ("/%61dmin", "normalized, write 'a'"),
+        ("/a%2fb", "normalized, write \"%2F\""),
         ("/./a", "dot segment"),
         ("/a/..", "dot segment"),
         ("=/a/*", "cannot end in '/*'"),
@@ -821,7 +826,7 @@ fn error_messages_name_the_routes() {
     assert_eq!(
         e.to_string(),
         "routes.users and routes.users_v2 can match the same request with equal precedence \
-         (path \"/u/:id\"): same shape as \"/u/:uid\", 1 predicate(s) each; methods: GET; \
+         (path \"/u/:id\"): same shape as \"/u/:uid\", 1 predicate(s) each; methods: GET,HEAD; \
          hosts: any host; headers compatible"
     );
     let e = compile_err(&[route("users", &["/u//x"])]);
@@ -862,12 +867,16 @@ fn describe_lists_rows_in_precedence_order() {
         ]
     );
     let canary = &rows[2];
-    assert_eq!(canary.methods.as_deref(), Some(&["GET".to_string()][..]));
+    // The compiled set: HEAD comes with GET.
+    assert_eq!(
+        canary.methods.as_deref(),
+        Some(&["GET".to_string(), "HEAD".to_string()][..])
+    );
     assert_eq!(
         canary.hosts.as_deref(),
         Some(&["*.example.com".to_string()][..])
     );
-    assert_eq!(rows[3].methods.as_deref().unwrap(), ["GET", "POST"]);
+    assert_eq!(rows[3].methods.as_deref().unwrap(), ["GET", "HEAD", "POST"]);
     assert!(rows[2].to_string().contains("x-canary: 1"));
 }
 
@@ -1135,6 +1144,10 @@ fn trie_agrees_with_the_rules_on_random_tables() {
                 match &r.methods {
                     Some(m) if !m.iter().any(|m| m == method) => {
                         allow.extend(m.iter().map(String::as_str));
+                        // HEAD is allowed wherever GET is (RFC 9110 §9.3.2).
+                        if m.iter().any(|m| m == "GET") {
+                            allow.push("HEAD");
+                        }
                     }
                     _ => {
                         want = Some((row.route, prefix_len, params));
@@ -1145,7 +1158,7 @@ fn trie_agrees_with_the_rules_on_random_tables() {
             let want = match want {
                 Some(found) => format!("{found:?}"),
                 None if !allow.is_empty() => {
-                    let order = ["GET", "POST", "PUT"];
+                    let order = ["GET", "HEAD", "POST", "PUT"];
                     let allow: Vec<&str> = order
                         .iter()
                         .copied()
@@ -1184,4 +1197,80 @@ fn trie_agrees_with_the_rules_on_random_tables() {
         }
     }
     assert_eq!(checked, 400 * 60);
+}
+
+/// HEAD got 405 on a route whose `methods` allow GET: HEAD is allowed wherever GET is (RFC 9110
+/// §9.3.2), and an `Allow` that lists GET lists HEAD.
+#[test]
+fn head_is_allowed_wherever_get_is() {
+    let routes = [
+        route("read", &["/a"]).methods(&["GET"]),
+        route("write", &["/b"]).methods(&["POST"]),
+        route("any", &["/c"]),
+    ];
+    table(
+        &routes,
+        &[
+            ("HEAD /a", "read"),
+            ("GET /a", "read"),
+            ("DELETE /a", "405 GET, HEAD"),
+            ("HEAD /b", "405 POST"),
+            ("HEAD /c", "any"),
+        ],
+    );
+    let router = Router::compile(&routes).unwrap();
+    assert_eq!(
+        router.describe()[0].methods.as_deref(),
+        Some(&["GET".to_string(), "HEAD".to_string()][..])
+    );
+}
+
+#[test]
+fn connect_is_refused_in_methods() {
+    let err = Router::compile(&[route("t", &["/t"]).methods(&["GET", "CONNECT"])]).unwrap_err();
+    match err {
+        RouteError::InvalidMethod { method, reason, .. } => {
+            assert_eq!(method, "CONNECT");
+            assert!(reason.contains("never tunnels"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn allow_for_options() {
+    let routes = [
+        route("read", &["/a"]).methods(&["GET"]),
+        route("write", &["/a"])
+            .methods(&["POST"])
+            .header("x-w", "1"),
+        route("ext", &["/e"]).methods(&["PURGE"]),
+    ];
+    let router = Router::compile(&routes).unwrap();
+    assert_eq!(router.allow_all(), "GET, HEAD, POST, OPTIONS, PURGE");
+    let view = |path, headers: &'static [(&'static str, &'static [u8])]| RequestView {
+        path,
+        method: "OPTIONS",
+        host: None,
+        headers,
+    };
+    assert_eq!(
+        router.allowed(&view("/a/1", &[])).as_deref(),
+        Some("GET, HEAD")
+    );
+    assert_eq!(
+        router.allowed(&view("/a", &[("x-w", b"1")])).as_deref(),
+        Some("GET, HEAD, POST")
+    );
+    assert_eq!(router.allowed(&view("/x", &[])), None);
+    // A route without `methods` serves every method but CONNECT.
+    let any = Router::compile(&[route("all", &["/"])]).unwrap();
+    assert_eq!(
+        any.allow_all(),
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
+    );
+    assert_eq!(
+        any.allowed(&view("/z", &[])).as_deref(),
+        Some("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
+    );
 }

@@ -98,7 +98,7 @@ impl ClientIo {
         self.io.write(buf, start, end, timeout).await
     }
 
-    /// Writes a gateway error response (BEHAVIOR.md JSON body).
+    /// Writes a gateway error response (BEHAVIOR.md JSON body), or the gateway's own 204.
     pub async fn send_error(
         &mut self,
         e: &pipeline::Rejection,
@@ -110,6 +110,10 @@ impl ClientIo {
             extra.push(("Allow", allow.as_str()));
         }
         let start = self.wbuf.len();
+        if e.no_content {
+            http::write::empty_response(&mut self.wbuf, e.status, &extra, e.close);
+            return self.flush(timeout).await;
+        }
         let head_len = match &e.body {
             Some(body) => http::write::json_response(
                 &mut self.wbuf,

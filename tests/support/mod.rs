@@ -6,11 +6,13 @@
 //! - `client`: raw-socket HTTP/1.1 client with bounded reads (`Client`, `Req`, `Response`).
 //! - `gateway`: spawns `dispatch run` on a config (`Gateway::start`), `dispatch check` (`check`).
 //! - `wire`: the HTTP/1.1 framing both of the above read with.
+//! - `conformance`: helpers for the protocol conformance tests.
 //!
 //! Each test binary uses only part of this module.
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod conformance;
 pub mod gateway;
 pub mod ports;
 pub mod upstream;
