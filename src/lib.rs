@@ -54,3 +54,15 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod upstream;
+
+/// Starts the gateway on `config`: the runtime's pinned workers, each running the server's
+/// accept loop on its listening sockets, and the admin API when the config has `[admin]`.
+pub fn start(config: config::model::Config) -> Result<runtime::Running, runtime::StartError> {
+    runtime::start(
+        config,
+        runtime::Entry {
+            accept: server::listener::accept_loop,
+            admin: admin::spawn,
+        },
+    )
+}

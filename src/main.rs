@@ -96,7 +96,7 @@ fn serve_with(
     cfg: dispatch::config::model::Config,
     started: impl FnOnce(&dispatch::runtime::Running),
 ) -> ExitCode {
-    match dispatch::runtime::start(cfg) {
+    match dispatch::start(cfg) {
         Ok(running) => {
             started(&running);
             running.wait();

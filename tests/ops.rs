@@ -317,7 +317,7 @@ fn registration_dns_lookup_used_to_stall_metrics() {
     );
     let config =
         dispatch::config::load_str(&toml, std::path::Path::new("ops.toml")).expect("loads");
-    let running = dispatch::runtime::start(config).expect("starts in process");
+    let running = dispatch::start(config).expect("starts in process");
     // The registered endpoint: another upstream (one address serves under one URL only).
     let up2 = Upstream::start(|_| Reply::text(200, "registered"));
     let port = up2.addr().port();

@@ -11,6 +11,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The most endpoints one upstream may have: the file, admin registrations and DNS answers are
+/// all held to it (config validation, `Discovery`); the balancer's endpoint sets are this wide.
+pub const MAX_ENDPOINTS: usize = 1024;
+/// Largest `failure_threshold` a breaker honours (a window bucket counts to `u16::MAX`).
+pub const MAX_BREAKER_THRESHOLD: u32 = u16::MAX as u32;
+/// Largest `half_open_probes` a breaker honours (21-bit fields in its probe word).
+pub const MAX_BREAKER_PROBES: u32 = (1 << 20) - 1;
+
 /// Index into [`Config::upstreams`].
 pub type UpstreamId = usize;
 /// Index into [`Config::routes`].

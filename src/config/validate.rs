@@ -12,9 +12,9 @@ use std::time::Duration as StdDuration;
 use super::error::{did_you_mean, ConfigError};
 use super::file::{self, default, Named, Workers};
 use super::model;
+use super::model::MAX_ENDPOINTS;
 use super::source::{KeyPath, Source};
 use super::units::{self, Duration, Size};
-use crate::upstream::balance::MAX_ENDPOINTS;
 
 pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, ConfigError> {
     let server = server(&file.server, src)?;
@@ -306,7 +306,7 @@ fn upstream(
 }
 
 fn breaker(b: &file::Breaker, at: &KeyPath, src: &Source) -> Result<model::Breaker, ConfigError> {
-    use crate::upstream::breaker::{MAX_PROBES, MAX_THRESHOLD};
+    use super::model::{MAX_BREAKER_PROBES as MAX_PROBES, MAX_BREAKER_THRESHOLD as MAX_THRESHOLD};
     let s = Section::new(src, at);
     let failure_threshold = s
         .nonzero("failure_threshold", b.failure_threshold)?

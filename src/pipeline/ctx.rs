@@ -38,6 +38,11 @@ impl RequestId {
         })
     }
 
+    /// A new random id from `worker`'s random source.
+    pub fn new_for(worker: &crate::runtime::worker::Worker) -> RequestId {
+        RequestId::generate([worker.rand(), worker.rand()])
+    }
+
     pub fn generate(random: [u64; 2]) -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut buf = [0u8; 64];

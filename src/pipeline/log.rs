@@ -46,7 +46,21 @@ pub struct Sinks<'a> {
     pub worker: usize,
 }
 
-impl Sinks<'_> {
+impl<'a> Sinks<'a> {
+    /// Where `worker` writes a request served with `snap`.
+    pub fn of(
+        worker: &'a crate::runtime::worker::Worker,
+        snap: &'a crate::runtime::worker::Snapshot,
+    ) -> Sinks<'a> {
+        Sinks {
+            config: &snap.active.config,
+            metrics: &snap.metrics,
+            access: &worker.access,
+            spans: worker.spans.as_ref(),
+            worker: worker.id,
+        }
+    }
+
     /// Whether the method and path must be kept for this request (copied off the read buffer
     /// only when a sink will write them).
     pub fn wants_text(&self) -> bool {

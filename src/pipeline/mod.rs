@@ -8,6 +8,7 @@
 //! A stage that answers the request itself returns a [`Rejection`] (or, later, a response); it
 //! never sets a flag for a later stage to check.
 
+pub mod client;
 pub mod ctx;
 pub mod headers;
 pub mod log;

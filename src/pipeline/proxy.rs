@@ -23,10 +23,11 @@
 
 use std::time::{Duration, Instant};
 
+use super::client::ClientIo;
 use crate::http::{self, BodyKind, ChunkedDecoder, Version};
+use crate::io::ReadEnd;
 use crate::metrics::UpstreamOutcome;
 use crate::runtime::worker::{Snapshot, Worker};
-use crate::server::conn::{ClientIo, ReadEnd};
 use crate::upstream::balance::Tried;
 use crate::upstream::breaker::{FailureKind, Outcome};
 use crate::upstream::client::UpConn;

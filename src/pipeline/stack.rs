@@ -25,10 +25,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::client::ClientIo;
 use crate::http::{self, BodyKind, Header, RequestHead, Version};
 use crate::router::{HeaderLookup, Lookup, RequestView};
 use crate::runtime::worker::{Snapshot, Worker};
-use crate::server::conn::ClientIo;
 use crate::upstream::balance::{hash_key, Key};
 use crate::upstream::retry::is_idempotent;
 
@@ -125,7 +125,7 @@ fn stages(
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
         .and_then(|h| RequestId::from_client(h.value))
-        .unwrap_or_else(|| worker.request_id());
+        .unwrap_or_else(|| RequestId::new_for(worker));
     // Trace context, with the identity: every answered request gets a span, those the
     // gateway answers itself included. Continued (or started) only when propagating; an
     // ambiguous incoming context (two traceparent fields) starts a new trace (W3C trace

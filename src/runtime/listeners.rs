@@ -10,6 +10,7 @@
 //! The one thing to know: removing an address only stops accepting and closes the listening
 //! sockets; connections accepted on it stay open and finish normally.
 
+use socket2::{Domain, Socket, Type};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Mutex;
 
@@ -76,7 +77,7 @@ impl Listeners {
             let mut sockets = Vec::with_capacity(self.workers.len());
             for _ in &self.workers {
                 // Port 0: the first socket gets a port and the others join it there.
-                let socket = crate::server::listener::bind(addr).map_err(|source| BindError {
+                let socket = bind(addr).map_err(|source| BindError {
                     addr: configured,
                     source,
                 })?;
@@ -104,4 +105,22 @@ impl Listeners {
         *open = wanted.to_vec();
         Ok((added, removed))
     }
+}
+
+/// Accept backlog; the kernel caps it at net.core.somaxconn.
+const BACKLOG: i32 = 4096;
+
+/// Binds one SO_REUSEPORT listening socket on `addr`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }

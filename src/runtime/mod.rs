@@ -116,8 +116,23 @@ fn resolve_driver(d: Driver) -> Result<Driver, StartError> {
     }
 }
 
+/// The entry points of the layers above this one, handed in at start by the crate root
+/// ([`crate::start`]): runtime runs the threads, the sockets and the shared state, and hands
+/// each listening socket to the server layer and the admin socket to the admin API without
+/// importing either (dependencies point one way: they build on runtime, not the reverse).
+pub struct Entry {
+    /// The server's accept loop, run by a worker on each of its listening sockets.
+    pub accept: worker::AcceptLoop,
+    /// Starts the admin API on its own thread, serving the bound admin socket.
+    pub admin: AdminSpawn,
+}
+
+/// Starts the admin API thread: the shared state, the `[admin]` settings, the bound socket.
+pub type AdminSpawn =
+    fn(Arc<Shared>, crate::config::model::Admin, std::net::TcpListener) -> std::io::Result<()>;
+
 /// Starts the gateway on `config`.
-pub fn start(config: Config) -> Result<Running, StartError> {
+pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
     crate::logging::set_level(config.log.level);
     let signals = shutdown::register()?;
     let driver = resolve_driver(config.server.driver)?;
@@ -131,8 +146,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         // join it there.
         let mut addr = configured;
         for sockets in per_worker.iter_mut() {
-            let socket = crate::server::listener::bind(addr)
-                .map_err(|source| StartError::Bind { addr, source })?;
+            let socket =
+                listeners::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
             addr = socket.local_addr()?;
             sockets.push((configured, socket));
         }
@@ -192,6 +207,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             worker::Sockets {
                 initial: sockets,
                 changes,
+                accept: entry.accept,
             },
             driver,
             fallback,
@@ -203,7 +219,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         )?);
     }
     if let Some((settings, socket)) = admin_listener {
-        crate::admin::spawn(shared.clone(), settings, socket)?;
+        (entry.admin)(shared.clone(), settings, socket)?;
     }
     control::spawn(shared.clone())?;
     let reload_shared = shared.clone();

@@ -1,7 +1,7 @@
 //! One worker: a pinned thread running its own monoio runtime (io_uring, or epoll).
 //!
 //! Owns [`Worker`] (this thread's view of the gateway: the config snapshot, upstream pools and
-//! balancers, the drain latch, the request-id generator) and the worker's tasks: one accept
+//! balancers, the drain latch, the random source) and the worker's tasks: one accept
 //! loop per listener, one task per connection, one housekeeping tick. Nothing here is shared
 //! with other threads except through [`Shared`].
 //!
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::model::Driver;
 use crate::metrics::WorkerMetrics;
-use crate::pipeline::ctx::RequestId;
 use crate::upstream::balance::next_rand;
 use crate::upstream::WorkerUpstreams;
 
@@ -37,11 +36,20 @@ pub struct Snapshot {
     pub metrics: Rc<WorkerMetrics>,
 }
 
+/// What a worker runs on each listening socket: the server layer's accept loop, handed in at
+/// start (runtime runs threads and sockets and does not import the layers above it). It runs
+/// until the worker drains or its latch fires (the address was removed by a reload).
+pub type AcceptLoop = fn(Rc<Worker>, monoio::net::TcpListener, Rc<Latch>) -> LocalTask;
+
+/// A task a worker spawns; boxed once per listener, not per connection.
+pub type LocalTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
 /// The sockets a worker accepts on: those bound at start, then what reloads hand over.
 pub struct Sockets {
     /// (configured address, socket).
     pub initial: Vec<(SocketAddr, StdListener)>,
     pub changes: Receiver<listeners::Change>,
+    pub accept: AcceptLoop,
 }
 
 /// Where a worker's access-log lines and spans go.
@@ -64,10 +72,11 @@ pub struct Worker {
     pub spans: Option<RefCell<crate::otlp::Local>>,
     /// Accept loops by configured address, each with the latch that stops it.
     accepting: RefCell<Vec<(SocketAddr, Rc<Latch>)>>,
+    accept: AcceptLoop,
 }
 
 impl Worker {
-    fn new(id: usize, shared: Arc<Shared>, telemetry: Telemetry) -> Worker {
+    fn new(id: usize, shared: Arc<Shared>, telemetry: Telemetry, accept: AcceptLoop) -> Worker {
         let Telemetry { access, spans } = telemetry;
         let active = shared.active();
         let seed = seed(id);
@@ -87,6 +96,7 @@ impl Worker {
             access,
             spans: spans.map(RefCell::new),
             accepting: RefCell::new(Vec::new()),
+            accept,
         }
     }
 
@@ -126,21 +136,6 @@ impl Worker {
         let r = next_rand(&mut s);
         self.rng.set(s);
         r
-    }
-
-    pub fn request_id(&self) -> RequestId {
-        RequestId::generate([self.rand(), self.rand()])
-    }
-
-    /// Where the logging phase writes a request served with `snap`.
-    pub fn log_sinks<'a>(&'a self, snap: &'a Snapshot) -> crate::pipeline::log::Sinks<'a> {
-        crate::pipeline::log::Sinks {
-            config: &snap.active.config,
-            metrics: &snap.metrics,
-            access: &self.access,
-            spans: self.spans.as_ref(),
-            worker: self.id,
-        }
     }
 }
 
@@ -242,7 +237,7 @@ fn uring_runtime(
 }
 
 async fn worker_main(id: usize, shared: Arc<Shared>, sockets: Sockets, telemetry: Telemetry) {
-    let worker = Rc::new(Worker::new(id, shared, telemetry));
+    let worker = Rc::new(Worker::new(id, shared, telemetry, sockets.accept));
     for (addr, l) in sockets.initial {
         if let Err(e) = worker.listen(addr, l) {
             crate::error!("worker {id}: cannot register listener: {e}");
@@ -258,11 +253,7 @@ impl Worker {
         let listener = monoio::net::TcpListener::from_std(socket)?;
         let stop = Rc::new(Latch::default());
         self.accepting.borrow_mut().push((addr, stop.clone()));
-        monoio::spawn(crate::server::listener::accept_loop(
-            self.clone(),
-            listener,
-            stop,
-        ));
+        monoio::spawn((self.accept)(self.clone(), listener, stop));
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! One client connection: keep-alive, head limits and timeouts, pipelining in order.
 //!
-//! Owns [`ClientIo`] (the stream layer's buffered connection plus the exchange's two buffers) and the connection loop [`serve`]:
+//! Owns the connection loop [`serve`] over a [`ClientIo`]:
 //! wait for a request head (keep-alive timeout while idle, header timeout once the first byte
 //! arrives), parse it zero-copy, hand it to the pipeline, repeat. Pipelined requests are read
 //! from the same buffer after the previous response is complete, so responses go out in order.
@@ -10,136 +10,15 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
 use crate::http;
-pub use crate::io::ReadEnd;
-use crate::io::{BufConn, Stream};
+use crate::io::ReadEnd;
 use crate::pipeline;
+use crate::pipeline::client::ClientIo;
 use crate::runtime::worker::Worker;
-
-/// Initial capacity of a connection's read buffer; it grows to the head limits when needed.
-const READ_BUF: usize = 8 * 1024;
-/// Lingering close: how long a closing connection keeps reading (and discarding) what the
-/// client still sends, as nginx's lingering_time does. Not capped by bytes: stopping early
-/// while the client still sends would reset the connection under the response.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// The client side of a connection: the buffered stream, plus the two buffers a request's
-/// exchange fills (the client-bound head and small bodies; the upstream-bound head and the
-/// replayable part of the request body).
-pub struct ClientIo {
-    pub io: BufConn,
-    pub peer: SocketAddr,
-    /// Client-bound bytes (response heads, small bodies).
-    pub wbuf: Vec<u8>,
-    /// Upstream-bound bytes (request head and the replayable part of the body).
-    pub ubuf: Vec<u8>,
-}
-
-impl ClientIo {
-    fn new(stream: TcpStream, peer: SocketAddr) -> ClientIo {
-        ClientIo {
-            io: BufConn::new(Stream::accepted(stream), READ_BUF),
-            peer,
-            wbuf: Vec::new(),
-            ubuf: Vec::new(),
-        }
-    }
-
-    pub fn data(&self) -> &[u8] {
-        self.io.data()
-    }
-
-    pub fn consume(&mut self, n: usize) {
-        self.io.consume(n);
-    }
-
-    /// Reads at least one more byte within `timeout`, keeping unconsumed bytes; `max` bounds
-    /// how large the buffer may grow (the head limits while reading a head).
-    pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, ReadEnd> {
-        self.io.fill(timeout, max).await
-    }
-
-    /// Closes gracefully (the stream layer's lingering close, for up to [`LINGER`]).
-    async fn linger(&mut self) {
-        self.io.linger(LINGER).await;
-    }
-
-    /// Between requests, gives back buffer space a large request or response needed, so an
-    /// idle keep-alive connection holds a few KiB, not the peak of its last exchange.
-    fn shrink_idle(&mut self) {
-        const KEEP: usize = 16 * 1024;
-        self.io.shrink_idle(KEEP);
-        if self.wbuf.capacity() > KEEP {
-            self.wbuf = Vec::new();
-        }
-        if self.ubuf.capacity() > KEEP {
-            self.ubuf = Vec::new();
-        }
-    }
-
-    /// Writes and clears `wbuf`.
-    pub async fn flush(&mut self, timeout: Duration) -> std::io::Result<()> {
-        self.io.write_buf(&mut self.wbuf, timeout).await
-    }
-
-    /// Writes `buf[start..end]` from a buffer the caller owns (an upstream read buffer), so
-    /// large bodies are not copied; the buffer comes back unless the write timed out.
-    pub async fn write_from(
-        &mut self,
-        buf: Vec<u8>,
-        start: usize,
-        end: usize,
-        timeout: Duration,
-    ) -> (std::io::Result<()>, Option<Vec<u8>>) {
-        self.io.write(buf, start, end, timeout).await
-    }
-
-    /// Writes a gateway error response (BEHAVIOR.md JSON body), or the gateway's own 204.
-    pub async fn send_error(
-        &mut self,
-        e: &pipeline::Rejection,
-        timeout: Duration,
-    ) -> std::io::Result<()> {
-        let mut extra: smallvec::SmallVec<[(&str, &str); 2]> = smallvec::SmallVec::new();
-        extra.push(("X-Request-Id", e.id.as_str()));
-        if let Some(allow) = &e.allow {
-            extra.push(("Allow", allow.as_str()));
-        }
-        let start = self.wbuf.len();
-        if e.no_content {
-            http::write::empty_response(&mut self.wbuf, e.status, &extra, e.close);
-            return self.flush(timeout).await;
-        }
-        let head_len = match &e.body {
-            Some(body) => http::write::json_response(
-                &mut self.wbuf,
-                e.status,
-                body,
-                e.retry_after,
-                &extra,
-                e.close,
-            ),
-            None => http::write::error_response(
-                &mut self.wbuf,
-                e.status,
-                &e.message,
-                e.id.as_str(),
-                e.retry_after,
-                &extra,
-                e.close,
-            ),
-        };
-        if e.head_only {
-            // RFC 9110 §9.3.2: the head a GET would get, without its body.
-            self.wbuf.truncate(start + head_len);
-        }
-        self.flush(timeout).await
-    }
-}
 
 /// What waiting for the next request on a connection produced.
 enum Next {
@@ -196,7 +75,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     bytes_in: conn.io.bytes_in - bytes_in,
                     bytes_out: conn.io.bytes_out - bytes_out,
                 };
-                pipeline::log::log(&worker.log_sinks(&snap), &record);
+                pipeline::log::log(&pipeline::log::Sinks::of(&worker, &snap), &record);
                 if sent {
                     // The client may still be sending the rest of what was refused.
                     conn.linger().await;
@@ -263,7 +142,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             bytes_in: conn.io.bytes_in - bytes_in,
             bytes_out: conn.io.bytes_out - bytes_out,
         };
-        pipeline::log::log(&worker.log_sinks(&snap), &record);
+        pipeline::log::log(&pipeline::log::Sinks::of(&worker, &snap), &record);
         if !keep || worker.drain.is_fired() {
             if status != 499 {
                 conn.linger().await;
@@ -303,10 +182,13 @@ async fn next_request(
                         let snap = worker.snapshot();
                         let method =
                             crate::metrics::METHODS[crate::metrics::method_index(head.method)];
-                        let text = worker.log_sinks(&snap).wants_text().then(|| {
-                            let path = head.target.split('?').next().unwrap_or(head.target);
-                            (head.method.to_string(), path.to_string())
-                        });
+                        let text =
+                            pipeline::log::Sinks::of(worker, &snap)
+                                .wants_text()
+                                .then(|| {
+                                    let path = head.target.split('?').next().unwrap_or(head.target);
+                                    (head.method.to_string(), path.to_string())
+                                });
                         let prepared = pipeline::stack::prepare(
                             &head,
                             conn.peer,
@@ -334,8 +216,11 @@ async fn next_request(
                     return Next::Request(Box::new(p));
                 }
                 Some(Err(e)) => {
-                    let r =
-                        pipeline::Rejection::new(e.status(), e.to_string(), worker.request_id());
+                    let r = pipeline::Rejection::new(
+                        e.status(),
+                        e.to_string(),
+                        pipeline::ctx::RequestId::new_for(worker),
+                    );
                     return Next::Refused(r.closing());
                 }
                 None => {}
@@ -370,7 +255,7 @@ async fn next_request(
                 let r = pipeline::Rejection::new(
                     408,
                     "Request header timeout".into(),
-                    worker.request_id(),
+                    pipeline::ctx::RequestId::new_for(worker),
                 );
                 return Next::Refused(r.closing());
             }

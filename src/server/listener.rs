@@ -6,41 +6,25 @@
 //! drain starts. Connections over `max_connections` are closed at once, counted in
 //! `dispatch_connections_rejected_total` and warned about at most once a second.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 
 use monoio::net::TcpListener;
-use socket2::{Domain, Socket, Type};
 
 use crate::metrics::Side;
 use crate::runtime::shutdown::Latch;
-use crate::runtime::worker::Worker;
+use crate::runtime::worker::{LocalTask, Worker};
 
 /// Rate limits of the accept loops' warnings, shared by every worker.
 static REJECTED_WARNING: crate::logging::Limiter = crate::logging::Limiter::new();
 static ACCEPT_WARNING: crate::logging::Limiter = crate::logging::Limiter::new();
 
-/// Accept backlog; the kernel caps it at net.core.somaxconn.
-const BACKLOG: i32 = 4096;
-
-/// Binds one SO_REUSEPORT listening socket on `addr`.
-pub fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
 /// Accepts connections until the worker drains or `stop` fires (the address was removed by a
 /// reload); each connection becomes its own task and outlives the loop.
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<Latch>) {
+pub fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<Latch>) -> LocalTask {
+    Box::pin(accept(worker, listener, stop))
+}
+
+async fn accept(worker: Rc<Worker>, listener: TcpListener, stop: Rc<Latch>) {
     loop {
         if worker.drain.is_fired() || stop.is_fired() {
             return;

@@ -11,10 +11,9 @@
 
 use crate::config::model::{Balance, Endpoint};
 
-/// The most endpoints one upstream may have: the file, admin registrations and DNS answers are
-/// all held to it (config validation, `Discovery`), so every endpoint index fits an
-/// [`EndpointSet`].
-pub const MAX_ENDPOINTS: usize = 1024;
+/// The most endpoints one upstream may have (defined with the model, which every source of
+/// endpoints is held to), so every endpoint index fits an [`EndpointSet`].
+pub use crate::config::model::MAX_ENDPOINTS;
 
 const SET_WORDS: usize = MAX_ENDPOINTS / 64;
 

@@ -44,10 +44,11 @@ use std::time::Duration;
 
 /// Number of time buckets in the failure window.
 pub const BUCKETS: usize = 16;
-/// Largest `failure_threshold` honoured (a bucket counts to `u16::MAX`).
-pub const MAX_THRESHOLD: u32 = u16::MAX as u32;
-/// Largest `half_open_probes` honoured (21-bit fields in the probe word).
-pub const MAX_PROBES: u32 = (1 << 20) - 1;
+/// The largest `failure_threshold` and `half_open_probes` the breaker's packed words hold;
+/// config validation refuses larger values (the limits live with the model).
+pub use crate::config::model::{
+    MAX_BREAKER_PROBES as MAX_PROBES, MAX_BREAKER_THRESHOLD as MAX_THRESHOLD,
+};
 
 /// An upstream-caused failure, as named in `failure_on`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,134 @@
+//! [`ClientIo`]: the client side of one connection as the pipeline sees it. The stream layer's
+//! buffered connection, plus the two buffers an exchange fills: the client-bound response head
+//! (and small bodies), and the upstream-bound request head (and the replayable part of the
+//! body). `server::conn` owns the connection loop around it; the phases read the request body
+//! from it and write the answer to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use crate::http;
+use crate::io::{BufConn, ReadEnd, Stream};
+
+/// Initial capacity of a connection's read buffer; it grows to the head limits when needed.
+const READ_BUF: usize = 8 * 1024;
+/// Lingering close: how long a closing connection keeps reading (and discarding) what the
+/// client still sends, as nginx's lingering_time does. Not capped by bytes: stopping early
+/// while the client still sends would reset the connection under the response.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The client side of a connection: the buffered stream, plus the two buffers a request's
+/// exchange fills (the client-bound head and small bodies; the upstream-bound head and the
+/// replayable part of the request body).
+pub struct ClientIo {
+    pub io: BufConn,
+    pub peer: SocketAddr,
+    /// Client-bound bytes (response heads, small bodies).
+    pub wbuf: Vec<u8>,
+    /// Upstream-bound bytes (request head and the replayable part of the body).
+    pub ubuf: Vec<u8>,
+}
+
+impl ClientIo {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> ClientIo {
+        ClientIo {
+            io: BufConn::new(Stream::accepted(stream), READ_BUF),
+            peer,
+            wbuf: Vec::new(),
+            ubuf: Vec::new(),
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        self.io.data()
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.io.consume(n);
+    }
+
+    /// Reads at least one more byte within `timeout`, keeping unconsumed bytes; `max` bounds
+    /// how large the buffer may grow (the head limits while reading a head).
+    pub async fn fill(&mut self, timeout: Duration, max: usize) -> Result<usize, ReadEnd> {
+        self.io.fill(timeout, max).await
+    }
+
+    /// Closes gracefully (the stream layer's lingering close, for up to [`LINGER`]).
+    pub async fn linger(&mut self) {
+        self.io.linger(LINGER).await;
+    }
+
+    /// Between requests, gives back buffer space a large request or response needed, so an
+    /// idle keep-alive connection holds a few KiB, not the peak of its last exchange.
+    pub fn shrink_idle(&mut self) {
+        const KEEP: usize = 16 * 1024;
+        self.io.shrink_idle(KEEP);
+        if self.wbuf.capacity() > KEEP {
+            self.wbuf = Vec::new();
+        }
+        if self.ubuf.capacity() > KEEP {
+            self.ubuf = Vec::new();
+        }
+    }
+
+    /// Writes and clears `wbuf`.
+    pub async fn flush(&mut self, timeout: Duration) -> std::io::Result<()> {
+        self.io.write_buf(&mut self.wbuf, timeout).await
+    }
+
+    /// Writes `buf[start..end]` from a buffer the caller owns (an upstream read buffer), so
+    /// large bodies are not copied; the buffer comes back unless the write timed out.
+    pub async fn write_from(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+        timeout: Duration,
+    ) -> (std::io::Result<()>, Option<Vec<u8>>) {
+        self.io.write(buf, start, end, timeout).await
+    }
+
+    /// Writes a gateway error response (BEHAVIOR.md JSON body), or the gateway's own 204.
+    pub async fn send_error(
+        &mut self,
+        e: &super::Rejection,
+        timeout: Duration,
+    ) -> std::io::Result<()> {
+        let mut extra: smallvec::SmallVec<[(&str, &str); 2]> = smallvec::SmallVec::new();
+        extra.push(("X-Request-Id", e.id.as_str()));
+        if let Some(allow) = &e.allow {
+            extra.push(("Allow", allow.as_str()));
+        }
+        let start = self.wbuf.len();
+        if e.no_content {
+            http::write::empty_response(&mut self.wbuf, e.status, &extra, e.close);
+            return self.flush(timeout).await;
+        }
+        let head_len = match &e.body {
+            Some(body) => http::write::json_response(
+                &mut self.wbuf,
+                e.status,
+                body,
+                e.retry_after,
+                &extra,
+                e.close,
+            ),
+            None => http::write::error_response(
+                &mut self.wbuf,
+                e.status,
+                &e.message,
+                e.id.as_str(),
+                e.retry_after,
+                &extra,
+                e.close,
+            ),
+        };
+        if e.head_only {
+            // RFC 9110 §9.3.2: the head a GET would get, without its body.
+            self.wbuf.truncate(start + head_len);
+        }
+        self.flush(timeout).await
+    }
+}
