@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::time::Duration;
 use support::*;
 
 fn config(up: &Upstream) -> String {
@@ -101,4 +102,41 @@ fn routes_and_upstreams_need_the_admin_token_when_one_is_set() {
         );
         assert_eq!(ok.status, 200, "{path}: {ok:?}");
     }
+}
+
+/// A reload to a file without `token_env` used to open an admin API that was started requiring
+/// a token (the token rule was read from the reloaded file). The rule is the listener's, fixed
+/// at start like its address; the reload warns that the change waits for a restart.
+#[test]
+fn reload_dropping_token_env_does_not_open_the_admin_api() {
+    let var = "CARGO_MANIFEST_DIR";
+    let token = std::env::var(var).expect("cargo sets CARGO_MANIFEST_DIR for test processes");
+    let bearer = format!("Bearer {token}");
+    let up = Upstream::echo();
+    let gw = Gateway::start(&format!("[admin]\ntoken_env = \"{var}\"\n{}", config(&up)));
+    let file = std::fs::read_to_string(gw.config_path()).unwrap();
+    let without = file.replace(&format!("token_env = \"{var}\"\n"), "");
+    assert_ne!(
+        file, without,
+        "the token line is in the written config:\n{file}"
+    );
+    std::fs::write(gw.config_path(), without).unwrap();
+    let r = send_request(
+        gw.admin_addr(),
+        &Req::post("/reload", b"").header("Authorization", &bearer),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(3), || gw
+            .stderr()
+            .contains("admin.token_env changed")),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(get(gw.admin_addr(), "/upstreams").status, 401);
+    let ok = send_request(
+        gw.admin_addr(),
+        &Req::get("/upstreams").header("Authorization", &bearer),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
 }

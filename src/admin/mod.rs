@@ -67,8 +67,8 @@ async fn blocking<R: Send + 'static>(
 }
 
 /// Serves the admin API on `listener` (bound from `settings.listen`). `settings` is the
-/// `[admin]` section the process started with: a reload to a file without one keeps the
-/// listener, and its token, until a restart.
+/// `[admin]` section the process started with: its address and its token rule hold until a
+/// restart, whatever a reload's file says (a changed one is warned about).
 pub fn spawn(
     shared: Arc<Shared>,
     settings: crate::config::model::Admin,
@@ -229,10 +229,16 @@ async fn serve(
     }
 }
 
-fn authorized(auth: Option<&[u8]>, token_env: Option<&str>) -> bool {
-    let Some(var) = token_env else { return true };
-    let Ok(token) = std::env::var(var) else {
-        return true;
+/// Whether a call may go on. With `token_env` naming a variable that is set, the call needs
+/// `Authorization: Bearer <value>`; with it unset, a loopback API is open (the documented
+/// default) but a non-loopback one refuses every call (fail closed: start-up checks the
+/// variable, and it must not open the API by disappearing later).
+fn authorized(auth: Option<&[u8]>, token_env: Option<&str>, public: bool) -> bool {
+    let token = token_env
+        .and_then(|var| std::env::var(var).ok())
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return !public;
     };
     let Some(given) = auth.and_then(bearer_credentials) else {
         return false;
@@ -275,16 +281,15 @@ async fn route(
     let active = shared.active();
     let (method, path) = (call.method, call.path);
     let open = method == "GET" && path == "/health";
-    // The running file's `[admin]` (token_env may change on reload), or the one the listener
-    // was started with when the file no longer has one: never an open admin API by omission.
-    let token_env = active
-        .config
-        .admin
-        .as_ref()
-        .unwrap_or(started)
-        .token_env
-        .as_deref();
-    if !open && !authorized(call.auth, token_env) {
+    // The token rule is the listener's, fixed at start like its address: a reload that drops
+    // `token_env` (or the whole `[admin]`) must not open an API bound to require a token.
+    if !open
+        && !authorized(
+            call.auth,
+            started.token_env.as_deref(),
+            !started.listen.ip().is_loopback(),
+        )
+    {
         return error(401, "Missing or invalid admin token");
     }
     if let Some(name) = path

@@ -33,11 +33,17 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     if next.server.workers != current.config.server.workers {
         fixed("server.workers");
     }
-    // The admin thread keeps its listener (and, while the new file has no `[admin]`, the
-    // token it started with) until a restart.
-    let listen_of = |c: &crate::config::model::Config| c.admin.as_ref().map(|a| a.listen);
-    if listen_of(&next) != listen_of(&current.config) {
+    // The admin thread keeps its listener and the token rule it started with until a
+    // restart: a reload must never open an admin API that was bound requiring a token.
+    let admin_of = |c: &crate::config::model::Config| {
+        c.admin.as_ref().map(|a| (a.listen, a.token_env.clone()))
+    };
+    let (was, now) = (admin_of(&current.config), admin_of(&next));
+    if was.as_ref().map(|a| a.0) != now.as_ref().map(|a| a.0) {
         fixed("admin.listen");
+    }
+    if was.is_some() && now.is_some() && was.map(|a| a.1) != now.map(|a| a.1) {
+        fixed("admin.token_env");
     }
     if next.tracing.otlp_endpoint != current.config.tracing.otlp_endpoint {
         fixed("tracing.otlp_endpoint");
