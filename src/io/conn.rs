@@ -307,6 +307,46 @@ mod tests {
         );
     }
 
+    /// A write that fails used to lose its buffer at the upstream layer, so a retry sent an
+    /// empty request: the buffer comes back, contents intact, whenever the write did not time
+    /// out.
+    #[test]
+    fn failed_write_gives_the_buffer_back() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        with_pair(
+            |mut c| async move {
+                rx.recv().unwrap();
+                let payload = vec![b'p'; 8 * 1024];
+                let mut failed = None;
+                // The first write may still be taken by the kernel before the reset is seen.
+                for _ in 0..50 {
+                    let (res, back) = c
+                        .write(payload.clone(), 0, payload.len(), Duration::from_secs(5))
+                        .await;
+                    let back = back.expect("not a timeout: the buffer comes back");
+                    assert_eq!(back, payload);
+                    if res.is_err() {
+                        failed = Some(res);
+                        break;
+                    }
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+                assert!(
+                    failed.is_some(),
+                    "writes to a reset connection kept succeeding"
+                );
+            },
+            move |s| {
+                // Close with a reset (SO_LINGER 0), then let the writer go.
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(s);
+                tx.send(()).unwrap();
+            },
+        );
+    }
+
     #[test]
     fn shrink_idle_keeps_unconsumed_bytes() {
         with_pair(

@@ -233,10 +233,14 @@ impl RequestBody {
                 BodyKind::Length(_) => {
                     let take = (self.remaining as usize).min(conn.data().len());
                     let (start, rbuf) = (conn.io.rpos, std::mem::take(&mut conn.io.rbuf));
-                    conn.io.rbuf = up
-                        .write(rbuf, start, start + take, ctx.read_timeout)
-                        .await
-                        .map_err(PumpFail::Upstream)?;
+                    let (res, rbuf) = up.write(rbuf, start, start + take, ctx.read_timeout).await;
+                    match rbuf {
+                        Some(rbuf) => conn.io.rbuf = rbuf,
+                        // Held by the kernel after a timeout: what was buffered is gone, and
+                        // the failed exchange closes this connection.
+                        None => conn.io.rpos = 0,
+                    }
+                    res.map_err(PumpFail::Upstream)?;
                     conn.consume(take);
                     self.remaining -= take as u64;
                     self.complete = self.remaining == 0;
@@ -248,10 +252,9 @@ impl RequestBody {
                     if !conn.ubuf.is_empty() {
                         let ubuf = std::mem::take(&mut conn.ubuf);
                         let len = ubuf.len();
-                        conn.ubuf = up
-                            .write(ubuf, 0, len, ctx.read_timeout)
-                            .await
-                            .map_err(PumpFail::Upstream)?;
+                        let (res, ubuf) = up.write(ubuf, 0, len, ctx.read_timeout).await;
+                        conn.ubuf = ubuf.unwrap_or_default();
+                        res.map_err(PumpFail::Upstream)?;
                     }
                 }
             }
@@ -570,8 +573,15 @@ async fn attempt(
     if !body.streamed {
         let ubuf = std::mem::take(&mut conn.ubuf);
         let len = ubuf.len();
-        match up.write(ubuf, 0, len, ctx.read_timeout).await {
-            Ok(ubuf) => conn.ubuf = ubuf,
+        let (res, ubuf) = up.write(ubuf, 0, len, ctx.read_timeout).await;
+        // The head and held body come back for a retry; a write that timed out may leave
+        // them with the kernel, and then the request can no longer be replayed.
+        match ubuf {
+            Some(ubuf) => conn.ubuf = ubuf,
+            None => body.streamed = true,
+        }
+        match res {
+            Ok(()) => {}
             // The kernel refused the very first byte (EPIPE, ECONNRESET): the pooled connection
             // was dead before this request, which the upstream cannot have seen. Replayable
             // for any method, without spending a retry.

@@ -90,28 +90,27 @@ impl UpConn {
     }
 
     /// Writes `buf[start..end]` within `timeout` (an upstream that stops reading must not hold
-    /// a request forever). The buffer comes back unless the write failed; after a timeout the
-    /// kernel may still hold it and this connection must be dropped. Whether any byte got
-    /// through shows in [`UpConn::request_accepted`].
+    /// a request forever). The buffer comes back whatever happened, except after a timeout:
+    /// the kernel may still hold it then, and this connection must be dropped. Whether any
+    /// byte got through shows in [`UpConn::request_accepted`].
     pub async fn write(
         &mut self,
         buf: Vec<u8>,
         start: usize,
         end: usize,
         timeout: Duration,
-    ) -> Result<Vec<u8>, UpstreamError> {
+    ) -> (Result<(), UpstreamError>, Option<Vec<u8>>) {
         let addr = self.addr;
-        match self.io.write(buf, start, end, timeout).await {
-            (Ok(()), Some(buf)) => Ok(buf),
-            (Err(e), _) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Err(UpstreamError::ReadTimeout { addr })
-            }
-            (Err(e), _) => Err(UpstreamError::Reset {
+        let (res, buf) = self.io.write(buf, start, end, timeout).await;
+        let res = match res {
+            Ok(()) => Ok(()),
+            Err(_) if buf.is_none() => Err(UpstreamError::ReadTimeout { addr }),
+            Err(e) => Err(UpstreamError::Reset {
                 addr,
                 detail: e.to_string(),
             }),
-            (Ok(()), None) => Err(UpstreamError::ReadTimeout { addr }),
-        }
+        };
+        (res, buf)
     }
 
     /// Whether the kernel took any byte of the current request on this connection. Until it
@@ -137,5 +136,54 @@ impl UpConn {
     /// body is still going up, that is an early answer. One non-blocking peek.
     pub fn peer_sent(&self) -> bool {
         matches!(self.io.peek(), Peek::Data | Peek::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write to an upstream that reset used to drop the request buffer, so the retry that
+    /// followed sent an empty request and waited out the read timeout: the head and held body
+    /// now come back with the error.
+    #[test]
+    fn failed_upstream_write_gives_the_request_back() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(s);
+            tx.send(()).unwrap();
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut up = UpConn::connect(addr, Duration::from_secs(5)).await.unwrap();
+            rx.recv().unwrap();
+            let request = b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody".to_vec();
+            for _ in 0..50 {
+                let (res, back) = up
+                    .write(request.clone(), 0, request.len(), Duration::from_secs(5))
+                    .await;
+                assert_eq!(
+                    back.as_deref(),
+                    Some(&request[..]),
+                    "the request comes back"
+                );
+                if let Err(e) = res {
+                    assert!(matches!(e, UpstreamError::Reset { .. }), "{e}");
+                    return;
+                }
+                monoio::time::sleep(Duration::from_millis(2)).await;
+            }
+            panic!("writes to a reset upstream kept succeeding");
+        });
+        peer.join().unwrap();
     }
 }
