@@ -91,7 +91,8 @@ pub fn spawn(
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
-                    crate::warn!("admin: accept failed: {e}");
+                    static ACCEPT: crate::logging::Limiter = crate::logging::Limiter::new();
+                    crate::warn_limited!(&ACCEPT, "admin: accept failed: {e}");
                     monoio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -1047,7 +1047,10 @@ fn passive(state: &std::cell::RefCell<UpstreamState>, ep: usize, failed: bool) {
     // streak, so the common path reads no clock.
     let now_ms = if failed { crate::clock::now_ms() } else { 0 };
     if let Some(ejected_for) = health.record(failed, &s.outlier, now_ms) {
-        crate::warn!(
+        // An outage ejects many endpoints at once: one line a second, with the count.
+        static EJECTED: crate::logging::Limiter = crate::logging::Limiter::new();
+        crate::warn_limited!(
+            &EJECTED,
             "upstream {}: endpoint {} ejected for {}s after {} consecutive failures",
             s.name,
             s.pools[ep].addr,

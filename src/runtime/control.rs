@@ -45,7 +45,14 @@ async fn health_loop(shared: Arc<Shared>) {
             if t.healthy {
                 crate::info!("health check: {} is healthy again ({})", t.label, t.detail);
             } else {
-                crate::warn!("health check: {} is unhealthy ({})", t.label, t.detail);
+                // Many endpoints of a large upstream may flap together: one line a second.
+                static UNHEALTHY: crate::logging::Limiter = crate::logging::Limiter::new();
+                crate::warn_limited!(
+                    &UNHEALTHY,
+                    "health check: {} is unhealthy ({})",
+                    t.label,
+                    t.detail
+                );
             }
         }
         monoio::time::sleep(HEALTH_TICK).await;
