@@ -143,6 +143,33 @@ fn broken_chunk_after_bytes_left_closes_the_client_connection() {
     c.assert_closed(Duration::from_secs(5));
 }
 
+/// The chunked head used to be held until the first chunk arrived, so a stream (server-sent
+/// events, long polling) reached the client only with its first event: the head goes out as
+/// soon as nothing of the body came with it.
+#[test]
+fn chunked_stream_head_is_relayed_before_its_first_chunk() {
+    let up = Scripted::start(|x: &mut Exchange| {
+        if x.read_head().is_some() {
+            x.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
+            );
+            // The first event follows once the client has the head (event 4, set by the test).
+            if x.await_mark(4, 1) {
+                x.write(b"5\r\nhello\r\n0\r\n\r\n");
+            }
+        }
+    });
+    let gw = gateway_to(&up.url(), 0, "");
+    let mut c = Client::connect(gw.addr());
+    c.send(&Req::get("/events").to_bytes());
+    let mut head = c.read_head().expect("the head arrives before any event");
+    assert_eq!(head.status, 200);
+    up.mark(4);
+    c.read_body(&mut head, "GET").expect("the event follows");
+    assert_eq!(head.text(), "hello");
+}
+
 // ---- 4. Interim responses (RFC 9110 §15.2) ----
 
 /// `103 Early Hints` from the upstream was swallowed instead of relayed to an HTTP/1.1 client.

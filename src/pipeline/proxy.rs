@@ -856,8 +856,10 @@ async fn stream_body(
             let chunked_out = info.out == OutFraming::Chunked;
             let mut dec = ChunkedDecoder::new();
             let addr = up.addr;
-            // The head is held until the first chunk's size line proved valid (payload decoded,
-            // or the last chunk): until a byte has left, a broken body is still answered 502.
+            // The head is held while the first chunk's size line, received with it, is checked
+            // (payload decoded, or the last chunk): until a byte has left, a broken body is
+            // still answered 502. It is not held waiting for more: a stream (server-sent
+            // events, long polling) gets its head as soon as it arrives.
             let mut started = false;
             let mut sent = false;
             loop {
@@ -885,6 +887,12 @@ async fn stream_body(
                 }
                 if done {
                     return Ok(());
+                }
+                if !sent && up.data().is_empty() {
+                    // Nothing of the body has arrived with the head: relay the head now.
+                    answering(info.status);
+                    sent = true;
+                    conn.flush(io_timeout).await.map_err(|_| None)?;
                 }
                 if up.data().is_empty() || consumed == 0 {
                     match up.fill(ctx.read_timeout, 64 * 1024).await {
