@@ -6,36 +6,57 @@
 //! sockets, its own upstream connection pools and balancers. A connection, and every request on
 //! it, lives and dies on the worker that accepted it: requests never hop threads. The only
 //! state shared across cores is in [`runtime::shared`]: the active compiled config (swapped
-//! whole on reload), the shutdown flag, the connection count, and per upstream the retry
-//! budget, the circuit breaker and the endpoints' health, all atomics. Work done once per
-//! process (active health checks, DNS refresh) runs on control threads ([`runtime::control`]).
+//! whole on reload), the shutdown flag, the connection count, and per upstream
+//! ([`upstream::shared`]) the retry budget, the circuit breaker and the endpoints' health, all
+//! atomics. Work done once per process (active health checks, DNS refresh) runs on control
+//! threads ([`runtime::control`]).
 //!
 //! ## A request's path
 //! 1. [`server::listener`] accepts; [`server::conn`] reads the head into the connection's
-//!    buffer and [`http`] parses it zero-copy (limits and strict framing enforced here).
-//! 2. [`pipeline::stack`] runs the stages in their one declared order: identity, framing,
-//!    target normalisation, [`router`] (compiled trie), the split (canary) side, the breaker
-//!    ([`upstream::breaker`]), then the upstream stage.
+//!    buffer (the stream layer, [`io`]) and [`http`] parses it zero-copy (limits and strict
+//!    framing enforced here).
+//! 2. [`pipeline::stack`] runs the stages in their one declared order: identity (request id
+//!    and trace context), framing, target normalisation, [`router`] (compiled trie), the split
+//!    (canary) side, the breaker ([`upstream::breaker`]), then the upstream stage.
 //! 3. [`pipeline::proxy`] picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
-//!    or opens one ([`upstream::pool`], [`upstream::client`]), sends the head and streams the
-//!    body, reads the response head, retries within [`upstream::retry`]'s rules and budget, and
-//!    streams the response back re-framed for the client.
-//! 4. Errors the gateway answers itself are JSON ([`pipeline::Rejection`], `http::write`).
+//!    (peeked at every reuse) or opens one ([`upstream::pool`], [`upstream::client`]), sends the
+//!    head and streams the body, relays interim responses, reads the response head, retries
+//!    within [`upstream::retry`]'s rules and budget, and streams the response back re-framed.
+//! 4. Answers the gateway makes itself are JSON errors or bodiless answers
+//!    ([`pipeline::Rejection`], `http::write`).
+//! 5. Every answered request, whoever answered it (framing errors and 408s included), then
+//!    passes the logging phase once ([`pipeline::log`]: metrics, access log, span).
+//!
+//! ## Dependencies point one way
+//! `main` and this crate root ([`start`]) wire the layers: [`server`] and [`admin`] build on
+//! [`runtime`], which runs the threads, sockets and shared state and imports neither: it is
+//! handed the server's accept loop and the admin spawner at start ([`runtime::Entry`]).
+//! [`pipeline`] builds on [`runtime`] (the worker's snapshot and services) and [`upstream`];
+//! [`upstream`] builds on [`io`], [`http`], [`config`], [`metrics`] and [`clock`] only. No module
+//! below `pipeline` imports `pipeline`, `server` or `runtime`.
 //!
 //! ## Module map
-//! - [`config`]: TOML -> serde structs -> validated [`config::model::Config`] (file:line:col errors).
-//! - [`runtime`]: start-up, workers, shared state, reload (config and listeners), shutdown,
-//!   discovery (admin registrations, DNS), the control threads.
-//! - [`server`]: listeners and client connections.
+//! - [`config`]: TOML -> serde structs -> validated [`config::model::Config`] (file:line:col
+//!   errors), and the limits every layer is held to (endpoints per upstream, breaker sizes).
+//! - [`runtime`]: start-up, workers, shared state, listening sockets, reload (config and
+//!   listeners), shutdown, the control threads (active health checks, DNS refresh).
+//! - [`server`]: the accept loop and the client connection loop.
+//! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP today),
+//!   with timeouts, byte counts, the liveness peek and the lingering close.
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write).
 //! - [`router`]: the route trie and its predicates.
-//! - [`pipeline`]: the per-request context and stages.
-//! - [`upstream`]: balancing, pools, the upstream exchange, retries, breakers, endpoint health.
+//! - [`pipeline`]: the per-request context, the client side of an exchange
+//!   ([`pipeline::client`]), the stages, and the logging phase.
+//! - [`upstream`]: balancing, pools, the upstream connection, retries, breakers, endpoint
+//!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
+//!   state.
 //! - [`admin`]: the admin API thread.
 //! - [`access_log`]: the JSON access log (per-worker batches, one writer thread).
 //! - [`otlp`]: span export to an OTLP/HTTP JSON collector (per-worker batches, one thread).
 //! - [`metrics`]: per-worker counters summed at scrape, served by the admin `GET /metrics`.
+//! - [`clock`]: the process clock that cross-core time-based state is kept in.
+//! - [`logging`]: the process log (RFC 3339 UTC lines, rate-limited repeated warnings).
 //! - [`demo`]: sample upstreams for `dispatch demo`.
 
 pub mod logging;

@@ -267,6 +267,31 @@ impl ChunkError {
     }
 }
 
+/// RFC 3986 §3.3 `pchar` without `pct-encoded` (which callers handle themselves): unreserved,
+/// sub-delims, `:` and `@`. A `const fn`, so byte-class tables can be built from it.
+pub const fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

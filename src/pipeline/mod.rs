@@ -1,9 +1,10 @@
 //! The request pipeline: what happens to a request between its parsed head and its response.
 //!
 //! [`stack`] declares the order of stages in one place; [`ctx`] is the per-request context;
-//! [`target`] normalises the request target; [`trace`] continues W3C trace context;
-//! [`headers`] rewrites heads both ways; [`proxy`]
-//! is the upstream stage (the exchange, retries, body streaming).
+//! [`client`] is the client side of an exchange (the buffered connection and the two head
+//! buffers); [`target`] normalises the request target; [`trace`] continues W3C trace context;
+//! [`headers`] rewrites heads both ways; [`proxy`] is the upstream stage (the exchange,
+//! retries, body streaming); [`log`] is the logging phase every answered request passes once.
 //!
 //! A stage that answers the request itself returns a [`Rejection`] (or, later, a response); it
 //! never sets a flag for a later stage to check.

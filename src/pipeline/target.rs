@@ -58,28 +58,8 @@ static CLASS: [u8; 256] = {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        let pchar = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'%'
-                    | b'/'
-            );
+        // `%` starts an escape (checked by the scanner) and `/` separates segments.
+        let pchar = crate::http::is_pchar(c) || c == b'%' || c == b'/';
         if pchar {
             t[b] = PATH | QUERY;
         } else if matches!(c, b'?' | b'[' | b']') {

@@ -150,7 +150,7 @@ fn check_literal(seg: &str) -> Result<(), String> {
                 i += 3;
                 continue;
             }
-            _ if is_pchar(b) => {}
+            _ if crate::http::is_pchar(b) => {}
             _ => {
                 let c = seg[i..].chars().next().unwrap_or('?');
                 return Err(format!(
@@ -161,28 +161,4 @@ fn check_literal(seg: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
-}
-
-/// RFC 3986 `pchar` without `pct-encoded` (handled by the caller).
-fn is_pchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-        )
 }

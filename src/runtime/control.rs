@@ -105,7 +105,7 @@ fn dns_loop(shared: Arc<Shared>) {
     }
 }
 
-fn refresh(shared: &Shared, t: &super::discovery::DnsTarget) {
+fn refresh(shared: &Shared, t: &crate::upstream::discovery::DnsTarget) {
     let addrs = match crate::config::resolve(&t.host, t.port) {
         Ok(addrs) => addrs,
         Err(e) => {

@@ -1,11 +1,14 @@
 //! Process start-up and the thread-per-core runtime.
 //!
-//! [`start`] binds every listener once per worker (SO_REUSEPORT), publishes the compiled config
-//! in [`shared::Shared`], starts the pinned workers, the admin thread and signal handling;
-//! [`Running::wait`] blocks until every worker has drained.
+//! [`start`] binds every listener once per worker (SO_REUSEPORT, [`listeners::bind`]),
+//! publishes the compiled config in [`shared::Shared`], starts the pinned workers (each runs
+//! the accept loop it is handed on its sockets), the admin thread (through the spawner it is
+//! handed) and signal handling; [`Running::wait`] blocks until every worker has drained.
+//!
+//! This layer imports nothing above it: the server and admin layers build on it, and the crate
+//! root hands their entry points in ([`Entry`]).
 
 pub mod control;
-pub mod discovery;
 pub mod listeners;
 pub mod reload;
 pub mod shared;
@@ -172,7 +175,7 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
         None => None,
     };
 
-    let discovery = discovery::Discovery::new(config.clone());
+    let discovery = crate::upstream::discovery::Discovery::new(config.clone());
     let (listeners, changes) = listeners::Listeners::new(config.server.listen.clone(), workers);
     let active = Active::compile(config, None, 1)?;
     let shared = Shared::new(active, workers, discovery, listeners);

@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::discovery::Discovery;
 use super::listeners::Listeners;
 use crate::config::model::Config;
 use crate::router::Router;
+use crate::upstream::discovery::Discovery;
 use crate::upstream::shared::UpstreamShared;
 
 /// One compiled generation of the config: the model, its route table and the cross-core state

@@ -23,7 +23,7 @@ use crate::runtime::worker::Worker;
 /// What waiting for the next request on a connection produced.
 enum Next {
     /// A parsed head, run through the synchronous request phases (its bytes are consumed).
-    Request(Box<Parsed>),
+    Request(Parsed),
     /// The head could not be read (malformed, over a limit, too slow): answer and close.
     Refused(pipeline::Rejection),
     /// The client closed or went idle past the keep-alive timeout, or a drain began.
@@ -89,7 +89,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             snap,
             method,
             text,
-        } = *parsed;
+        } = parsed;
         let (id, trace) = match &prepared {
             pipeline::stack::Prepared::Forward(ctx) => (ctx.id, ctx.trace),
             pipeline::stack::Prepared::Answer(r) => (r.id, r.trace),
@@ -213,7 +213,7 @@ async fn next_request(
             match parsed {
                 Some(Ok((head_len, p))) => {
                     conn.consume(head_len);
-                    return Next::Request(Box::new(p));
+                    return Next::Request(p);
                 }
                 Some(Err(e)) => {
                     let r = pipeline::Rejection::new(

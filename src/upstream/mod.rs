@@ -7,7 +7,8 @@
 //!
 //! [`breaker`] is the cross-core circuit breaker (a per-worker replica over shared atomics);
 //! [`health`] owns endpoint health: passive outlier ejection, the rotation mask each worker
-//! reads, and the active checks run by the control thread.
+//! reads, and the active checks (run by a runtime control thread); [`discovery`] owns the
+//! endpoint sets that change at run time (admin registrations, DNS answers).
 //!
 //! Invariant: pools and balancers are owned by one worker thread (a pooled connection is only
 //! ever used by the worker that opened it); the retry budget, breakers and endpoint health are
@@ -16,6 +17,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod discovery;
 pub mod health;
 pub mod pool;
 pub mod retry;
