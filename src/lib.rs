@@ -24,7 +24,7 @@
 //!    head and streams the body, relays interim responses, reads the response head, retries
 //!    within [`upstream::retry`]'s rules and budget, and streams the response back re-framed.
 //! 4. Answers the gateway makes itself are JSON errors or bodiless answers
-//!    ([`pipeline::Rejection`], `http::write`).
+//!    ([`pipeline::Response`], `http::write`).
 //! 5. Every answered request, whoever answered it (framing errors and 408s included), then
 //!    passes the logging phase once ([`pipeline::log`]: metrics, access log, span).
 //!

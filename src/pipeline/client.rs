@@ -90,42 +90,44 @@ impl ClientIo {
         self.io.write(buf, start, end, timeout).await
     }
 
-    /// Writes a gateway error response (BEHAVIOR.md JSON body), or the gateway's own 204.
-    pub async fn send_error(
+    /// Writes an answer the gateway makes itself (BEHAVIOR.md's JSON error, a fallback, or
+    /// a bodiless 204), with `X-Request-Id`, and `Allow` / `Retry-After` where it has them.
+    pub async fn send_response(
         &mut self,
-        e: &super::Rejection,
+        r: &super::Response,
         timeout: Duration,
     ) -> std::io::Result<()> {
+        use super::Body;
         let mut extra: smallvec::SmallVec<[(&str, &str); 2]> = smallvec::SmallVec::new();
-        extra.push(("X-Request-Id", e.id.as_str()));
-        if let Some(allow) = &e.allow {
+        extra.push(("X-Request-Id", r.id.as_str()));
+        if let Some(allow) = &r.allow {
             extra.push(("Allow", allow.as_str()));
         }
         let start = self.wbuf.len();
-        if e.no_content {
-            http::write::empty_response(&mut self.wbuf, e.status, &extra, e.close);
-            return self.flush(timeout).await;
-        }
-        let head_len = match &e.body {
-            Some(body) => http::write::json_response(
+        let head_len = match &r.body {
+            Body::Empty => {
+                http::write::empty_response(&mut self.wbuf, r.status, &extra, r.close);
+                return self.flush(timeout).await;
+            }
+            Body::Json(json) => http::write::json_response(
                 &mut self.wbuf,
-                e.status,
-                body,
-                e.retry_after,
+                r.status,
+                json,
+                r.retry_after,
                 &extra,
-                e.close,
+                r.close,
             ),
-            None => http::write::error_response(
+            Body::Error(message) => http::write::error_response(
                 &mut self.wbuf,
-                e.status,
-                &e.message,
-                e.id.as_str(),
-                e.retry_after,
+                r.status,
+                message,
+                r.id.as_str(),
+                r.retry_after,
                 &extra,
-                e.close,
+                r.close,
             ),
         };
-        if e.head_only {
+        if r.head_only {
             // RFC 9110 §9.3.2: the head a GET would get, without its body.
             self.wbuf.truncate(start + head_len);
         }

@@ -36,7 +36,7 @@ use crate::upstream::{UpstreamError, UpstreamState};
 
 use super::ctx::RequestCtx;
 use super::headers::{write_response_head, ConnDirective, OutFraming, ResponseHeadOut};
-use super::Rejection;
+use super::Response;
 
 /// How a request ended, for the connection loop and the metrics.
 #[derive(Clone, Copy, Debug)]
@@ -950,9 +950,9 @@ async fn client_failed(
 ) -> Served {
     if let Some(status) = f.status {
         conn.wbuf.clear();
-        let mut r = Rejection::new(status, f.message.to_string(), ctx.id).closing();
+        let mut r = Response::error(status, f.message, ctx.id).closing();
         r.head_only = ctx.method.is_head;
-        let _ = conn.send_error(&r, timeout).await;
+        let _ = conn.send_response(&r, timeout).await;
     }
     Served {
         keep: false,
@@ -991,12 +991,12 @@ async fn upstream_failed(
     crate::debug!("request {} failed: {e}", ctx.id.as_str());
     settle(ctx, state, verdict_of(&e));
     conn.wbuf.clear();
-    let mut r = Rejection::new(e.status(), e.client_message().to_string(), ctx.id);
+    let mut r = Response::error(e.status(), e.client_message().to_string(), ctx.id);
     r.head_only = ctx.method.is_head;
     // The request body may be partly unread, and a failed upstream says nothing about the
     // client connection otherwise.
     r.close = !ctx.keep_alive || worker.drain.is_fired() || ctx.body != BodyKind::None;
-    let _ = conn.send_error(&r, timeout).await;
+    let _ = conn.send_response(&r, timeout).await;
     Served {
         keep: !r.close,
         status: r.status,

@@ -36,7 +36,7 @@ use super::ctx::{MethodInfo, RequestCtx, RequestId};
 use super::headers::{write_request_head, ForwardHead};
 use super::proxy::Served;
 use super::trace::TraceContext;
-use super::{target, Rejection};
+use super::{target, Response};
 use crate::clock;
 use crate::config::model::{Balance, Route, Sticky, Upstream};
 use crate::upstream::breaker::Admission;
@@ -90,7 +90,7 @@ pub enum Prepared {
     /// Go on to [`run`] with this context.
     Forward(RequestCtx),
     /// A stage answered the request itself.
-    Answer(Rejection),
+    Answer(Response),
 }
 
 // The rejection is the rare path and about as large as the context; boxing it would only
@@ -103,7 +103,7 @@ fn stages(
     snap: &Snapshot,
     ubuf: &mut Vec<u8>,
     trace_out: &mut Option<TraceContext>,
-) -> Result<RequestCtx, Rejection> {
+) -> Result<RequestCtx, Response> {
     let cfg = &snap.active.config;
 
     // 0. underscores: dropped, never used for any decision (nginx's ignore_invalid_headers).
@@ -135,7 +135,7 @@ fn stages(
         TraceContext::continue_or_start(incoming, || worker.rand())
     });
     *trace_out = trace;
-    let bad = |status: u16, msg: &str| Rejection::new(status, msg.to_string(), id).closing();
+    let bad = |status: u16, msg: &str| Response::error(status, msg, id).closing();
 
     // 2. framing
     let body =
@@ -151,10 +151,10 @@ fn stages(
             head.version == Version::Http11 && body != BodyKind::None
         }
         // RFC 9110 §10.1.1: an expectation we cannot meet.
-        Some(_) => return Err(Rejection::new(417, "Unsupported expectation".into(), id).closing()),
+        Some(_) => return Err(Response::error(417, "Unsupported expectation", id).closing()),
     };
     // Anything after a rejected request's unread body would be misread as the next request.
-    let close_if_body = |mut r: Rejection| {
+    let close_if_body = |mut r: Response| {
         if body != BodyKind::None || !keep_alive {
             r.close = true;
         }
@@ -170,9 +170,9 @@ fn stages(
         if !target::is_authority_form(head.target) {
             return Err(bad(400, "CONNECT needs an authority-form target"));
         }
-        let mut r = close_if_body(Rejection::new(
+        let mut r = close_if_body(Response::error(
             405,
-            "CONNECT is not served: the gateway does not tunnel".into(),
+            "CONNECT is not served: the gateway does not tunnel",
             id,
         ));
         // RFC 9110 §10.2.1: an empty Allow, the resource allows no method.
@@ -189,7 +189,7 @@ fn stages(
             return Err(bad(400, "asterisk-form target is only for OPTIONS"));
         }
         let allow = snap.active.router.allow_all().to_string();
-        return Err(close_if_body(Rejection::options(allow, id)));
+        return Err(close_if_body(Response::options(allow, id)));
     }
     let target = target::parse(head.target).map_err(|e| bad(400, &e.to_string()))?;
 
@@ -206,14 +206,14 @@ fn stages(
     let m = match snap.active.router.lookup(&view) {
         Lookup::Found(m) => m,
         Lookup::MethodNotAllowed { allow } => {
-            let mut r = close_if_body(Rejection::new(405, "Method not allowed".into(), id));
+            let mut r = close_if_body(Response::error(405, "Method not allowed", id));
             r.allow = Some(allow);
             return Err(r);
         }
         Lookup::NotFound => {
-            return Err(close_if_body(Rejection::new(
+            return Err(close_if_body(Response::error(
                 404,
-                "No route matches the request".into(),
+                "No route matches the request",
                 id,
             )))
         }
@@ -325,16 +325,16 @@ fn last_hop(
     view: &RequestView<'_, Headers<'_, '_>>,
     snap: &Snapshot,
     id: RequestId,
-) -> Rejection {
+) -> Response {
     let Some(allow) = snap.active.router.allowed(view) else {
-        return Rejection::new(404, "No route matches the request".into(), id);
+        return Response::error(404, "No route matches the request", id);
     };
     if method == "OPTIONS" {
-        return Rejection::options(allow, id);
+        return Response::options(allow, id);
     }
-    let mut r = Rejection::new(
+    let mut r = Response::error(
         405,
-        "TRACE with Max-Forwards: 0 is not answered: the gateway does not reflect requests".into(),
+        "TRACE with Max-Forwards: 0 is not answered: the gateway does not reflect requests",
         id,
     );
     let without_trace: Vec<&str> = allow.split(", ").filter(|m| *m != "TRACE").collect();
@@ -343,15 +343,17 @@ fn last_hop(
 }
 
 /// The response of an open breaker: the configured fallback, or 503 with the standard body.
-fn breaker_open(upstream: &Upstream, retry_after: u64, id: RequestId) -> Rejection {
+fn breaker_open(upstream: &Upstream, retry_after: u64, id: RequestId) -> Response {
     let fallback = upstream.breaker.as_ref().and_then(|b| b.fallback.as_ref());
-    let mut r = Rejection::new(
+    let mut r = Response::error(
         fallback.map_or(503, |f| f.status),
         format!("Circuit breaker open for upstream {}", upstream.name),
         id,
     );
     r.retry_after = Some(retry_after);
-    r.body = fallback.and_then(|f| f.json.clone());
+    if let Some(json) = fallback.and_then(|f| f.json.clone()) {
+        r.body = super::Body::Json(json);
+    }
     r
 }
 

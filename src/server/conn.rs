@@ -25,7 +25,7 @@ enum Next {
     /// A parsed head, run through the synchronous request phases (its bytes are consumed).
     Request(Parsed),
     /// The head could not be read (malformed, over a limit, too slow): answer and close.
-    Refused(pipeline::Rejection),
+    Refused(pipeline::Response),
     /// The client closed or went idle past the keep-alive timeout, or a drain began.
     Gone,
 }
@@ -56,7 +56,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Next::Gone => return,
             Next::Refused(r) => {
                 // Refused heads go through the same answer and logging phases as any request.
-                let sent = conn.send_error(&r, limits.body_timeout).await.is_ok();
+                let sent = conn.send_response(&r, limits.body_timeout).await.is_ok();
                 let snap = worker.snapshot();
                 let trace = worker.spans.is_some().then(|| {
                     pipeline::trace::TraceContext::continue_or_start(None, || worker.rand())
@@ -107,17 +107,17 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     served.upstream,
                 )
             }
-            pipeline::stack::Prepared::Answer(rejection) => {
+            pipeline::stack::Prepared::Answer(answer) => {
                 let sent = conn
-                    .send_error(&rejection, limits.body_timeout)
+                    .send_response(&answer, limits.body_timeout)
                     .await
                     .is_ok();
                 (
-                    sent && !rejection.close,
-                    rejection.routed.map(|(route, _)| route),
-                    rejection.status,
+                    sent && !answer.close,
+                    answer.routed.map(|(route, _)| route),
+                    answer.status,
                     started,
-                    rejection.routed.map(|(_, upstream)| upstream),
+                    answer.routed.map(|(_, upstream)| upstream),
                     None,
                 )
             }
@@ -216,7 +216,7 @@ async fn next_request(
                     return Next::Request(p);
                 }
                 Some(Err(e)) => {
-                    let r = pipeline::Rejection::new(
+                    let r = pipeline::Response::error(
                         e.status(),
                         e.to_string(),
                         pipeline::ctx::RequestId::new_for(worker),
@@ -252,9 +252,9 @@ async fn next_request(
                 }
             }
             Some(Err(ReadEnd::Timeout)) if !idle => {
-                let r = pipeline::Rejection::new(
+                let r = pipeline::Response::error(
                     408,
-                    "Request header timeout".into(),
+                    "Request header timeout",
                     pipeline::ctx::RequestId::new_for(worker),
                 );
                 return Next::Refused(r.closing());

@@ -1,0 +1,80 @@
+//! [`Response`]: an answer the gateway makes itself, whoever makes it (a phase such as routing
+//! or the breaker, the upstream stage on a failure, the connection loop on a framing error).
+//!
+//! The JSON error of BEHAVIOR.md is one kind of body ([`Body::Error`]); a breaker's configured
+//! fallback is another ([`Body::Json`]), and the gateway's own `204` answers (`OPTIONS *`,
+//! `Max-Forwards: 0`) carry none. One writer, [`super::client::ClientIo::send_response`],
+//! puts every one of them on the wire, and the logging phase records it like any other answer.
+
+use super::ctx::RequestId;
+use super::trace::TraceContext;
+use crate::config::model::{RouteId, UpstreamId};
+
+/// What a gateway answer carries after its head.
+#[derive(Debug)]
+pub enum Body {
+    /// The standard error body: `{"error": {"code", "message", "request_id"[, "retryAfter"]}}`.
+    Error(String),
+    /// A JSON document given whole (a breaker's fallback).
+    Json(String),
+    /// No content (`204`).
+    Empty,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Body,
+    pub id: RequestId,
+    /// `Allow` (405, and the gateway's OPTIONS answers).
+    pub allow: Option<String>,
+    /// `Retry-After` (and `retryAfter` in an error body), seconds.
+    pub retry_after: Option<u64>,
+    /// Close the connection after the response (framing errors, unread bodies).
+    pub close: bool,
+    /// The request was HEAD: the response carries the head only (RFC 9110 §9.3.2).
+    pub head_only: bool,
+    /// The request's trace context (for its span), when tracing propagates.
+    pub trace: Option<TraceContext>,
+    /// The route and upstream the request had reached (metrics and the access log name
+    /// them), when a phase after routing answered it.
+    pub routed: Option<(RouteId, UpstreamId)>,
+}
+
+impl Response {
+    /// The standard JSON error with `message`.
+    pub fn error(status: u16, message: impl Into<String>, id: RequestId) -> Self {
+        Response::with_body(status, Body::Error(message.into()), id)
+    }
+
+    /// `status` with a JSON document as its body.
+    pub fn json(status: u16, json: String, id: RequestId) -> Self {
+        Response::with_body(status, Body::Json(json), id)
+    }
+
+    /// 204 No Content with `Allow`: the gateway's answer to an OPTIONS it does not forward.
+    pub fn options(allow: String, id: RequestId) -> Self {
+        let mut r = Response::with_body(204, Body::Empty, id);
+        r.allow = Some(allow);
+        r
+    }
+
+    fn with_body(status: u16, body: Body, id: RequestId) -> Self {
+        Response {
+            status,
+            body,
+            id,
+            allow: None,
+            retry_after: None,
+            close: false,
+            head_only: false,
+            trace: None,
+            routed: None,
+        }
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+}
