@@ -1,11 +1,11 @@
 //! # Dispatch: a thread-per-core HTTP/1.1 API gateway
 //!
 //! ## A worker
-//! The process runs N pinned worker threads ([`runtime::worker`]), each with its own monoio
+//! The process runs N pinned worker threads ([`runtime::worker`], each with its [`state::worker::Worker`]), each with its own monoio
 //! event loop (io_uring, or epoll where io_uring is unavailable), its own SO_REUSEPORT listening
 //! sockets, its own upstream connection pools and balancers. A connection, and every request on
 //! it, lives and dies on the worker that accepted it: requests never hop threads. The only
-//! state shared across cores is in [`runtime::shared`]: the active compiled config (swapped
+//! state shared across cores is in [`state::shared`]: the active compiled config (swapped
 //! whole on reload), the shutdown flag, the connection count, and per upstream
 //! ([`upstream::shared`]) the retry budget, the circuit breaker and the endpoints' health, all
 //! atomics. Work done once per process (active health checks, DNS refresh) runs on control
@@ -29,18 +29,21 @@
 //!    passes the logging phase once ([`pipeline::log`]: metrics, access log, span).
 //!
 //! ## Dependencies point one way
-//! `main` and this crate root ([`start`]) wire the layers: [`server`] and [`admin`] build on
-//! [`runtime`], which runs the threads, sockets and shared state and imports neither: it is
-//! handed the server's accept loop and the admin spawner at start ([`runtime::Entry`]).
-//! [`pipeline`] builds on [`runtime`] (the worker's snapshot and services) and [`upstream`];
-//! [`upstream`] builds on [`io`], [`http`], [`config`], [`metrics`] and [`clock`] only. No module
-//! below `pipeline` imports `pipeline`, `server` or `runtime`.
+//! `main` and this crate root ([`start`]) wire the layers. [`runtime`] runs the threads, the
+//! sockets being served and the signals; it is handed the server's accept loop and the admin
+//! spawner at start ([`runtime::Entry`]), so it imports neither. [`server`] builds on
+//! [`pipeline`]; [`pipeline`] on [`upstream`]; all of them (and [`admin`]) read the state in
+//! [`state`]: the cross-core state, a worker's view of it, the drain latch and the listen set.
+//! [`state`] and [`upstream`] import none of `runtime`, `server`, `pipeline` or `admin`, and
+//! the module graph has no cycle among them.
 //!
 //! ## Module map
 //! - [`config`]: TOML -> serde structs -> validated [`config::model::Config`] (file:line:col
 //!   errors), and the limits every layer is held to (endpoints per upstream, breaker sizes).
-//! - [`runtime`]: start-up, workers, shared state, listening sockets, reload (config and
-//!   listeners), shutdown, the control threads (active health checks, DNS refresh).
+//! - [`runtime`]: start-up, the worker threads and their tasks, reload (config and listeners),
+//!   shutdown signals, the control threads (active health checks, DNS refresh).
+//! - [`state`]: the cross-core state ([`state::shared`]), a worker's view of it
+//!   ([`state::worker`]), the drain latch, the set of listen addresses.
 //! - [`server`]: the accept loop and the client connection loop.
 //! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP today),
 //!   with timeouts, byte counts, the liveness peek and the lingering close.
@@ -74,6 +77,7 @@ pub mod pipeline;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod upstream;
 
 /// Starts the gateway on `config`: the runtime's pinned workers, each running the server's

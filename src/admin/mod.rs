@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::clock;
 use crate::http;
-use crate::runtime::shared::Shared;
+use crate::state::shared::Shared;
 use crate::upstream::health::all_out;
 use crate::upstream::shared::UpstreamShared;
 

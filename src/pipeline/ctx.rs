@@ -39,7 +39,7 @@ impl RequestId {
     }
 
     /// A new random id from `worker`'s random source.
-    pub fn new_for(worker: &crate::runtime::worker::Worker) -> RequestId {
+    pub fn new_for(worker: &crate::state::worker::Worker) -> RequestId {
         RequestId::generate([worker.rand(), worker.rand()])
     }
 

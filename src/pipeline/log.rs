@@ -49,8 +49,8 @@ pub struct Sinks<'a> {
 impl<'a> Sinks<'a> {
     /// Where `worker` writes a request served with `snap`.
     pub fn of(
-        worker: &'a crate::runtime::worker::Worker,
-        snap: &'a crate::runtime::worker::Snapshot,
+        worker: &'a crate::state::worker::Worker,
+        snap: &'a crate::state::worker::Snapshot,
     ) -> Sinks<'a> {
         Sinks {
             config: &snap.active.config,

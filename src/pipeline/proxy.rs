@@ -27,7 +27,7 @@ use super::client::ClientIo;
 use crate::http::{self, BodyKind, ChunkedDecoder, Version};
 use crate::io::ReadEnd;
 use crate::metrics::UpstreamOutcome;
-use crate::runtime::worker::{Snapshot, Worker};
+use crate::state::worker::{Snapshot, Worker};
 use crate::upstream::balance::Tried;
 use crate::upstream::breaker::{FailureKind, Outcome};
 use crate::upstream::client::UpConn;

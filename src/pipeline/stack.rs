@@ -28,7 +28,7 @@ use std::time::Instant;
 use super::client::ClientIo;
 use crate::http::{self, BodyKind, Header, RequestHead, Version};
 use crate::router::{HeaderLookup, Lookup, RequestView};
-use crate::runtime::worker::{Snapshot, Worker};
+use crate::state::worker::{Snapshot, Worker};
 use crate::upstream::balance::{hash_key, Key};
 use crate::upstream::retry::is_idempotent;
 

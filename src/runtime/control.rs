@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::shared::Shared;
 use crate::clock;
+use crate::state::shared::Shared;
 use crate::upstream::health::{Checker, HealthCheckConfig, Target};
 
 /// How often the checker looks for due probes.
@@ -59,7 +59,7 @@ async fn health_loop(shared: Arc<Shared>) {
     }
 }
 
-fn health_targets(active: &super::shared::Active) -> Vec<Target> {
+fn health_targets(active: &crate::state::shared::Active) -> Vec<Target> {
     let mut targets = Vec::new();
     for (u, shared) in active.config.upstreams.iter().zip(&active.upstreams) {
         let Some(h) = &u.health_check else { continue };

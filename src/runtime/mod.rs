@@ -1,7 +1,7 @@
 //! Process start-up and the thread-per-core runtime.
 //!
-//! [`start`] binds every listener once per worker (SO_REUSEPORT, [`listeners::bind`]),
-//! publishes the compiled config in [`shared::Shared`], starts the pinned workers (each runs
+//! [`start`] binds every listener once per worker (SO_REUSEPORT, [`listeners::bind`](crate::state::listeners::bind)),
+//! publishes the compiled config in [`Shared`], starts the pinned workers (each runs
 //! the accept loop it is handed on its sockets), the admin thread (through the spawner it is
 //! handed) and signal handling; [`Running::wait`] blocks until every worker has drained.
 //!
@@ -9,16 +9,15 @@
 //! root hands their entry points in ([`Entry`]).
 
 pub mod control;
-pub mod listeners;
 pub mod reload;
-pub mod shared;
 pub mod shutdown;
 pub mod worker;
 
 use std::sync::Arc;
 
 use crate::config::model::{Config, Driver};
-use shared::{Active, Shared};
+use crate::state::listeners;
+use crate::state::shared::{Active, Shared};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +124,7 @@ fn resolve_driver(d: Driver) -> Result<Driver, StartError> {
 /// importing either (dependencies point one way: they build on runtime, not the reverse).
 pub struct Entry {
     /// The server's accept loop, run by a worker on each of its listening sockets.
-    pub accept: worker::AcceptLoop,
+    pub accept: crate::state::worker::AcceptLoop,
     /// Starts the admin API on its own thread, serving the bound admin socket.
     pub admin: AdminSpawn,
 }
@@ -215,7 +214,7 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
             driver,
             fallback,
             core,
-            worker::Telemetry {
+            crate::state::worker::Telemetry {
                 access: access_log.local(),
                 spans: spans.as_ref().map(|e| e.local()),
             },

@@ -11,9 +11,9 @@
 //! file), then listeners change (fails only as a whole), then the config is published with the
 //! discovery overlays; the publication compiles the same routes again and cannot fail then.
 
-use super::listeners::BindError;
-use super::shared::{Active, Shared};
 use crate::config::ConfigError;
+use crate::state::listeners::BindError;
+use crate::state::shared::{Active, Shared};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]

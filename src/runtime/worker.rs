@@ -1,14 +1,10 @@
 //! One worker: a pinned thread running its own monoio runtime (io_uring, or epoll).
 //!
-//! Owns [`Worker`] (this thread's view of the gateway: the config snapshot, upstream pools and
-//! balancers, the drain latch, the random source) and the worker's tasks: one accept
-//! loop per listener, one task per connection, one housekeeping tick. Nothing here is shared
-//! with other threads except through [`Shared`].
-//!
-//! A request clones this worker's `Rc<Snapshot>` (no atomic) and finishes on it even if a
-//! reload swaps in a newer one meanwhile.
+//! Starts the thread and runs the worker's tasks: one accept loop per listener (the server's,
+//! handed in), one task per connection, one housekeeping tick. The thread's view of the
+//! gateway, [`Worker`], is plain state in `crate::state::worker`. Nothing here is shared with
+//! other threads except through [`Shared`].
 
-use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener as StdListener};
 
 use crossbeam::channel::Receiver;
@@ -17,32 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::model::Driver;
-use crate::metrics::WorkerMetrics;
-use crate::upstream::balance::next_rand;
-use crate::upstream::WorkerUpstreams;
-
-use super::listeners;
-use super::shared::{Active, Shared};
-use super::shutdown::Latch;
+use crate::state::latch::Latch;
+use crate::state::listeners;
+use crate::state::shared::Shared;
+use crate::state::worker::{AcceptLoop, Telemetry, Worker};
 
 /// How often a worker looks at the shared flags, sweeps its pools and flushes its counts.
 const TICK: Duration = Duration::from_millis(200);
-
-/// The config generation a worker serves with, plus the worker-local state built from it.
-pub struct Snapshot {
-    pub active: Arc<Active>,
-    pub upstreams: WorkerUpstreams,
-    /// This worker's metric cells for this config's label values.
-    pub metrics: Rc<WorkerMetrics>,
-}
-
-/// What a worker runs on each listening socket: the server layer's accept loop, handed in at
-/// start (runtime runs threads and sockets and does not import the layers above it). It runs
-/// until the worker drains or its latch fires (the address was removed by a reload).
-pub type AcceptLoop = fn(Rc<Worker>, monoio::net::TcpListener, Rc<Latch>) -> LocalTask;
-
-/// A task a worker spawns; boxed once per listener, not per connection.
-pub type LocalTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// The sockets a worker accepts on: those bound at start, then what reloads hand over.
 pub struct Sockets {
@@ -50,102 +27,6 @@ pub struct Sockets {
     pub initial: Vec<(SocketAddr, StdListener)>,
     pub changes: Receiver<listeners::Change>,
     pub accept: AcceptLoop,
-}
-
-/// Where a worker's access-log lines and spans go.
-pub struct Telemetry {
-    pub access: crate::access_log::Local,
-    pub spans: Option<crate::otlp::Local>,
-}
-
-pub struct Worker {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    snapshot: RefCell<Rc<Snapshot>>,
-    pub drain: Latch,
-    /// Connections open on this worker.
-    pub open: Cell<usize>,
-    rng: Cell<u64>,
-    /// This worker's pending access-log lines (flushed by size and by the tick).
-    pub access: crate::access_log::Local,
-    /// This worker's pending spans, when `tracing.otlp_endpoint` exports them.
-    pub spans: Option<RefCell<crate::otlp::Local>>,
-    /// Accept loops by configured address, each with the latch that stops it.
-    accepting: RefCell<Vec<(SocketAddr, Rc<Latch>)>>,
-    accept: AcceptLoop,
-}
-
-impl Worker {
-    fn new(id: usize, shared: Arc<Shared>, telemetry: Telemetry, accept: AcceptLoop) -> Worker {
-        let Telemetry { access, spans } = telemetry;
-        let active = shared.active();
-        let seed = seed(id);
-        let upstreams = WorkerUpstreams::build(&active.config, &active.upstreams, None, seed);
-        let metrics = Rc::new(shared.metrics.add_worker(active.metrics_layout()));
-        Worker {
-            id,
-            shared,
-            snapshot: RefCell::new(Rc::new(Snapshot {
-                active,
-                upstreams,
-                metrics,
-            })),
-            drain: Latch::default(),
-            open: Cell::new(0),
-            rng: Cell::new(seed),
-            access,
-            spans: spans.map(RefCell::new),
-            accepting: RefCell::new(Vec::new()),
-            accept,
-        }
-    }
-
-    /// The snapshot for the next request, rebuilt first if a reload published a new config.
-    pub fn snapshot(&self) -> Rc<Snapshot> {
-        let current = self.snapshot.borrow().clone();
-        if current.active.generation == self.shared.generation() {
-            return current;
-        }
-        let active = self.shared.active();
-        let upstreams = WorkerUpstreams::build(
-            &active.config,
-            &active.upstreams,
-            Some(&current.upstreams),
-            seed(self.id),
-        );
-        let metrics = Rc::new(current.metrics.reload(active.metrics_layout()));
-        let next = Rc::new(Snapshot {
-            active,
-            upstreams,
-            metrics,
-        });
-        *self.snapshot.borrow_mut() = next.clone();
-        next
-    }
-
-    /// Hands every pending access-log line and span to their writer threads (at exit).
-    fn flush_telemetry(&self) {
-        self.access.flush(true);
-        if let Some(spans) = &self.spans {
-            spans.borrow_mut().flush();
-        }
-    }
-
-    pub fn rand(&self) -> u64 {
-        let mut s = self.rng.get();
-        let r = next_rand(&mut s);
-        self.rng.set(s);
-        r
-    }
-}
-
-fn seed(id: usize) -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ ((id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        ^ (std::process::id() as u64).rotate_left(32)
 }
 
 /// Starts worker `id` on its own thread; it serves `listeners` until shutdown has drained.

@@ -18,7 +18,7 @@ use crate::http;
 use crate::io::ReadEnd;
 use crate::pipeline;
 use crate::pipeline::client::ClientIo;
-use crate::runtime::worker::Worker;
+use crate::state::worker::Worker;
 
 /// What waiting for the next request on a connection produced.
 enum Next {
@@ -33,7 +33,7 @@ enum Next {
 /// A request whose head has been read and handed to the pipeline.
 struct Parsed {
     prepared: pipeline::stack::Prepared,
-    snap: Rc<crate::runtime::worker::Snapshot>,
+    snap: Rc<crate::state::worker::Snapshot>,
     method: &'static str,
     /// Method and path as received, copied only when the access log or span export is on.
     text: Option<(String, String)>,

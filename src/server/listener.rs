@@ -11,8 +11,8 @@ use std::rc::Rc;
 use monoio::net::TcpListener;
 
 use crate::metrics::Side;
-use crate::runtime::shutdown::Latch;
-use crate::runtime::worker::{LocalTask, Worker};
+use crate::state::latch::Latch;
+use crate::state::worker::{LocalTask, Worker};
 
 /// Rate limits of the accept loops' warnings, shared by every worker.
 static REJECTED_WARNING: crate::logging::Limiter = crate::logging::Limiter::new();

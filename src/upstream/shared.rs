@@ -1,6 +1,6 @@
 //! The cross-core state of one upstream ([`UpstreamShared`]): its retry budget, its breaker
 //! and its endpoints' health. Atomics only: written by workers on failures and transitions and
-//! by the health checker, read on every request. `runtime::shared::Active` holds one per
+//! by the health checker, read on every request. `state::shared::Active` holds one per
 //! configured upstream and hands it on across reloads by upstream name.
 
 use std::sync::Arc;
