@@ -313,8 +313,10 @@ mod tests {
     #[test]
     fn failed_write_gives_the_buffer_back() {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (connected_tx, connected_rx) = std::sync::mpsc::channel::<()>();
         with_pair(
             |mut c| async move {
+                connected_tx.send(()).unwrap();
                 rx.recv().unwrap();
                 let payload = vec![b'p'; 8 * 1024];
                 let mut failed = None;
@@ -337,7 +339,10 @@ mod tests {
                 );
             },
             move |s| {
-                // Close with a reset (SO_LINGER 0), then let the writer go.
+                // Close with a reset (SO_LINGER 0), then let the writer go. Not before the
+                // connect has finished: the epoll driver reads SO_ERROR once the socket is
+                // writable, and a reset that came first fails the connect itself.
+                connected_rx.recv().unwrap();
                 socket2::SockRef::from(&s)
                     .set_linger(Some(Duration::ZERO))
                     .unwrap();

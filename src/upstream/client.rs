@@ -151,8 +151,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (connected_tx, connected_rx) = std::sync::mpsc::channel::<()>();
         let peer = std::thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
+            // A reset before the connect has finished would fail the connect instead.
+            connected_rx.recv().unwrap();
             socket2::SockRef::from(&s)
                 .set_linger(Some(Duration::ZERO))
                 .unwrap();
@@ -165,6 +168,7 @@ mod tests {
             .unwrap();
         rt.block_on(async move {
             let mut up = UpConn::connect(addr, Duration::from_secs(5)).await.unwrap();
+            connected_tx.send(()).unwrap();
             rx.recv().unwrap();
             let request = b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody".to_vec();
             for _ in 0..50 {

@@ -934,10 +934,14 @@ mod tests {
     fn probe_errors() {
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_addr = silent.local_addr().unwrap();
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        // Bound but not listening: connections are refused, and the port stays ours (a port
+        // freed by a dropped listener can be taken by a test running beside this one).
+        let refusing =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        refusing
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
             .unwrap();
+        let closed = refusing.local_addr().unwrap().as_socket().unwrap();
         let (garbage, _) = serve(|| b"NOT HTTP AT ALL\r\n\r\n".to_vec());
         let (huge, _) = serve(|| {
             let mut r = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
@@ -950,7 +954,10 @@ mod tests {
             let started = std::time::Instant::now();
             let r = probe(silent_addr, "h", "/", short).await;
             assert!(matches!(r, Err(ProbeError::Timeout)), "{r:?}");
-            assert!(started.elapsed() < SEC);
+            assert!(
+                started.elapsed() < 5 * SEC,
+                "the probe outlived its timeout"
+            );
             let r = probe(closed, "h", "/", SEC).await;
             assert!(matches!(r, Err(ProbeError::Connect(_))), "{r:?}");
             let r = probe(garbage, "h", "/", SEC).await;
@@ -963,7 +970,7 @@ mod tests {
             assert!(matches!(r, Err(ProbeError::Invalid)), "{r:?}");
             assert_eq!(ProbeError::Timeout.to_string(), "timed out");
         });
-        drop(silent);
+        drop((silent, refusing));
     }
 
     /// Ticks at `now`, waits for the probes it spawned, and ticks again to apply them.
