@@ -1,38 +1,25 @@
-//! The upstream stage: one request's exchange with its upstream, retries included.
+//! The upstream stage: the proxy phase's side of [`upstream::call`](crate::upstream::call).
 //!
 //! Owns the request body on its way up (the part that fits [`REPLAY_LIMIT`] is held so the
 //! request can be retried; the rest streams through a bounded buffer) and the response on its
-//! way down (streamed in its own framing, re-framed for the client). Retries follow
-//! BEHAVIOR.md: connect failures for any method, timeouts/resets/502-504 only for idempotent
-//! requests whose body is still held, never once response bytes went to the client, and never
-//! beyond the upstream's retry budget.
+//! way down (streamed in its own framing, re-framed for the client). Which endpoint, which
+//! connection, whether and when to retry, and what outlier detection and the breaker learn are
+//! `upstream::call`'s; this module answers its [`Caller`] questions from the client connection
+//! and streams the body of the response it hands back.
 //!
-//! A failure is a free "stale connection" replay (no retry spent, no budget taken, at most
-//! [`MAX_STALE_REPLAYS`] per request) only when the upstream cannot have seen the request:
-//! - the pooled connection is found closed, or holding bytes, by the peek at reuse
-//!   (`UpstreamState::checkout`): it is dropped before anything is sent; or
-//! - the kernel refused the first byte of the request on a pooled connection (the write failed
-//!   with EPIPE/ECONNRESET before any byte was accepted): the connection was already dead.
-//!
-//! Once a byte of the request was accepted, a close or reset before the response (EOF with no
-//! byte, ECONNRESET) cannot be told apart from an upstream that read the whole request, acted
-//! on it and then failed, so it is an attempt like any other: retried only under the rules,
-//! `retries` and the budget. The race this leaves (an upstream closing an idle connection
-//! between the peek and the request's arrival) costs one ordinary retry, never a duplicate
-//! that `retries` did not allow.
+//! Invariant: no byte of the answer leaves before [`UpstreamResponse::settle`]; a body that
+//! fails before its first byte left is still answered with the gateway's 502 or 504.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::client::ClientIo;
-use crate::http::{self, BodyKind, ChunkedDecoder, Version};
+use crate::http::{self, BodyKind, ChunkedDecoder, ResponseHead, Version};
 use crate::io::ReadEnd;
-use crate::metrics::UpstreamOutcome;
 use crate::state::worker::{Snapshot, Worker};
-use crate::upstream::balance::Tried;
-use crate::upstream::breaker::{FailureKind, Outcome};
+use crate::upstream::breaker::Outcome;
+use crate::upstream::call::{self, CallFailure, Caller, UpstreamResponse};
 use crate::upstream::client::UpConn;
-use crate::upstream::retry::{may_retry, retryable_status};
-use crate::upstream::{UpstreamError, UpstreamState};
+use crate::upstream::UpstreamError;
 
 use super::ctx::RequestCtx;
 use super::headers::{write_response_head, ConnDirective, OutFraming, ResponseHeadOut};
@@ -118,10 +105,6 @@ impl RequestBody {
             continue_sent: false,
             interim_relayed: false,
         }
-    }
-
-    fn replayable(&self) -> bool {
-        self.complete && !self.streamed
     }
 
     async fn need_more(
@@ -219,7 +202,7 @@ impl RequestBody {
         while !self.complete {
             // An upstream that answers mid-upload (413, 401, ...) may stop reading: its answer
             // is relayed rather than waited out until the write times out.
-            if up.peer_sent() && early_answer(up, ctx.read_timeout).await {
+            if up.peer_sent() && call::early_answer(up, ctx.read_timeout).await {
                 self.abandoned = true;
                 return Ok(());
             }
@@ -263,32 +246,250 @@ impl RequestBody {
     }
 }
 
-/// Reads what the upstream sent mid-upload: interim 1xx responses are skipped (the upload goes
-/// on); anything else (a final response head, or the start of one, or a close) is the answer.
-async fn early_answer(up: &mut UpConn, timeout: Duration) -> bool {
-    if up.data().is_empty() {
-        match up.fill(timeout, 64 * 1024 + 8192).await {
-            Ok(0) | Err(_) => return true,
-            Ok(_) => {}
-        }
-    }
-    loop {
-        let interim = match http::parse_response(up.data(), &UPSTREAM_HEAD_LIMITS) {
-            Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
-                head.head_len
-            }
-            _ => return true,
-        };
-        up.consume(interim);
-        if up.data().is_empty() {
-            return false;
-        }
-    }
-}
-
 enum PumpFail {
     Client(ClientFail),
     Upstream(UpstreamError),
+}
+
+/// The client's framing and keep-alive for the response, decided from the upstream's head.
+#[derive(Clone, Copy)]
+struct ClientHead {
+    out: OutFraming,
+    keep: bool,
+}
+
+/// The client's side of the exchange, as [`call::call`] sees it: the held request in
+/// `conn.ubuf`, the rest of the body still on the client connection, interim responses relayed
+/// to the client, and the client's response head written into `conn.wbuf`.
+struct Downstream<'c> {
+    ctx: &'c RequestCtx,
+    conn: &'c mut ClientIo,
+    worker: &'c Worker,
+    body: RequestBody,
+    max_body: u64,
+    io_timeout: Duration,
+    /// Why the client failed, when [`call::call`] ended with `ClientAborted`.
+    client_fail: Option<ClientFail>,
+    head: ClientHead,
+}
+
+const CLIENT_GONE: ClientFail = ClientFail {
+    status: None,
+    message: "client closed",
+};
+
+impl Downstream<'_> {
+    fn client_failed(&mut self, f: ClientFail) -> UpstreamError {
+        let aborted = UpstreamError::ClientAborted {
+            status: f.status,
+            detail: f.message.to_string(),
+        };
+        self.client_fail = Some(f);
+        aborted
+    }
+}
+
+impl Caller for Downstream<'_> {
+    fn held(&mut self) -> &mut Vec<u8> {
+        &mut self.conn.ubuf
+    }
+
+    fn complete(&self) -> bool {
+        self.body.complete
+    }
+
+    fn streamed(&self) -> bool {
+        self.body.streamed
+    }
+
+    fn lose_held(&mut self) {
+        self.body.streamed = true;
+    }
+
+    async fn send_rest(&mut self, up: &mut UpConn) -> Result<(), UpstreamError> {
+        let pumped = self
+            .body
+            .pump(self.ctx, self.conn, up, self.max_body, self.io_timeout)
+            .await;
+        match pumped {
+            Ok(()) => Ok(()),
+            Err(PumpFail::Client(f)) => Err(self.client_failed(f)),
+            Err(PumpFail::Upstream(e)) => Err(e),
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        self.body.abandoned
+    }
+
+    async fn interim(&mut self, head: &ResponseHead<'_>) -> Result<(), UpstreamError> {
+        if !relays_interim(self.ctx, &self.body, head.status) {
+            return Ok(());
+        }
+        // RFC 9110 §15.2: a proxy forwards interim responses, hop-by-hop headers removed as
+        // for the final one; relayed at once, since their point is to arrive early.
+        if head.status == 100 {
+            self.body.continue_sent = true;
+        }
+        write_response_head(
+            &mut self.conn.wbuf,
+            &ResponseHeadOut {
+                status: head.status,
+                reason: head.reason,
+                headers: &head.headers,
+                framing: OutFraming::NoBody,
+                request_id: &self.ctx.id,
+                connection: ConnDirective::Default,
+            },
+        );
+        self.body.interim_relayed = true;
+        if self.conn.flush(self.io_timeout).await.is_err() {
+            return Err(self.client_failed(CLIENT_GONE));
+        }
+        Ok(())
+    }
+
+    fn interim_relayed(&self) -> bool {
+        self.body.interim_relayed
+    }
+
+    fn final_head(&mut self, head: &ResponseHead<'_>, body: BodyKind) {
+        let ctx = self.ctx;
+        let out = match body {
+            BodyKind::None => OutFraming::NoBody,
+            BodyKind::Length(n) => OutFraming::Length(n),
+            BodyKind::Chunked | BodyKind::UntilClose if ctx.version == Version::Http11 => {
+                OutFraming::Chunked
+            }
+            BodyKind::Chunked | BodyKind::UntilClose => OutFraming::UntilClose,
+        };
+        // An abandoned upload leaves the client's body unread: the connection closes.
+        let keep = ctx.keep_alive
+            && !self.worker.drain.is_fired()
+            && !self.body.abandoned
+            && out != OutFraming::UntilClose;
+        self.head = ClientHead { out, keep };
+        self.conn.wbuf.clear();
+        write_response_head(
+            &mut self.conn.wbuf,
+            &ResponseHeadOut {
+                status: head.status,
+                reason: head.reason,
+                headers: &head.headers,
+                framing: out,
+                request_id: &ctx.id,
+                connection: if !keep {
+                    ConnDirective::Close
+                } else if ctx.version == Version::Http10 {
+                    ConnDirective::KeepAlive
+                } else {
+                    ConnDirective::Default
+                },
+            },
+        );
+    }
+}
+
+/// Forwards the prepared request through [`call::call`] and relays the answer; returns how
+/// the request ended.
+pub async fn forward(
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    worker: &Worker,
+    snap: &Snapshot,
+) -> Served {
+    let cfg = &snap.active.config;
+    let limits = &cfg.server.limits;
+    let io_timeout = limits.body_timeout;
+
+    let mut body = RequestBody::new(ctx);
+    if let Err(f) = body.buffer(ctx, conn, limits.max_body, io_timeout).await {
+        return client_failed(conn, ctx, f, io_timeout).await;
+    }
+    let target = call::Target {
+        id: ctx.upstream,
+        config: &cfg.upstreams[ctx.upstream],
+        state: &snap.upstreams.list[ctx.upstream],
+    };
+    let now_sec = || worker.shared.now_sec();
+    let env = call::Env {
+        metrics: &snap.metrics,
+        worker: worker.id,
+        now_sec: &now_sec,
+    };
+    let policy = call::Policy {
+        retries: ctx.retries,
+        idempotent: ctx.method.idempotent,
+        head: ctx.method.is_head,
+        balance_key: ctx.balance_key,
+        connect_timeout: ctx.connect_timeout,
+        read_timeout: ctx.read_timeout,
+        started: ctx.started,
+    };
+    let mut down = Downstream {
+        ctx,
+        conn,
+        worker,
+        body,
+        max_body: limits.max_body,
+        io_timeout,
+        client_fail: None,
+        head: ClientHead {
+            out: OutFraming::NoBody,
+            keep: false,
+        },
+    };
+    match call::call(target, env, &policy, ctx.permit.take(), &mut down).await {
+        Ok(resp) => relay(resp, down.head, ctx, down.conn, io_timeout, worker).await,
+        Err(CallFailure {
+            error: UpstreamError::ClientAborted { .. },
+            ..
+        }) => {
+            let f = down.client_fail.take().unwrap_or(CLIENT_GONE);
+            client_failed(down.conn, ctx, f, io_timeout).await
+        }
+        Err(failure) => upstream_failed(down.conn, ctx, failure, worker, io_timeout).await,
+    }
+}
+
+/// Streams the upstream's answer (its head already in `conn.wbuf`) to the client.
+async fn relay(
+    mut resp: UpstreamResponse<'_>,
+    head: ClientHead,
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    io_timeout: Duration,
+    worker: &Worker,
+) -> Served {
+    let streamed = stream_response(&head, ctx, conn, &mut resp, io_timeout).await;
+    let status = resp.status;
+    let verdict = resp.verdict();
+    let upstream = Some((resp.addr, resp.began.elapsed()));
+    match streamed {
+        Ok(()) => {
+            resp.complete();
+            Served {
+                keep: head.keep,
+                status,
+                upstream,
+                verdict,
+            }
+        }
+        // The client gets a 502 (or 504) instead of a response that was never started.
+        Err(Cut::Unsent(e)) => {
+            let failure = resp.failed(e);
+            upstream_failed(conn, ctx, failure, worker, io_timeout).await
+        }
+        Err(Cut::Sent) => {
+            resp.cut();
+            Served {
+                keep: false,
+                status,
+                upstream,
+                verdict,
+            }
+        }
+    }
 }
 
 /// Decodes chunked `input`, appending the payload to `out` (as chunks when `chunked_out`, raw
@@ -327,425 +528,12 @@ fn reframe_chunked(
     }
 }
 
-/// What the response head told us, once it has been turned into the client's head.
-struct ResponseInfo {
-    status: u16,
-    body: BodyKind,
-    out: OutFraming,
-    upstream_reusable: bool,
-    client_keep: bool,
-}
-
-/// Response heads from upstreams: generous, but within the parser's stack slots (128 headers)
-/// so parsing never allocates.
-const UPSTREAM_HEAD_LIMITS: http::HeadLimits = http::HeadLimits {
-    max_request_line: 8192,
-    max_header_bytes: 64 * 1024,
-    max_headers: 128,
-};
-
-/// Free replays of one request on fresh connections after a pooled one turned out closed.
-const MAX_STALE_REPLAYS: u32 = 2;
-
-enum Attempt {
-    /// A pooled connection refused the request's first byte: it was closed before the request,
-    /// which the upstream cannot have seen. Replay on a fresh connection without spending a
-    /// retry.
-    Stale(UpstreamError),
-    /// The response went to the client; `keep` tells whether the client connection stays.
-    Done { keep: bool, status: u16 },
-    /// Failed before any response byte reached the client.
-    Failed(UpstreamError),
-    /// A 502/503/504 the request may be retried on.
-    RetryStatus(UpstreamError),
-    /// The client's side failed while sending its body; answer with this and close.
-    Client(ClientFail),
-}
-
-/// Forwards the prepared request; returns whether the client connection may be kept open.
-pub async fn forward(
-    ctx: &RequestCtx,
-    conn: &mut ClientIo,
-    worker: &Worker,
-    snap: &Snapshot,
-) -> Served {
-    let cfg = &snap.active.config;
-    let limits = &cfg.server.limits;
-    let upstream = &cfg.upstreams[ctx.upstream];
-    let state = &snap.upstreams.list[ctx.upstream];
-    let io_timeout = limits.body_timeout;
-
-    let mut body = RequestBody::new(ctx);
-    if let Err(f) = body.buffer(ctx, conn, limits.max_body, io_timeout).await {
-        return client_failed(conn, ctx, f, io_timeout).await;
-    }
-    {
-        let s = state.borrow();
-        s.pending_requests.set(s.pending_requests.get() + 1);
-    }
-
-    let metrics = &snap.metrics;
-    let upstream_id = ctx.upstream as u32;
-    let mut tried = Tried::default();
-    let mut attempts: u32 = 0;
-    let mut stale: u32 = 0;
-    // The rotation is read as of the request's start (an ejection ending meanwhile is seen by
-    // the next request); results are recorded at the time they happen (see `passive`).
-    let now_ms = crate::clock::ms_at(ctx.started);
-    loop {
-        let (ep, pooled) = {
-            let mut s = state.borrow_mut();
-            // Endpoints out of rotation (unhealthy, ejected) count as tried; when every
-            // endpoint is out the rotation is empty and all are used (panic mode).
-            let out = s.rotation.out_mask(now_ms);
-            let mut avoid = tried.with_mask(out);
-            if avoid != Tried::default() && (0..s.balancer.len()).all(|i| avoid.contains(i)) {
-                // Retries went through every endpoint in rotation: an untried one out of
-                // rotation beats one that just failed.
-                avoid = tried;
-            }
-            let ep = s.balancer.pick(ctx.balance_key, avoid);
-            (ep, s.checkout(ep, Instant::now()))
-        };
-        let addr = upstream.endpoints[ep].addr;
-        // The attempt's duration, connect included: what the access log's `upstream_ms` and
-        // the upstream duration histogram show, failures included.
-        let began = Instant::now();
-        let mut up = match pooled {
-            Some(c) => c,
-            None => match UpConn::connect(addr, ctx.connect_timeout).await {
-                Ok(mut c) => {
-                    c.count_in(metrics);
-                    c
-                }
-                Err(e) => {
-                    let took = began.elapsed();
-                    metrics.upstream(upstream_id, outcome_of(&e), took);
-                    passive(state, ep, true);
-                    tried.add(ep);
-                    attempts += 1;
-                    if retry_allowed(&e, ctx, &body, attempts, state, worker) {
-                        crate::debug!("retrying after: {e}");
-                        continue;
-                    }
-                    let last = Some((addr, took));
-                    return upstream_failed(conn, ctx, e, last, worker, state, io_timeout).await;
-                }
-            },
-        };
-        metrics.pool(upstream_id, up.reused);
-        {
-            let mut s = state.borrow_mut();
-            s.balancer.start(ep);
-            s.health[ep].inflight_add(worker.id, 1);
-        }
-        let retry_status = |e: &UpstreamError, body: &RequestBody| {
-            retry_allowed(e, ctx, body, attempts + 1, state, worker)
-        };
-        // The final answer's status, before any of it goes to the client: outlier detection
-        // and the breaker learn it first.
-        let answering = |status: u16| {
-            passive(state, ep, status >= 500);
-            settle(ctx, state, verdict_of_status(status));
-        };
-        let outcome = attempt(
-            ctx,
-            conn,
-            &mut up,
-            &mut body,
-            worker,
-            limits.max_body,
-            io_timeout,
-            &retry_status,
-            &answering,
-        )
-        .await;
-        {
-            let mut s = state.borrow_mut();
-            s.balancer.finish(ep);
-            s.health[ep].inflight_add(worker.id, -1);
-        }
-        match &outcome.0 {
-            Attempt::Failed(e) | Attempt::RetryStatus(e) => {
-                metrics.upstream(upstream_id, outcome_of(e), began.elapsed());
-                if verdict_of(e) != Outcome::Ignored {
-                    passive(state, ep, true);
-                }
-            }
-            Attempt::Done { .. } | Attempt::Stale(_) | Attempt::Client(_) => {}
-        }
-        match outcome {
-            (Attempt::Done { keep, status }, reusable) => {
-                metrics.upstream(
-                    upstream_id,
-                    UpstreamOutcome::from_status(status),
-                    began.elapsed(),
-                );
-                if reusable {
-                    up.reused = true;
-                    state.borrow_mut().checkin(ep, up, Instant::now());
-                }
-                return Served {
-                    keep,
-                    status,
-                    upstream: Some((addr, began.elapsed())),
-                    verdict: verdict_of_status(status),
-                };
-            }
-            (Attempt::Client(f), _) => return client_failed(conn, ctx, f, io_timeout).await,
-            (Attempt::Stale(e), _) if !body.streamed && stale < MAX_STALE_REPLAYS => {
-                // The upstream closed this pooled connection before taking the request: not a
-                // failure of the request and not a retry. Its siblings are likely closed too.
-                crate::debug!("pooled connection to {addr} was closed ({e}); reconnecting");
-                stale += 1;
-                state.borrow_mut().clear(ep);
-                conn.wbuf.clear();
-                continue;
-            }
-            (Attempt::Stale(e), _) => {
-                tried.add(ep);
-                attempts += 1;
-                if retry_allowed(&e, ctx, &body, attempts, state, worker) {
-                    conn.wbuf.clear();
-                    continue;
-                }
-                let last = Some((addr, began.elapsed()));
-                return upstream_failed(conn, ctx, e, last, worker, state, io_timeout).await;
-            }
-            (Attempt::RetryStatus(e), _) => {
-                // The budget was already taken when the attempt chose to retry.
-                crate::debug!("retrying after: {e}");
-                tried.add(ep);
-                attempts += 1;
-                conn.wbuf.clear();
-            }
-            (Attempt::Failed(e), _) => {
-                tried.add(ep);
-                attempts += 1;
-                if retry_allowed(&e, ctx, &body, attempts, state, worker) {
-                    crate::debug!("retrying after: {e}");
-                    conn.wbuf.clear();
-                    continue;
-                }
-                let last = Some((addr, began.elapsed()));
-                return upstream_failed(conn, ctx, e, last, worker, state, io_timeout).await;
-            }
-        }
-    }
-}
-
-fn retry_allowed(
-    e: &UpstreamError,
-    ctx: &RequestCtx,
-    body: &RequestBody,
-    attempts: u32,
-    state: &std::cell::RefCell<UpstreamState>,
-    worker: &Worker,
-) -> bool {
-    if attempts > ctx.retries
-        || body.interim_relayed
-        || !may_retry(e, ctx.method.idempotent, !body.streamed, body.replayable())
-    {
-        return false;
-    }
-    let s = state.borrow();
-    let now = worker.shared.now_sec();
-    s.budget.add_requests(now, s.pending_requests.replace(0));
-    s.budget.try_retry(now)
-}
-
-/// One attempt on one connection: send, receive the head, stream the response.
-/// Returns the outcome and whether the connection may go back to the pool.
-#[allow(clippy::too_many_arguments)]
-async fn attempt(
-    ctx: &RequestCtx,
-    conn: &mut ClientIo,
-    up: &mut UpConn,
-    body: &mut RequestBody,
-    worker: &Worker,
-    max_body: u64,
-    io_timeout: Duration,
-    retry_status: &dyn Fn(&UpstreamError, &RequestBody) -> bool,
-    answering: &dyn Fn(u16),
-) -> (Attempt, bool) {
-    let addr = up.addr;
-    // Send the head and the held body in one write.
-    if !body.streamed {
-        let ubuf = std::mem::take(&mut conn.ubuf);
-        let len = ubuf.len();
-        let (res, ubuf) = up.write(ubuf, 0, len, ctx.read_timeout).await;
-        // The head and held body come back for a retry; a write that timed out may leave
-        // them with the kernel, and then the request can no longer be replayed.
-        match ubuf {
-            Some(ubuf) => conn.ubuf = ubuf,
-            None => body.streamed = true,
-        }
-        match res {
-            Ok(()) => {}
-            // The kernel refused the very first byte (EPIPE, ECONNRESET): the pooled connection
-            // was dead before this request, which the upstream cannot have seen. Replayable
-            // for any method, without spending a retry.
-            Err(e @ UpstreamError::Reset { .. }) if up.reused && !up.request_accepted() => {
-                return (Attempt::Stale(e), false)
-            }
-            Err(e) => return (Attempt::Failed(e), false),
-        }
-    }
-    if !body.complete {
-        match body.pump(ctx, conn, up, max_body, io_timeout).await {
-            Ok(()) => {}
-            Err(PumpFail::Client(f)) => return (Attempt::Client(f), false),
-            Err(PumpFail::Upstream(e)) => return (Attempt::Failed(e), false),
-        }
-    }
-
-    // Response head, skipping interim 1xx responses.
-    let draining = worker.drain.is_fired();
-    let head_limits = UPSTREAM_HEAD_LIMITS;
-    let info = loop {
-        let parsed = match http::parse_response(up.data(), &head_limits) {
-            Ok(Some(head)) => Some(
-                response_info(&head, ctx, draining || body.abandoned, addr).map(|mut info| {
-                    if body.abandoned {
-                        // The rest of the body was never sent: the upstream connection is out of
-                        // step, and the client's body is still unread.
-                        if let Some(info) = info.as_mut() {
-                            info.upstream_reusable = false;
-                        }
-                    }
-                    if info.is_none() && relays_interim(ctx, body, head.status) {
-                        // RFC 9110 §15.2: a proxy forwards interim responses, hop-by-hop
-                        // headers removed as for the final one.
-                        if head.status == 100 {
-                            body.continue_sent = true;
-                        }
-                        write_response_head(
-                            &mut conn.wbuf,
-                            &ResponseHeadOut {
-                                status: head.status,
-                                reason: head.reason,
-                                headers: &head.headers,
-                                framing: OutFraming::NoBody,
-                                request_id: &ctx.id,
-                                connection: ConnDirective::Default,
-                            },
-                        );
-                    }
-                    if let Some(info) = &info {
-                        conn.wbuf.clear();
-                        write_response_head(
-                            &mut conn.wbuf,
-                            &ResponseHeadOut {
-                                status: info.status,
-                                reason: head.reason,
-                                headers: &head.headers,
-                                framing: info.out,
-                                request_id: &ctx.id,
-                                connection: if !info.client_keep {
-                                    ConnDirective::Close
-                                } else if ctx.version == Version::Http10 {
-                                    ConnDirective::KeepAlive
-                                } else {
-                                    ConnDirective::Default
-                                },
-                            },
-                        );
-                    }
-                    (head.head_len, info)
-                }),
-            ),
-            Ok(None) => None,
-            Err(e) => Some(Err(UpstreamError::BadResponse {
-                addr,
-                detail: e.to_string(),
-            })),
-        };
-        match parsed {
-            Some(Ok((head_len, Some(info)))) => {
-                up.consume(head_len);
-                break info;
-            }
-            Some(Ok((head_len, None))) => {
-                // 1xx: relayed at once (its point is to arrive early) or dropped.
-                up.consume(head_len);
-                if !conn.wbuf.is_empty() {
-                    body.interim_relayed = true;
-                    if conn.flush(io_timeout).await.is_err() {
-                        let gone = ClientFail {
-                            status: None,
-                            message: "client closed",
-                        };
-                        return (Attempt::Client(gone), false);
-                    }
-                }
-            }
-            Some(Err(e)) => return (Attempt::Failed(e), false),
-            None => {
-                let seen = !up.data().is_empty();
-                match up.fill(ctx.read_timeout, 64 * 1024 + 8192).await {
-                    Ok(0) | Err(UpstreamError::Reset { .. }) if seen => {
-                        let detail = "closed in the middle of the response head".into();
-                        return (
-                            Attempt::Failed(UpstreamError::BadResponse { addr, detail }),
-                            false,
-                        );
-                    }
-                    // A close or reset after the request went out, even on a pooled connection
-                    // that passed its reuse check: the upstream may have read the request and
-                    // acted on it, so this is an attempt like any other (see the module doc).
-                    Ok(0) => {
-                        let detail = "closed before a response".into();
-                        return (
-                            Attempt::Failed(UpstreamError::Reset { addr, detail }),
-                            false,
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => return (Attempt::Failed(e), false),
-                }
-            }
-        }
-    };
-
-    if retryable_status(info.status) {
-        // A 502/503/504 is retried when the rules and the budget allow; otherwise it is the
-        // answer, passed on as the upstream sent it.
-        let e = UpstreamError::Status {
-            addr,
-            status: info.status,
-        };
-        if ctx.method.idempotent && body.replayable() && retry_status(&e, body) {
-            return (Attempt::RetryStatus(e), false);
-        }
-    }
-
-    match stream_response(&info, ctx, conn, up, io_timeout, answering).await {
-        Ok(()) => (
-            Attempt::Done {
-                keep: info.client_keep,
-                status: info.status,
-            },
-            info.upstream_reusable && !up.pending_bytes(),
-        ),
-        // The client gets a 502 (or 504) instead of a response that was never started.
-        Err(Cut::Unsent(e)) => (Attempt::Failed(e), false),
-        Err(Cut::Sent) => (
-            Attempt::Done {
-                keep: false,
-                status: info.status,
-            },
-            false,
-        ),
-    }
-}
-
 /// Whether an interim (1xx) response from the upstream goes on to the client: only to
 /// HTTP/1.1 clients (RFC 9110 §15.2: a server must not send 1xx to an HTTP/1.0 client), and a
 /// `100 Continue` only when the client has not had one already.
 fn relays_interim(ctx: &RequestCtx, body: &RequestBody, status: u16) -> bool {
     ctx.version == Version::Http11 && !(status == 100 && body.continue_sent)
 }
-
 /// How a response body stream ended early.
 enum Cut {
     /// No byte of the response left the gateway (its head is still held): the client can
@@ -754,77 +542,44 @@ enum Cut {
     /// Part of the response reached the client: both connections must close.
     Sent,
 }
-
-fn response_info(
-    head: &http::ResponseHead<'_>,
-    ctx: &RequestCtx,
-    draining: bool,
-    addr: std::net::SocketAddr,
-) -> Result<Option<ResponseInfo>, UpstreamError> {
-    let status = head.status;
-    if status == 101 {
-        return Err(UpstreamError::BadResponse {
-            addr,
-            detail: "101 Switching Protocols on a non-websocket route".into(),
-        });
-    }
-    if (100..200).contains(&status) {
-        return Ok(None);
-    }
-    let method = if ctx.method.is_head { "HEAD" } else { "GET" };
-    let body = http::response_body(method, status, &head.headers, head.version).map_err(|e| {
-        UpstreamError::BadResponse {
-            addr,
-            detail: e.to_string(),
-        }
-    })?;
-    let upstream_keep = !http::wants_close(head.version, &head.headers);
-    let out = match body {
-        BodyKind::None => OutFraming::NoBody,
-        BodyKind::Length(n) => OutFraming::Length(n),
-        BodyKind::Chunked | BodyKind::UntilClose if ctx.version == Version::Http11 => {
-            OutFraming::Chunked
-        }
-        BodyKind::Chunked | BodyKind::UntilClose => OutFraming::UntilClose,
-    };
-    Ok(Some(ResponseInfo {
-        status,
-        body,
-        out,
-        upstream_reusable: upstream_keep && body != BodyKind::UntilClose,
-        client_keep: ctx.keep_alive && !draining && out != OutFraming::UntilClose,
-    }))
-}
-
-/// Streams the response (its head is in `conn.wbuf`) and its body. `answering` learns the
-/// status right before the first byte leaves for the client (outlier detection and the
-/// breaker learn the outcome first).
+/// Streams the response (its head is in `conn.wbuf`) and its body. The attempt is settled
+/// right before the first byte leaves for the client (outlier detection and the breaker learn
+/// the outcome first).
 async fn stream_response(
-    info: &ResponseInfo,
+    head: &ClientHead,
     ctx: &RequestCtx,
     conn: &mut ClientIo,
-    up: &mut UpConn,
+    resp: &mut UpstreamResponse<'_>,
     io_timeout: Duration,
-    answering: &dyn Fn(u16),
 ) -> Result<(), Cut> {
-    if info.body != BodyKind::Chunked {
-        answering(info.status);
+    if resp.body != BodyKind::Chunked {
+        resp.settle();
     }
-    stream_body(info, ctx, conn, up, io_timeout, answering)
-        .await
-        .map_err(|cut| cut.unwrap_or(Cut::Sent))
+    let body = resp.body;
+    stream_body(
+        head,
+        body,
+        ctx,
+        conn,
+        &mut resp.conn,
+        &mut resp.attempt,
+        io_timeout,
+    )
+    .await
+    .map_err(|cut| cut.unwrap_or(Cut::Sent))
 }
 
 /// The body part of [`stream_response`]. `Err(None)`: cut short after bytes went out.
 async fn stream_body(
-    info: &ResponseInfo,
+    head: &ClientHead,
+    body: BodyKind,
     ctx: &RequestCtx,
     conn: &mut ClientIo,
     up: &mut UpConn,
+    attempt: &mut call::Attempt<'_>,
     io_timeout: Duration,
-    answering: &dyn Fn(u16),
 ) -> Result<(), Option<Cut>> {
-    match info.body {
+    match body {
         BodyKind::None => conn.flush(io_timeout).await.map_err(|_| None),
         BodyKind::Length(n) => {
             let mut remaining = n;
@@ -853,7 +608,7 @@ async fn stream_body(
             Ok(())
         }
         BodyKind::Chunked => {
-            let chunked_out = info.out == OutFraming::Chunked;
+            let chunked_out = head.out == OutFraming::Chunked;
             let mut dec = ChunkedDecoder::new();
             let addr = up.addr;
             // The head is held while the first chunk's size line, received with it, is checked
@@ -880,7 +635,7 @@ async fn stream_body(
                 if started && (done || conn.wbuf.len() >= FLUSH_AT || up.data().is_empty()) {
                     if !sent {
                         // The first byte is about to leave: the outcome is settled.
-                        answering(info.status);
+                        attempt.settle();
                         sent = true;
                     }
                     conn.flush(io_timeout).await.map_err(|_| None)?;
@@ -890,7 +645,7 @@ async fn stream_body(
                 }
                 if !sent && up.data().is_empty() {
                     // Nothing of the body has arrived with the head: relay the head now.
-                    answering(info.status);
+                    attempt.settle();
                     sent = true;
                     conn.flush(io_timeout).await.map_err(|_| None)?;
                 }
@@ -913,7 +668,7 @@ async fn stream_body(
             }
         }
         BodyKind::UntilClose => {
-            let chunked_out = info.out == OutFraming::Chunked;
+            let chunked_out = head.out == OutFraming::Chunked;
             loop {
                 let data = up.data();
                 if !data.is_empty() {
@@ -962,34 +717,17 @@ async fn client_failed(
     }
 }
 
-/// The metrics outcome of a failed attempt.
-fn outcome_of(e: &UpstreamError) -> UpstreamOutcome {
-    match e {
-        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-            UpstreamOutcome::ConnectError
-        }
-        UpstreamError::ReadTimeout { .. } => UpstreamOutcome::Timeout,
-        UpstreamError::Reset { .. } => UpstreamOutcome::Reset,
-        UpstreamError::Status { status, .. } => UpstreamOutcome::from_status(*status),
-        UpstreamError::BadResponse { .. } | UpstreamError::ClientAborted { .. } => {
-            UpstreamOutcome::ProtocolError
-        }
-    }
-}
-
-/// Answers a request whose last attempt failed with `e`; `last` is that attempt's endpoint
-/// and duration, for the access log.
+/// Answers a request whose call failed; `failure.last` is its last attempt's endpoint and
+/// duration, for the access log. Outlier detection and the breaker have learnt it already.
 async fn upstream_failed(
     conn: &mut ClientIo,
     ctx: &RequestCtx,
-    e: UpstreamError,
-    last: Option<(std::net::SocketAddr, Duration)>,
+    failure: CallFailure,
     worker: &Worker,
-    state: &std::cell::RefCell<UpstreamState>,
     timeout: Duration,
 ) -> Served {
+    let e = failure.error;
     crate::debug!("request {} failed: {e}", ctx.id.as_str());
-    settle(ctx, state, verdict_of(&e));
     conn.wbuf.clear();
     let mut r = Response::error(e.status(), e.client_message().to_string(), ctx.id);
     r.head_only = ctx.method.is_head;
@@ -1000,70 +738,7 @@ async fn upstream_failed(
     Served {
         keep: !r.close,
         status: r.status,
-        upstream: last,
-        verdict: verdict_of(&e),
-    }
-}
-
-/// What a failed exchange tells the breaker (`failure_on` kinds; the example config: "failing
-/// to connect in time counts as a connect failure").
-fn verdict_of(e: &UpstreamError) -> Outcome {
-    match e {
-        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-            Outcome::Failure(FailureKind::Connect)
-        }
-        UpstreamError::ReadTimeout { .. } => Outcome::Failure(FailureKind::Timeout),
-        // Answered 502 by the gateway: the upstream failed the exchange.
-        UpstreamError::Reset { .. }
-        | UpstreamError::BadResponse { .. }
-        | UpstreamError::Status { .. } => Outcome::Failure(FailureKind::Status5xx),
-        UpstreamError::ClientAborted { .. } => Outcome::Ignored,
-    }
-}
-
-/// Hands the breaker its permit with the request's outcome, as soon as the outcome is known
-/// and before the client sees the answer: a client that sends its next request the moment
-/// it has this one's must find the breaker already moved.
-fn settle(ctx: &RequestCtx, state: &std::cell::RefCell<UpstreamState>, verdict: Outcome) {
-    let Some(permit) = ctx.permit.take() else {
-        return;
-    };
-    let s = state.borrow();
-    if let Some(replica) = &s.breaker {
-        if let Some(to) = replica.record(permit, verdict, crate::clock::now_ms()) {
-            crate::warn!("upstream {}: breaker {}", s.name, to.as_str());
-        }
-    }
-}
-
-/// The breaker's reading of a response the client is about to get.
-fn verdict_of_status(status: u16) -> Outcome {
-    if status >= 500 {
-        Outcome::Failure(FailureKind::Status5xx)
-    } else {
-        Outcome::Success
-    }
-}
-
-/// Passive outlier detection: feeds one attempt's result to its endpoint's shared counters.
-fn passive(state: &std::cell::RefCell<UpstreamState>, ep: usize, failed: bool) {
-    let s = state.borrow();
-    let Some(health) = s.health.get(ep) else {
-        return;
-    };
-    // Only a failure needs the time (an ejection runs from now); a success just clears the
-    // streak, so the common path reads no clock.
-    let now_ms = if failed { crate::clock::now_ms() } else { 0 };
-    if let Some(ejected_for) = health.record(failed, &s.outlier, now_ms) {
-        // An outage ejects many endpoints at once: one line a second, with the count.
-        static EJECTED: crate::logging::Limiter = crate::logging::Limiter::new();
-        crate::warn_limited!(
-            &EJECTED,
-            "upstream {}: endpoint {} ejected for {}s after {} consecutive failures",
-            s.name,
-            s.pools[ep].addr,
-            ejected_for.as_secs(),
-            s.outlier.consecutive_failures
-        );
+        upstream: failure.last,
+        verdict: call::verdict_of(&e),
     }
 }

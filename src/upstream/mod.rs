@@ -1,6 +1,10 @@
 //! Upstream services: endpoint selection, per-worker connection pools, the HTTP/1.1 client
 //! exchange, retries and their budget.
 //!
+//! [`call::call`] is the one way to send a request to an upstream: balancer, pool, outlier
+//! detection, breaker, retries and budget behind one function that returns the final response
+//! head and the connection its body streams from.
+//!
 //! Key types: [`UpstreamError`] (every way an upstream attempt fails, with the status it maps
 //! to and whether it may be retried), [`WorkerUpstreams`] (this worker's pools and balancers,
 //! one [`UpstreamState`] per configured upstream).
@@ -16,6 +20,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod call;
 pub mod client;
 pub mod discovery;
 pub mod health;
@@ -58,6 +63,10 @@ pub enum UpstreamError {
     /// upstream's fault; carries the client-side status to answer with, if any.
     #[error("client aborted: {detail}")]
     ClientAborted { status: Option<u16>, detail: String },
+    /// 503: the upstream's circuit breaker is open; a probe is admitted in `retry_after_secs`.
+    /// Never retried and never counted by the breaker itself.
+    #[error("circuit breaker open (probe in {retry_after_secs}s)")]
+    BreakerOpen { retry_after_secs: u64 },
 }
 
 impl UpstreamError {
@@ -65,6 +74,7 @@ impl UpstreamError {
     pub fn status(&self) -> u16 {
         match self {
             UpstreamError::ReadTimeout { .. } => 504,
+            UpstreamError::BreakerOpen { .. } => 503,
             UpstreamError::ClientAborted { status, .. } => status.unwrap_or(400),
             UpstreamError::Status { status, .. } => *status,
             _ => 502,
@@ -81,6 +91,7 @@ impl UpstreamError {
             UpstreamError::Reset { .. } => "Upstream connection reset",
             UpstreamError::BadResponse { .. } => "Invalid response from upstream",
             UpstreamError::Status { .. } => "Upstream error",
+            UpstreamError::BreakerOpen { .. } => "Circuit breaker open",
             UpstreamError::ClientAborted {
                 status: Some(413), ..
             } => "Request body too large",

@@ -35,7 +35,9 @@ pub fn may_retry(err: &UpstreamError, idempotent: bool, untouched: bool, replaya
         UpstreamError::ReadTimeout { .. }
         | UpstreamError::Reset { .. }
         | UpstreamError::Status { .. } => idempotent && replayable,
-        UpstreamError::BadResponse { .. } | UpstreamError::ClientAborted { .. } => false,
+        UpstreamError::BadResponse { .. }
+        | UpstreamError::ClientAborted { .. }
+        | UpstreamError::BreakerOpen { .. } => false,
     }
 }
 

@@ -1,0 +1,670 @@
+//! The one way to call an upstream: [`call`] sends a request to a named upstream through its
+//! balancer, pool, outlier detection, breaker, retries and retry budget, and hands back the
+//! final response head with the connection its body arrives on ([`UpstreamResponse`]).
+//!
+//! The caller owns the request and the client it came from; [`call`] reaches it only through
+//! the [`Caller`] seam: the bytes held for replay, the rest of a streamed body, the interim
+//! responses it may relay and the final head it turns into its own answer. So the proxy phase
+//! streams with it, and an aggregator or a cache refresh can use it with a held request and no
+//! client at all.
+//!
+//! Retries follow BEHAVIOR.md: connect failures for any method; timeouts, resets and 502-504
+//! only for idempotent requests whose body is still held; never once a response byte (an
+//! interim response included) went to the client; never beyond `retries` or the upstream's
+//! retry budget. A failure is a free "stale connection" replay (no retry spent, no budget
+//! taken, at most [`MAX_STALE_REPLAYS`] per request) only when the upstream cannot have seen
+//! the request:
+//! - the pooled connection is found closed, or holding bytes, by the peek at reuse
+//!   ([`UpstreamState::checkout`]): it is dropped before anything is sent; or
+//! - the kernel refused the first byte of the request on a pooled connection (the write failed
+//!   with EPIPE/ECONNRESET before any byte was accepted): the connection was already dead.
+//!
+//! Once a byte of the request was accepted, a close or reset before the response cannot be told
+//! apart from an upstream that read the whole request, acted on it and then failed, so it is an
+//! attempt like any other. The race this leaves (an upstream closing an idle connection between
+//! the peek and the request's arrival) costs one ordinary retry, never a duplicate that
+//! `retries` did not allow.
+//!
+//! Invariant: the outcome reaches outlier detection and the breaker before the client sees the
+//! answer ([`UpstreamResponse::settle`] right before the first byte leaves, or the failure
+//! path), so a client that sends its next request the moment it has this one's finds both
+//! already moved.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::balance::{Key, Tried};
+use super::breaker::{Admission, FailureKind, Outcome, Permit};
+use super::client::UpConn;
+use super::retry::{may_retry, retryable_status};
+use super::{UpstreamError, UpstreamState};
+use crate::config::model::Upstream;
+use crate::http::{self, BodyKind, ResponseHead};
+use crate::metrics::{UpstreamOutcome, WorkerMetrics};
+
+/// Response heads from upstreams: generous, but within the parser's stack slots (128 headers)
+/// so parsing never allocates.
+pub const HEAD_LIMITS: http::HeadLimits = http::HeadLimits {
+    max_request_line: 8192,
+    max_header_bytes: 64 * 1024,
+    max_headers: 128,
+};
+
+/// Most bytes one read of a response head may bring in (the head limit plus some body).
+const HEAD_READ: usize = HEAD_LIMITS.max_header_bytes + 8192;
+
+/// Free replays of one request on fresh connections after a pooled one turned out closed.
+pub const MAX_STALE_REPLAYS: u32 = 2;
+
+/// The upstream being called: its compiled config and this worker's state for it.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// Index in `Config::upstreams` (the metrics label).
+    pub id: usize,
+    pub config: &'a Upstream,
+    pub state: &'a RefCell<UpstreamState>,
+}
+
+/// What [`call`] needs of the worker: its metrics, its index (per-worker in-flight slots) and
+/// the coarse clock the retry budget counts in.
+#[derive(Clone, Copy)]
+pub struct Env<'a, 'c> {
+    pub metrics: &'a Rc<WorkerMetrics>,
+    pub worker: usize,
+    pub now_sec: &'c (dyn Fn() -> u64 + 'c),
+}
+
+/// How this request may be sent: the retry rules' inputs and the timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub retries: u32,
+    pub idempotent: bool,
+    /// The request is HEAD: its response has no body whatever its framing says.
+    pub head: bool,
+    pub balance_key: Key,
+    pub connect_timeout: Duration,
+    /// For every read of the response and every write of the request.
+    pub read_timeout: Duration,
+    /// When the request arrived: endpoint rotation is read as of then.
+    pub started: Instant,
+}
+
+/// The caller's side of an exchange: the request it sends and the client (if any) that sees
+/// interim responses. Implemented by the proxy phase over the client connection.
+// The runtime is single-threaded (monoio): these futures are never sent across threads, so
+// the missing `Send` bound that this lint warns about is what is wanted.
+#[allow(async_fn_in_trait)]
+pub trait Caller {
+    /// The request head and the part of its body held for replay, sent first on every
+    /// attempt. [`call`] takes it for each write and puts it back.
+    fn held(&mut self) -> &mut Vec<u8>;
+    /// Whether the whole body is in [`Caller::held`].
+    fn complete(&self) -> bool;
+    /// Whether some of the body already went to an upstream beyond the held bytes (or the held
+    /// bytes were lost to a write that timed out): the request can no longer be sent again.
+    fn streamed(&self) -> bool;
+    /// The held bytes are gone (a write timed out with the kernel holding them).
+    fn lose_held(&mut self);
+    /// Sends the rest of the body to `up`. `ClientAborted` when the client failed; other
+    /// errors are the upstream's.
+    async fn send_rest(&mut self, up: &mut UpConn) -> Result<(), UpstreamError>;
+    /// The upstream answered before the whole body went up (the rest is not sent): neither
+    /// connection can carry another request.
+    fn abandoned(&self) -> bool;
+    /// An interim (1xx) response arrived; the caller relays it or not. `ClientAborted` when
+    /// relaying found the client gone.
+    async fn interim(&mut self, head: &ResponseHead<'_>) -> Result<(), UpstreamError>;
+    /// A response byte (an interim response) reached the client: nothing is retried any more.
+    fn interim_relayed(&self) -> bool;
+    /// The final response head, once it is the answer (no retry follows). It is still borrowed
+    /// from the connection's buffer: the caller builds its own head from it now.
+    fn final_head(&mut self, head: &ResponseHead<'_>, body: BodyKind);
+}
+
+/// A call that ended without a response for the caller.
+#[derive(Debug)]
+pub struct CallFailure {
+    pub error: UpstreamError,
+    /// The endpoint of the last attempt and how long it took, if one was made (the access
+    /// log's `upstream_addr` and `upstream_ms`).
+    pub last: Option<(SocketAddr, Duration)>,
+}
+
+/// Asks the upstream's breaker whether a request may go: `Ok(None)` when it has no breaker,
+/// `Ok(Some(permit))` to carry into [`call`], `Err(BreakerOpen)` with the seconds until it
+/// admits a probe.
+pub fn admit(state: &RefCell<UpstreamState>, now_ms: u64) -> Result<Option<Permit>, UpstreamError> {
+    match &state.borrow().breaker {
+        None => Ok(None),
+        Some(replica) => match replica.admit(now_ms) {
+            Admission::Allowed(p) | Admission::Probe(p) => Ok(Some(p)),
+            Admission::Rejected { retry_after_secs } => {
+                Err(UpstreamError::BreakerOpen { retry_after_secs })
+            }
+        },
+    }
+}
+
+/// A final response head from the upstream, with the connection its body arrives on.
+///
+/// The caller streams or collects the body from [`UpstreamResponse::conn`], calls
+/// [`UpstreamResponse::settle`] right before the first byte leaves for its client, and ends
+/// with [`UpstreamResponse::complete`], [`UpstreamResponse::cut`] or
+/// [`UpstreamResponse::failed`]. Dropped without one of these, the connection is closed and
+/// the attempt counted by its status.
+pub struct UpstreamResponse<'a> {
+    pub status: u16,
+    /// The body's framing on the upstream connection.
+    pub body: BodyKind,
+    /// The connection; its unconsumed bytes are the start of the body.
+    pub conn: UpConn,
+    pub addr: SocketAddr,
+    /// When this attempt began (connect included).
+    pub began: Instant,
+    /// The upstream framed the response and did not ask to close.
+    reusable: bool,
+    /// The attempt's bookkeeping; its [`Attempt::settle`] is for a caller that streams from
+    /// `conn` while it settles.
+    pub attempt: Attempt<'a>,
+}
+
+/// The bookkeeping of the attempt that produced a response: its endpoint stays counted in
+/// flight (balancer, least-request, health) until the response ends, and the attempt is
+/// counted in the metrics then.
+pub struct Attempt<'a> {
+    target: Target<'a>,
+    metrics: &'a Rc<WorkerMetrics>,
+    worker: usize,
+    ep: usize,
+    status: u16,
+    began: Instant,
+    permit: Option<Permit>,
+    /// Outlier detection and the breaker have learnt the outcome.
+    settled: bool,
+    /// Set when the body failed before any byte left: the attempt counts as that failure.
+    failed: Option<UpstreamOutcome>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let outcome = self
+            .failed
+            .unwrap_or_else(|| UpstreamOutcome::from_status(self.status));
+        let id = self.target.id as u32;
+        self.metrics.upstream(id, outcome, self.began.elapsed());
+        let mut s = self.target.state.borrow_mut();
+        s.balancer.finish(self.ep);
+        s.health[self.ep].inflight_add(self.worker, -1);
+    }
+}
+
+impl Attempt<'_> {
+    /// The first byte of the answer is about to leave: outlier detection and the breaker learn
+    /// its status now. Idempotent.
+    pub fn settle(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            passive(self.target.state, self.ep, self.status >= 500);
+            if let Some(permit) = self.permit.take() {
+                record(self.target.state, permit, verdict_of_status(self.status));
+            }
+        }
+    }
+}
+
+impl UpstreamResponse<'_> {
+    /// See [`Attempt::settle`].
+    pub fn settle(&mut self) {
+        self.attempt.settle();
+    }
+
+    /// The breaker's reading of this response.
+    pub fn verdict(&self) -> Outcome {
+        verdict_of_status(self.status)
+    }
+
+    /// The whole body was read: the connection goes back to the pool when the upstream
+    /// allows it and sent nothing past the response.
+    pub fn complete(mut self) {
+        self.settle();
+        let UpstreamResponse {
+            mut conn,
+            reusable,
+            attempt,
+            ..
+        } = self;
+        if reusable && !conn.pending_bytes() {
+            conn.reused = true;
+            let now = Instant::now();
+            attempt
+                .target
+                .state
+                .borrow_mut()
+                .checkin(attempt.ep, conn, now);
+        }
+        drop(attempt);
+    }
+
+    /// The body was cut after part of it reached the client: the connection is closed.
+    pub fn cut(mut self) {
+        self.settle();
+    }
+
+    /// The body failed before any byte of the answer left: the attempt failed with `e`, which
+    /// outlier detection and the breaker learn; the caller answers with it.
+    pub fn failed(mut self, e: UpstreamError) -> CallFailure {
+        let a = &mut self.attempt;
+        a.failed = Some(outcome_of(&e));
+        if !std::mem::replace(&mut a.settled, true) {
+            let verdict = verdict_of(&e);
+            if verdict != Outcome::Ignored {
+                passive(a.target.state, a.ep, true);
+            }
+            if let Some(permit) = a.permit.take() {
+                record(a.target.state, permit, verdict);
+            }
+        }
+        CallFailure {
+            error: e,
+            last: Some((self.addr, self.began.elapsed())),
+        }
+    }
+}
+
+/// How one attempt ended, when it did not produce the answer.
+enum Miss {
+    /// A pooled connection refused the request's first byte: it was closed before the request,
+    /// which the upstream cannot have seen.
+    Stale(UpstreamError),
+    /// Failed before any response byte reached the client.
+    Failed(UpstreamError),
+    /// A 502/503/504 the request is retried on (the budget was taken when it was decided).
+    RetryStatus(UpstreamError),
+    /// The caller's client failed.
+    Client(UpstreamError),
+}
+
+/// The upstream's side of a final response head.
+struct Facts {
+    status: u16,
+    body: BodyKind,
+    reusable: bool,
+}
+
+/// Sends the caller's request to `target` and returns the final response head, retrying by the
+/// rules in the module doc. `permit` is the breaker's admission (see [`admit`]), settled here
+/// on failure or by the returned response.
+pub async fn call<'a, C: Caller>(
+    target: Target<'a>,
+    env: Env<'a, '_>,
+    policy: &Policy,
+    permit: Option<Permit>,
+    caller: &mut C,
+) -> Result<UpstreamResponse<'a>, CallFailure> {
+    let Target { id, config, state } = target;
+    {
+        let s = state.borrow();
+        s.pending_requests.set(s.pending_requests.get() + 1);
+    }
+    let mut permit = permit;
+    let metrics = env.metrics;
+    let mut tried = Tried::default();
+    let mut attempts: u32 = 0;
+    let mut stale: u32 = 0;
+    // Whether a retry may follow a failure of attempt number `n` (budget taken if so).
+    let retry = |e: &UpstreamError, caller: &C, n: u32| {
+        if n > policy.retries
+            || caller.interim_relayed()
+            || !may_retry(
+                e,
+                policy.idempotent,
+                !caller.streamed(),
+                caller.complete() && !caller.streamed(),
+            )
+        {
+            return false;
+        }
+        let s = state.borrow();
+        let now = (env.now_sec)();
+        s.budget.add_requests(now, s.pending_requests.replace(0));
+        s.budget.try_retry(now)
+    };
+    let fail = |permit: &mut Option<Permit>, error: UpstreamError, last| {
+        if let Some(p) = permit.take() {
+            record(state, p, verdict_of(&error));
+        }
+        CallFailure { error, last }
+    };
+    // The rotation is read as of the request's start (an ejection ending meanwhile is seen by
+    // the next request); results are recorded at the time they happen (see `passive`).
+    let now_ms = crate::clock::ms_at(policy.started);
+    loop {
+        let (ep, pooled) = {
+            let mut s = state.borrow_mut();
+            // Endpoints out of rotation (unhealthy, ejected) count as tried; when every
+            // endpoint is out the rotation is empty and all are used (panic mode).
+            let out = s.rotation.out_mask(now_ms);
+            let mut avoid = tried.with_mask(out);
+            if avoid != Tried::default() && (0..s.balancer.len()).all(|i| avoid.contains(i)) {
+                // Retries went through every endpoint in rotation: an untried one out of
+                // rotation beats one that just failed.
+                avoid = tried;
+            }
+            let ep = s.balancer.pick(policy.balance_key, avoid);
+            (ep, s.checkout(ep, Instant::now()))
+        };
+        let addr = config.endpoints[ep].addr;
+        // The attempt's duration, connect included: what the access log's `upstream_ms` and
+        // the upstream duration histogram show, failures included.
+        let began = Instant::now();
+        let mut up = match pooled {
+            Some(c) => c,
+            None => match UpConn::connect(addr, policy.connect_timeout).await {
+                Ok(mut c) => {
+                    c.count_in(metrics);
+                    c
+                }
+                Err(e) => {
+                    let took = began.elapsed();
+                    metrics.upstream(id as u32, outcome_of(&e), took);
+                    passive(state, ep, true);
+                    tried.add(ep);
+                    attempts += 1;
+                    if retry(&e, caller, attempts) {
+                        crate::debug!("retrying after: {e}");
+                        continue;
+                    }
+                    return Err(fail(&mut permit, e, Some((addr, took))));
+                }
+            },
+        };
+        metrics.pool(id as u32, up.reused);
+        {
+            let mut s = state.borrow_mut();
+            s.balancer.start(ep);
+            s.health[ep].inflight_add(env.worker, 1);
+        }
+        let retry_status = |e: &UpstreamError, caller: &C| retry(e, caller, attempts + 1);
+        let miss = match exchange(&mut up, caller, policy, &retry_status).await {
+            Ok(facts) => {
+                return Ok(UpstreamResponse {
+                    status: facts.status,
+                    body: facts.body,
+                    conn: up,
+                    addr,
+                    began,
+                    reusable: facts.reusable,
+                    attempt: Attempt {
+                        target,
+                        metrics,
+                        worker: env.worker,
+                        ep,
+                        status: facts.status,
+                        began,
+                        permit,
+                        settled: false,
+                        failed: None,
+                    },
+                })
+            }
+            Err(miss) => miss,
+        };
+        {
+            let mut s = state.borrow_mut();
+            s.balancer.finish(ep);
+            s.health[ep].inflight_add(env.worker, -1);
+        }
+        let last = Some((addr, began.elapsed()));
+        match miss {
+            Miss::Client(e) => {
+                return Err(CallFailure {
+                    error: e,
+                    last: None,
+                })
+            }
+            Miss::Stale(e) if !caller.streamed() && stale < MAX_STALE_REPLAYS => {
+                // The upstream closed this pooled connection before taking the request: not a
+                // failure of the request and not a retry. Its siblings are likely closed too.
+                crate::debug!("pooled connection to {addr} was closed ({e}); reconnecting");
+                stale += 1;
+                state.borrow_mut().clear(ep);
+            }
+            Miss::Stale(e) => {
+                tried.add(ep);
+                attempts += 1;
+                if !retry(&e, caller, attempts) {
+                    return Err(fail(&mut permit, e, last));
+                }
+            }
+            Miss::RetryStatus(e) => {
+                metrics.upstream(id as u32, outcome_of(&e), began.elapsed());
+                passive(state, ep, true);
+                crate::debug!("retrying after: {e}");
+                tried.add(ep);
+                attempts += 1;
+            }
+            Miss::Failed(e) => {
+                metrics.upstream(id as u32, outcome_of(&e), began.elapsed());
+                if verdict_of(&e) != Outcome::Ignored {
+                    passive(state, ep, true);
+                }
+                tried.add(ep);
+                attempts += 1;
+                if !retry(&e, caller, attempts) {
+                    return Err(fail(&mut permit, e, last));
+                }
+                crate::debug!("retrying after: {e}");
+            }
+        }
+    }
+}
+
+/// One attempt on one connection: send the request, read past interim responses to the final
+/// head. On success the head has been handed to the caller and consumed from `up`.
+async fn exchange<C: Caller>(
+    up: &mut UpConn,
+    caller: &mut C,
+    policy: &Policy,
+    retry_status: &dyn Fn(&UpstreamError, &C) -> bool,
+) -> Result<Facts, Miss> {
+    let addr = up.addr;
+    // The head and the held body leave in one write.
+    if !caller.streamed() {
+        let held = std::mem::take(caller.held());
+        let len = held.len();
+        let (res, held) = up.write(held, 0, len, policy.read_timeout).await;
+        // The held bytes come back for a retry; a write that timed out may leave them with the
+        // kernel, and then the request can no longer be replayed.
+        match held {
+            Some(held) => *caller.held() = held,
+            None => caller.lose_held(),
+        }
+        match res {
+            Ok(()) => {}
+            // The kernel refused the very first byte (EPIPE, ECONNRESET): the pooled connection
+            // was dead before this request, which the upstream cannot have seen. Replayable
+            // for any method, without spending a retry.
+            Err(e @ UpstreamError::Reset { .. }) if up.reused && !up.request_accepted() => {
+                return Err(Miss::Stale(e))
+            }
+            Err(e) => return Err(Miss::Failed(e)),
+        }
+    }
+    if !caller.complete() {
+        match caller.send_rest(up).await {
+            Ok(()) => {}
+            Err(e @ UpstreamError::ClientAborted { .. }) => return Err(Miss::Client(e)),
+            Err(e) => return Err(Miss::Failed(e)),
+        }
+    }
+    'head: loop {
+        let head = 'parsed: {
+            match http::parse_response(up.data(), &HEAD_LIMITS) {
+                Ok(Some(head)) => break 'parsed head,
+                Ok(None) => {}
+                Err(e) => {
+                    let detail = e.to_string();
+                    return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+                }
+            }
+            let seen = !up.data().is_empty();
+            match up.fill(policy.read_timeout, HEAD_READ).await {
+                Ok(0) | Err(UpstreamError::Reset { .. }) if seen => {
+                    let detail = "closed in the middle of the response head".into();
+                    return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+                }
+                // A close or reset after the request went out, even on a pooled connection
+                // that passed its reuse check: the upstream may have read the request and
+                // acted on it, so this is an attempt like any other (see the module doc).
+                Ok(0) => {
+                    let detail = "closed before a response".into();
+                    return Err(Miss::Failed(UpstreamError::Reset { addr, detail }));
+                }
+                Ok(_) => continue 'head,
+                Err(e) => return Err(Miss::Failed(e)),
+            }
+        };
+        let status = head.status;
+        let head_len = head.head_len;
+        if status == 101 {
+            let detail = "101 Switching Protocols on a non-websocket route".into();
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+        }
+        if (100..200).contains(&status) {
+            // RFC 9110 §15.2: interim responses go on (the caller decides), the final one
+            // follows on the same connection.
+            let relayed = caller.interim(&head).await;
+            drop(head);
+            up.consume(head_len);
+            match relayed {
+                Ok(()) => continue 'head,
+                Err(e) => return Err(Miss::Client(e)),
+            }
+        }
+        let method = if policy.head { "HEAD" } else { "GET" };
+        let body = match http::response_body(method, status, &head.headers, head.version) {
+            Ok(body) => body,
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            }
+        };
+        if retryable_status(status) && policy.idempotent && caller.complete() && !caller.streamed()
+        {
+            // A 502/503/504 is retried when the rules and the budget allow; otherwise it is
+            // the answer, passed on as the upstream sent it.
+            let e = UpstreamError::Status { addr, status };
+            if retry_status(&e, caller) {
+                return Err(Miss::RetryStatus(e));
+            }
+        }
+        let upstream_keep = !http::wants_close(head.version, &head.headers);
+        caller.final_head(&head, body);
+        drop(head);
+        up.consume(head_len);
+        return Ok(Facts {
+            status,
+            body,
+            // An abandoned upload leaves the connection out of step with its requests.
+            reusable: upstream_keep && body != BodyKind::UntilClose && !caller.abandoned(),
+        });
+    }
+}
+
+/// Reads what the upstream sent mid-upload: interim 1xx responses are skipped (the upload goes
+/// on); anything else (a final response head, or the start of one, or a close) is the answer.
+/// True when the upload should stop.
+pub async fn early_answer(up: &mut UpConn, timeout: Duration) -> bool {
+    if up.data().is_empty() {
+        match up.fill(timeout, HEAD_READ).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    loop {
+        let interim = match http::parse_response(up.data(), &HEAD_LIMITS) {
+            Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
+                head.head_len
+            }
+            _ => return true,
+        };
+        up.consume(interim);
+        if up.data().is_empty() {
+            return false;
+        }
+    }
+}
+
+/// The metrics outcome of a failed attempt.
+pub fn outcome_of(e: &UpstreamError) -> UpstreamOutcome {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+            UpstreamOutcome::ConnectError
+        }
+        UpstreamError::ReadTimeout { .. } => UpstreamOutcome::Timeout,
+        UpstreamError::Reset { .. } => UpstreamOutcome::Reset,
+        UpstreamError::Status { status, .. } => UpstreamOutcome::from_status(*status),
+        UpstreamError::BadResponse { .. }
+        | UpstreamError::ClientAborted { .. }
+        | UpstreamError::BreakerOpen { .. } => UpstreamOutcome::ProtocolError,
+    }
+}
+
+/// What a failed exchange tells the breaker (`failure_on` kinds; the example config: "failing
+/// to connect in time counts as a connect failure").
+pub fn verdict_of(e: &UpstreamError) -> Outcome {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+            Outcome::Failure(FailureKind::Connect)
+        }
+        UpstreamError::ReadTimeout { .. } => Outcome::Failure(FailureKind::Timeout),
+        // Answered 502 by the gateway: the upstream failed the exchange.
+        UpstreamError::Reset { .. }
+        | UpstreamError::BadResponse { .. }
+        | UpstreamError::Status { .. } => Outcome::Failure(FailureKind::Status5xx),
+        UpstreamError::ClientAborted { .. } | UpstreamError::BreakerOpen { .. } => Outcome::Ignored,
+    }
+}
+
+/// The breaker's reading of a response the client is about to get.
+fn verdict_of_status(status: u16) -> Outcome {
+    if status >= 500 {
+        Outcome::Failure(FailureKind::Status5xx)
+    } else {
+        Outcome::Success
+    }
+}
+
+/// Hands the breaker its permit with the request's outcome.
+fn record(state: &RefCell<UpstreamState>, permit: Permit, verdict: Outcome) {
+    let s = state.borrow();
+    if let Some(replica) = &s.breaker {
+        if let Some(to) = replica.record(permit, verdict, crate::clock::now_ms()) {
+            crate::warn!("upstream {}: breaker {}", s.name, to.as_str());
+        }
+    }
+}
+
+/// Passive outlier detection: feeds one attempt's result to its endpoint's shared counters.
+fn passive(state: &RefCell<UpstreamState>, ep: usize, failed: bool) {
+    let s = state.borrow();
+    let Some(health) = s.health.get(ep) else {
+        return;
+    };
+    // Only a failure needs the time (an ejection runs from now); a success just clears the
+    // streak, so the common path reads no clock.
+    let now_ms = if failed { crate::clock::now_ms() } else { 0 };
+    if let Some(ejected_for) = health.record(failed, &s.outlier, now_ms) {
+        // An outage ejects many endpoints at once: one line a second, with the count.
+        static EJECTED: crate::logging::Limiter = crate::logging::Limiter::new();
+        crate::warn_limited!(
+            &EJECTED,
+            "upstream {}: endpoint {} ejected for {}s after {} consecutive failures",
+            s.name,
+            s.pools[ep].addr,
+            ejected_for.as_secs(),
+            s.outlier.consecutive_failures
+        );
+    }
+}
