@@ -246,6 +246,26 @@ impl UpstreamResponse<'_> {
         drop(attempt);
     }
 
+    /// Reads the whole body into memory, decoded from its framing, and ends the response
+    /// ([`UpstreamResponse::complete`] on success, the connection reused when it may be). For
+    /// callers that need the body itself (aggregation, transforms, the cache's refresh), not
+    /// for streaming to a client. A body over `limit` bytes is a `BadResponse`, as is a broken
+    /// framing; a stall past `read_timeout` is a `ReadTimeout`. The returned failure has been
+    /// counted against the upstream.
+    pub async fn collect(
+        mut self,
+        limit: usize,
+        read_timeout: Duration,
+    ) -> Result<Vec<u8>, CallFailure> {
+        match read_body(&mut self.conn, self.body, limit, read_timeout).await {
+            Ok(body) => {
+                self.complete();
+                Ok(body)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
     /// The body was cut after part of it reached the client: the connection is closed.
     pub fn cut(mut self) {
         self.settle();
@@ -270,6 +290,82 @@ impl UpstreamResponse<'_> {
             last: Some((self.addr, self.began.elapsed())),
         }
     }
+}
+
+/// The body of a response framed as `body`, decoded, up to `limit` bytes.
+async fn read_body(
+    up: &mut UpConn,
+    body: BodyKind,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, UpstreamError> {
+    let addr = up.addr;
+    let over = || UpstreamError::BadResponse {
+        addr,
+        detail: format!("body over the {limit}-byte limit"),
+    };
+    let mut out = Vec::new();
+    match body {
+        BodyKind::None => {}
+        BodyKind::Length(n) => {
+            if n > limit as u64 {
+                return Err(over());
+            }
+            let mut remaining = n as usize;
+            while remaining > 0 {
+                if up.data().is_empty() && fill(up, timeout).await? == 0 {
+                    let detail = format!("closed with {remaining} body bytes missing");
+                    return Err(UpstreamError::BadResponse { addr, detail });
+                }
+                let take = remaining.min(up.data().len());
+                out.extend_from_slice(&up.data()[..take]);
+                up.consume(take);
+                remaining -= take;
+            }
+        }
+        BodyKind::Chunked => {
+            let mut dec = http::ChunkedDecoder::new();
+            loop {
+                let step = dec
+                    .decode(up.data())
+                    .map_err(|e| UpstreamError::BadResponse {
+                        addr,
+                        detail: format!("invalid chunked body: {e}"),
+                    })?;
+                if let Some(r) = step.data {
+                    if out.len() + r.len() > limit {
+                        return Err(over());
+                    }
+                    out.extend_from_slice(&up.data()[r]);
+                }
+                up.consume(step.consumed);
+                if step.done {
+                    break;
+                }
+                if (step.consumed == 0 || up.data().is_empty()) && fill(up, timeout).await? == 0 {
+                    let detail = "closed in the middle of a chunked body".into();
+                    return Err(UpstreamError::BadResponse { addr, detail });
+                }
+            }
+        }
+        BodyKind::UntilClose => loop {
+            let n = up.data().len();
+            if out.len() + n > limit {
+                return Err(over());
+            }
+            out.extend_from_slice(up.data());
+            up.consume(n);
+            if fill(up, timeout).await? == 0 {
+                break;
+            }
+        },
+    }
+    Ok(out)
+}
+
+/// One read into `up`'s buffer.
+async fn fill(up: &mut UpConn, timeout: Duration) -> Result<usize, UpstreamError> {
+    up.fill(timeout, HEAD_READ).await
 }
 
 /// How one attempt ended, when it did not produce the answer.
@@ -666,5 +762,325 @@ fn passive(state: &RefCell<UpstreamState>, ep: usize, failed: bool) {
             ejected_for.as_secs(),
             s.outlier.consecutive_failures
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Layout, Registry};
+    use crate::upstream::shared::UpstreamShared;
+    use crate::upstream::WorkerUpstreams;
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    use std::sync::Arc;
+
+    /// A caller with the whole request held and no client: what an aggregator or a cache
+    /// refresh is. Interim responses are only counted.
+    struct Held {
+        request: Vec<u8>,
+        interims: u32,
+        final_status: Option<u16>,
+    }
+
+    impl Caller for Held {
+        fn held(&mut self) -> &mut Vec<u8> {
+            &mut self.request
+        }
+        fn complete(&self) -> bool {
+            true
+        }
+        fn streamed(&self) -> bool {
+            false
+        }
+        fn lose_held(&mut self) {}
+        async fn send_rest(&mut self, _: &mut UpConn) -> Result<(), UpstreamError> {
+            Ok(())
+        }
+        fn abandoned(&self) -> bool {
+            false
+        }
+        async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
+            self.interims += 1;
+            Ok(())
+        }
+        fn interim_relayed(&self) -> bool {
+            false
+        }
+        fn final_head(&mut self, head: &ResponseHead<'_>, _: BodyKind) {
+            self.final_status = Some(head.status);
+        }
+    }
+
+    /// An upstream that answers each request it reads with the next of `answers`, on one
+    /// kept-alive connection per accept; it reports every request head it read.
+    fn upstream(answers: Vec<&'static [u8]>) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if req.is_empty() {
+                        break;
+                    }
+                    let _ = tx.send(std::mem::take(&mut req));
+                    let Some(answer) = answers.next() else { return };
+                    if conn.write_all(answer).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    struct Fixture {
+        config: crate::config::model::Config,
+        upstreams: WorkerUpstreams,
+        registry: Arc<Registry>,
+        metrics: Rc<WorkerMetrics>,
+    }
+
+    impl Fixture {
+        /// The upstream request counter of `outcome`, as `/metrics` shows it.
+        fn upstream_requests(&self, outcome: &str) -> String {
+            let mut text = String::new();
+            self.registry.render(&mut text, &|_| {});
+            let key = format!(
+                "dispatch_upstream_requests_total{{upstream=\"app\",outcome=\"{outcome}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .unwrap_or("absent")
+                .to_string()
+        }
+    }
+
+    fn fixture(addr: SocketAddr, retries: u32) -> Fixture {
+        let src = format!(
+            "[upstreams.app]\nendpoints = [\"http://{addr}\"]\nretries = {retries}\n\n\
+             [routes.r]\npaths = [\"/\"]\nupstream = \"app\"\n"
+        );
+        let config = crate::config::load_str(&src, std::path::Path::new("t.toml")).unwrap();
+        let shared: Vec<UpstreamShared> = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamShared::new(u, None, None, 1))
+            .collect();
+        let upstreams = WorkerUpstreams::build(&config, &shared, None, 7);
+        let layout = Layout::new().with_upstreams(["app".to_string()]);
+        let registry = Registry::new("t");
+        let metrics = Rc::new(registry.add_worker(Arc::new(layout)));
+        Fixture {
+            config,
+            upstreams,
+            registry,
+            metrics,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            retries: 1,
+            idempotent: true,
+            head: false,
+            balance_key: Key::None,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+            started: Instant::now(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n";
+
+    /// A held request with no client: the interim response is offered to the caller, the body
+    /// is collected decoded from its chunks, and the connection goes back to the pool.
+    #[test]
+    fn a_held_request_collects_a_chunked_body_and_pools_the_connection() {
+        let (addr, requests) = upstream(vec![
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]);
+        let f = fixture(addr, 1);
+        let now_sec = || 0;
+        let env = Env {
+            metrics: &f.metrics,
+            worker: 0,
+            now_sec: &now_sec,
+        };
+        let target = Target {
+            id: 0,
+            config: &f.config.upstreams[0],
+            state: &f.upstreams.list[0],
+        };
+        block_on(async {
+            let mut caller = Held {
+                request: GET.to_vec(),
+                interims: 0,
+                final_status: None,
+            };
+            let resp = call(target, env, &policy(), None, &mut caller)
+                .await
+                .unwrap();
+            assert_eq!((resp.status, resp.body), (200, BodyKind::Chunked));
+            assert_eq!((caller.interims, caller.final_status), (1, Some(200)));
+            let body = resp.collect(1024, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(body, b"hello world");
+            assert_eq!(
+                f.upstreams.idle_count(),
+                1,
+                "the connection went back to the pool"
+            );
+
+            let resp = call(target, env, &policy(), None, &mut caller)
+                .await
+                .unwrap();
+            assert!(
+                resp.conn.reused,
+                "the second call reuses the pooled connection"
+            );
+            let body = resp.collect(1024, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(body, b"ok");
+        });
+        assert_eq!(requests.recv().unwrap(), GET);
+        assert_eq!(requests.recv().unwrap(), GET);
+    }
+
+    /// A 503 is retried once (`retries = 1`), then passed on as the answer with its body.
+    #[test]
+    fn a_retried_503_is_status_503_and_the_last_one_is_the_answer() {
+        let (addr, requests) = upstream(vec![
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 1\r\n\r\na",
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 1\r\n\r\nb",
+        ]);
+        let f = fixture(addr, 1);
+        let now_sec = || 0;
+        let env = Env {
+            metrics: &f.metrics,
+            worker: 0,
+            now_sec: &now_sec,
+        };
+        let target = Target {
+            id: 0,
+            config: &f.config.upstreams[0],
+            state: &f.upstreams.list[0],
+        };
+        block_on(async {
+            let mut caller = Held {
+                request: GET.to_vec(),
+                interims: 0,
+                final_status: None,
+            };
+            let resp = call(target, env, &policy(), None, &mut caller)
+                .await
+                .unwrap();
+            assert_eq!(resp.status, 503);
+            let body = resp.collect(1024, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(body, b"b", "the second answer is the one passed on");
+        });
+        assert_eq!(requests.try_iter().count(), 2);
+        // Both attempts count as 5xx answers, not as resets.
+        assert_eq!(f.upstream_requests("error_5xx"), "2");
+        assert_eq!(f.upstream_requests("reset"), "0");
+    }
+
+    /// A body over the collect limit is an error, and the connection is not pooled.
+    #[test]
+    fn collect_refuses_a_body_over_its_limit() {
+        let (addr, _requests) = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+        ]);
+        let f = fixture(addr, 0);
+        let now_sec = || 0;
+        let env = Env {
+            metrics: &f.metrics,
+            worker: 0,
+            now_sec: &now_sec,
+        };
+        let target = Target {
+            id: 0,
+            config: &f.config.upstreams[0],
+            state: &f.upstreams.list[0],
+        };
+        block_on(async {
+            let mut caller = Held {
+                request: GET.to_vec(),
+                interims: 0,
+                final_status: None,
+            };
+            let resp = call(target, env, &policy(), None, &mut caller)
+                .await
+                .unwrap();
+            let err = resp.collect(4, Duration::from_secs(2)).await.unwrap_err();
+            assert!(
+                matches!(err.error, UpstreamError::BadResponse { .. }),
+                "{:?}",
+                err.error
+            );
+            assert_eq!(f.upstreams.idle_count(), 0);
+        });
+    }
+
+    /// Nothing listens: a connect failure, with the attempt's endpoint for the access log.
+    #[test]
+    fn a_refused_connect_is_a_connect_error_with_the_last_attempt() {
+        let refusing =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        refusing
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = refusing.local_addr().unwrap().as_socket().unwrap();
+        let f = fixture(addr, 0);
+        let now_sec = || 0;
+        let env = Env {
+            metrics: &f.metrics,
+            worker: 0,
+            now_sec: &now_sec,
+        };
+        let target = Target {
+            id: 0,
+            config: &f.config.upstreams[0],
+            state: &f.upstreams.list[0],
+        };
+        block_on(async {
+            let mut caller = Held {
+                request: GET.to_vec(),
+                interims: 0,
+                final_status: None,
+            };
+            let mut p = policy();
+            p.retries = 0;
+            let err = call(target, env, &p, None, &mut caller)
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                matches!(err.error, UpstreamError::Connect { .. }),
+                "{:?}",
+                err.error
+            );
+            assert_eq!(err.last.map(|(a, _)| a), Some(addr));
+            assert_eq!(err.error.status(), 502);
+        });
     }
 }
