@@ -98,8 +98,9 @@ impl ClientIo {
         timeout: Duration,
     ) -> std::io::Result<()> {
         use super::Body;
-        let mut extra: smallvec::SmallVec<[(&str, &str); 2]> = smallvec::SmallVec::new();
-        extra.push(("X-Request-Id", r.id.as_str()));
+        let added = super::respond::phases(&super::respond::Answering { id: &r.id });
+        let mut extra: smallvec::SmallVec<[(&str, &str); 4]> =
+            added.iter().map(|a| (a.name, a.value)).collect();
         if let Some(allow) = &r.allow {
             extra.push(("Allow", allow.as_str()));
         }

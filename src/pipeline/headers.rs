@@ -192,7 +192,8 @@ pub struct ResponseHeadOut<'a, 'h> {
     pub reason: &'a [u8],
     pub headers: &'a [Header<'h>],
     pub framing: OutFraming,
-    pub request_id: &'a RequestId,
+    /// What the response phases add ([`super::respond::phases`]).
+    pub added: &'a [super::respond::Added<'a>],
     pub connection: ConnDirective,
 }
 
@@ -205,7 +206,8 @@ pub fn write_response_head(out: &mut Vec<u8>, r: &ResponseHeadOut<'_, '_>) {
     out.extend_from_slice(r.reason);
     out.extend_from_slice(b"\r\n");
     let mut via: SmallVec<[&[u8]; 2]> = SmallVec::new();
-    let mut has_request_id = false;
+    // Bit i: the upstream sent added[i]'s field and keeps it.
+    let mut kept: u32 = 0;
     for h in r.headers {
         let name = h.name;
         if http::is_hop_by_hop(name) || listed(&tokens, name) {
@@ -221,14 +223,23 @@ pub fn write_response_head(out: &mut Vec<u8>, r: &ResponseHeadOut<'_, '_>) {
         } else if name.eq_ignore_ascii_case("via") {
             via.push(h.value);
             continue;
-        } else if name.eq_ignore_ascii_case("x-request-id") {
-            has_request_id = true;
+        } else if let Some(i) = r
+            .added
+            .iter()
+            .position(|a| name.eq_ignore_ascii_case(a.name))
+        {
+            if !r.added[i].upstream_wins {
+                continue;
+            }
+            kept |= 1 << (i % 32);
         }
         push_header(out, name.as_bytes(), h.value);
     }
     write_via(out, &via);
-    if !has_request_id {
-        push_header(out, b"X-Request-Id", r.request_id.as_bytes());
+    for (i, a) in r.added.iter().enumerate() {
+        if kept & (1 << (i % 32)) == 0 {
+            push_header(out, a.name.as_bytes(), a.value.as_bytes());
+        }
     }
     match r.framing {
         OutFraming::Length(n) => {

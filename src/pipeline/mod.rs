@@ -4,7 +4,9 @@
 //! [`client`] is the client side of an exchange (the buffered connection and the two head
 //! buffers); [`target`] normalises the request target; [`trace`] continues W3C trace context;
 //! [`headers`] rewrites heads both ways; [`proxy`] is the upstream stage (the exchange,
-//! retries, body streaming); [`log`] is the logging phase every answered request passes once.
+//! retries, body streaming); [`respond`] holds the response phases every answer passes, the
+//! gateway's and the upstream's alike; [`log`] is the logging phase every answered request
+//! passes once.
 //!
 //! A stage that answers the request itself returns a [`Response`] (the JSON error of
 //! BEHAVIOR.md is one kind of it); it never sets a flag for a later stage to check.
@@ -14,6 +16,7 @@ pub mod ctx;
 pub mod headers;
 pub mod log;
 pub mod proxy;
+pub mod respond;
 pub mod response;
 pub mod stack;
 pub mod target;

@@ -23,6 +23,7 @@ use crate::upstream::UpstreamError;
 
 use super::ctx::RequestCtx;
 use super::headers::{write_response_head, ConnDirective, OutFraming, ResponseHeadOut};
+use super::respond;
 use super::Response;
 
 /// How a request ended, for the connection loop and the metrics.
@@ -331,6 +332,7 @@ impl Caller for Downstream<'_> {
         if head.status == 100 {
             self.body.continue_sent = true;
         }
+        let added = respond::phases(&respond::Answering { id: &self.ctx.id });
         write_response_head(
             &mut self.conn.wbuf,
             &ResponseHeadOut {
@@ -338,7 +340,7 @@ impl Caller for Downstream<'_> {
                 reason: head.reason,
                 headers: &head.headers,
                 framing: OutFraming::NoBody,
-                request_id: &self.ctx.id,
+                added: &added,
                 connection: ConnDirective::Default,
             },
         );
@@ -370,6 +372,7 @@ impl Caller for Downstream<'_> {
             && out != OutFraming::UntilClose;
         self.head = ClientHead { out, keep };
         self.conn.wbuf.clear();
+        let added = respond::phases(&respond::Answering { id: &ctx.id });
         write_response_head(
             &mut self.conn.wbuf,
             &ResponseHeadOut {
@@ -377,7 +380,7 @@ impl Caller for Downstream<'_> {
                 reason: head.reason,
                 headers: &head.headers,
                 framing: out,
-                request_id: &ctx.id,
+                added: &added,
                 connection: if !keep {
                     ConnDirective::Close
                 } else if ctx.version == Version::Http10 {
