@@ -18,13 +18,16 @@
 //! 2. [`pipeline::stack`] runs the stages in their one declared order: identity (request id
 //!    and trace context), framing, target normalisation, [`router`] (compiled trie), the split
 //!    (canary) side, the breaker ([`upstream::breaker`]), then the upstream stage.
-//! 3. [`pipeline::proxy`] picks an endpoint in rotation ([`upstream::balance`],
+//! 3. [`pipeline::proxy`], the upstream stage, hands the request to [`upstream::call`], the one
+//!    way to call an upstream: it picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
 //!    (peeked at every reuse) or opens one ([`upstream::pool`], [`upstream::client`]), sends the
-//!    head and streams the body, relays interim responses, reads the response head, retries
-//!    within [`upstream::retry`]'s rules and budget, and streams the response back re-framed.
+//!    request (the proxy phase streams the body through the `Caller` seam), offers interim
+//!    responses back, reads the final head and retries within [`upstream::retry`]'s rules and
+//!    budget; the proxy phase then streams the body back re-framed.
 //! 4. Answers the gateway makes itself are JSON errors or bodiless answers
-//!    ([`pipeline::Response`], `http::write`).
+//!    ([`pipeline::Response`], `http::write`). Every answer, the gateway's or the upstream's,
+//!    gets the response phases' headers ([`pipeline::respond`]).
 //! 5. Every answered request, whoever answered it (framing errors and 408s included), then
 //!    passes the logging phase once ([`pipeline::log`]: metrics, access log, span).
 //!
@@ -50,8 +53,9 @@
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write).
 //! - [`router`]: the route trie and its predicates.
 //! - [`pipeline`]: the per-request context, the client side of an exchange
-//!   ([`pipeline::client`]), the stages, and the logging phase.
-//! - [`upstream`]: balancing, pools, the upstream connection, retries, breakers, endpoint
+//!   ([`pipeline::client`]), the stages, the response phases and the logging phase.
+//! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
+//!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
 //!   state.
 //! - [`admin`]: the admin API thread.
