@@ -588,7 +588,9 @@ async fn exchange<C: Caller>(
         }
     }
     if !caller.complete() {
-        match caller.send_rest(up).await {
+        // Boxed: a streamed upload is the rare path, and its future would otherwise grow every
+        // call's state (moved whole at each await boundary it is built in).
+        match Box::pin(caller.send_rest(up)).await {
             Ok(()) => {}
             Err(e @ UpstreamError::ClientAborted { .. }) => return Err(Miss::Client(e)),
             Err(e) => return Err(Miss::Failed(e)),
@@ -630,7 +632,7 @@ async fn exchange<C: Caller>(
         if (100..200).contains(&status) {
             // RFC 9110 §15.2: interim responses go on (the caller decides), the final one
             // follows on the same connection.
-            let relayed = caller.interim(&head).await;
+            let relayed = Box::pin(caller.interim(&head)).await;
             drop(head);
             up.consume(head_len);
             match relayed {
