@@ -13,6 +13,7 @@ pub mod client;
 pub mod ctx;
 pub mod headers;
 pub mod log;
+pub mod phase;
 pub mod proxy;
 pub mod response;
 pub mod stack;
