@@ -1,26 +1,12 @@
 //! The ONE place where the order of the request phases is declared: [`prepare`] calls them
-//! in order, one line each; every phase is a module of [`super::phase`] with a narrow context
-//! and its own part of the per-request state. A new capability is one module and one line.
+//! in order, one line each, with one comment per ordering constraint. Each phase is a module
+//! of [`super::phase`] with a narrow context and its own part of the per-request state, so a
+//! new capability is one module and one line here.
 //!
 //! A request goes through [`prepare`] (synchronous, while its head is still borrowed from the
-//! connection's read buffer) and then [`run`] (asynchronous I/O). A phase that answers returns
-//! [`Flow::Respond`]; the list ends there and the answer carries the request's id and trace.
-//! The order, one line per constraint:
-//!
-//! 0. underscores: fields whose name holds `_` are dropped before any phase can read them;
-//! 1. identity: the request id (and trace context) first, so every later answer carries it;
-//! 2. framing: body framing is validated before anything may read the body (RFC 9112 §6.3);
-//! 3. target: Host and the target form before routing (CONNECT refused, `OPTIONS *` answered);
-//!    the path is normalised once, so the path that is routed is the path that is forwarded;
-//! 4. route: path, then method, host, headers (BEHAVIOR.md precedence); `Max-Forwards: 0` is
-//!    answered here, once the resource is known (RFC 9110 §7.6.2);
-//!    split: after the route, whose split (canary / A-B) picks the upstream;
-//! 5. later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
-//!    cache -> aggregate | transform (each is rejected at config load until it lands);
-//!    breaker: last before the upstream, so a request answered earlier takes no permit (a
-//!    permit dropped unused, as by a later 413, frees its probe slot);
-//! 6. upstream: body limit, balance key, the upstream request head; then [`run`] performs the
-//!    exchange (retries, streaming) in [`super::proxy`].
+//! connection's read buffer) and then [`run`] (asynchronous I/O: the exchange with the
+//! upstream, [`super::proxy`]). A phase that answers returns [`Flow::Respond`]: the list ends
+//! there, and the answer carries the request's id and trace context whichever phase made it.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -54,11 +40,14 @@ pub fn prepare(
 ) -> Prepared {
     let (cfg, router) = (&*snap.active.config, &snap.active.router);
 
+    // 0. Fields named with `_` go before any phase can read them (nginx's default): a CGI
+    //    upstream reads `X_Forwarded_For` as `X-Forwarded-For`, a header the gateway sets.
     let mut kept = None;
     let headers = underscores::strip(&head.headers, &mut kept);
+    // 1. Identity (request id, trace context) first, so every later answer carries it.
     let who = identity::run(headers, cfg.tracing.propagate, || worker.rand());
     let id = &who.id;
-    // Every answer, whichever phase makes it, carries the request's id and trace context.
+    // A phase's answer ends the list here, with the request's id and trace context.
     let answer = |mut r: Response| {
         r.head_only = head.method == "HEAD";
         r.trace = who.trace;
@@ -72,27 +61,26 @@ pub fn prepare(
             }
         };
     }
+    // 2. Framing is validated before anything may read the body (RFC 9112 §6.3).
     let framing = next!(framing::run(head.version, headers, id));
+    // 3. Host and the target form before routing; the path is normalised once, so the path
+    //    that is routed is the path that is forwarded.
     let resource = next!(target::run(head, headers, router, &framing, id));
-    let m = next!(route::run(
-        head.method,
-        headers,
-        &resource,
-        router,
-        &framing,
-        id
-    ));
+    // 4. Route: path, then method, host, headers (BEHAVIOR.md precedence); `Max-Forwards: 0`
+    //    is answered once the resource is known (RFC 9110 §7.6.2). Then the route's split.
+    let m = next!(route::run(head, headers, &resource, router, &framing, id));
     let to = split::run(cfg, &m, headers, peer.ip(), || worker.rand());
+    // 5. Later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
+    //    cache -> aggregate | transform (each is rejected at config load until it lands).
+    // 6. The breaker, last before the upstream, so a request answered earlier takes no permit
+    //    (a permit dropped unused, as by a later 413, frees its probe slot).
     let started = Instant::now();
-    let breaker = &snap.upstreams.list[to.upstream_id];
-    let now_ms = clock::ms_at(started);
-    let permit = next!(breaker::run(
-        breaker.borrow().breaker.as_ref(),
-        &to,
-        now_ms,
-        &framing,
-        id
-    ));
+    let now = clock::ms_at(started);
+    let state = snap.upstreams.list[to.upstream_id].borrow();
+    let permit = next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id));
+    // No borrow of the upstream's worker state outlives the phase that reads it.
+    drop(state);
+    // 7. Upstream: body limit, balance key, the upstream request head; `run` does the rest.
     let req = upstream::Request {
         head,
         headers,

@@ -1,4 +1,4 @@
-//! Phase 5: the upstream's circuit breaker, last before the upstream phase, so that requests
+//! Phase 6: the upstream's circuit breaker, last before the upstream phase, so that requests
 //! answered by an earlier phase take no permit. An open breaker answers before the body is
 //! read or an upstream contacted: 503 with `Retry-After`, or the upstream's configured
 //! fallback (its status and JSON body, `Retry-After` kept). A half-open one admits a bounded
@@ -16,6 +16,7 @@ use super::framing::Framing;
 use super::{Destination, Flow};
 
 /// `replica`: this worker's replica of `to.upstream`'s breaker, None when it has none.
+#[inline]
 pub fn run(
     replica: Option<&BreakerReplica>,
     to: &Destination<'_>,

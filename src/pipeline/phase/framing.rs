@@ -33,6 +33,7 @@ impl Framing {
     }
 }
 
+#[inline]
 pub fn run(version: Version, headers: &[Header<'_>], id: &RequestId) -> Flow<Framing> {
     let body = match http::request_body(headers, version) {
         Ok(body) => body,

@@ -19,6 +19,7 @@ pub struct Identity {
     pub trace: Option<TraceContext>,
 }
 
+#[inline]
 pub fn run(headers: &[Header<'_>], propagate: bool, mut rand: impl FnMut() -> u64) -> Identity {
     let id = headers
         .iter()

@@ -32,6 +32,9 @@ use crate::upstream::balance::hash_key;
 use super::Response;
 
 /// A phase's decision.
+// The answer is the rare path and about as large as the per-request state; boxing it would
+// add an allocation to every answer, and the phases are inlined into the one list.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Flow<T = ()> {
     /// Go on to the next phase with this phase's output.

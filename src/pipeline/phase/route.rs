@@ -5,7 +5,7 @@
 //! `Max-Forwards: 0` on an OPTIONS or TRACE is answered here, once the resource is known:
 //! the gateway is then the last hop (RFC 9110 §7.6.2).
 
-use crate::http::Header;
+use crate::http::{Header, RequestHead};
 use crate::pipeline::ctx::RequestId;
 use crate::pipeline::Response;
 use crate::router::{Lookup, Match, RequestView, Router};
@@ -15,8 +15,9 @@ use super::target::Resource;
 use super::Flow;
 
 /// `headers`: the request's fields after phase 0, for header predicates.
+#[inline]
 pub fn run<'r, 'p>(
-    method: &'p str,
+    head: &'p RequestHead<'_>,
     headers: &'p [Header<'_>],
     resource: &'p Resource<'_>,
     router: &'r Router,
@@ -25,7 +26,7 @@ pub fn run<'r, 'p>(
 ) -> Flow<Match<'r, 'p>> {
     let view = RequestView {
         path: &resource.target.path,
-        method,
+        method: head.method,
         host: resource.host,
         headers,
     };
@@ -104,6 +105,7 @@ upstream = "users"
 
     /// Runs the target and route phases on `raw` with `framing`: the matched route's name and
     /// prefix length, or the answer.
+    #[allow(clippy::result_large_err)] // a test helper: the answer is inspected whole
     fn route(raw: &[u8], framing: &Framing) -> Result<(String, usize), Response> {
         let cfg = config(CONFIG);
         let router = router(&cfg);
@@ -111,7 +113,7 @@ upstream = "users"
         let Flow::Continue(res) = target::run(&h, &h.headers, &router, framing, &id()) else {
             panic!("the target phase answered");
         };
-        let out = match run(h.method, &h.headers, &res, &router, framing, &id()) {
+        let out = match run(&h, &h.headers, &res, &router, framing, &id()) {
             Flow::Continue(m) => Ok((cfg.routes[m.route].name.clone(), m.prefix_len)),
             Flow::Respond(r) => Err(r),
         };

@@ -1,7 +1,8 @@
-//! Phase 4b: which upstream serves the matched route. A route with a `split` (canary, A/B)
-//! picks a side by weight: by the sticky key's hash when the request has one, so the same
-//! caller lands on the same side on every worker and across restarts, and changing the weights
-//! only moves the keys between the old and new boundaries; else at random.
+//! Phase 4, after the route: which upstream serves the matched route. A route with a
+//! `split` (canary, A/B) picks a side by weight: by the sticky key's hash when the request has
+//! one, so the same caller lands on the same side on every worker and across restarts, and
+//! changing the weights only moves the keys between the old and new boundaries; else at
+//! random.
 //!
 //! Never answers. A route without a split costs one branch; the random draw is taken only
 //! when a split has no sticky key to go by.
@@ -16,6 +17,7 @@ use crate::upstream::balance::hash_key;
 use super::Destination;
 
 /// `headers`: the request's fields after phase 0; `rand`: a uniform 64-bit draw.
+#[inline]
 pub fn run<'c>(
     cfg: &'c Config,
     m: &Match<'_, '_>,

@@ -25,6 +25,7 @@ pub struct Resource<'h> {
 }
 
 /// `headers`: the request's fields after phase 0.
+#[inline]
 pub fn run<'h>(
     head: &RequestHead<'h>,
     headers: &[Header<'h>],

@@ -10,6 +10,7 @@ use crate::http::{Header, Headers};
 
 /// The fields of `headers` without those whose name holds `_`: `headers` itself when none
 /// does, else the kept fields, stored in `kept`.
+#[inline]
 pub fn strip<'a, 'h>(
     headers: &'a [Header<'h>],
     kept: &'a mut Option<Headers<'h>>,

@@ -1,4 +1,4 @@
-//! Phase 6: the request leaves for its upstream. A declared body over `max_body` is a 413
+//! Phase 7: the request leaves for its upstream. A declared body over `max_body` is a 413
 //! before anything is sent; the balance key is taken (`hash_header`, `hash_ip`); then the
 //! upstream request head is written into the connection's upstream buffer
 //! ([`crate::pipeline::headers::write_request_head`]: the routed path after `strip_prefix` /
@@ -32,6 +32,7 @@ pub struct Request<'a, 'h> {
 }
 
 /// Writes the upstream request head into `ubuf` (cleared first). Continue: the balance key.
+#[inline]
 pub fn run(
     req: &Request<'_, '_>,
     to: &Destination<'_>,
@@ -106,6 +107,7 @@ strip_prefix = true
 
     /// Runs framing, target and this phase on `raw` from 10.0.0.9 (route 0, whose prefix
     /// `/api/users` matched): the head written upstream and the balance key, or the answer.
+    #[allow(clippy::result_large_err)] // a test helper: the answer is inspected whole
     fn upstream(raw: &[u8]) -> Result<(String, Key), Response> {
         let cfg = cfg();
         let router = crate::pipeline::phase::testing::router(&cfg);
