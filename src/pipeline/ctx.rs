@@ -1,5 +1,5 @@
-//! Per-request context: what later stages need to know about a request once its head has been
-//! parsed and the parse buffer may move on.
+//! Per-request context: what the exchange with the upstream needs to know about a request once
+//! its head has been parsed and the parse buffer may move on.
 //!
 //! Each phase ([`super::phase`]) owns its fields: identity the id and trace context, framing
 //! the keep-alive and body framing, route and split the route and upstream, the breaker the
