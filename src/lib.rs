@@ -15,9 +15,11 @@
 //! 1. [`server::listener`] accepts; [`server::conn`] reads the head into the connection's
 //!    buffer (the stream layer, [`io`]) and [`http`] parses it zero-copy (limits and strict
 //!    framing enforced here).
-//! 2. [`pipeline::stack`] runs the stages in their one declared order: identity (request id
-//!    and trace context), framing, target normalisation, [`router`] (compiled trie), the split
-//!    (canary) side, the breaker ([`upstream::breaker`]), then the upstream stage.
+//! 2. [`pipeline::stack`] runs the request phases ([`pipeline::phase`], one module each) in
+//!    their one declared order: identity (request id and trace context), framing, target
+//!    normalisation, route ([`router`]: compiled trie), the split (canary) side, the breaker
+//!    ([`upstream::breaker`]), then the upstream phase, which writes the upstream head. Each
+//!    returns `Continue` or `Respond(Response)`.
 //! 3. [`pipeline::proxy`], the upstream stage, hands the request to [`upstream::call`], the one
 //!    way to call an upstream: it picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
@@ -52,8 +54,10 @@
 //!   with timeouts, byte counts, the liveness peek and the lingering close.
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write).
 //! - [`router`]: the route trie and its predicates.
-//! - [`pipeline`]: the per-request context, the client side of an exchange
-//!   ([`pipeline::client`]), the stages, the response phases and the logging phase.
+//! - [`pipeline`]: the phase list ([`pipeline::stack`]), the request phases
+//!   ([`pipeline::phase`]), the per-request context, the client side of an exchange
+//!   ([`pipeline::client`]), the proxy phase's side of an upstream call ([`pipeline::proxy`]),
+//!   the response phases ([`pipeline::respond`]) and the logging phase.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core

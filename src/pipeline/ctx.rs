@@ -1,9 +1,11 @@
-//! Per-request context: what later stages need to know about a request once its head has been
-//! parsed and the parse buffer may move on.
+//! Per-request context: what the exchange with the upstream needs to know about a request once
+//! its head has been parsed and the parse buffer may move on.
 //!
-//! Each stage owns its fields: the server fills the client-facing ones (id, version,
-//! keep-alive, body framing), the route stage the route and upstream, the upstream stage reads
-//! them. Nothing here borrows the connection's buffers.
+//! Each phase ([`super::phase`]) owns its fields: identity the id and trace context, framing
+//! the keep-alive and body framing, route and split the route and upstream, the breaker the
+//! permit, the upstream phase the balance key and the upstream head's length; [`super::stack`]
+//! assembles them once, and the exchange ([`super::proxy`]) reads them. Nothing here borrows
+//! the connection's buffers.
 
 use std::time::{Duration, Instant};
 

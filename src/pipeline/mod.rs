@@ -1,20 +1,23 @@
 //! The request pipeline: what happens to a request between its parsed head and its response.
 //!
-//! [`stack`] declares the order of stages in one place; [`ctx`] is the per-request context;
-//! [`client`] is the client side of an exchange (the buffered connection and the two head
-//! buffers); [`target`] normalises the request target; [`trace`] continues W3C trace context;
-//! [`headers`] rewrites heads both ways; [`proxy`] is the upstream stage (the exchange,
-//! retries, body streaming); [`respond`] holds the response phases every answer passes, the
-//! gateway's and the upstream's alike; [`log`] is the logging phase every answered request
-//! passes once.
+//! [`stack`] declares the order of the request phases in one place; [`phase`] holds the
+//! phases, one module each, and [`phase::Flow`], their decision; [`ctx`] is the per-request
+//! context handed to the exchange; [`client`] is the client side of an exchange (the buffered
+//! connection and the two head buffers); [`target`] normalises the request target; [`trace`]
+//! continues W3C trace context; [`headers`] rewrites heads both ways; [`proxy`] is the proxy
+//! phase's side of [`crate::upstream::call`] (the request body up, the response body down);
+//! [`respond`] holds the response phases every answer passes, the gateway's and the
+//! upstream's alike; [`log`] is the logging phase every answered request passes once.
 //!
-//! A stage that answers the request itself returns a [`Response`] (the JSON error of
-//! BEHAVIOR.md is one kind of it); it never sets a flag for a later stage to check.
+//! A phase that answers the request itself returns a [`Response`] (the JSON error of
+//! BEHAVIOR.md is one kind of it) in [`phase::Flow::Respond`]; it never sets a flag for a
+//! later phase to check.
 
 pub mod client;
 pub mod ctx;
 pub mod headers;
 pub mod log;
+pub mod phase;
 pub mod proxy;
 pub mod respond;
 pub mod response;

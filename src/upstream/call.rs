@@ -36,7 +36,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::balance::{Key, Tried};
-use super::breaker::{Admission, FailureKind, Outcome, Permit};
+use super::breaker::{Admission, BreakerReplica, FailureKind, Outcome, Permit};
 use super::client::UpConn;
 use super::retry::{may_retry, retryable_status};
 use super::{UpstreamError, UpstreamState};
@@ -132,18 +132,32 @@ pub struct CallFailure {
     pub last: Option<(SocketAddr, Duration)>,
 }
 
-/// Asks the upstream's breaker whether a request may go: `Ok(None)` when it has no breaker,
-/// `Ok(Some(permit))` to carry into [`call`], `Err(BreakerOpen)` with the seconds until it
-/// admits a probe.
-pub fn admit(state: &RefCell<UpstreamState>, now_ms: u64) -> Result<Option<Permit>, UpstreamError> {
-    match &state.borrow().breaker {
-        None => Ok(None),
-        Some(replica) => match replica.admit(now_ms) {
-            Admission::Allowed(p) | Admission::Probe(p) => Ok(Some(p)),
-            Admission::Rejected { retry_after_secs } => {
-                Err(UpstreamError::BreakerOpen { retry_after_secs })
-            }
-        },
+/// An open breaker's refusal: a probe is admitted in `retry_after_secs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerOpen {
+    pub retry_after_secs: u64,
+}
+
+impl From<BreakerOpen> for UpstreamError {
+    fn from(o: BreakerOpen) -> Self {
+        UpstreamError::BreakerOpen {
+            retry_after_secs: o.retry_after_secs,
+        }
+    }
+}
+
+/// Asks an upstream's breaker (this worker's replica; None when the upstream has none)
+/// whether a request may go: `Ok(permit)` to carry into [`call`], or the refusal.
+pub fn admit(
+    replica: Option<&BreakerReplica>,
+    now_ms: u64,
+) -> Result<Option<Permit>, BreakerOpen> {
+    let Some(replica) = replica else {
+        return Ok(None);
+    };
+    match replica.admit(now_ms) {
+        Admission::Allowed(p) | Admission::Probe(p) => Ok(Some(p)),
+        Admission::Rejected { retry_after_secs } => Err(BreakerOpen { retry_after_secs }),
     }
 }
 
