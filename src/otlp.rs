@@ -965,9 +965,12 @@ mod tests {
         assert_eq!(seen, [(0, MAX_EXPORT), (1, 3)]);
     }
 
-    /// One POST answered with `answer` (then the collector's end of the stream): what
-    /// [`exchange`] made of it, and whether any answer byte arrived.
-    fn answer_to(answer: &'static [u8]) -> (Result<(u16, bool), String>, bool) {
+    /// What [`exchange`] made of an answer: (status, keep) or the error, and whether any
+    /// answer byte arrived.
+    type Outcome = (Result<(u16, bool), String>, bool);
+
+    /// One POST answered with `answer` (then the collector's end of the stream).
+    fn answer_to(answer: &'static [u8]) -> Outcome {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let peer = std::thread::spawn(move || {
@@ -994,7 +997,7 @@ mod tests {
     fn answers_are_read_with_the_codec() {
         let ok = |status, keep| (Ok((status, keep)), true);
         let bad = |why: &str| (Err(format!("bad answer: {why}")), true);
-        let cases: &[(&[u8], (Result<(u16, bool), String>, bool))] = &[
+        let cases: &[(&[u8], Outcome)] = &[
             (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", ok(200, true)),
             (b"HTTP/1.1 200 OK\r\ncontent-length:0\r\n\r\n", ok(200, true)),
             (
