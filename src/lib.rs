@@ -40,7 +40,10 @@
 //! [`pipeline`]; [`pipeline`] on [`upstream`]; all of them (and [`admin`]) read the state in
 //! [`state`]: the cross-core state, a worker's view of it, the drain latch and the listen set.
 //! [`state`] and [`upstream`] import none of `runtime`, `server`, `pipeline` or `admin`, and
-//! the module graph has no cycle among them.
+//! the module graph has no cycle among them. [`config`] is plain data below all of them: it
+//! imports no layer that reads it (only [`otlp`]'s endpoint URL check), and [`router`] reads
+//! it, so loading a file with its route table checked is the router's
+//! ([`router::load_config`]), not the config's.
 //!
 //! ## Module map
 //! - [`config`]: TOML -> serde structs -> validated [`config::model::Config`] (file:line:col
@@ -53,7 +56,8 @@
 //! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP today),
 //!   with timeouts, byte counts, the liveness peek and the lingering close.
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write).
-//! - [`router`]: the route trie and its predicates.
+//! - [`router`]: the route trie and its predicates, and [`router::load_config`]: a config file
+//!   loaded and its route table compiled (what `check`, `run`, `demo` and reload call).
 //! - [`pipeline`]: the phase list ([`pipeline::stack`]), the request phases
 //!   ([`pipeline::phase`]), the per-request context, the client side of an exchange
 //!   ([`pipeline::client`]), the proxy phase's side of an upstream call ([`pipeline::proxy`]),

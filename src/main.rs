@@ -41,21 +41,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match dispatch::config::load(&config) {
-            Ok(cfg) => match dispatch::config::compile_router(&cfg) {
-                Ok(_) => {
-                    print!("{}", dispatch::config::summary(&cfg));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            },
+        Command::Check { config } => match dispatch::router::load_config(&config) {
+            Ok(cfg) => {
+                print!("{}", dispatch::config::summary(&cfg));
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(e),
         },
-        Command::Run { config } => match dispatch::config::load(&config) {
+        Command::Run { config } => match dispatch::router::load_config(&config) {
             Ok(cfg) => serve(cfg),
             Err(e) => fail(e),
         },
-        Command::Demo { config } => match dispatch::config::load(&config) {
+        Command::Demo { config } => match dispatch::router::load_config(&config) {
             Ok(cfg) => {
                 match dispatch::demo::SampleUpstreams::start(&dispatch::demo::DemoPorts::default())
                 {

@@ -6,7 +6,9 @@
 //! over a bounded queue when it holds [`BATCH`] spans or on the worker's housekeeping tick
 //! ([`Local::flush`]). The exporter merges batches into requests of at most [`MAX_EXPORT`] spans
 //! (or whatever gathered within [`LINGER`]), encodes them ([`encode`]) and POSTs them over one
-//! kept-alive HTTP/1.1 connection. The collector's name is resolved there, never on a worker.
+//! kept-alive HTTP/1.1 connection, reading each answer with the gateway's own codec (a blocking
+//! socket: [`crate::http`] is pure, so it serves a std thread as well as a monoio task). The
+//! collector's name is resolved there, never on a worker.
 //!
 //! The one thing to know: the request path never blocks or makes a system call for tracing.
 //! When the queue is full (collector slow or down) a worker's whole batch is dropped, and when
@@ -14,7 +16,7 @@
 //! (`dispatch_tracing_spans_dropped_total`), and failures are logged at most once per 10 s per
 //! kind through the `warn` callback.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::http;
 
 /// Where the exporter's warnings go (the gateway's logger).
 pub type Warn = Box<dyn Fn(&str) + Send>;
@@ -38,8 +42,6 @@ const QUEUE: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Longest status or header line accepted from the collector.
-const MAX_LINE: u64 = 64 * 1024;
 
 /// One request's server span (kind SERVER), as a worker records it.
 pub struct Span {
@@ -539,8 +541,22 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("bad answer: {what}"))
 }
 
+/// Response heads from the collector: the same generous bounds the proxy gives upstreams,
+/// enforced on incomplete input too, so a collector cannot make the exporter buffer more.
+const ANSWER_LIMITS: http::HeadLimits = http::HeadLimits {
+    max_request_line: 8 * 1024,
+    max_header_bytes: 64 * 1024,
+    max_headers: 128,
+};
+/// Bytes asked of the kernel per read of the answer.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Sends the POST and reads the answer through: its status and whether to keep the connection.
-/// `answered` tells whether a status line arrived.
+/// `answered` tells whether any byte of an answer arrived (after that, a retry could post the
+/// spans twice). The answer is read with the gateway's own codec: [`http::parse_response`]
+/// for each head, [`http::response_body`] for its framing, and the body skipped exactly, so a
+/// kept-alive connection stays in step; one that cannot (a body that runs to the close, bytes
+/// past the answer) is not kept.
 fn exchange(
     s: &TcpStream,
     t: &Target,
@@ -548,9 +564,8 @@ fn exchange(
     deadline: Option<Instant>,
     answered: &mut bool,
 ) -> io::Result<(u16, bool)> {
-    let timeout = Some(clamp(IO_TIMEOUT, deadline)?);
-    s.set_write_timeout(timeout)?;
-    s.set_read_timeout(timeout)?;
+    let timeout = clamp(IO_TIMEOUT, deadline)?;
+    s.set_write_timeout(Some(timeout))?;
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: dispatch\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
         t.path,
@@ -560,57 +575,54 @@ fn exchange(
     let mut w = s;
     w.write_all(head.as_bytes())?;
     w.write_all(body)?;
-    let mut r = BufReader::new(s);
+    // The whole answer, not each read, is bounded: a collector that drips bytes cannot hold
+    // the exporter (and a shutdown waiting on it) past the timeout.
+    let mut r = Answer {
+        s,
+        buf: Vec::with_capacity(READ_CHUNK),
+        pos: 0,
+        until: Instant::now() + clamp(IO_TIMEOUT, deadline)?,
+    };
     loop {
-        let line = read_line(&mut r)?;
-        *answered = true;
-        let (version, rest) = line.split_once(' ').ok_or_else(|| invalid("status line"))?;
-        let status: u16 = rest
-            .get(..3)
-            .and_then(|s| s.parse().ok())
-            .filter(|_| version.starts_with("HTTP/1."))
-            .ok_or_else(|| invalid("status line"))?;
-        let (mut close, mut length, mut chunked) = (version == "HTTP/1.0", None, false);
-        loop {
-            let line = read_line(&mut r)?;
-            if line.is_empty() {
-                break;
+        let parsed = match http::parse_response(r.data(), &ANSWER_LIMITS) {
+            Ok(Some(head)) => {
+                // RFC 9112 §6.3: the framing of a response depends on the request's method.
+                let framing = http::response_body("POST", head.status, &head.headers, head.version)
+                    .map_err(|e| invalid(&e.to_string()))?;
+                let close = http::wants_close(head.version, &head.headers);
+                Some((head.status, head.head_len, framing, close))
             }
-            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
-            let value = value.trim().to_ascii_lowercase();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = Some(value.parse().map_err(|_| invalid("length"))?),
-                "transfer-encoding" => chunked = value.ends_with("chunked"),
-                "connection" if value.contains("close") => close = true,
-                "connection" if value.contains("keep-alive") => close = false,
-                _ => {}
+            Ok(None) => None,
+            Err(e) => return Err(invalid(&e.to_string())),
+        };
+        let Some((status, head_len, framing, mut close)) = parsed else {
+            if r.fill()? == 0 {
+                return Err(eof());
             }
+            *answered = true;
+            continue;
+        };
+        r.consume(head_len);
+        if status == 101 {
+            // Nothing asked to switch protocols: what follows is not HTTP/1.1.
+            return Err(invalid("unrequested 101 Switching Protocols"));
         }
         if (100..200).contains(&status) {
-            continue; // an interim answer; the real one follows
+            continue; // an interim answer (RFC 9110 §15.2); the final one follows
         }
-        if status == 204 || status == 304 {
-        } else if chunked {
-            loop {
-                let line = read_line(&mut r)?;
-                let size = line.split(';').next().unwrap_or("").trim();
-                let size = u64::from_str_radix(size, 16).map_err(|_| invalid("chunk size"))?;
-                if size == 0 {
-                    while !read_line(&mut r)?.is_empty() {} // trailers
-                    break;
-                }
-                skip(&mut r, size)?;
-                if !read_line(&mut r)?.is_empty() {
-                    return Err(invalid("chunk end"));
-                }
+        match framing {
+            http::BodyKind::None => {}
+            http::BodyKind::Length(n) => r.skip(n)?,
+            http::BodyKind::Chunked => r.skip_chunked()?,
+            http::BodyKind::UntilClose => {
+                r.skip_to_close()?;
+                close = true;
             }
-        } else if let Some(n) = length {
-            skip(&mut r, n)?;
-        } else {
-            io::copy(&mut r, &mut io::sink())?; // the body runs to the end of the connection
-            close = true;
         }
-        return Ok((status, !close));
+        // Bytes past the answer mean the collector frames its messages differently from us:
+        // the next answer on this connection could not be trusted.
+        let in_step = r.data().is_empty();
+        return Ok((status, !close && in_step));
     }
 }
 
@@ -619,24 +631,98 @@ fn eof() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, why)
 }
 
-/// A status, header or chunk-size line, without its line end.
-fn read_line(r: &mut BufReader<&TcpStream>) -> io::Result<String> {
-    let mut line = String::new();
-    r.by_ref().take(MAX_LINE).read_line(&mut line)?;
-    if !line.ends_with('\n') {
-        return Err(match line.len() as u64 {
-            MAX_LINE => invalid("line too long"),
-            _ => eof(),
-        });
-    }
-    line.truncate(line.trim_end_matches(['\r', '\n']).len());
-    Ok(line)
+/// The collector's answer as read so far: `buf[pos..]` is received and not yet consumed.
+struct Answer<'a> {
+    s: &'a TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    /// When the whole answer must have arrived.
+    until: Instant,
 }
 
-fn skip(r: &mut BufReader<&TcpStream>, n: u64) -> io::Result<()> {
-    match io::copy(&mut r.by_ref().take(n), &mut io::sink())? {
-        got if got == n => Ok(()),
-        _ => Err(eof()),
+impl Answer<'_> {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Reads more of the answer, keeping what is unconsumed; `Ok(0)` when the collector
+    /// closed. Heads are bounded by [`ANSWER_LIMITS`] and bodies are consumed as they come,
+    /// so the buffer stays within a head plus one read.
+    fn fill(&mut self) -> io::Result<usize> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the collector did not answer in time",
+            ));
+        }
+        self.s.set_read_timeout(Some(left))?;
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let mut s = self.s;
+        let got = loop {
+            match s.read(&mut self.buf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                got => break got,
+            }
+        };
+        self.buf.truncate(len + got.as_ref().map_or(0, |n| *n));
+        got
+    }
+
+    /// Skips a Content-Length body of `n` bytes, exactly.
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        loop {
+            let take = n.min(self.data().len() as u64);
+            self.consume(take as usize);
+            n -= take;
+            if n == 0 {
+                return Ok(());
+            }
+            if self.fill()? == 0 {
+                return Err(eof());
+            }
+        }
+    }
+
+    /// Skips a chunked body, trailers included, with the gateway's decoder (RFC 9112 §7.1).
+    fn skip_chunked(&mut self) -> io::Result<()> {
+        let mut decoder = http::ChunkedDecoder::new();
+        loop {
+            let step = decoder
+                .decode(self.data())
+                .map_err(|e| invalid(&e.to_string()))?;
+            self.consume(step.consumed);
+            if step.done {
+                return Ok(());
+            }
+            if step.consumed == 0 && self.fill()? == 0 {
+                return Err(eof());
+            }
+        }
+    }
+
+    /// Skips a body that runs until the collector closes the connection.
+    fn skip_to_close(&mut self) -> io::Result<()> {
+        loop {
+            let n = self.data().len();
+            self.consume(n);
+            if self.fill()? == 0 {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -644,6 +730,7 @@ fn skip(r: &mut BufReader<&TcpStream>, n: u64) -> io::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
     use std::sync::Mutex;
 
@@ -753,18 +840,38 @@ mod tests {
     /// body, closing a connection after `per_conn` requests; returns (connection number, span
     /// count) per request.
     fn collector(listener: TcpListener, per_conn: usize) -> Arc<Mutex<Vec<(usize, usize)>>> {
+        collector_answering(listener, per_conn, |_, i| {
+            match i % 2 {
+            0 => b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1;x=y\r\n}\r\n0\r\n\r\n",
+        }
+        })
+    }
+
+    /// Like [`collector`], answering request `i` on connection `n` with `answer(n, i)`.
+    fn collector_answering(
+        listener: TcpListener,
+        per_conn: usize,
+        answer: fn(usize, usize) -> &'static [u8],
+    ) -> Arc<Mutex<Vec<(usize, usize)>>> {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let all = seen.clone();
         std::thread::spawn(move || {
             for (n, conn) in listener.incoming().enumerate() {
                 let (conn, seen) = (conn.unwrap(), all.clone());
-                std::thread::spawn(move || serve(&conn, n, per_conn, &seen));
+                std::thread::spawn(move || serve(&conn, n, per_conn, answer, &seen));
             }
         });
         seen
     }
 
-    fn serve(conn: &TcpStream, n: usize, per_conn: usize, seen: &Mutex<Vec<(usize, usize)>>) {
+    fn serve(
+        conn: &TcpStream,
+        n: usize,
+        per_conn: usize,
+        answer: fn(usize, usize) -> &'static [u8],
+        seen: &Mutex<Vec<(usize, usize)>>,
+    ) {
         let mut r = BufReader::new(conn);
         for i in 0..per_conn {
             let mut line = String::new();
@@ -792,12 +899,8 @@ mod tests {
             let spans = v["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array();
             assert!(json);
             seen.lock().unwrap().push((n, spans.unwrap().len()));
-            let answer: &[u8] = match i % 2 {
-                0 => b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-                _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1;x=y\r\n}\r\n0\r\n\r\n",
-            };
             let mut w = conn;
-            w.write_all(answer).unwrap();
+            w.write_all(answer(n, i)).unwrap();
         }
     }
 
@@ -806,8 +909,20 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
         let seen = collector(listener, per_conn);
+        let (seen, dropped, warned) = two_exports_to(&url, &seen);
+        assert_eq!(dropped, 0);
+        assert!(warned.is_empty(), "{warned:?}");
+        seen
+    }
+
+    /// Runs [`two_exports`]'s exports against `url`: what the collector saw, the spans
+    /// dropped and the warnings.
+    fn two_exports_to(
+        url: &str,
+        seen: &Mutex<Vec<(usize, usize)>>,
+    ) -> (Vec<(usize, usize)>, u64, Vec<String>) {
         let (warned, warn) = warnings();
-        let exporter = Exporter::start(&url, "1.0.0", Default::default(), warn).unwrap();
+        let exporter = Exporter::start(url, "1.0.0", Default::default(), warn).unwrap();
         let dropped = exporter.dropped_counter();
         let mut local = exporter.local();
         // A full export goes at once (four worker batches merged)...
@@ -820,10 +935,9 @@ mod tests {
         local.record(span(0));
         drop(local);
         exporter.finish(Duration::from_secs(5));
-        assert_eq!(dropped.load(Ordering::Relaxed), 0);
-        assert!(warned.lock().unwrap().is_empty());
         let seen = seen.lock().unwrap().clone();
-        seen
+        let warned = warned.lock().unwrap().clone();
+        (seen, dropped.load(Ordering::Relaxed), warned)
     }
 
     #[test]
@@ -834,6 +948,107 @@ mod tests {
     #[test]
     fn a_connection_the_collector_closed_is_replaced_without_loss() {
         assert_eq!(two_exports(1), [(0, MAX_EXPORT), (1, 3)]);
+    }
+
+    /// The line reader dropped whatever its buffer held past an answer and kept the
+    /// connection, out of step with the collector: bytes past the framed answer now retire it
+    /// (interim answers before the final one are still read through).
+    #[test]
+    fn bytes_past_the_answer_used_to_keep_the_connection_out_of_step() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let seen = collector_answering(listener, usize::MAX, |_, _| {
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra"
+        });
+        let (seen, dropped, warned) = two_exports_to(&url, &seen);
+        assert_eq!((dropped, warned), (0, vec![]));
+        assert_eq!(seen, [(0, MAX_EXPORT), (1, 3)]);
+    }
+
+    /// What [`exchange`] made of an answer: (status, keep) or the error, and whether any
+    /// answer byte arrived.
+    type Outcome = (Result<(u16, bool), String>, bool);
+
+    /// One POST answered with `answer` (then the collector's end of the stream).
+    fn answer_to(answer: &'static [u8]) -> Outcome {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(answer).unwrap();
+            conn.shutdown(std::net::Shutdown::Write).unwrap();
+            // Read the request through, so closing cannot reset the answer away.
+            let _ = io::copy(&mut conn, &mut io::sink());
+        });
+        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let conn = TcpStream::connect(addr).unwrap();
+        let mut answered = false;
+        let got = exchange(&conn, &target, b"{}", None, &mut answered).map_err(|e| e.to_string());
+        drop(conn);
+        peer.join().unwrap();
+        (got, answered)
+    }
+
+    /// The line reader guessed at framing the codec refuses (it took the last of two
+    /// Content-Length values, read TE with CL as chunked, and kept a connection whose answer
+    /// ran past its framing); every answer is now read by the gateway's own codec: (status,
+    /// keep the connection) or the error.
+    #[test]
+    fn answers_are_read_with_the_codec() {
+        let ok = |status, keep| (Ok((status, keep)), true);
+        let bad = |why: &str| (Err(format!("bad answer: {why}")), true);
+        let cases: &[(&[u8], Outcome)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", ok(200, true)),
+            (b"HTTP/1.1 200 OK\r\ncontent-length:0\r\n\r\n", ok(200, true)),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;x=y\r\n{\r\n0\r\nT: 1\r\n\r\n",
+                ok(200, true),
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+                ok(202, true),
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", ok(204, true)),
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", ok(200, false)),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", ok(200, false)),
+            (b"HTTP/1.1 200 OK\r\n\r\nbody until the close", ok(200, false)),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra", ok(200, false)),
+            (b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy", ok(503, true)),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+                bad("more than one Content-Length value"),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                bad("both Transfer-Encoding and Content-Length"),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                bad("invalid chunk size"),
+            ),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", bad("unrequested 101 Switching Protocols")),
+            (b"NOT HTTP\r\n\r\n", bad("malformed head: invalid HTTP version")),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",
+                (Err("the collector closed the connection".into()), true),
+            ),
+            (b"", (Err("the collector closed the connection".into()), false)),
+        ];
+        for (answer, want) in cases {
+            let got = answer_to(answer);
+            assert_eq!(&got, want, "{:?}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    /// A head that never ends is refused once it passes the limits, not buffered.
+    #[test]
+    fn an_endless_answer_head_is_refused_at_the_limit() {
+        let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        huge.resize(ANSWER_LIMITS.max_header_bytes + 4096, b'a');
+        let (got, answered) = answer_to(Box::leak(huge.into_boxed_slice()));
+        assert!(answered);
+        let why = got.unwrap_err();
+        assert!(why.contains("header block larger than"), "{why}");
     }
 
     #[test]

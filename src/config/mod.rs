@@ -9,10 +9,13 @@
 //!    of the first such key (`not supported yet: ...`).
 //! 4. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
 //!    endpoint hosts resolved, references turned into indices).
-//! 5. [`check_route_table`]: the router's compile check.
+//!
+//! The route table's own check (patterns, two routes of equal precedence) is the router's:
+//! the router's `load_config` runs [`load`] and then compiles the routes, reporting their
+//! errors at the route through [`route_error`]. Config imports no layer that reads it.
 //!
 //! The one thing to know: a `model::Config` exists only if it passed all of these, and nothing
-//! downstream checks again. Loading is off the request path (startup, or a reload building a
+//! downstream checks them again (the router compiles the route table, which config leaves to it). Loading is off the request path (startup, or a reload building a
 //! new config beside the running one) and may block on DNS.
 
 pub mod error;
@@ -34,7 +37,8 @@ pub use summary::summary;
 
 use source::{KeyPath, Source};
 
-/// Read, parse, validate and compile. Relative paths inside the file are relative to its directory.
+/// Read, parse and validate into the model (the route table is compiled by the router). Relative
+/// paths inside the file are relative to its directory.
 pub fn load(path: &Path) -> Result<model::Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -49,9 +53,7 @@ pub fn load_str(src: &str, path: &Path) -> Result<model::Config, ConfigError> {
     let file: file::File = toml::from_str(source.text()).map_err(|e| source.shape_error(&e))?;
     later::check(&file, &source)?;
     later::reject(&file, &source)?;
-    let config = validate::compile(&file, &source)?;
-    check_route_table(&config)?;
-    Ok(config)
+    validate::compile(&file, &source)
 }
 
 /// Parses an endpoint URL as the file would (`http://HOST[:PORT]`), resolving a host name to
@@ -76,29 +78,6 @@ pub fn set_resolver(resolver: Resolver) -> bool {
 /// Every address of `host` (the DNS refresher uses it).
 pub fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
     validate::resolve(host, port)
-}
-
-/// The router's compile check: invalid patterns and ambiguous routes are config errors.
-fn check_route_table(cfg: &model::Config) -> Result<(), ConfigError> {
-    compile_router(cfg).map(|_| ())
-}
-
-/// Compiles the route table of `cfg`, reporting router errors at the route they concern (for
-/// two ambiguous routes: at the later one, naming both).
-pub fn compile_router(cfg: &model::Config) -> Result<crate::router::Router, ConfigError> {
-    use crate::router::RouteError;
-    crate::router::Router::compile(&cfg.routes).map_err(|e| match &e {
-        RouteError::InvalidPattern { route, .. } => {
-            route_error(cfg, *route, "paths", e.to_string())
-        }
-        RouteError::InvalidHost { route, .. } => route_error(cfg, *route, "hosts", e.to_string()),
-        RouteError::InvalidMethod { route, .. } => {
-            route_error(cfg, *route, "methods", e.to_string())
-        }
-        RouteError::Ambiguous { a, b, .. } => {
-            route_error(cfg, (*a).max(*b), "paths", e.to_string())
-        }
-    })
 }
 
 /// An error about one key of a route, located at the route's table header, with key path

@@ -1,11 +1,13 @@
 //! The router: picks the route for a request from its path, method, host and headers.
 //!
-//! Owns: compiling `Config::routes` into a [`Router`] (once per config, off the request path),
+//! Owns: compiling `Config::routes` into a [`Router`] (once per config, off the request path;
+//! [`load_config`] and [`compile_config`] report its errors as config errors at the route),
 //! lookups ([`Router::lookup`], the first pipeline stage), the `Allow` values the gateway
 //! answers OPTIONS with ([`Router::allowed`], [`Router::allow_all`]) and the route table rows
 //! that `dispatch check` and admin `GET /routes` print ([`Router::describe`]).
 //! Files: `pattern.rs` (path pattern syntax), `trie.rs` (the compiled segment trie),
-//! `matcher.rs` (method / host / header predicates).
+//! `matcher.rs` (method / host / header predicates), `load.rs` (a config file loaded with its
+//! route table checked).
 //!
 //! The one thing to know: a lookup allocates nothing (unless a pattern has more than 4
 //! parameters, or the answer is a 405 and its `Allow` string is built) and visits each trie
@@ -48,6 +50,7 @@
 //! overlap, hosts overlap, and no header is required with two different values. A route that
 //! lists two patterns of the same shape is an error too.
 
+mod load;
 mod matcher;
 mod pattern;
 mod trie;
@@ -61,6 +64,7 @@ use std::fmt;
 use smallvec::SmallVec;
 
 use crate::config::model::{Route, RouteId};
+pub use load::{compile_config, load_config, load_config_str};
 use matcher::{Check, MethodTable, Predicates, Prepared};
 use pattern::{Pattern, Segment};
 use trie::{Trie, TrieBuilder};

@@ -28,7 +28,9 @@ pub enum ReloadError {
 
 pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     let current = shared.active();
-    let next = crate::config::load(&current.config.path)?;
+    // The route table is checked here too, so a bad file is refused before anything is said
+    // about the settings it would change.
+    let next = crate::router::load_config(&current.config.path)?;
     let fixed = |what: &str| crate::warn!("reload: {what} changed; it takes effect on restart");
     if next.server.workers != current.config.server.workers {
         fixed("server.workers");

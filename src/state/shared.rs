@@ -50,7 +50,7 @@ impl Active {
         old: Option<&Active>,
         generation: u64,
     ) -> Result<Active, crate::config::ConfigError> {
-        let router = crate::config::compile_router(&config)?;
+        let router = crate::router::compile_config(&config)?;
         // The running worker count: a reload cannot change it (see `reload`).
         let workers = old.map_or(config.server.workers, |o| o.workers);
         let upstreams = config

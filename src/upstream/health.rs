@@ -5,8 +5,8 @@
 //! control thread: atomics only), [`HealthEpoch`] (one per upstream, bumped by every write that
 //! changes an endpoint's availability), [`Rotation`] (one per worker per upstream: the cached
 //! out-of-rotation mask the balancer reads), and for active checks [`CheckState`] (pure
-//! threshold state machine), [`probe`] (one HTTP probe) and [`Checker`] (scheduling, run on ONE
-//! control thread).
+//! threshold state machine), [`probe`] (one HTTP probe, over the same upstream connection type
+//! and response codec as the proxy) and [`Checker`] (scheduling, run on ONE control thread).
 //!
 //! The one thing to know: the request hot path only loads shared memory. A success loads the
 //! failure streak and writes nothing unless it was non-zero, and [`Rotation::out_mask`] is one
@@ -38,13 +38,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use crate::http;
 
 use super::balance::EndpointSet;
+use super::client::UpConn;
+use super::UpstreamError;
 
 /// Largest response head a probe reads.
 const MAX_HEAD: usize = 16 * 1024;
@@ -406,8 +406,13 @@ pub fn passes(status: u16) -> bool {
     (200..400).contains(&status)
 }
 
-/// Sends `GET path` to `addr` and returns the response status; the whole exchange (connect,
-/// write, read of the head) is bounded by `timeout`.
+/// Sends `GET path` to `addr` and returns the final response's status; the whole exchange
+/// (connect, write, reading the head) is bounded by `timeout`.
+///
+/// The probe speaks through the same stream layer and codec as the proxy: an
+/// [`UpConn`](super::client::UpConn) and [`http::parse_response`] under [`PROBE_HEAD_LIMITS`].
+/// Interim 1xx responses other than 101 are skipped (RFC 9110 §15.2: a client must accept
+/// them before the final response, e.g. 103 Early Hints); a 101 is final, and fails the check.
 pub async fn probe(
     addr: SocketAddr,
     host: &str,
@@ -422,42 +427,58 @@ pub async fn probe(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dispatch-health-check\r\n\
          Connection: close\r\n\r\n"
     );
-    match monoio::time::timeout(timeout, exchange(addr, req.into_bytes())).await {
-        Ok(res) => res,
-        Err(_) => Err(ProbeError::Timeout),
+    exchange(addr, req.into_bytes(), Instant::now() + timeout).await
+}
+
+/// Response heads a probe reads: 16 KiB in all (status line and header block), so a
+/// misbehaving endpoint cannot make the control thread buffer more.
+pub const PROBE_HEAD_LIMITS: http::HeadLimits = http::HeadLimits {
+    max_request_line: 1024,
+    max_header_bytes: MAX_HEAD - 1024,
+    max_headers: MAX_HEADERS,
+};
+
+/// Connects, writes `req` and reads response heads until the final one, each step bounded by
+/// what is left until `deadline`.
+async fn exchange(addr: SocketAddr, req: Vec<u8>, deadline: Instant) -> Result<u16, ProbeError> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let mut up = UpConn::connect(addr, left()).await.map_err(probe_error)?;
+    let len = req.len();
+    let (res, _) = up.write(req, 0, len, left()).await;
+    res.map_err(probe_error)?;
+    loop {
+        // (status, head length) of a complete head.
+        let head = match http::parse_response(up.data(), &PROBE_HEAD_LIMITS) {
+            Ok(Some(head)) => Some((head.status, head.head_len)),
+            Ok(None) => None,
+            Err(e) => return Err(ProbeError::BadResponse(e.to_string())),
+        };
+        match head {
+            // The final head may already be buffered behind the interim one.
+            Some((status, len)) if (100..200).contains(&status) && status != 101 => {
+                up.consume(len);
+            }
+            Some((status, _)) => return Ok(status),
+            // The limits above fail an over-long head before the buffer outgrows them.
+            None => {
+                if up.fill(left(), MAX_HEAD).await.map_err(probe_error)? == 0 {
+                    return Err(ProbeError::Closed(None));
+                }
+            }
+        }
     }
 }
 
-async fn exchange(addr: SocketAddr, req: Vec<u8>) -> Result<u16, ProbeError> {
-    let mut stream = TcpStream::connect_addr(addr)
-        .await
-        .map_err(ProbeError::Connect)?;
-    let (res, _) = stream.write_all(req).await;
-    res.map_err(|e| ProbeError::Closed(Some(e)))?;
-    let mut buf = Vec::with_capacity(MAX_HEAD);
-    loop {
-        let len = buf.len();
-        if len >= MAX_HEAD {
-            return Err(ProbeError::BadResponse("head over 16 KiB".into()));
+/// What a failed step of the upstream connection means for a probe.
+fn probe_error(e: UpstreamError) -> ProbeError {
+    match e {
+        UpstreamError::Connect { source, .. } => ProbeError::Connect(source),
+        UpstreamError::ConnectTimeout { .. } | UpstreamError::ReadTimeout { .. } => {
+            ProbeError::Timeout
         }
-        let (res, slice) = stream.read(buf.slice_mut(len..MAX_HEAD)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) => return Err(ProbeError::Closed(None)),
-            Ok(_) => {}
-            Err(e) => return Err(ProbeError::Closed(Some(e))),
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                return resp
-                    .code
-                    .ok_or_else(|| ProbeError::BadResponse("no status code".into()));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(ProbeError::BadResponse(e.to_string())),
-        }
+        UpstreamError::Reset { detail, .. } => ProbeError::Closed(Some(io::Error::other(detail))),
+        // Not produced by connect, write or fill; kept total rather than assumed away.
+        other => ProbeError::BadResponse(other.to_string()),
     }
 }
 
@@ -928,6 +949,24 @@ mod tests {
              Connection: close\r\n\r\n"
         );
         assert!(passes(200) && passes(302) && !passes(503) && !passes(101));
+    }
+
+    /// The probe used to report an interim 1xx as the check's result: 103 Early Hints
+    /// failed a healthy endpoint. Interim heads are skipped (the final head may arrive in the
+    /// same read); a 101 is final, and fails.
+    #[test]
+    fn probe_skips_interim_responses() {
+        let (hints, _) = serve(|| {
+            let mut r = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n".to_vec();
+            r.extend_from_slice(&status(204));
+            r
+        });
+        let (upgrade, _) =
+            serve(|| b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec());
+        block_on(async move {
+            assert_eq!(probe(hints, "h", "/", SEC).await.unwrap(), 204);
+            assert_eq!(probe(upgrade, "h", "/", SEC).await.unwrap(), 101);
+        });
     }
 
     #[test]
