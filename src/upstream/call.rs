@@ -148,10 +148,7 @@ impl From<BreakerOpen> for UpstreamError {
 
 /// Asks an upstream's breaker (this worker's replica; None when the upstream has none)
 /// whether a request may go: `Ok(permit)` to carry into [`call`], or the refusal.
-pub fn admit(
-    replica: Option<&BreakerReplica>,
-    now_ms: u64,
-) -> Result<Option<Permit>, BreakerOpen> {
+pub fn admit(replica: Option<&BreakerReplica>, now_ms: u64) -> Result<Option<Permit>, BreakerOpen> {
     let Some(replica) = replica else {
         return Ok(None);
     };

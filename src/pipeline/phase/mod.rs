@@ -118,7 +118,7 @@ pub(crate) mod testing {
     }
 
     pub fn router(cfg: &Config) -> crate::router::Router {
-        crate::config::compile_router(cfg).expect("routes compile")
+        crate::router::compile_config(cfg).expect("routes compile")
     }
 
     pub fn id() -> RequestId {
