@@ -241,7 +241,7 @@ fn reads_time_out_instead_of_hanging() {
         Err(WireError::Timeout { got }) => assert!(got.is_empty()),
         other => panic!("expected timeout, got {other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < Duration::from_millis(1500));
     match c.wait_closed(Duration::from_millis(100)) {
         Err(WireError::Timeout { .. }) => {}
         other => panic!("connection should still be open: {other:?}"),
@@ -536,7 +536,7 @@ fn wait_until_polls_until_the_condition_or_the_deadline() {
         n += 1;
         n == 3
     }));
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < Duration::from_millis(1500));
     let start = Instant::now();
     assert!(!wait_until(Duration::from_millis(100), || false));
     let waited = start.elapsed();

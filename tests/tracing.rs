@@ -420,7 +420,8 @@ fn otlp_collector_down_costs_counted_drops_not_latency() {
     let t = Instant::now();
     assert_eq!(c.request(&Req::get("/x")).status, 200);
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        // Under the exporter's 2 s attempt limit, with room for a loaded CI runner.
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
@@ -502,7 +503,8 @@ fn otlp_hanging_collector_does_not_hold_up_shutdown() {
         assert_eq!(c.request(&Req::get("/x")).status, 200);
     }
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        // Under the exporter's 2 s attempt limit, with room for a loaded CI runner.
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );

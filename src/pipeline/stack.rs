@@ -118,9 +118,9 @@ pub fn prepare(
 /// client connection may stay open).
 pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &Snapshot) -> Served {
     let served = super::proxy::forward(&ctx, conn, worker, snap).await;
-    // The breaker learns the request's final outcome, after its retries: the upstream stage
-    // hands it over before the client gets the answer; what it did not (a client that failed
-    // or left) is settled here.
+    // The breaker learns the request's final outcome, after its retries, from
+    // `upstream::call` before the client gets the answer. A permit still here never reached
+    // the call (the client failed while its body was being read): settled here.
     if let Some(permit) = ctx.permit.take() {
         let state = snap.upstreams.list[ctx.upstream].borrow();
         if let Some(replica) = &state.breaker {
