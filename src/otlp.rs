@@ -1104,7 +1104,11 @@ mod tests {
         drop(local);
         let t = Instant::now();
         exporter.finish(Duration::from_millis(300));
-        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
         // Once its attempt times out the exporter gives up the rest: every span is accounted for.
         wait_until(|| dropped.load(Ordering::Relaxed) == total as u64);
         drop(listener);

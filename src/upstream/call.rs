@@ -419,24 +419,8 @@ pub async fn call<'a, C: Caller>(
     let mut tried = Tried::default();
     let mut attempts: u32 = 0;
     let mut stale: u32 = 0;
-    // Whether a retry may follow a failure of attempt number `n` (budget taken if so).
-    let retry = |e: &UpstreamError, caller: &C, n: u32| {
-        if n > policy.retries
-            || caller.interim_relayed()
-            || !may_retry(
-                e,
-                policy.idempotent,
-                !caller.streamed(),
-                caller.complete() && !caller.streamed(),
-            )
-        {
-            return false;
-        }
-        let s = state.borrow();
-        let now = (env.now_sec)();
-        s.budget.add_requests(now, s.pending_requests.replace(0));
-        s.budget.try_retry(now)
-    };
+    let retry =
+        |e: &UpstreamError, caller: &C, n: u32| may_try_again(e, caller, n, policy, state, env);
     let fail = |permit: &mut Option<Permit>, error: UpstreamError, last| {
         if let Some(p) = permit.take() {
             record(state, p, verdict_of(&error));
@@ -447,20 +431,7 @@ pub async fn call<'a, C: Caller>(
     // the next request); results are recorded at the time they happen (see `passive`).
     let now_ms = crate::clock::ms_at(policy.started);
     loop {
-        let (ep, pooled) = {
-            let mut s = state.borrow_mut();
-            // Endpoints out of rotation (unhealthy, ejected) count as tried; when every
-            // endpoint is out the rotation is empty and all are used (panic mode).
-            let out = s.rotation.out_mask(now_ms);
-            let mut avoid = tried.with_mask(out);
-            if avoid != Tried::default() && (0..s.balancer.len()).all(|i| avoid.contains(i)) {
-                // Retries went through every endpoint in rotation: an untried one out of
-                // rotation beats one that just failed.
-                avoid = tried;
-            }
-            let ep = s.balancer.pick(policy.balance_key, avoid);
-            (ep, s.checkout(ep, Instant::now()))
-        };
+        let (ep, pooled) = pick(state, tried, policy.balance_key, now_ms);
         let addr = config.endpoints[ep].addr;
         // The attempt's duration, connect included: what the access log's `upstream_ms` and
         // the upstream duration histogram show, failures included.
@@ -565,6 +536,55 @@ pub async fn call<'a, C: Caller>(
             }
         }
     }
+}
+
+/// Whether a retry may follow the failure `e` of attempt number `n`: the retry rules, then
+/// the budget (taken when it allows one).
+fn may_try_again<C: Caller>(
+    e: &UpstreamError,
+    caller: &C,
+    n: u32,
+    policy: &Policy,
+    state: &RefCell<UpstreamState>,
+    env: Env<'_, '_>,
+) -> bool {
+    let untouched = !caller.streamed();
+    if n > policy.retries
+        || caller.interim_relayed()
+        || !may_retry(
+            e,
+            policy.idempotent,
+            untouched,
+            untouched && caller.complete(),
+        )
+    {
+        return false;
+    }
+    let s = state.borrow();
+    let now = (env.now_sec)();
+    s.budget.add_requests(now, s.pending_requests.replace(0));
+    s.budget.try_retry(now)
+}
+
+/// The endpoint for the next attempt and a pooled connection to it, if one is idle and alive.
+/// Endpoints out of rotation (unhealthy, ejected, as of `now_ms`) count as tried; when every
+/// endpoint is out the rotation is empty and all are used (panic mode).
+fn pick(
+    state: &RefCell<UpstreamState>,
+    tried: Tried,
+    key: Key,
+    now_ms: u64,
+) -> (usize, Option<UpConn>) {
+    let mut s = state.borrow_mut();
+    let out = s.rotation.out_mask(now_ms);
+    let mut avoid = tried.with_mask(out);
+    if avoid != Tried::default() && (0..s.balancer.len()).all(|i| avoid.contains(i)) {
+        // Retries went through every endpoint in rotation: an untried one out of rotation
+        // beats one that just failed.
+        avoid = tried;
+    }
+    let ep = s.balancer.pick(key, avoid);
+    (ep, s.checkout(ep, Instant::now()))
 }
 
 /// One attempt on one connection: send the request, read past interim responses to the final
