@@ -58,6 +58,11 @@ const HEAD_READ: usize = HEAD_LIMITS.max_header_bytes + 8192;
 /// Free replays of one request on fresh connections after a pooled one turned out closed.
 pub const MAX_STALE_REPLAYS: u32 = 2;
 
+/// Interim (1xx) responses accepted before the final one. RFC 9110 §15.2 sets no bound, but
+/// an upstream that sends them without end would hold the request (and, relayed, the
+/// client) forever, each one arriving within the read timeout.
+pub const MAX_INTERIM: u32 = 32;
+
 /// The upstream being called: its compiled config and this worker's state for it.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
@@ -627,6 +632,7 @@ async fn exchange<C: Caller>(
             Err(e) => return Err(Miss::Failed(e)),
         }
     }
+    let mut interims = 0u32;
     'head: loop {
         let head = 'parsed: {
             match http::parse_response(up.data(), &HEAD_LIMITS) {
@@ -661,6 +667,11 @@ async fn exchange<C: Caller>(
             return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
         }
         if (100..200).contains(&status) {
+            interims += 1;
+            if interims > MAX_INTERIM {
+                let detail = format!("more than {MAX_INTERIM} interim responses");
+                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            }
             // RFC 9110 §15.2: interim responses go on (the caller decides), the final one
             // follows on the same connection.
             let relayed = Box::pin(caller.interim(&head)).await;
@@ -711,7 +722,9 @@ pub async fn early_answer(up: &mut UpConn, timeout: Duration) -> bool {
             Ok(_) => {}
         }
     }
-    loop {
+    // Each skipped interim response counts against the same bound as after the upload: past
+    // it, the upload stops and the exchange fails on the next head.
+    for _ in 0..MAX_INTERIM {
         let interim = match http::parse_response(up.data(), &HEAD_LIMITS) {
             Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                 head.head_len
@@ -723,6 +736,7 @@ pub async fn early_answer(up: &mut UpConn, timeout: Duration) -> bool {
             return false;
         }
     }
+    true
 }
 
 /// The metrics outcome of a failed attempt.
@@ -1071,6 +1085,49 @@ mod tests {
                 err.error
             );
             assert_eq!(f.upstreams.idle_count(), 0);
+        });
+    }
+
+    /// An upstream sending interim responses without end used to hold the request forever:
+    /// past MAX_INTERIM of them the exchange fails (502, not retried: the upstream answered).
+    #[test]
+    fn endless_interim_responses_are_a_bad_response() {
+        let flood: &'static [u8] = "HTTP/1.1 100 Continue\r\n\r\n"
+            .repeat(MAX_INTERIM as usize + 1)
+            .leak()
+            .as_bytes();
+        let (addr, _requests) = upstream(vec![flood]);
+        let f = fixture(addr, 0);
+        let now_sec = || 0;
+        let env = Env {
+            metrics: &f.metrics,
+            worker: 0,
+            now_sec: &now_sec,
+        };
+        let target = Target {
+            id: 0,
+            config: &f.config.upstreams[0],
+            state: &f.upstreams.list[0],
+        };
+        block_on(async {
+            let mut caller = Held {
+                request: GET.to_vec(),
+                interims: 0,
+                final_status: None,
+            };
+            let mut p = policy();
+            p.retries = 0;
+            let err = call(target, env, &p, None, &mut caller)
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                matches!(err.error, UpstreamError::BadResponse { .. }),
+                "{:?}",
+                err.error
+            );
+            assert_eq!(caller.interims, MAX_INTERIM);
+            assert_eq!(err.error.status(), 502);
         });
     }
 
