@@ -54,6 +54,8 @@
 //! - [`router`]: the route trie and its predicates.
 //! - [`pipeline`]: the per-request context, the client side of an exchange
 //!   ([`pipeline::client`]), the stages, the response phases and the logging phase.
+//! - [`policy`]: edge policies as decision cores ([`policy::ratelimit`]: the five rate-limit
+//!   algorithms, exact across workers, over fixed memory).
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
@@ -78,6 +80,7 @@ pub mod io;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod policy;
 pub mod router;
 pub mod runtime;
 pub mod server;
