@@ -11,7 +11,7 @@
 //!   workers can never both take the last unit, so admissions never exceed the algorithm's
 //!   own bound at all (the 1% / 1 request allowance of BEHAVIOR.md is not used). A rejection
 //!   writes nothing: a key over its limit is a shared read-only cache line, and hammering it
-//!   costs one load.
+//!   costs loads only.
 //! - Lookup of an existing key is lock-free: hash the key's bytes (SipHash with a random key
 //!   per table), scan a window of [`PROBE`] slots for the fingerprint, load the state word and
 //!   re-check the tag (a seqlock-style check against a concurrent re-keying). Inserting a NEW
@@ -27,23 +27,23 @@
 //! State word: bit 63 `FROZEN`, bits 55..63 a generation, bits 0..55 the algorithm's payload.
 //! A slot is re-used for a new key only when its state has fully recovered: from then on it
 //! decides exactly as a fresh key's would, so the new key inherits it as is and re-use loses
-//! nothing (a reading from before the recovery, by a late worker, finds it stricter than fresh,
-//! never looser). Re-use, under the shard lock: CAS the word to FROZEN (fails if the owner just
-//! spent from it: the slot is kept), write the new tag, then publish the word again with the
-//! generation bumped. An accessor that
-//! raced it either sees FROZEN, a generation it did not start from, or a new tag; it then
-//! redoes the lookup under the shard lock, so it cannot spin on a stalled re-keyer. A CAS
-//! that began on the old key's word cannot land on the new key's (the generation differs;
-//! it would take 256 re-keyings of that one slot while one CAS loop is pre-empted, and the
-//! same payload, to confuse it).
+//! nothing (a reading from before the recovery, by a late worker, finds it stricter than
+//! fresh, never looser). Re-use, under the shard lock: CAS the word to FROZEN (fails if the
+//! owner just spent from it: the slot is kept), write the new tag, then publish the word again
+//! with the generation bumped. An accessor that raced it sees FROZEN, a generation it did not
+//! start from, or a new tag; it then redoes the lookup under the shard lock, so it never spins
+//! on a pre-empted re-keyer. A CAS that began on the old key's word cannot land on the new
+//! key's: the generation differs (it would take 256 re-keyings of that one slot while one CAS
+//! loop is pre-empted, and an equal payload, to confuse it).
 //!
 //! Identity is the key's 64-bit keyed hash: two keys with the same hash share one state (both
 //! are limited together, never more than the limit); with one million live keys the chance
 //! that any two collide is about 3e-8.
 //!
-//! Memory is fixed when the table is built and never grows: [`Table::bytes_for`] bytes for
-//! `max_keys` keys (slots = `max_keys * 5/4` rounded up to a power of two, 8 bytes of tag and
-//! 8 of state each, plus a log's timestamps). When a new key finds no empty or recovered slot
+//! Memory is fixed when the table is built and never grows, whatever the number of distinct
+//! keys: [`Table::bytes_for`] bytes for `max_keys` keys (slots = `max_keys * 5/4` rounded up
+//! to a power of two, 8 bytes of tag and 8 of state each, plus a log's `done` word and
+//! timestamps; one lock per 1024 slots). When a new key finds no empty or recovered slot
 //! in its window, the table does NOT evict a key that is still in debt (that would reset its
 //! count: over-admission); the new key is rejected until a slot in its window recovers, and
 //! [`Table::overflows`] counts it. So a flood of distinct keys can fill the table, but it can

@@ -19,7 +19,7 @@
 //!   origin); a burst at a window's end and another at the next window's start can admit up to
 //!   `2 * limit` within one `window`-long span, as the algorithm implies.
 //! - [`sliding_window_log`]: at most `limit` in ANY `window`-long span, exactly: a ring of the
-//!   last `limit` admission times per key, so it costs `8 * limit` bytes per key; `limit` is
+//!   last `limit` admission times per key, so it costs `8 * (limit + 3)` bytes per key; `limit` is
 //!   capped at [`MAX_LOG_LIMIT`] and its default `max_keys` is lowered to fit
 //!   [`DEFAULT_LOG_TABLE_BYTES`].
 //! - [`sliding_window_counter`]: this window's count plus the previous window's weighted by
@@ -30,19 +30,23 @@
 //!   ([`Decision::Delay`] gives the instant to wait until: no timer per request); more are
 //!   rejected. A delayed request that gives up returns its place with [`Limiter::cancel`].
 //!
-//! Headers: `RateLimit-Limit` is `limit` (buckets: `burst`), `RateLimit-Remaining` what could
-//! still be admitted now, `RateLimit-Reset` the seconds until the key is fully restored;
-//! `Retry-After` the seconds until a rejected request would be admitted.
+//! Headers ([`Decision::headers`]): `RateLimit-Limit` is `limit` (buckets: `burst`),
+//! `RateLimit-Remaining` what could still be admitted now (leaky bucket: the free places in
+//! its queue), `RateLimit-Reset` the seconds until the key is fully restored; `Retry-After`
+//! the seconds until a rejected request would be admitted.
 //!
-//! Memory: each limit's table is allocated whole when the limit is built and never grows
-//! ([`Limiter::heap_bytes`], [`LimitSpec::table_bytes`]). With the default `max_keys`
-//! ([`DEFAULT_MAX_KEYS`] = 100,000: 131,072 slots) a limit holds 2 MiB, and a flood of
-//! 1,000,000 (or any number of) distinct keys leaves it at 2 MiB. A key is evicted only once
-//! its state has fully recovered, when its slot is wanted; an active key is never evicted, so a
-//! flood cannot reset a steady client's count. A new key that finds its window full of keys in
-//! debt is rejected ([`Table::overflows`]); size `max_keys` to the number of distinct keys
-//! that can be in debt at once. 100,000 clients in debt at once on one instance is well above
-//! what a 2-core edge gateway serves, and costs 2 MiB per limit; 1,000,000 costs 32 MiB.
+//! Memory: each limit's table (each tier has its own) is allocated whole when the limit is
+//! built and never grows ([`Limiter::heap_bytes`], [`LimitSpec::table_bytes`]); the process
+//! bound is the sum over limits and tiers. With the default `max_keys` ([`DEFAULT_MAX_KEYS`] =
+//! 100,000: 131,072 slots of 16 bytes) a limit holds 2 MiB, and a flood of 1,000,000 (or any
+//! number of) distinct keys leaves it at 2 MiB. A key gives up its slot only once its state
+//! has fully recovered, and only when a new key needs the slot; a key in debt is never
+//! evicted, so a flood cannot reset a client's count (that would be over-admission). A new key
+//! (or a recovered one coming back) that finds its 16-slot window all in debt is rejected
+//! until one recovers ([`Table::overflows`] counts these): the table errs on the side of
+//! rejecting. So `max_keys` is the number of distinct keys that can be in debt at once:
+//! 100,000 on one instance is well above what a 2-core edge gateway serves at once, for 2 MiB
+//! a limit; 1,000,000 costs 32 MiB.
 //!
 //! Reload: a [`Limiter`] built with [`Limiter::rebuild`] from an equal spec IS the previous
 //! one (the same `Arc`), so its keys' state survives a reload of an unchanged policy.
@@ -199,7 +203,7 @@ impl LimitSpec {
             if self.window.is_zero() {
                 return Err(missing("window"));
             }
-            if self.window.subsec_nanos() % 1_000_000 != 0 {
+            if !self.window.subsec_nanos().is_multiple_of(1_000_000) {
                 return Err(SpecError::WindowPrecision);
             }
             if self.window > MAX_WINDOW {

@@ -88,7 +88,10 @@ impl SlidingWindowCounter {
             }
             Step::Keep(Decision::Reject {
                 limit: self.limit,
-                retry_after_ms: (self.admitted_at(start, prev, cur) - now_ms).max(1),
+                retry_after_ms: self
+                    .admitted_at(start, prev, cur)
+                    .saturating_sub(now_ms)
+                    .max(1),
                 reset_ms: reset_ms(cur, prev),
             })
         })?;

@@ -125,12 +125,12 @@ impl SlidingWindowLog {
         head + 1 - lo
     }
 
-    pub(super) fn recovered_at(&self, head: u64, extra: &[AtomicU64], _now_ms: u64) -> u64 {
+    pub(super) fn recovered_at(&self, head: u64, extra: &[AtomicU64], now_ms: u64) -> u64 {
         match unpack(extra[0].load(Ordering::Acquire)) {
             (_, None) if head == 0 => 0,
             (done, Some(t)) if done == head & SEQ_MASK => t + self.window_ms,
-            // A write in flight.
-            _ => u64::MAX,
+            // A write in flight: an admission made just now.
+            _ => now_ms + self.window_ms,
         }
     }
 }
