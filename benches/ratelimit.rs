@@ -8,6 +8,10 @@
 //!   cost of a flood from one client (it should be below `admit`).
 //! - `many_keys/*`: 50,000 keys already in a table sized for the default 100,000, visited in
 //!   a scattered order: every lookup is a cache miss, the realistic case for `key = "ip"`.
+//! - `new_keys/*`: a distinct key every request (a flood of client IPs): the slow path, which
+//!   takes the shard lock to insert, re-use a recovered slot, or turn the key away.
+//! - Before the timings, a 1,000,000-key flood per algorithm prints the limit's table bytes and
+//!   the process RSS growth it caused (`flood_1m_keys/*`): the memory bound, measured.
 //! - `contended/*`: every core hammering ONE key at once (the worst case for the shared-word
 //!   design: one cache line bouncing between cores, CAS retries); time per request as each
 //!   thread sees it. Compare with `one_key/admit` to see what exactness across cores costs.
@@ -48,7 +52,42 @@ fn tiny(algorithm: Algorithm) -> LimitSpec {
     spec
 }
 
+/// The process's resident set, from /proc (0 where there is none).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn flood(algorithm: Algorithm, name: &str) {
+    let before = rss_kib();
+    let limiter = Limiter::new(never_rejects(algorithm)).unwrap();
+    let mut turned_away = 0u64;
+    for i in 0..1_000_000u32 {
+        // 100 new keys a millisecond, 10 s in all.
+        if !limiter
+            .check(&i.to_be_bytes(), 1_000 + u64::from(i / 100))
+            .admitted()
+        {
+            turned_away += 1;
+        }
+    }
+    println!(
+        "flood_1m_keys/{name}: table {} KiB, RSS +{} KiB, {} keys held, {turned_away} turned away",
+        limiter.heap_bytes() / 1024,
+        rss_kib().saturating_sub(before),
+        limiter.table().keys(),
+    );
+}
+
 fn bench(c: &mut Criterion) {
+    for (algorithm, name) in Algorithm::ALL {
+        flood(algorithm, name);
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     for (algorithm, name) in Algorithm::ALL {
         let limiter = Limiter::new(never_rejects(algorithm)).unwrap();
@@ -81,6 +120,16 @@ fn bench(c: &mut Criterion) {
                 i = (i + 7919) % keys.len();
                 now += 1;
                 black_box(limiter.check(&keys[i], now / 50));
+            })
+        });
+
+        let limiter = Limiter::new(never_rejects(algorithm)).unwrap();
+        let (mut key, mut now) = (0u64, 1_000_000u64);
+        c.bench_function(&format!("new_keys/{name}"), |b| {
+            b.iter(|| {
+                key += 1;
+                now += u64::from(key % 100 == 0);
+                black_box(limiter.check(&key.to_be_bytes(), now));
             })
         });
 
