@@ -830,6 +830,16 @@ mod tests {
         final_status: Option<u16>,
     }
 
+    impl Held {
+        fn get() -> Held {
+            Held {
+                request: GET.to_vec(),
+                interims: 0,
+                final_status: None,
+            }
+        }
+    }
+
     impl Caller for Held {
         fn held(&mut self) -> &mut Vec<u8> {
             &mut self.request
@@ -899,7 +909,27 @@ mod tests {
         metrics: Rc<WorkerMetrics>,
     }
 
+    fn no_clock() -> u64 {
+        0
+    }
+
     impl Fixture {
+        fn target(&self) -> Target<'_> {
+            Target {
+                id: 0,
+                config: &self.config.upstreams[0],
+                state: &self.upstreams.list[0],
+            }
+        }
+
+        fn env(&self) -> Env<'_, 'static> {
+            Env {
+                metrics: &self.metrics,
+                worker: 0,
+                now_sec: &no_clock,
+            }
+        }
+
         /// The upstream request counter of `outcome`, as `/metrics` shows it.
         fn upstream_requests(&self, outcome: &str) -> String {
             let mut text = String::new();
@@ -969,23 +999,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         ]);
         let f = fixture(addr, 1);
-        let now_sec = || 0;
-        let env = Env {
-            metrics: &f.metrics,
-            worker: 0,
-            now_sec: &now_sec,
-        };
-        let target = Target {
-            id: 0,
-            config: &f.config.upstreams[0],
-            state: &f.upstreams.list[0],
-        };
+        let (target, env) = (f.target(), f.env());
         block_on(async {
-            let mut caller = Held {
-                request: GET.to_vec(),
-                interims: 0,
-                final_status: None,
-            };
+            let mut caller = Held::get();
             let resp = call(target, env, &policy(), None, &mut caller)
                 .await
                 .unwrap();
@@ -1021,23 +1037,9 @@ mod tests {
             b"HTTP/1.1 503 Busy\r\nContent-Length: 1\r\n\r\nb",
         ]);
         let f = fixture(addr, 1);
-        let now_sec = || 0;
-        let env = Env {
-            metrics: &f.metrics,
-            worker: 0,
-            now_sec: &now_sec,
-        };
-        let target = Target {
-            id: 0,
-            config: &f.config.upstreams[0],
-            state: &f.upstreams.list[0],
-        };
+        let (target, env) = (f.target(), f.env());
         block_on(async {
-            let mut caller = Held {
-                request: GET.to_vec(),
-                interims: 0,
-                final_status: None,
-            };
+            let mut caller = Held::get();
             let resp = call(target, env, &policy(), None, &mut caller)
                 .await
                 .unwrap();
@@ -1058,23 +1060,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
         ]);
         let f = fixture(addr, 0);
-        let now_sec = || 0;
-        let env = Env {
-            metrics: &f.metrics,
-            worker: 0,
-            now_sec: &now_sec,
-        };
-        let target = Target {
-            id: 0,
-            config: &f.config.upstreams[0],
-            state: &f.upstreams.list[0],
-        };
+        let (target, env) = (f.target(), f.env());
         block_on(async {
-            let mut caller = Held {
-                request: GET.to_vec(),
-                interims: 0,
-                final_status: None,
-            };
+            let mut caller = Held::get();
             let resp = call(target, env, &policy(), None, &mut caller)
                 .await
                 .unwrap();
@@ -1098,23 +1086,9 @@ mod tests {
             .as_bytes();
         let (addr, _requests) = upstream(vec![flood]);
         let f = fixture(addr, 0);
-        let now_sec = || 0;
-        let env = Env {
-            metrics: &f.metrics,
-            worker: 0,
-            now_sec: &now_sec,
-        };
-        let target = Target {
-            id: 0,
-            config: &f.config.upstreams[0],
-            state: &f.upstreams.list[0],
-        };
+        let (target, env) = (f.target(), f.env());
         block_on(async {
-            let mut caller = Held {
-                request: GET.to_vec(),
-                interims: 0,
-                final_status: None,
-            };
+            let mut caller = Held::get();
             let mut p = policy();
             p.retries = 0;
             let err = call(target, env, &p, None, &mut caller)
@@ -1141,23 +1115,9 @@ mod tests {
             .unwrap();
         let addr = refusing.local_addr().unwrap().as_socket().unwrap();
         let f = fixture(addr, 0);
-        let now_sec = || 0;
-        let env = Env {
-            metrics: &f.metrics,
-            worker: 0,
-            now_sec: &now_sec,
-        };
-        let target = Target {
-            id: 0,
-            config: &f.config.upstreams[0],
-            state: &f.upstreams.list[0],
-        };
+        let (target, env) = (f.target(), f.env());
         block_on(async {
-            let mut caller = Held {
-                request: GET.to_vec(),
-                interims: 0,
-                final_status: None,
-            };
+            let mut caller = Held::get();
             let mut p = policy();
             p.retries = 0;
             let err = call(target, env, &p, None, &mut caller)
