@@ -86,6 +86,7 @@ pub mod io;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod policy;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -1,0 +1,2 @@
+//! Request policies: authentication (more policies live beside it).
+pub mod auth;
