@@ -46,7 +46,7 @@ impl ApiKeyField {
 }
 
 /// One `[auth.NAME]` policy of `type = "api_key"`, as plain data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeySpec {
     pub from: KeyFrom,
     pub keys_file: PathBuf,
@@ -67,6 +67,16 @@ pub struct ApiKeyVerifier {
     /// By the digest's first 8 bytes; the full digest is compared in constant time.
     entries: HashMap<u64, Vec<([u8; 32], Consumer)>>,
     forward: Box<[(ApiKeyField, Box<str>)]>,
+}
+
+impl std::fmt::Debug for ApiKeyVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyVerifier")
+            .field("from", &self.from)
+            .field("keys", &self.entries.values().map(Vec::len).sum::<usize>())
+            .field("forward", &self.forward)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]

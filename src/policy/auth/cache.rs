@@ -5,8 +5,8 @@
 //! Key: the token's SHA-256, not its bytes. Every entry then costs the same 32 bytes of key
 //! whatever the token's size (up to 8 KiB), the cache holds no usable bearer credential (a core
 //! dump of it replays nothing), and equal digests mean equal tokens (collision resistance), so
-//! a lookup never needs the token back. Hashing ~1 KiB costs about a microsecond with the CPU's
-//! SHA extensions, against tens of microseconds for an RS256 check. The digest is already
+//! a lookup never needs the token back. Hashing a 700-byte token costs about 0.4 µs with the
+//! CPU's SHA extensions (benches/auth.rs: the whole hit), against ~20 µs for an RS256 check. The digest is already
 //! uniform and not chosen by the client, so its first 8 bytes are the map's hash (no SipHash).
 //!
 //! Expiry: an entry is used only while `now < exp` (the token's own, no leeway: past `exp` a
@@ -23,14 +23,14 @@ use quick_cache::unsync::{Cache, DefaultLifecycle};
 use quick_cache::UnitWeighter;
 
 use super::error::AuthError;
-use super::jwt::{Claims, JwtVerifier, MAX_TOKEN_LEN};
+use super::jwt::{Claims, ForwardHeaders, JwtVerifier, MAX_TOKEN_LEN};
 
 /// What a successful verification produced.
 #[derive(Debug, PartialEq)]
 pub struct Verified {
     pub claims: Claims,
     /// `(header, value)` to set on the request, in the policy's `forward` order.
-    pub forward: Vec<(Box<str>, Box<str>)>,
+    pub forward: ForwardHeaders,
 }
 
 /// A per-worker cache of verified tokens (see the module doc).
@@ -110,7 +110,7 @@ fn usable(hit: &Verified, verifier: &JwtVerifier, now: u64) -> bool {
         && hit
             .claims
             .not_before()
-            .is_none_or(|nbf| (now + verifier.leeway_secs()) as f64 >= nbf)
+            .is_none_or(|nbf| now.saturating_add(verifier.leeway_secs()) as f64 >= nbf)
 }
 
 /// A token's SHA-256 (the cache key).

@@ -141,8 +141,8 @@ impl std::fmt::Display for Algorithm {
     }
 }
 
-/// Where a policy's keys come from.
-#[derive(Debug, Clone)]
+/// Where a policy's keys come from. `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// A PEM public key (`-----BEGIN PUBLIC KEY-----`): RSA, EC P-256/P-384 or Ed25519.
     Pem(PathBuf),
@@ -150,6 +150,16 @@ pub enum KeySource {
     Jwks(PathBuf),
     /// An HMAC secret (the bytes of `secret_env`'s variable): HS256/384/512 only.
     Secret(Vec<u8>),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Pem(path) => f.debug_tuple("Pem").field(path).finish(),
+            KeySource::Jwks(path) => f.debug_tuple("Jwks").field(path).finish(),
+            KeySource::Secret(secret) => write!(f, "Secret(<{} bytes>)", secret.len()),
+        }
+    }
 }
 
 impl KeySource {
@@ -167,7 +177,7 @@ impl KeySource {
 }
 
 /// One `[auth.NAME]` policy of `type = "jwt"`, as plain data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtSpec {
     /// The `alg` values accepted; a token with any other is `Invalid token`.
     pub algorithms: Vec<Algorithm>,
@@ -202,6 +212,26 @@ pub struct JwtVerifier {
     strip_authorization: bool,
 }
 
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<_> = Algorithm::ALL
+            .into_iter()
+            .filter(|a| self.allowed & a.bit() != 0)
+            .collect();
+        f.debug_struct("JwtVerifier")
+            .field("id", &self.id)
+            .field("algorithms", &algorithms)
+            .field("keys", &self.keys.len())
+            .field("by_kid", &self.by_kid)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("required", &self.required)
+            .field("forward", &self.forward)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Key {
     kid: Option<Box<str>>,
     algorithm: Algorithm,
@@ -210,7 +240,8 @@ struct Key {
 
 enum Check {
     Public(ParsedPublicKey),
-    Hmac(hmac::Key),
+    // Boxed: an HMAC key holds its precomputed inner and outer states (over 1 KiB).
+    Hmac(Box<hmac::Key>),
 }
 
 /// The header of a JWS (RFC 7515 §4.1): only what verification reads.
@@ -292,6 +323,9 @@ fn scalar_text(value: &Value) -> Cow<'_, str> {
         other => Cow::Owned(other.to_string()),
     }
 }
+
+/// `(header, value)` pairs to set on a request, in the policy's `forward` order.
+pub type ForwardHeaders = Vec<(Box<str>, Box<str>)>;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -492,7 +526,7 @@ impl JwtVerifier {
     /// the whole token rather than dropping the header: an upstream reading a missing identity
     /// header as "anonymous" or a default would be a silently wrong answer, and an issuer
     /// signing such a value is misconfigured or attacked, which the operator should see.
-    pub fn forwarded(&self, claims: &Claims) -> Result<Vec<(Box<str>, Box<str>)>, AuthError> {
+    pub fn forwarded(&self, claims: &Claims) -> Result<ForwardHeaders, AuthError> {
         let mut out = Vec::with_capacity(self.forward.len());
         for (claim, header) in self.forward.iter() {
             match claims.text(claim) {
@@ -552,7 +586,7 @@ fn secret_keys(secret: &[u8], algorithms: &[Algorithm]) -> Result<Vec<Key>, Auth
             Ok(Key {
                 kid: None,
                 algorithm,
-                check: Check::Hmac(hmac::Key::new(hmac_alg, secret)),
+                check: Check::Hmac(Box::new(hmac::Key::new(hmac_alg, secret))),
             })
         })
         .collect()

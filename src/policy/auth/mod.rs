@@ -29,7 +29,7 @@ mod tests;
 pub use api_key::{ApiKeyField, ApiKeySpec, ApiKeyVerifier, Consumer, KeyFrom};
 pub use cache::{TokenCache, Verified};
 pub use error::{AuthConfigError, AuthError, Invalid};
-pub use jwt::{Algorithm, Claims, JwtSpec, JwtVerifier, KeySource};
+pub use jwt::{Algorithm, Claims, ForwardHeaders, JwtSpec, JwtVerifier, KeySource, MAX_TOKEN_LEN};
 
 /// A header name the verifiers may set, lower-cased, checked at load.
 fn forward_header(name: &str) -> Result<Box<str>, AuthConfigError> {

@@ -988,3 +988,19 @@ fn cache_is_bounded_and_tied_to_its_verifier() {
     assert!(!Rc::ptr_eq(&a, &b));
     assert!(off.is_empty());
 }
+
+/// The secret never shows in debug output (a config dump, a panic message), the key files do.
+#[test]
+fn debug_output_hides_the_secret() {
+    let s = spec(&[Algorithm::HS256], KeySource::Secret(SECRET.into()));
+    let text = format!("{s:?} {:?}", JwtVerifier::new(&s).unwrap());
+    assert!(text.contains("Secret(<64 bytes>)"), "{text}");
+    assert!(!text.contains("0123456789abcdef"), "{text}");
+}
+
+/// Compiled policies are shared by every worker through the config snapshot.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<JwtVerifier>();
+    shared::<ApiKeyVerifier>();
+};
