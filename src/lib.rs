@@ -62,8 +62,9 @@
 //!   ([`pipeline::phase`]), the per-request context, the client side of an exchange
 //!   ([`pipeline::client`]), the proxy phase's side of an upstream call ([`pipeline::proxy`]),
 //!   the response phases ([`pipeline::respond`]) and the logging phase.
-//! - [`policy`]: edge policies as decision cores ([`policy::ratelimit`]: the five rate-limit
-//!   algorithms, exact across workers, over fixed memory; not yet wired to config or a phase).
+//! - [`policy`]: edge policies as decision cores ([`policy::auth`]: JWT and API keys;
+//!   [`policy::ratelimit`]: the five rate-limit algorithms, exact across workers, over fixed
+//!   memory); not yet wired to config or a phase.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
