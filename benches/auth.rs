@@ -88,12 +88,15 @@ fn bench(c: &mut Criterion) {
         sig
     };
     let rs_pem = pem_file("rsa.pem", rsa.public_key().as_der().unwrap().as_ref());
-    let rs = JwtVerifier::new(&spec(Algorithm::RS256, KeySource::Pem(rs_pem))).unwrap();
+    let rs = JwtVerifier::new(&spec(Algorithm::RS256, KeySource::Pem(rs_pem.clone()))).unwrap();
+    // Keys are read once, when a verifier is built: the bench's files go at once.
+    let _ = std::fs::remove_file(&rs_pem);
     let rs_token = jws("RS256", &claims(0), &rs_sign);
 
     let ec = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
     let ec_pem = pem_file("p256.pem", ec.public_key().as_der().unwrap().as_ref());
-    let es = JwtVerifier::new(&spec(Algorithm::ES256, KeySource::Pem(ec_pem))).unwrap();
+    let es = JwtVerifier::new(&spec(Algorithm::ES256, KeySource::Pem(ec_pem.clone()))).unwrap();
+    let _ = std::fs::remove_file(&ec_pem);
     let es_token = jws("ES256", &claims(0), &|msg| {
         ec.sign(&rng, msg).unwrap().as_ref().to_vec()
     });
@@ -160,10 +163,11 @@ fn bench(c: &mut Criterion) {
     std::fs::write(&keys_path, text).unwrap();
     let api = ApiKeyVerifier::new(&ApiKeySpec {
         from: KeyFrom::Header("x-api-key".into()),
-        keys_file: keys_path,
+        keys_file: keys_path.clone(),
         forward: vec![(ApiKeyField::Consumer, "x-consumer-id".into())],
     })
     .unwrap();
+    let _ = std::fs::remove_file(&keys_path);
     c.bench_function("api_key/lookup", |b| {
         b.iter(|| black_box(api.lookup(black_box(key)).unwrap()))
     });

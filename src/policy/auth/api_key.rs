@@ -317,22 +317,26 @@ mod tests {
     }
 
     fn write_keys(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dispatch-auth-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("dispatch-auth-tests");
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+        let path = dir.join(format!("{}-keys-{name}", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
     }
 
     fn verifier(name: &str, text: &str) -> Result<ApiKeyVerifier, AuthConfigError> {
-        ApiKeyVerifier::new(&ApiKeySpec {
+        let keys_file = write_keys(name, text);
+        let verifier = ApiKeyVerifier::new(&ApiKeySpec {
             from: KeyFrom::Header("X-Api-Key".into()),
-            keys_file: write_keys(name, text),
+            keys_file: keys_file.clone(),
             forward: vec![
                 (ApiKeyField::Consumer, "x-consumer-id".into()),
                 (ApiKeyField::Plan, "x-consumer-plan".into()),
             ],
-        })
+        });
+        // Read once, at build: the file is not needed after (and must not pile up in /tmp).
+        let _ = std::fs::remove_file(&keys_file);
+        verifier
     }
 
     /// A key whose digest is listed is found, with its consumer and plan forwarded.

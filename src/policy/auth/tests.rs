@@ -105,15 +105,33 @@ fn without(mut base: Value, key: &str) -> Value {
     base
 }
 
-fn temp_file(name: &str, content: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dispatch-auth-jwt-{}", std::process::id()));
+/// A key file a test wrote, removed when dropped: a verifier reads its keys once, when it is
+/// built, so the file only has to outlive that.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn path(&self) -> PathBuf {
+        self.0.clone()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp_file(name: &str, content: &[u8]) -> TempFile {
+    // One shared directory, never one per run: the files go when their test is done.
+    let dir = std::env::temp_dir().join("dispatch-auth-tests");
     std::fs::create_dir_all(&dir).unwrap();
-    // Tests run in parallel: each file gets its own name, so none reads another's half-write.
+    // Tests (and test processes) run in parallel: each file gets its own name, so none reads
+    // another's half-write.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("{n}-{name}"));
+    let path = dir.join(format!("{}-{n}-{name}", std::process::id()));
     std::fs::write(&path, content).unwrap();
-    path
+    TempFile(path)
 }
 
 fn pem(der: &[u8]) -> Vec<u8> {
@@ -149,7 +167,7 @@ fn spec(algorithms: &[Algorithm], keys: KeySource) -> JwtSpec {
 
 fn rsa_verifier() -> JwtVerifier {
     let path = temp_file("rsa.pem", &rsa_pem(&keys().rsa));
-    JwtVerifier::new(&spec(&[Algorithm::RS256], KeySource::Pem(path))).unwrap()
+    JwtVerifier::new(&spec(&[Algorithm::RS256], KeySource::Pem(path.path()))).unwrap()
 }
 
 fn invalid(reason: Invalid) -> Result<Claims, AuthError> {
@@ -168,7 +186,7 @@ fn each_algorithm_family_is_accepted() {
         Algorithm::RS512,
         Algorithm::PS256,
     ];
-    let v = JwtVerifier::new(&spec(&rsa_algs, KeySource::Pem(rsa))).unwrap();
+    let v = JwtVerifier::new(&spec(&rsa_algs, KeySource::Pem(rsa.path()))).unwrap();
     let encodings: [&'static dyn signature::RsaEncoding; 4] = [
         &signature::RSA_PKCS1_SHA256,
         &signature::RSA_PKCS1_SHA384,
@@ -205,7 +223,8 @@ fn each_algorithm_family_is_accepted() {
         ),
     ];
     for (name, pem, alg, signer) in cases {
-        let v = JwtVerifier::new(&spec(&[alg], KeySource::Pem(temp_file(name, &pem)))).unwrap();
+        let v =
+            JwtVerifier::new(&spec(&[alg], KeySource::Pem(temp_file(name, &pem).path()))).unwrap();
         let t = jws(&json!({"alg": alg.as_str()}), &claims(), signer);
         let got = v.verify(t.as_bytes(), NOW).unwrap();
         assert_eq!(got.get("sub"), Some(&json!("user-1")), "{alg}");
@@ -242,7 +261,7 @@ fn a_token_from_jsonwebtoken_verifies() {
         "jwt-p256.pem",
         &pem(k.p256.public_key().as_der().unwrap().as_ref()),
     );
-    let v = JwtVerifier::new(&spec(&[Algorithm::ES256], KeySource::Pem(path))).unwrap();
+    let v = JwtVerifier::new(&spec(&[Algorithm::ES256], KeySource::Pem(path.path()))).unwrap();
     assert!(v.verify(t.as_bytes(), NOW).is_ok());
 }
 
@@ -288,7 +307,7 @@ fn hmac_with_the_public_key_as_secret_is_refused() {
     let path = temp_file("confusion.pem", &pem);
     let err = JwtVerifier::new(&spec(
         &[Algorithm::RS256, Algorithm::HS256],
-        KeySource::Pem(path),
+        KeySource::Pem(path.path()),
     ))
     .err()
     .unwrap();
@@ -475,8 +494,11 @@ fn jwks_verifier(
     algorithms: &[Algorithm],
 ) -> Result<JwtVerifier, AuthConfigError> {
     let path = temp_file(name, json!({ "keys": keys }).to_string().as_bytes());
-    assert!(matches!(KeySource::file(&path), Ok(KeySource::Jwks(_))));
-    JwtVerifier::new(&spec(algorithms, KeySource::Jwks(path)))
+    assert!(matches!(
+        KeySource::file(&path.path()),
+        Ok(KeySource::Jwks(_))
+    ));
+    JwtVerifier::new(&spec(algorithms, KeySource::Jwks(path.path())))
 }
 
 fn signed_by(key: &RsaKeyPair, kid: Option<&str>) -> String {
@@ -817,14 +839,14 @@ fn bad_policies_fail_at_load() {
         "private.pem",
         b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     );
-    let e = err(spec(&[Algorithm::RS256], KeySource::Pem(private)));
+    let e = err(spec(&[Algorithm::RS256], KeySource::Pem(private.path())));
     assert!(
         e.contains("private.pem") && e.contains("private key"),
         "{e}"
     );
 
     let junk = temp_file("junk.pem", b"not a key");
-    let e = err(spec(&[Algorithm::RS256], KeySource::Pem(junk)));
+    let e = err(spec(&[Algorithm::RS256], KeySource::Pem(junk.path())));
     assert!(
         e.contains("junk.pem") && e.contains("not a PEM public key"),
         "{e}"
@@ -834,9 +856,9 @@ fn bad_policies_fail_at_load() {
         "ec-for-rsa.pem",
         &pem(k.p256.public_key().as_der().unwrap().as_ref()),
     );
-    let e = err(spec(&[Algorithm::RS256], KeySource::Pem(ec.clone())));
+    let e = err(spec(&[Algorithm::RS256], KeySource::Pem(ec.path())));
     assert!(e.contains("EC P-256 key, which cannot verify RS256"), "{e}");
-    let e = err(spec(&[Algorithm::ES384], KeySource::Pem(ec)));
+    let e = err(spec(&[Algorithm::ES384], KeySource::Pem(ec.path())));
     assert!(e.contains("cannot verify ES384"), "{e}");
 
     let oct = jwks_verifier(
