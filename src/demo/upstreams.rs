@@ -61,7 +61,7 @@ pub enum Service {
 }
 
 /// One running sample service. Dropping it stops the listener; connections already open
-/// finish their current request and close within [`POLL`].
+/// finish their current request and close within `POLL`.
 pub struct SampleServer {
     name: String,
     addr: SocketAddr,

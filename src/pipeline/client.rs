@@ -55,7 +55,7 @@ impl ClientIo {
         self.io.fill(timeout, max).await
     }
 
-    /// Closes gracefully (the stream layer's lingering close, for up to [`LINGER`]).
+    /// Closes gracefully (the stream layer's lingering close, for up to `LINGER`).
     pub async fn linger(&mut self) {
         self.io.linger(LINGER).await;
     }

@@ -1,4 +1,4 @@
-//! W3C trace context (`traceparent`, https://www.w3.org/TR/trace-context/ §3.2): continue the
+//! W3C trace context (`traceparent`, <https://www.w3.org/TR/trace-context/> §3.2): continue the
 //! caller's trace with a new span id, or start a trace when there is none or it is invalid.
 //!
 //! Owns parsing and formatting of `traceparent`; `tracestate` is an ordinary end-to-end header

@@ -1,6 +1,6 @@
 //! Process start-up and the thread-per-core runtime.
 //!
-//! [`start`] binds every listener once per worker (SO_REUSEPORT, [`listeners::bind`](crate::state::listeners::bind)),
+//! [`start`] binds every listener once per worker (SO_REUSEPORT, [`crate::state::listeners::bind`]),
 //! publishes the compiled config in [`Shared`], starts the pinned workers (each runs
 //! the accept loop it is handed on its sockets), the admin thread (through the spawner it is
 //! handed) and signal handling; [`Running::wait`] blocks until every worker has drained.

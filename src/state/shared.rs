@@ -1,7 +1,7 @@
 //! The only state shared across worker threads.
 //!
 //! [`Shared`] holds the active compiled config ([`Active`], swapped whole on reload, with one
-//! [`UpstreamShared`](crate::upstream::shared::UpstreamShared) per upstream: retry budget, breaker, endpoint health), the shutdown flag,
+//! [`crate::upstream::shared::UpstreamShared`] per upstream: retry budget, breaker, endpoint health), the shutdown flag,
 //! the process-wide connection count, the listener set and the discovery state. The request
 //! path touches only atomics and the `ArcSwap`; the two `Mutex`es (discovery, listeners) are
 //! taken only by the admin, DNS and reload threads. Workers keep their own

@@ -410,7 +410,7 @@ pub fn passes(status: u16) -> bool {
 /// (connect, write, reading the head) is bounded by `timeout`.
 ///
 /// The probe speaks through the same stream layer and codec as the proxy: an
-/// [`UpConn`](super::client::UpConn) and [`http::parse_response`] under [`PROBE_HEAD_LIMITS`].
+/// [`super::client::UpConn`] and [`http::parse_response`] under [`PROBE_HEAD_LIMITS`].
 /// Interim 1xx responses other than 101 are skipped (RFC 9110 §15.2: a client must accept
 /// them before the final response, e.g. 103 Early Hints); a 101 is final, and fails the check.
 pub async fn probe(

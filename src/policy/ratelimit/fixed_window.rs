@@ -5,7 +5,7 @@
 //! `limit` needs; the window number keeps the rest (at least 24 bits). A reading behind the
 //! stored window (another worker's reading was later) counts in the stored, newer window: a
 //! window's count is never reset by a late reader. A key whose slot sat idle for about 2^24
-//! windows or more could read its old count as current (or as up to [`AHEAD`] windows ahead):
+//! windows or more could read its old count as current (or as up to `AHEAD` windows ahead):
 //! only ever fewer admissions, never more.
 //!
 //! Once a key is at its limit, rejections write nothing (a load each).
