@@ -101,6 +101,15 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Whether the decoder is inside a chunk-size line (its start included): no size has been
+    /// read whole since the last chunk's payload.
+    pub fn in_size_line(&self) -> bool {
+        matches!(
+            self.state,
+            State::SizeStart | State::Size | State::SizeBws | State::Ext | State::SizeLf
+        )
+    }
+
     /// Decodes from the start of `input`: stops after the first run of payload bytes, at
     /// the end of the body, or at the end of the input, whichever comes first.
     ///

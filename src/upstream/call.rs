@@ -265,9 +265,10 @@ impl UpstreamResponse<'_> {
     /// Reads the whole body into memory, decoded from its framing, and ends the response
     /// ([`UpstreamResponse::complete`] on success, the connection reused when it may be). For
     /// callers that need the body itself (aggregation, transforms, the cache's refresh), not
-    /// for streaming to a client. A body over `limit` bytes is a `BadResponse`, as is a broken
-    /// framing; a stall past `read_timeout` is a `ReadTimeout`. The returned failure has been
-    /// counted against the upstream.
+    /// for streaming to a client. A broken framing is a `BadResponse` and a stall past
+    /// `read_timeout` a `ReadTimeout`, both counted against the upstream; a body over `limit`
+    /// bytes is a `BadResponse` too, but the limit is the caller's: the upstream answered, and
+    /// outlier detection and the breaker learn its status, not a failure.
     pub async fn collect(
         mut self,
         limit: usize,
@@ -278,7 +279,14 @@ impl UpstreamResponse<'_> {
                 self.complete();
                 Ok(body)
             }
-            Err(e) => Err(self.failed(e)),
+            Err(BodyFail::TooLarge(e)) => {
+                self.settle();
+                Err(CallFailure {
+                    error: e,
+                    last: Some((self.addr, self.began.elapsed())),
+                })
+            }
+            Err(BodyFail::Upstream(e)) => Err(self.failed(e)),
         }
     }
 
@@ -308,17 +316,26 @@ impl UpstreamResponse<'_> {
     }
 }
 
+/// Why [`read_body`] stopped.
+enum BodyFail {
+    /// Over the caller's limit: not the upstream's fault.
+    TooLarge(UpstreamError),
+    Upstream(UpstreamError),
+}
+
 /// The body of a response framed as `body`, decoded, up to `limit` bytes.
 async fn read_body(
     up: &mut UpConn,
     body: BodyKind,
     limit: usize,
     timeout: Duration,
-) -> Result<Vec<u8>, UpstreamError> {
+) -> Result<Vec<u8>, BodyFail> {
     let addr = up.addr;
-    let over = || UpstreamError::BadResponse {
-        addr,
-        detail: format!("body over the {limit}-byte limit"),
+    let over = || {
+        BodyFail::TooLarge(UpstreamError::BadResponse {
+            addr,
+            detail: format!("body over the {limit}-byte limit"),
+        })
     };
     let mut out = Vec::new();
     match body {
@@ -331,7 +348,10 @@ async fn read_body(
             while remaining > 0 {
                 if up.data().is_empty() && fill(up, timeout).await? == 0 {
                     let detail = format!("closed with {remaining} body bytes missing");
-                    return Err(UpstreamError::BadResponse { addr, detail });
+                    return Err(BodyFail::Upstream(UpstreamError::BadResponse {
+                        addr,
+                        detail,
+                    }));
                 }
                 let take = remaining.min(up.data().len());
                 out.extend_from_slice(&up.data()[..take]);
@@ -342,12 +362,12 @@ async fn read_body(
         BodyKind::Chunked => {
             let mut dec = http::ChunkedDecoder::new();
             loop {
-                let step = dec
-                    .decode(up.data())
-                    .map_err(|e| UpstreamError::BadResponse {
+                let step = dec.decode(up.data()).map_err(|e| {
+                    BodyFail::Upstream(UpstreamError::BadResponse {
                         addr,
                         detail: format!("invalid chunked body: {e}"),
-                    })?;
+                    })
+                })?;
                 if let Some(r) = step.data {
                     if out.len() + r.len() > limit {
                         return Err(over());
@@ -360,7 +380,10 @@ async fn read_body(
                 }
                 if (step.consumed == 0 || up.data().is_empty()) && fill(up, timeout).await? == 0 {
                     let detail = "closed in the middle of a chunked body".into();
-                    return Err(UpstreamError::BadResponse { addr, detail });
+                    return Err(BodyFail::Upstream(UpstreamError::BadResponse {
+                        addr,
+                        detail,
+                    }));
                 }
             }
         }
@@ -380,8 +403,10 @@ async fn read_body(
 }
 
 /// One read into `up`'s buffer.
-async fn fill(up: &mut UpConn, timeout: Duration) -> Result<usize, UpstreamError> {
-    up.fill(timeout, HEAD_READ).await
+async fn fill(up: &mut UpConn, timeout: Duration) -> Result<usize, BodyFail> {
+    up.fill(timeout, HEAD_READ)
+        .await
+        .map_err(BodyFail::Upstream)
 }
 
 /// How one attempt ended, when it did not produce the answer.
@@ -690,6 +715,29 @@ async fn exchange<C: Caller>(
                 return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
             }
         };
+        if body == BodyKind::Chunked {
+            // The first chunk's size line, when part of it came with the head, is read whole
+            // before the head is final: a broken or stalled one is still this attempt's
+            // failure, under the retry rules (a body that arrives later streams as it comes).
+            match first_chunk(&up.data()[head_len..]) {
+                Ok(true) => {}
+                Ok(false) => {
+                    drop(head);
+                    match up.fill(policy.read_timeout, HEAD_READ).await {
+                        Ok(0) | Err(UpstreamError::Reset { .. }) => {
+                            let detail = "closed before the first chunk".into();
+                            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+                        }
+                        // Read again from the head: the buffer may have moved.
+                        Ok(_) => continue 'head,
+                        Err(e) => return Err(Miss::Failed(e)),
+                    }
+                }
+                Err(detail) => {
+                    return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }))
+                }
+            }
+        }
         if retryable_status(status) && policy.idempotent && caller.complete() && !caller.streamed()
         {
             // A 502/503/504 is retried when the rules and the budget allow; otherwise it is
@@ -712,6 +760,19 @@ async fn exchange<C: Caller>(
     }
 }
 
+/// Whether what follows a chunked head holds its first size line whole (or nothing at all:
+/// then the body streams as it comes). `Ok(false)`: part of it, read on. Err: it is invalid.
+fn first_chunk(after_head: &[u8]) -> Result<bool, String> {
+    if after_head.is_empty() {
+        return Ok(true);
+    }
+    let mut dec = http::ChunkedDecoder::new();
+    match dec.decode(after_head) {
+        Ok(_) => Ok(!dec.in_size_line()),
+        Err(e) => Err(format!("invalid chunked body: {e}")),
+    }
+}
+
 /// Reads what the upstream sent mid-upload: interim 1xx responses are skipped (the upload goes
 /// on); anything else (a final response head, or the start of one, or a close) is the answer.
 /// True when the upload should stop.
@@ -722,8 +783,8 @@ pub async fn early_answer(up: &mut UpConn, timeout: Duration) -> bool {
             Ok(_) => {}
         }
     }
-    // Each skipped interim response counts against the same bound as after the upload: past
-    // it, the upload stops and the exchange fails on the next head.
+    // At most MAX_INTERIM interim responses are skipped per look: past that the upload stops,
+    // and the exchange reads what follows as its answer (under its own bound).
     for _ in 0..MAX_INTERIM {
         let interim = match http::parse_response(up.data(), &HEAD_LIMITS) {
             Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
@@ -1053,7 +1114,8 @@ mod tests {
         assert_eq!(f.upstream_requests("reset"), "0");
     }
 
-    /// A body over the collect limit is an error, and the connection is not pooled.
+    /// A body over the collect limit is an error and the connection is not pooled, but the
+    /// limit is the caller's: the attempt counts as the upstream's 200, not as its failure.
     #[test]
     fn collect_refuses_a_body_over_its_limit() {
         let (addr, _requests) = upstream(vec![
@@ -1074,6 +1136,8 @@ mod tests {
             );
             assert_eq!(f.upstreams.idle_count(), 0);
         });
+        assert_eq!(f.upstream_requests("success"), "1");
+        assert_eq!(f.upstream_requests("protocol_error"), "0");
     }
 
     /// An upstream sending interim responses without end used to hold the request forever:
@@ -1103,6 +1167,72 @@ mod tests {
             assert_eq!(caller.interims, MAX_INTERIM);
             assert_eq!(err.error.status(), 502);
         });
+    }
+
+    /// A chunked head whose first size line came cut and then stalled used to be final: the
+    /// stall was a 504 with no retry. It is now the attempt's timeout, retried by the rules.
+    #[test]
+    fn a_first_chunk_line_that_stalls_is_retried() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for (i, conn) in listener.incoming().take(2).enumerate() {
+                let mut conn = conn.unwrap();
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut chunk).unwrap();
+                    assert!(n > 0, "closed before its request");
+                    req.extend_from_slice(&chunk[..n]);
+                }
+                if i == 0 {
+                    // Part of the first size line, then nothing: held open, not closed.
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2")
+                        .unwrap();
+                    held.push(conn);
+                } else {
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .unwrap();
+                }
+            }
+            held.len() + 1
+        });
+        let f = fixture(addr, 1);
+        let (target, env) = (f.target(), f.env());
+        block_on(async {
+            let mut caller = Held::get();
+            let mut p = policy();
+            p.read_timeout = Duration::from_millis(300);
+            let resp = call(target, env, &p, None, &mut caller).await.unwrap();
+            let body = resp.collect(1024, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(body, b"ok", "the second attempt's answer");
+        });
+        assert_eq!(server.join().unwrap(), 2, "two connections");
+        assert_eq!(f.upstream_requests("timeout"), "1");
+    }
+
+    /// The first size line of a chunked body is judged whole, partial or invalid.
+    #[test]
+    fn first_chunk_lines() {
+        for (input, whole) in [
+            (&b""[..], true),
+            (b"5\r\n", true),
+            (b"5\r\nhe", true),
+            (b"0\r\n\r\n", true),
+            (b"1", false),
+            (b"1\r", false),
+            (b"5;name=val", false),
+        ] {
+            assert_eq!(
+                first_chunk(input),
+                Ok(whole),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert!(first_chunk(b"zz\r\n").is_err());
+        assert!(first_chunk(b"5\rx").is_err());
     }
 
     /// Nothing listens: a connect failure, with the attempt's endpoint for the access log.
