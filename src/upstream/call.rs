@@ -661,8 +661,10 @@ async fn exchange<C: Caller>(
     'head: loop {
         let head = 'parsed: {
             match http::parse_response(up.data(), &HEAD_LIMITS) {
-                Ok(Some(head)) => break 'parsed head,
-                Ok(None) => {}
+                Ok(Some(head)) if !awaits_first_chunk(&head, up.data(), policy.head) => {
+                    break 'parsed head
+                }
+                Ok(_) => {}
                 Err(e) => {
                     let detail = e.to_string();
                     return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
@@ -716,26 +718,10 @@ async fn exchange<C: Caller>(
             }
         };
         if body == BodyKind::Chunked {
-            // The first chunk's size line, when part of it came with the head, is read whole
-            // before the head is final: a broken or stalled one is still this attempt's
-            // failure, under the retry rules (a body that arrives later streams as it comes).
-            match first_chunk(&up.data()[head_len..]) {
-                Ok(true) => {}
-                Ok(false) => {
-                    drop(head);
-                    match up.fill(policy.read_timeout, HEAD_READ).await {
-                        Ok(0) | Err(UpstreamError::Reset { .. }) => {
-                            let detail = "closed before the first chunk".into();
-                            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-                        }
-                        // Read again from the head: the buffer may have moved.
-                        Ok(_) => continue 'head,
-                        Err(e) => return Err(Miss::Failed(e)),
-                    }
-                }
-                Err(detail) => {
-                    return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }))
-                }
+            // A first size line that came with the head must be valid (one that came cut was
+            // read whole above, in `awaits_first_chunk`).
+            if let Err(detail) = first_chunk(&up.data()[head_len..]) {
+                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
             }
         }
         if retryable_status(status) && policy.idempotent && caller.complete() && !caller.streamed()
@@ -758,6 +744,21 @@ async fn exchange<C: Caller>(
             reusable: upstream_keep && body != BodyKind::UntilClose && !caller.abandoned(),
         });
     }
+}
+
+/// Whether `head` is a final chunked head followed, in `data`, by part of its first size line:
+/// then the line is read whole before the head is final, so that a stalled or broken one is
+/// still the attempt's failure under the retry rules (a body that arrives later streams as it
+/// comes). Read on the same path as the rest of a head.
+fn awaits_first_chunk(head: &http::ResponseHead<'_>, data: &[u8], is_head: bool) -> bool {
+    if head.status < 200 {
+        return false;
+    }
+    let method = if is_head { "HEAD" } else { "GET" };
+    matches!(
+        http::response_body(method, head.status, &head.headers, head.version),
+        Ok(BodyKind::Chunked)
+    ) && first_chunk(&data[head.head_len..]) == Ok(false)
 }
 
 /// Whether what follows a chunked head holds its first size line whole (or nothing at all:
