@@ -754,11 +754,16 @@ fn awaits_first_chunk(head: &http::ResponseHead<'_>, data: &[u8], is_head: bool)
     if head.status < 200 {
         return false;
     }
+    // The cheap test first, on every final head: what follows a Content-Length body (or
+    // nothing at all) is no partial size line, so the framing is read again only when it is.
+    if first_chunk(&data[head.head_len..]) != Ok(false) {
+        return false;
+    }
     let method = if is_head { "HEAD" } else { "GET" };
     matches!(
         http::response_body(method, head.status, &head.headers, head.version),
         Ok(BodyKind::Chunked)
-    ) && first_chunk(&data[head.head_len..]) == Ok(false)
+    )
 }
 
 /// Whether what follows a chunked head holds its first size line whole (or nothing at all:
