@@ -22,6 +22,30 @@
 #      and p99. With DISPATCH_B set, a second Dispatch binary ("dispatch-b") is measured in the
 #      same run, interleaved with the first (A B, B A, ...): the ABBA comparison of a change.
 #
+# SCENARIO=edge (issue 9: authentication and rate limiting at the edge) measures Dispatch against
+# HAProxy doing the same work on every request, nginx being left out (its free edition has no
+# JWT verification):
+#   - Dispatch: perf/peers/dispatch-edge.toml, a route with `auth = "jwt"` (RS256, exp, iss, aud,
+#     sub required, sub forwarded as x-user-id, Authorization stripped) and a token bucket keyed
+#     on jwt:sub at 1,000,000/s, burst 1,000,000 (never rejects);
+#   - HAProxy: perf/peers/haproxy-edge.cfg, http_auth_bearer + jwt_verify and rules for alg,
+#     exp (against date()), iss, aud and sub, and a stick-table keyed on sub tracked with
+#     track-sc0 with an http_req_rate deny rule that never fires.
+#   At start the script makes an RSA 2048 key pair (openssl CLI) and RS256 tokens
+#   (perf/tools/jwt-tokens.py, python3 with the `cryptography` package) in its temp dir, copies
+#   both configs there next to the key, and checks that each proxy answers 200 to valid tokens and
+#   401 to no token and to each of a forged, expired, wrong-issuer, wrong-audience and HS256
+#   (algorithm confusion) token, before measuring anything. wrk drives every run with
+#   perf/edge.lua, which counts every non-200 answer: a run with any is flagged INVALID.
+#   EDGE_TOKENS="1 10000" (default) is two sub-runs in one invocation, each with its own
+#   warm-up, rounds, table and summary: "warm", one token on every request (Dispatch's
+#   per-worker cache of verified tokens answers all but the first), and "cold", a token picked
+#   uniformly at random per request from 10,000 (each worker verifies each token once, then
+#   hits its cache, which holds at least 10,000: the summary estimates how many of the measured
+#   requests were misses). HAProxy verifies the signature on every request either way. The
+#   summary prints Dispatch/HAProxy CPU per request for each, against the issue's bars (warm at
+#   most 0.5x, cold at most 1.0x).
+#
 # Everything runs as child processes of this script with pid, log and temp files in one temp
 # dir; all of them are stopped on exit. Nothing is pinned to a core.
 #
@@ -32,7 +56,11 @@
 #   CONNECTIONS=64      wrk -c;  THREADS=1: wrk -t
 #   PROXIES="dispatch nginx haproxy"   which proxies to measure, in round-1 order
 #   SCENARIO=proxy      Dispatch config: perf/peers/dispatch.toml for "proxy", otherwise
-#                       perf/peers/dispatch-$SCENARIO.toml (DISPATCH_CONFIG=path overrides both)
+#                       perf/peers/dispatch-$SCENARIO.toml (DISPATCH_CONFIG=path overrides both);
+#                       HAProxy's: perf/peers/haproxy-$SCENARIO.cfg if there is one, else
+#                       perf/peers/haproxy.cfg
+#   EDGE_TOKENS="1 10000"   SCENARIO=edge only: the sub-runs, each a number of distinct tokens
+#                       (1 = "warm"; more = "cold", one picked at random per request)
 #   DISPATCH_BIN=path   use this binary, do not build
 #   BUILD=0             do not build; use target/perf/dispatch if it exists, else skip Dispatch
 #   REQUEST_PATH=/users/1   the path wrk requests
@@ -47,6 +75,7 @@
 #   DISPATCH_BIN=/tmp/before DISPATCH_B=/tmp/after PROXIES=dispatch ROUNDS=6 perf/compare.sh
 #
 # Smoke test: DURATION=2s ROUNDS=1 WARMUP=1s perf/compare.sh
+#   (edge: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=edge perf/compare.sh)
 set -euo pipefail
 
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,6 +93,7 @@ BUILD=${BUILD:-1}
 REQUEST_PATH=${REQUEST_PATH:-/users/1}
 KEEP_TMP=${KEEP_TMP:-0}
 RELOAD_EVERY=${RELOAD_EVERY:-0}
+EDGE_TOKENS=${EDGE_TOKENS:-1 10000}
 
 # Fixed loopback ports: the files in perf/peers/ name them too.
 UPSTREAM_PORT=18000
@@ -89,6 +119,10 @@ ensure_tools() {
     command -v curl >/dev/null || missing+=(curl)
     command -v pgrep >/dev/null || missing+=(procps)
     command -v ss >/dev/null || missing+=(iproute2)
+    if [[ $SCENARIO == edge ]]; then
+        command -v openssl >/dev/null || missing+=(openssl)
+        pick_python || missing+=(python3-cryptography)
+    fi
     if ((${#missing[@]})); then
         log "installing: ${missing[*]}"
         local sudo=()
@@ -96,12 +130,43 @@ ensure_tools() {
         "${sudo[@]}" apt-get update -qq
         DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    if [[ $SCENARIO == edge ]]; then
+        pick_python || die "no python3 with the 'cryptography' package (perf/tools/jwt-tokens.py needs it)"
+    fi
+}
+
+# pick_python: PYTHON = the first python3 that can import `cryptography` (the one on PATH, else
+# the system's, where apt's python3-cryptography lands).
+PYTHON=""
+pick_python() {
+    local py
+    for py in python3 /usr/bin/python3; do
+        if command -v "$py" >/dev/null && "$py" -c 'import cryptography' 2>/dev/null; then
+            PYTHON=$py
+            return 0
+        fi
+    done
+    return 1
 }
 
 # --------------------------------------------------------------------------------------------
 # Which Dispatch, which config
 # --------------------------------------------------------------------------------------------
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
+
+# The edge scenario compares Dispatch with HAProxy only: nginx's free edition cannot verify a JWT.
+edge_proxies() {
+    [[ $SCENARIO == edge ]] || return 0
+    if want nginx; then
+        log "SCENARIO=edge: nginx is left out (its free edition has no JWT verification)"
+        PROXIES=$(tr ' ' '\n' <<<"$PROXIES" | grep -vx nginx | xargs || true)
+    fi
+    local n
+    for n in $EDGE_TOKENS; do
+        [[ $n =~ ^[1-9][0-9]*$ ]] || die "EDGE_TOKENS: '$n' is not a positive number of tokens"
+    done
+    [[ -n $EDGE_TOKENS ]] || die "EDGE_TOKENS is empty"
+}
 
 DISPATCH_REV="n/a"
 pick_dispatch() {
@@ -190,6 +255,9 @@ run_wrk() {
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
 
+# Extra curl arguments of every readiness check (edge: a valid token, which the upstream ignores).
+CURL_AUTH=()
+
 # wait_ready NAME PORT: the server answers 200 with the upstream's body, or we stop here.
 wait_ready() {
     local name=$1 port=$2 pid=${ROOT_PID[$1]} body
@@ -199,7 +267,7 @@ wait_ready() {
             tail -n 30 "$TMP/$name"/logs/*.log >&2 2>/dev/null || true
             die "$name did not start"
         fi
-        if body=$(curl -fsS --max-time 1 "http://127.0.0.1:$port$REQUEST_PATH" 2>/dev/null); then
+        if body=$(curl -fsS --max-time 1 "${CURL_AUTH[@]}" "http://127.0.0.1:$port$REQUEST_PATH" 2>/dev/null); then
             [[ $body == *'"Ada Lovelace"'* ]] || die "$name answered 200 but not with the upstream's body: $body"
             return 0
         fi
@@ -219,12 +287,15 @@ start_nginx() { # start_nginx NAME CONF
     CHILDREN+=($!)
 }
 
+HAPROXY_CONFIG=$PEERS/haproxy.cfg
+[[ ! -f $PEERS/haproxy-$SCENARIO.cfg ]] || HAPROXY_CONFIG=$PEERS/haproxy-$SCENARIO.cfg
+
 start_haproxy() {
     local prefix=$TMP/haproxy
     mkdir -p "$prefix/logs"
-    haproxy -c -q -f "$PEERS/haproxy.cfg" || die "haproxy rejected $PEERS/haproxy.cfg"
+    haproxy -c -q -f "$HAPROXY_CONFIG" || die "haproxy rejected $HAPROXY_CONFIG"
     # -db: stay in the foreground, no daemon, no pid file.
-    haproxy -db -f "$PEERS/haproxy.cfg" >"$prefix/logs/stdout.log" 2>&1 &
+    haproxy -db -f "$HAPROXY_CONFIG" >"$prefix/logs/stdout.log" 2>&1 &
     ROOT_PID[haproxy]=$!
     CHILDREN+=($!)
 }
@@ -262,6 +333,96 @@ start_proxy() {
         haproxy) start_haproxy ;;
         *) die "unknown proxy '$1' in PROXIES (known: dispatch nginx haproxy)" ;;
     esac
+}
+
+# --------------------------------------------------------------------------------------------
+# SCENARIO=edge: key pair, tokens, configs beside them, and proof that each proxy verifies
+# --------------------------------------------------------------------------------------------
+EDGE_DIR=""
+DISPATCH_CONFIG_SHOWN=""
+
+# prepare_edge: everything the edge scenario needs, made fresh in the temp dir (never committed).
+prepare_edge() {
+    EDGE_DIR=$TMP/edge
+    mkdir -p "$EDGE_DIR"
+    local n max=0 t0 t1
+    for n in $EDGE_TOKENS; do ((n <= max)) || max=$n; done
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$EDGE_DIR/jwt.key.pem" 2>"$EDGE_DIR/openssl.log" \
+        || { cat "$EDGE_DIR/openssl.log" >&2; die "openssl could not make an RSA key"; }
+    openssl pkey -in "$EDGE_DIR/jwt.key.pem" -pubout -out "$EDGE_DIR/jwt.pub.pem" 2>"$EDGE_DIR/openssl.log" \
+        || { cat "$EDGE_DIR/openssl.log" >&2; die "openssl could not write the public key"; }
+    t0=$(date +%s%N)
+    "$PYTHON" "$PERF_DIR/tools/jwt-tokens.py" "$EDGE_DIR" "$max" --issuer perf --audience dispatch \
+        || die "perf/tools/jwt-tokens.py failed"
+    t1=$(date +%s%N)
+    log "edge: RSA 2048 key pair and $max RS256 tokens made in $EDGE_DIR ($(((t1 - t0) / 1000000)) ms to sign)"
+    # Dispatch's `keys = "edge/jwt.pub.pem"` is relative to its config file's directory, so the
+    # config runs from a copy in the temp dir; HAProxy's needs the absolute path in its text.
+    if want dispatch; then
+        DISPATCH_CONFIG_SHOWN="$DISPATCH_CONFIG (run from a copy beside the generated key)"
+        cp "$DISPATCH_CONFIG" "$TMP/dispatch-edge.toml"
+        DISPATCH_CONFIG=$TMP/dispatch-edge.toml
+    fi
+    sed "s#@EDGE_DIR@#$EDGE_DIR#g" "$HAPROXY_CONFIG" >"$TMP/haproxy-edge.cfg"
+    HAPROXY_CONFIG=$TMP/haproxy-edge.cfg
+    CURL_AUTH=(-H "Authorization: Bearer $(head -n 1 "$EDGE_DIR/tokens.txt")")
+}
+
+# edge_get PORT [TOKEN]: "STATUS" of GET REQUEST_PATH (with the bearer token when given); the
+# headers go to $TMP/edge/headers and the body to $TMP/edge/body.
+edge_get() {
+    local port=$1 token=${2:-} auth=()
+    [[ -z $token ]] || auth=(-H "Authorization: Bearer $token")
+    curl -s --max-time 2 -D "$EDGE_DIR/headers" -o "$EDGE_DIR/body" -w '%{http_code}' \
+        "${auth[@]}" "http://127.0.0.1:$port$REQUEST_PATH" || true
+}
+
+# check_edge NAME PORT: the proxy really authenticates before it is measured: 401 without a
+# token and for each bad token (a different key's signature, expired, wrong iss, wrong aud,
+# HS256 keyed with the public key), 200 with the upstream's body for valid tokens (the first,
+# the last and 20 at random). Dispatch's answers must carry RateLimit-Limit, or its route's
+# limit is not there to measure.
+check_edge() {
+    local name=$1 port=$2 status bad token checked=0
+    status=$(edge_get "$port")
+    [[ $status == 401 ]] || die "$name answered $status, not 401, to a request without a token"
+    for bad in "$EDGE_DIR"/bad-*.jwt; do
+        status=$(edge_get "$port" "$(<"$bad")")
+        [[ $status == 401 ]] || die "$name answered $status, not 401, to $(basename "$bad") (it does not verify what it should)"
+    done
+    while read -r token; do
+        status=$(edge_get "$port" "$token")
+        [[ $status == 200 ]] && grep -q '"Ada Lovelace"' "$EDGE_DIR/body" \
+            || die "$name answered $status to a valid token ($(cut -c1-60 <<<"$token")...): $(head -c 300 "$EDGE_DIR/body")"
+        if [[ $name == dispatch* ]] && ! grep -qi '^ratelimit-limit:' "$EDGE_DIR/headers"; then
+            die "$name's answer has no RateLimit-Limit header: the route's rate limit is not applied"
+        fi
+        checked=$((checked + 1))
+    done < <(head -n 1 "$EDGE_DIR/tokens.txt"; tail -n 1 "$EDGE_DIR/tokens.txt"; shuf -n 20 "$EDGE_DIR/tokens.txt")
+    log "edge: $name answers 200 to $checked valid tokens and 401 without a token and to the $(find "$EDGE_DIR" -name 'bad-*.jwt' | wc -l) bad ones ($(cd "$EDGE_DIR" && echo bad-*.jwt | sed 's/bad-//g; s/\.jwt//g'))"
+}
+
+# The load of a sub-run: "-" (plain: wrk's own request), or a number of edge tokens.
+LOAD="-"
+WRK_SCRIPT=()
+WRK_SCRIPT_ARGS=()
+set_load() {
+    LOAD=$1
+    if [[ $LOAD == - ]]; then
+        WRK_SCRIPT=()
+        WRK_SCRIPT_ARGS=()
+    else
+        WRK_SCRIPT=(-s "$PERF_DIR/edge.lua")
+        WRK_SCRIPT_ARGS=(-- "$EDGE_DIR/tokens.txt" "$LOAD")
+    fi
+}
+
+load_title() {
+    if [[ $1 == 1 ]]; then
+        echo "edge, warm: 1 token on every request"
+    else
+        echo "edge, cold: $1 tokens, one picked uniformly at random per request"
+    fi
 }
 
 # --------------------------------------------------------------------------------------------
@@ -306,7 +467,7 @@ to_ms() {
     }'
 }
 
-RESULTS=""     # results.tsv: round proxy rps p50_ms p99_ms cpu_us_per_req proxy_cpu_pct upstream_cpu_pct wrk_cpu_pct errors user_us_per_req sys_us_per_req
+RESULTS=""     # results.tsv: round proxy rps p50_ms p99_ms cpu_us_per_req proxy_cpu_pct upstream_cpu_pct wrk_cpu_pct errors user_us_per_req sys_us_per_req load requests
 dur_seconds() { # 10s / 1m / 2 -> seconds (for CPU %)
     awk -v d="$1" 'BEGIN { if (d ~ /m$/) { sub(/m$/, "", d); d *= 60 } else if (d ~ /h$/) { sub(/h$/, "", d); d *= 3600 } else sub(/s$/, "", d); print d + 0 }'
 }
@@ -315,6 +476,7 @@ dur_seconds() { # 10s / 1m / 2 -> seconds (for CPU %)
 measure() {
     local round=$1 name=$2 duration=$3 port=${PORT[$2]}
     local out=$TMP/wrk-$round-$name.txt
+    [[ $LOAD == - ]] || out=$TMP/wrk-tokens$LOAD-$round-$name.txt
     local before after up_before up_after u_before s_before u_after s_after
     read -r u_before s_before <<<"$(cpu_ticks "${ROOT_PID[$name]}")"
     up_before=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
@@ -326,7 +488,8 @@ measure() {
     fi
     # `times` must run in this shell, not in a $(...) subshell, to see wrk as its child.
     times >"$TMP/times.before"
-    run_wrk "$out" -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency "http://127.0.0.1:$port$REQUEST_PATH" \
+    run_wrk "$out" -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency "${WRK_SCRIPT[@]}" \
+        "http://127.0.0.1:$port$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}" \
         || { cat "$out" >&2; die "wrk failed against $name"; }
     times >"$TMP/times.after"
     if [[ -n $reloader ]]; then
@@ -348,6 +511,15 @@ measure() {
     errors=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
                   /Non-2xx or 3xx responses:/ { n += $5 }
                   END { print n + 0 }' "$out")
+    if [[ $LOAD != - ]]; then
+        # edge.lua counts every answer that is not a 200 (a 3xx too); with socket errors, that
+        # is the count here (wrk's own non-2xx count would count the same answers twice).
+        local non200
+        non200=$(awk '/^edge.lua: non-200 responses:/ { print $4 }' "$out")
+        [[ -n $non200 ]] || { cat "$out" >&2; die "perf/edge.lua printed no count against $name"; }
+        errors=$(awk -v b="$non200" '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                                     END { print n + b }' "$out")
+    fi
     [[ -n $total && $total -gt 0 ]] || { cat "$out" >&2; die "wrk completed no request against $name"; }
     secs=$(dur_seconds "$duration")
 
@@ -361,11 +533,18 @@ measure() {
     cpu_pct=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
     up_pct=$(awk -v d=$((up_after - up_before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
 
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors" "$user_us" "$sys_us" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors" "$user_us" "$sys_us" \
+        "$LOAD" "$total" >>"$RESULTS"
     printf '| %5s | %-10s | %10s | %7s | %7s | %10s | %7s | %7s | %8s%% | %11s%% | %6s%% | %6s |\n' \
         "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$sys_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors"
-    ((errors == 0)) || log "WARNING: $name had $errors errors in round $round (see $out)"
+    if ((errors != 0)); then
+        if [[ $LOAD != - ]]; then
+            log "*** INVALID RUN: $name answered $errors requests with something other than 200 (or with a socket error) in round $round ($(grep '^edge.lua: status' "$out" | sed 's/^edge.lua: //' | xargs)); see $out"
+        else
+            log "WARNING: $name had $errors errors in round $round (see $out)"
+        fi
+    fi
     if ((up_pct >= 90)); then
         log "WARNING: the upstream nginx worker used ${up_pct}% of a core during this run: it may be the bottleneck"
     fi
@@ -384,9 +563,9 @@ reload_loop() {
 # --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
-# median COLUMN PROXY: median over the rounds of one column of results.tsv.
+# median COLUMN PROXY: median over the rounds of one column of results.tsv (rows of this LOAD).
 median() {
-    awk -F'\t' -v c="$1" -v p="$2" '$2 == p { print $c }' "$RESULTS" | sort -g | awk '
+    awk -F'\t' -v c="$1" -v p="$2" -v l="$LOAD" '$2 == p && $13 == l { print $c }' "$RESULTS" | sort -g | awk '
         { v[NR] = $1 }
         END {
             if (NR == 0) { print "nan"; exit }
@@ -401,7 +580,11 @@ summary() {
     local name
     declare -A rps p50 p99 cpu usr sys
     echo
-    echo "### Summary: median of $ROUNDS round(s), $DURATION each"
+    if [[ $LOAD == - ]]; then
+        echo "### Summary: median of $ROUNDS round(s), $DURATION each"
+    else
+        echo "### Summary ($(load_title "$LOAD")): median of $ROUNDS round(s), $DURATION each"
+    fi
     echo
     echo "| proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us |"
     echo "| ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: |"
@@ -455,12 +638,66 @@ summary() {
         echo
         echo "NOTE: Dispatch was not measured in this run (see the SKIPPING message above)."
     fi
+    [[ $LOAD == - ]] || edge_summary "${cpu[dispatch]:-}" "${cpu[haproxy]:-}"
+}
+
+# edge_summary DISPATCH_CPU HAPROXY_CPU: for the edge sub-run of this LOAD, the issue's bar, an
+# estimate of Dispatch's token-cache misses, and a loud flag when any answer was not a 200.
+EDGE_VERDICT=()
+EDGE_INVALID=0
+edge_summary() {
+    local cpu_d=$1 cpu_h=$2 bar label r verdict bad line
+    if [[ $LOAD == 1 ]]; then bar=0.50 label=warm; else bar=1.00 label=cold; fi
+    bad=$(awk -F'\t' -v l="$LOAD" '$13 == l { n += $10 } END { print n + 0 }' "$RESULTS")
+    echo
+    if want dispatch && want haproxy; then
+        r=$(ratio "$cpu_d" "$cpu_h")
+        verdict=$(awk -v r="$r" -v b="$bar" 'BEGIN {
+            if (r == "n/a") print "no ratio"
+            else if (r + 0 <= b + 0) printf "met (%.0f%% under the bar)", (1 - r / b) * 100
+            else printf "NOT met: %.0f%% over the bar", (r / b - 1) * 100 }')
+        line="$label ($LOAD token(s)): Dispatch/HAProxy CPU per request $r; bar (issue 9): at most ${bar}x: $verdict"
+        ((bad == 0)) || line="$line; INVALID: $bad answers were not 200"
+        echo "- $line"
+        EDGE_VERDICT+=("$line")
+    fi
+    if want dispatch && ((LOAD > 1)); then
+        edge_miss_estimate
+    fi
+    if ((bad != 0)); then
+        EDGE_INVALID=1
+        echo
+        echo "**INVALID SUB-RUN: $bad answers were not 200 (or were socket errors); these numbers do not measure the edge work.**"
+        log "*** INVALID: $label sub-run had $bad answers that were not 200"
+    fi
+}
+
+# edge_miss_estimate: how many of Dispatch's measured requests in this cold sub-run had to verify
+# a signature. Each worker keeps every token it verified (its cache holds at least as many as
+# there are tokens), so a worker verifies each token once: with picks uniform over N tokens and
+# requests spread evenly over W workers, after k requests a worker has verified
+# N * (1 - (1 - 1/N)^(k/W)) of them. An estimate (the real split between workers follows the
+# connections), printed so nobody reads the cold ratio as "every request verifies".
+edge_miss_estimate() {
+    local workers warm measured
+    workers=$(awk -F'=' '/^[[:space:]]*workers[[:space:]]*=/ { gsub(/[^0-9]/, "", $2); print $2; exit }' "$DISPATCH_CONFIG")
+    [[ -n $workers ]] || workers=$(nproc)
+    warm=$(awk '/ requests in / { print $1 }' "$TMP/wrk-warmup-tokens$LOAD-dispatch.txt")
+    measured=$(awk -F'\t' -v l="$LOAD" '$13 == l && $2 == "dispatch" { n += $14 } END { print n + 0 }' "$RESULTS")
+    awk -v n="$LOAD" -v w="$workers" -v k0="${warm:-0}" -v k="$measured" 'BEGIN {
+        q = 1 - 1 / n
+        before = n * w * (1 - q ^ (k0 / w))
+        after = n * w * (1 - q ^ ((k0 + k) / w))
+        m = after - before
+        printf "- Dispatch token cache (estimate: uniform picks over %d tokens, requests even over %d workers, each worker verifies a token once): the warm-up'"'"'s %d requests verified about %.0f tokens; the %d measured requests about %.0f more, %.1f%% of them; the rest were cache hits.\n", n, w, k0, before, k, m, (k ? m / k * 100 : 0)
+    }'
 }
 
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
 main() {
+    edge_proxies
     ensure_tools
     pick_dispatch
     # Every server inherits this: take the whole hard limit on open files.
@@ -478,6 +715,7 @@ main() {
     for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "${PORT[dispatch-b]}" "$DISPATCH_ADMIN_PORT" "$DISPATCH_B_ADMIN_PORT"; do
         port_free "$p" || die "port 127.0.0.1:$p is in use (stop whatever holds it)"
     done
+    [[ $SCENARIO != edge ]] || prepare_edge
 
     local cores model
     cores=$(nproc)
@@ -485,12 +723,25 @@ main() {
     echo "## perf/compare.sh run"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO PROXIES=\"$PROXIES\" RELOAD_EVERY=$RELOAD_EVERY perf/compare.sh"
+    if [[ $SCENARIO == edge ]]; then
+        echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO EDGE_TOKENS=\"$EDGE_TOKENS\" PROXIES=\"$PROXIES\" perf/compare.sh"
+    else
+        echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO PROXIES=\"$PROXIES\" RELOAD_EVERY=$RELOAD_EVERY perf/compare.sh"
+    fi
     echo "- machine: $cores cores (${model:-unknown cpu}), kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
-    echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
+    if [[ $SCENARIO == edge ]]; then
+        echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -s perf/edge.lua http://127.0.0.1:PORT$REQUEST_PATH -- tokens.txt N, N in: $EDGE_TOKENS"
+    else
+        echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
+    fi
     echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     if want dispatch; then
-        echo "- dispatch: $DISPATCH_BIN ($DISPATCH_REV), config $DISPATCH_CONFIG"
+        echo "- dispatch: $DISPATCH_BIN ($DISPATCH_REV), config ${DISPATCH_CONFIG_SHOWN:-$DISPATCH_CONFIG}"
+    fi
+    if [[ $SCENARIO == edge ]]; then
+        echo "- haproxy: perf/peers/haproxy-edge.cfg (jwt_verify + alg/exp/iss/aud/sub rules, stick-table http_req_rate on sub)"
+        echo "- nginx: not in this scenario (its free edition has no JWT verification)"
+        echo "- tokens: RS256, RSA 2048 key made for this run, sub user-<i>, iss perf, aud dispatch, exp now + 1 day"
     fi
     if want dispatch-b; then
         echo "- dispatch-b: $DISPATCH_B, same config on port ${PORT[dispatch-b]}"
@@ -509,31 +760,60 @@ main() {
     for p in $PROXIES; do
         start_proxy "$p"
         wait_ready "$p" "${PORT[$p]}"
+        [[ $SCENARIO != edge ]] || check_edge "$p" "${PORT[$p]}"
     done
 
     # The upstream alone, driven by the same wrk: its ceiling must sit well above any proxy's rate.
     run_wrk "$TMP/wrk-upstream.txt" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
     echo "- upstream alone (nginx, 1 worker, no proxy): $(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$TMP/wrk-upstream.txt") req/s"
-    for p in $PROXIES; do
-        run_wrk "$TMP/wrk-warmup-$p.txt" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:${PORT[$p]}$REQUEST_PATH"
-    done
-    echo "- warmed: $PROXIES ($WARMUP each)"
-    echo
-    echo "### Runs"
-    echo
-    echo "| round | proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us | proxy CPU | upstream CPU | wrk CPU | errors |"
-    echo "| ----: | ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: | --------: | -----------: | ------: | -----: |"
 
-    local round order
-    for round in $(seq "$ROUNDS"); do
-        # Odd rounds in the given order, even rounds reversed: A B C, C B A, A B C ...
-        if ((round % 2)); then order=$PROXIES; else order=$(tr ' ' '\n' <<<"$PROXIES" | tac | xargs); fi
-        for p in $order; do
-            measure "$round" "$p" "$DURATION"
+    # One sub-run per load: plain requests, or (edge) each EDGE_TOKENS count in turn, each with
+    # its own warm-up, rounds and summary.
+    local loads=- load warmup_out
+    [[ $SCENARIO != edge ]] || loads=$EDGE_TOKENS
+    for load in $loads; do
+        set_load "$load"
+        if [[ $LOAD != - ]]; then
+            echo
+            echo "## $(load_title "$LOAD")"
+            echo
+        fi
+        for p in $PROXIES; do
+            warmup_out=$TMP/wrk-warmup-$p.txt
+            [[ $LOAD == - ]] || warmup_out=$TMP/wrk-warmup-tokens$LOAD-$p.txt
+            run_wrk "$warmup_out" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" \
+                "http://127.0.0.1:${PORT[$p]}$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}"
         done
+        echo "- warmed: $PROXIES ($WARMUP each)"
+        echo
+        echo "### Runs"
+        echo
+        echo "| round | proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us | proxy CPU | upstream CPU | wrk CPU | errors |"
+        echo "| ----: | ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: | --------: | -----------: | ------: | -----: |"
+
+        local round order
+        for round in $(seq "$ROUNDS"); do
+            # Odd rounds in the given order, even rounds reversed: A B C, C B A, A B C ...
+            if ((round % 2)); then order=$PROXIES; else order=$(tr ' ' '\n' <<<"$PROXIES" | tac | xargs); fi
+            for p in $order; do
+                measure "$round" "$p" "$DURATION"
+            done
+        done
+
+        summary
     done
 
-    summary
+    if ((${#EDGE_VERDICT[@]})); then
+        echo
+        echo "### Edge: Dispatch against HAProxy (issue 9)"
+        echo
+        local line
+        for line in "${EDGE_VERDICT[@]}"; do echo "- $line"; done
+    fi
+    if ((EDGE_INVALID)); then
+        log "compare.sh: some edge sub-run had answers other than 200: the run is INVALID (exit status 2)"
+        exit 2
+    fi
 }
 
 main "$@"
