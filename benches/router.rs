@@ -34,6 +34,8 @@ fn route(name: String, path: String) -> Route {
         strip_prefix: false,
         rewrite: None,
         timeout: None,
+        auth: None,
+        rate_limits: Vec::new(),
         location: Location::default(),
     }
 }

@@ -40,6 +40,14 @@ pub fn ms_at(at: Instant) -> u64 {
     at.saturating_duration_since(origin().instant).as_millis() as u64
 }
 
+/// Seconds since the Unix epoch, from the wall clock (not this monotonic one): what token
+/// lifetimes (`exp`, `nbf`, `iat`) are written in.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Unix milliseconds of a reading of this clock.
 pub fn unix_ms(ms: u64) -> u64 {
     origin().unix_ms + ms

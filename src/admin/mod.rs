@@ -549,7 +549,7 @@ async fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
         Ok(created) => created,
         Err(e) => return error(e.status(), &e.to_string()),
     };
-    if let Err(e) = shared.publish(&discovery) {
+    if let Err(e) = shared.publish(&discovery, None) {
         return error(500, &e.to_string());
     }
     crate::info!(
@@ -580,7 +580,7 @@ fn deregister(shared: &Shared, name: &str, query: &str) -> Reply {
     if let Err(e) = discovery.deregister(&name, &url) {
         return error(e.status(), &e.to_string());
     }
-    if let Err(e) = shared.publish(&discovery) {
+    if let Err(e) = shared.publish(&discovery, None) {
         return error(500, &e.to_string());
     }
     crate::info!("upstream {name}: endpoint {url} deregistered");

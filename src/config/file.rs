@@ -441,6 +441,8 @@ pub struct RateLimit {
     // Bucket algorithms.
     pub rate: Option<u32>,
     pub burst: Option<u32>,
+    // Every algorithm (an addition to the reference).
+    pub max_keys: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -1,5 +1,5 @@
 //! Capabilities the config format describes but this build does not have yet: BFF clients,
-//! transforms, aggregates, auth, rate limits, cache, compression and websockets.
+//! transforms, aggregates, cache, compression and websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -8,7 +8,7 @@
 //! from here into `validate` and its key leaves [`reject`].
 
 use super::error::ConfigError;
-use super::file::{self, AuthKind, Named, RateAlgorithm};
+use super::file::{self, Named};
 use super::source::{KeyPath, Source};
 use super::units::{Duration, Size};
 use super::validate::{header_name, header_value, is_token, methods, suggestion, Section};
@@ -28,12 +28,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     for (name, aggregate) in named(&file.aggregates) {
         c.aggregate(aggregate, &KeyPath::of(&["aggregates", name]))?;
     }
-    for (name, policy) in named(&file.auth) {
-        c.auth(policy, &KeyPath::of(&["auth", name]))?;
-    }
-    for (name, limit) in named(&file.rate_limits) {
-        c.rate_limit(limit, &KeyPath::of(&["rate_limits", name]))?;
-    }
     if let Some(cache) = &file.cache {
         c.cache(cache)?;
     }
@@ -49,8 +43,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     for (name, route) in file.routes.iter() {
         let at = KeyPath::of(&["routes", name]);
         for (key, present) in [
-            ("auth", route.auth.is_some()),
-            ("rate_limits", route.rate_limits.is_some()),
             ("cache", route.cache.is_some()),
             ("transform", route.transform.is_some()),
             ("websocket", route.websocket.is_some()),
@@ -65,8 +57,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         ("bff", file.bff.is_some()),
         ("transforms", file.transforms.is_some()),
         ("aggregates", file.aggregates.is_some()),
-        ("auth", file.auth.is_some()),
-        ("rate_limits", file.rate_limits.is_some()),
         ("cache", file.cache.is_some()),
         ("compression", file.compression.is_some()),
     ] {
@@ -105,12 +95,6 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn route(&self, r: &file::Route, at: &KeyPath) -> Result<(), ConfigError> {
-        if let Some(name) = &r.auth {
-            self.reference(&at.key("auth"), name, "auth policy", names(&self.file.auth))?;
-        }
-        if let Some(names) = &r.rate_limits {
-            self.rate_limit_names(&at.key("rate_limits"), names)?;
-        }
         if let Some(name) = &r.cache {
             let rules = self.file.cache.iter().flat_map(|c| c.rules.names());
             self.reference(&at.key("cache"), name, "cache rule", rules)?;
@@ -200,142 +184,6 @@ impl Checker<'_> {
             self.path(&here.key("path"), &call.path)?;
             self.positive(&here, "timeout", call.timeout)?;
             self.program(&here.key("select"), call.select.as_deref())?;
-        }
-        Ok(())
-    }
-
-    fn auth(&self, p: &file::AuthPolicy, at: &KeyPath) -> Result<(), ConfigError> {
-        let jwt_only = [
-            ("algorithms", p.algorithms.is_some()),
-            ("keys", p.keys.is_some()),
-            ("secret_env", p.secret_env.is_some()),
-            ("issuer", p.issuer.is_some()),
-            ("audience", p.audience.is_some()),
-            ("leeway", p.leeway.is_some()),
-            ("required_claims", p.required_claims.is_some()),
-            ("strip_authorization", p.strip_authorization.is_some()),
-        ];
-        let api_key_only = [
-            ("header", p.header.is_some()),
-            ("query", p.query.is_some()),
-            ("keys_file", p.keys_file.is_some()),
-        ];
-        let (other, other_type) = match p.kind {
-            AuthKind::Jwt => (&api_key_only[..], "api_key"),
-            AuthKind::ApiKey => (&jwt_only[..], "jwt"),
-        };
-        if let Some((key, _)) = other.iter().find(|(_, present)| *present) {
-            return Err(self.src.key_error(
-                &at.key(key),
-                format!("only valid with type = \"{other_type}\""),
-            ));
-        }
-        match p.kind {
-            AuthKind::Jwt => {
-                match &p.algorithms {
-                    None => {
-                        return Err(self
-                            .src
-                            .error(&at.key("algorithms"), "missing required key"))
-                    }
-                    Some(list) if list.is_empty() => {
-                        return Err(self
-                            .src
-                            .error(&at.key("algorithms"), "must list at least one algorithm"))
-                    }
-                    Some(_) => {}
-                }
-                if p.keys.is_none() && p.secret_env.is_none() {
-                    return Err(self.src.error(
-                        at,
-                        "a jwt policy needs keys (PEM or JWKS file) or secret_env (HS*)",
-                    ));
-                }
-            }
-            AuthKind::ApiKey => {
-                match (&p.header, &p.query) {
-                    (None, None) => {
-                        return Err(self
-                            .src
-                            .error(at, "an api_key policy needs header or query"))
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(self
-                            .src
-                            .key_error(&at.key("query"), "header and query cannot both be set"))
-                    }
-                    (Some(header), None) => {
-                        header_name(header).map_err(|m| self.src.error(&at.key("header"), m))?;
-                    }
-                    (None, Some(_)) => {}
-                }
-                if p.keys_file.is_none() {
-                    return Err(self.src.error(&at.key("keys_file"), "missing required key"));
-                }
-            }
-        }
-        for (claim, header) in p.forward.iter().flat_map(|f| f.iter()) {
-            header_name(header).map_err(|m| self.src.error(&at.key("forward").key(claim), m))?;
-        }
-        Ok(())
-    }
-
-    fn rate_limit(&self, r: &file::RateLimit, at: &KeyPath) -> Result<(), ConfigError> {
-        rate_key(&r.key).map_err(|m| self.src.error(&at.key("key"), m))?;
-        let windowed = matches!(
-            r.algorithm,
-            RateAlgorithm::FixedWindow
-                | RateAlgorithm::SlidingWindowLog
-                | RateAlgorithm::SlidingWindowCounter
-        );
-        let window_keys = [("limit", r.limit.is_some()), ("window", r.window.is_some())];
-        let tier_keys = [("tier", r.tier.is_some()), ("tiers", r.tiers.is_some())];
-        let bucket_keys = [("rate", r.rate.is_some()), ("burst", r.burst.is_some())];
-        let (required, forbidden, family) = if windowed {
-            (
-                window_keys,
-                bucket_keys.to_vec(),
-                "token_bucket and leaky_bucket",
-            )
-        } else {
-            (
-                bucket_keys,
-                [window_keys, tier_keys].concat(),
-                "fixed_window, sliding_window_log and sliding_window_counter",
-            )
-        };
-        if let Some((key, _)) = forbidden.iter().find(|(_, present)| *present) {
-            return Err(self
-                .src
-                .key_error(&at.key(key), format!("only valid with algorithm {family}")));
-        }
-        if let Some((key, _)) = required.iter().find(|(_, present)| !*present) {
-            return Err(self.src.error(&at.key(key), "missing required key"));
-        }
-        self.at_least_one(at, "limit", r.limit)?;
-        self.positive(at, "window", r.window)?;
-        self.at_least_one(at, "rate", r.rate)?;
-        self.at_least_one(at, "burst", r.burst)?;
-        match (&r.tier, &r.tiers) {
-            (Some(tier), Some(tiers)) => {
-                rate_key(tier).map_err(|m| self.src.error(&at.key("tier"), m))?;
-                for (name, t) in tiers.iter() {
-                    let here = at.key("tiers").key(name);
-                    self.at_least_one(&here, "limit", Some(t.limit))?;
-                    self.positive(&here, "window", Some(t.window))?;
-                }
-            }
-            (Some(_), None) => {
-                return Err(self
-                    .src
-                    .error(&at.key("tiers"), "missing required key (tier is set)"))
-            }
-            (None, Some(_)) => {
-                return Err(self
-                    .src
-                    .error(&at.key("tier"), "missing required key (tiers is set)"))
-            }
-            (None, None) => {}
         }
         Ok(())
     }
@@ -452,18 +300,6 @@ impl Checker<'_> {
         Section::new(self.src, table).positive(key, value).map(drop)
     }
 
-    fn at_least_one<T>(
-        &self,
-        table: &KeyPath,
-        key: &str,
-        value: Option<T>,
-    ) -> Result<(), ConfigError>
-    where
-        T: Copy + PartialEq + From<u8>,
-    {
-        Section::new(self.src, table).nonzero(key, value).map(drop)
-    }
-
     fn nonzero_size(
         &self,
         table: &KeyPath,
@@ -471,22 +307,5 @@ impl Checker<'_> {
         value: Option<Size>,
     ) -> Result<(), ConfigError> {
         Section::new(self.src, table).size(key, value, 1).map(drop)
-    }
-}
-
-/// A rate-limit key (or tier selector): `ip`, `consumer`, `route`, `global`, `header:NAME`,
-/// `jwt:CLAIM`.
-fn rate_key(text: &str) -> Result<(), String> {
-    let valid = ["ip", "consumer", "route", "global"].contains(&text)
-        || text.strip_prefix("header:").is_some_and(is_token)
-        || text
-            .strip_prefix("jwt:")
-            .is_some_and(|claim| !claim.is_empty());
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid key {text:?}: expected \"ip\", \"header:NAME\", \"jwt:CLAIM\", \"consumer\", \"route\" or \"global\""
-        ))
     }
 }

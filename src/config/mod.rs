@@ -22,6 +22,7 @@ pub mod error;
 mod file;
 mod later;
 pub mod model;
+mod policy;
 mod source;
 mod summary;
 mod units;

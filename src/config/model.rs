@@ -23,6 +23,10 @@ pub const MAX_BREAKER_PROBES: u32 = (1 << 20) - 1;
 pub type UpstreamId = usize;
 /// Index into [`Config::routes`].
 pub type RouteId = usize;
+/// Index into [`Config::auth`].
+pub type AuthId = usize;
+/// Index into [`Config::rate_limits`].
+pub type RateLimitId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -48,6 +52,10 @@ pub struct Config {
     pub log: Log,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// `[auth.*]`, in file order.
+    pub auth: Vec<AuthPolicy>,
+    /// `[rate_limits.*]`, in file order.
+    pub rate_limits: Vec<RateLimit>,
     pub tracing: Tracing,
 }
 
@@ -275,5 +283,148 @@ pub struct Route {
     pub rewrite: Option<String>,
     /// Overrides the upstream's `read_timeout` for this route.
     pub timeout: Option<Duration>,
+    /// The `[auth.*]` policy a request must pass (None: no authentication).
+    pub auth: Option<AuthId>,
+    /// The `[rate_limits.*]` that must all admit a request, in the order written.
+    pub rate_limits: Vec<RateLimitId>,
     pub location: Location,
+}
+
+/// `[auth.NAME]`: what the file says; `policy::compile` reads the key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    pub name: String,
+    pub kind: AuthKind,
+    /// `(claim or field, lower-case header name)`, in the order written.
+    pub forward: Vec<(String, String)>,
+    /// The table's header (errors about the policy as a whole).
+    pub location: Location,
+    /// The key naming the key material (`keys`, `secret_env` or `keys_file`): errors reading it.
+    pub material_location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthKind {
+    Jwt(Jwt),
+    ApiKey(ApiKey),
+}
+
+/// `type = "jwt"`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwt {
+    /// Algorithm names as written in the reference (`RS256`, `EdDSA`, ...), de-duplicated.
+    pub algorithms: Vec<String>,
+    pub keys: JwtKeys,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    /// Default 0.
+    pub leeway: Duration,
+    pub required_claims: Vec<String>,
+    /// Default false: the upstream gets the token too.
+    pub strip_authorization: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeys {
+    /// `keys`: a PEM public key or a JWKS file (resolved against the config's directory).
+    File(PathBuf),
+    /// `secret_env`: the variable holding the HMAC secret (read when the policy is compiled).
+    SecretEnv(String),
+}
+
+/// `type = "api_key"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub from: ApiKeyFrom,
+    /// Resolved against the config's directory.
+    pub keys_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyFrom {
+    /// A header (lower-case name).
+    Header(String),
+    /// A query parameter, removed from the target before forwarding.
+    Query(String),
+}
+
+/// `[rate_limits.NAME]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: String,
+    pub algorithm: RateAlgorithm,
+    pub key: RateKey,
+    /// Windowed algorithms: `limit` per `window` (0 and zero for the buckets).
+    pub limit: u64,
+    pub window: Duration,
+    /// Buckets: `rate` per second and `burst` (0 for the windowed algorithms).
+    pub rate: u64,
+    pub burst: u64,
+    /// `tier`: what picks one of `tiers` (windowed algorithms only).
+    pub tier: Option<RateKey>,
+    /// `tiers.NAME = { limit, window }`, in the order written.
+    pub tiers: Vec<RateTier>,
+    /// `max_keys` (an addition to the reference): distinct keys tracked at once.
+    pub max_keys: Option<usize>,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateAlgorithm {
+    FixedWindow,
+    SlidingWindowLog,
+    SlidingWindowCounter,
+    TokenBucket,
+    LeakyBucket,
+}
+
+impl RateAlgorithm {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RateAlgorithm::FixedWindow => "fixed_window",
+            RateAlgorithm::SlidingWindowLog => "sliding_window_log",
+            RateAlgorithm::SlidingWindowCounter => "sliding_window_counter",
+            RateAlgorithm::TokenBucket => "token_bucket",
+            RateAlgorithm::LeakyBucket => "leaky_bucket",
+        }
+    }
+}
+
+/// What a request is counted under (`key`, `tier`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client address.
+    Ip,
+    /// A request header (lower-case name).
+    Header(String),
+    /// A claim of the verified JWT.
+    Jwt(String),
+    /// The API key's consumer.
+    Consumer,
+    /// The route: one count per route.
+    Route,
+    /// One count for everything.
+    Global,
+}
+
+impl std::fmt::Display for RateKey {
+    /// As written in the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateKey::Ip => f.write_str("ip"),
+            RateKey::Header(name) => write!(f, "header:{name}"),
+            RateKey::Jwt(claim) => write!(f, "jwt:{claim}"),
+            RateKey::Consumer => f.write_str("consumer"),
+            RateKey::Route => f.write_str("route"),
+            RateKey::Global => f.write_str("global"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateTier {
+    pub name: String,
+    pub limit: u64,
+    pub window: Duration,
 }

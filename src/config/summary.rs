@@ -132,9 +132,61 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
         }
     }
 
+    write_policies(out, cfg)?;
     writeln!(out, "routes ({}):", cfg.routes.len())?;
     for r in &cfg.routes {
         write_route(out, cfg, r)?;
+    }
+    Ok(())
+}
+
+fn write_policies(out: &mut String, cfg: &Config) -> std::fmt::Result {
+    use super::model::{ApiKeyFrom, AuthKind, JwtKeys};
+    if !cfg.auth.is_empty() {
+        writeln!(out, "auth ({}):", cfg.auth.len())?;
+    }
+    for a in &cfg.auth {
+        let what = match &a.kind {
+            AuthKind::Jwt(j) => {
+                let keys = match &j.keys {
+                    JwtKeys::File(path) => format!("keys {}", path.display()),
+                    JwtKeys::SecretEnv(var) => format!("secret ${var}"),
+                };
+                format!("jwt {}, {keys}", j.algorithms.join("/"))
+            }
+            AuthKind::ApiKey(k) => {
+                let from = match &k.from {
+                    ApiKeyFrom::Header(h) => format!("header {h}"),
+                    ApiKeyFrom::Query(q) => format!("query {q}"),
+                };
+                format!("api_key from {from}, keys {}", k.keys_file.display())
+            }
+        };
+        let forward: Vec<&str> = a.forward.iter().map(|(_, h)| h.as_str()).collect();
+        writeln!(out, "  {}: {what}; forwards {}", a.name, forward.join(", "))?;
+    }
+    if !cfg.rate_limits.is_empty() {
+        writeln!(out, "rate limits ({}):", cfg.rate_limits.len())?;
+    }
+    for r in &cfg.rate_limits {
+        use super::model::RateAlgorithm as A;
+        let rule = match r.algorithm {
+            A::FixedWindow | A::SlidingWindowLog | A::SlidingWindowCounter => {
+                format!("{} per {}", r.limit, dur(r.window))
+            }
+            A::TokenBucket | A::LeakyBucket => format!("{}/s, burst {}", r.rate, r.burst),
+        };
+        let tiers = match &r.tier {
+            None => String::new(),
+            Some(by) => format!(", {} tiers by {by}", r.tiers.len()),
+        };
+        writeln!(
+            out,
+            "  {}: {} {rule}, key {}{tiers}",
+            r.name,
+            r.algorithm.name(),
+            r.key
+        )?;
     }
     Ok(())
 }
@@ -169,6 +221,17 @@ fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
             crate::config::model::Sticky::Cookie(n) => format!("sticky cookie:{n}"),
             crate::config::model::Sticky::Ip => "sticky ip".to_string(),
         });
+    }
+    if let Some(a) = r.auth {
+        policies.push(format!("auth {}", cfg.auth[a].name));
+    }
+    if !r.rate_limits.is_empty() {
+        let names: Vec<&str> = r
+            .rate_limits
+            .iter()
+            .map(|&l| cfg.rate_limits[l].name.as_str())
+            .collect();
+        policies.push(format!("rate_limits {}", names.join(" + ")));
     }
     if r.strip_prefix {
         policies.push("strip_prefix".to_string());

@@ -26,24 +26,15 @@ fn error(src: &str) -> String {
 /// The spec example with every section and route key of a capability not built yet removed,
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
-    const LATER_SECTIONS: [&str; 8] = [
+    const LATER_SECTIONS: [&str; 6] = [
         "bff",
         "transforms",
         "aggregates",
-        "auth",
-        "rate_limits",
         "cache",
         "compression",
         "tracing",
     ];
-    const LATER_ROUTE_KEYS: [&str; 6] = [
-        "auth",
-        "rate_limits",
-        "cache",
-        "transform",
-        "websocket",
-        "client",
-    ];
+    const LATER_ROUTE_KEYS: [&str; 4] = ["cache", "transform", "websocket", "client"];
     let mut out = String::new();
     let mut section = String::new();
     for line in SPEC_EXAMPLE.lines() {
@@ -79,18 +70,18 @@ fn line_of(text: &str, line: &str) -> usize {
 #[test]
 fn spec_example_is_rejected_at_its_first_later_capability() {
     // Every key of the example parses and every value passes its checks: the only error is
-    // the first key of a capability not built yet, `routes.users.auth` on line 90.
+    // the first key of a capability not built yet, `routes.products.cache` on line 105.
     let err = load_str(SPEC_EXAMPLE, Path::new("config/dispatch.toml")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "config/dispatch.toml:90:1: routes.users.auth: not supported yet: routes.users.auth"
+        "config/dispatch.toml:105:1: routes.products.cache: not supported yet: routes.products.cache"
     );
 }
 
 #[test]
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
-    for gone in ["[bff]", "auth =", "websocket =", "[tracing]"] {
+    for gone in ["[bff]", "cache =", "websocket =", "[tracing]"] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
@@ -129,6 +120,47 @@ fn spec_example_without_later_capabilities_loads() {
 
     let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["users", "accounts", "transactions", "users_v2"]);
+
+    // Auth and rate limits as written; key paths relative to the file's directory.
+    let auth: Vec<&str> = cfg.auth.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(auth, ["jwt", "partners"]);
+    let super::model::AuthKind::Jwt(jwt) = &cfg.auth[0].kind else {
+        panic!("auth.jwt is a jwt policy");
+    };
+    assert_eq!(jwt.algorithms, ["RS256"]);
+    assert_eq!(
+        jwt.keys,
+        super::model::JwtKeys::File("config/keys/jwt.pub.pem".into())
+    );
+    let elsewhere = load_str(&text, Path::new("/etc/dispatch/main.toml")).unwrap();
+    let super::model::AuthKind::ApiKey(partners) = &elsewhere.auth[1].kind else {
+        panic!("auth.partners is an api_key policy");
+    };
+    assert_eq!(
+        partners.keys_file,
+        Path::new("/etc/dispatch/config/api_keys.toml")
+    );
+    assert_eq!(
+        (jwt.leeway, jwt.strip_authorization, &jwt.audience[..]),
+        (Duration::from_secs(30), true, &["dispatch".to_string()][..])
+    );
+    assert_eq!(cfg.auth[0].forward.len(), 4);
+    let limits: Vec<&str> = cfg.rate_limits.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(limits, ["per_user", "per_ip", "mobile", "strict", "simple"]);
+    assert_eq!(cfg.rate_limits[0].tiers.len(), 4);
+    assert_eq!(
+        cfg.rate_limits[0].tier,
+        Some(super::model::RateKey::Jwt("plan".into()))
+    );
+    assert_eq!(
+        (cfg.rate_limits[1].rate, cfg.rate_limits[1].burst),
+        (10, 50)
+    );
+    let users_route = cfg.routes.iter().find(|r| r.name == "users").unwrap();
+    assert_eq!(
+        (users_route.auth, &users_route.rate_limits[..]),
+        (Some(0), &[0, 1][..])
+    );
     let users = &cfg.upstreams[0];
     let endpoints: Vec<(String, &str, u32)> = users
         .endpoints
@@ -488,9 +520,9 @@ fn errors_name_file_line_column_and_key() {
         ("bad rewrite", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nrewrite = \"v2\"\n"), "d.toml:6:11: routes.r.rewrite: invalid rewrite \"v2\": must start with \"/\""),
         ("rewrite with strip_prefix", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nstrip_prefix = true\nrewrite = \"/v2\"\n"), "d.toml:7:11: routes.r.rewrite: cannot be combined with strip_prefix = true: rewrite already replaces the matched prefix"),
         // Capabilities not built yet: parsed and checked, then rejected at their first key.
-        ("later route key", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nauth = \"jwt\"\n\n[auth.jwt]\ntype = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = \"jwt.pem\"\n"), "d.toml:6:1: routes.r.auth: not supported yet: routes.r.auth"),
+        ("later route key", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\n\n[cache.rules.c]\nttl = \"1s\"\n"), "d.toml:6:1: routes.r.cache: not supported yet: routes.r.cache"),
         ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
-        ("later implicit section", "[rate_limits.simple]\nalgorithm = \"fixed_window\"\nkey = \"global\"\nlimit = 5\nwindow = \"1s\"\n".into(), "d.toml:1:2: rate_limits: not supported yet: rate_limits"),
+        ("later implicit section", "[transforms.t]\nresponse = \".\"\n".into(), "d.toml:1:2: transforms: not supported yet: transforms"),
         ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
         ("weight over the cap", "[upstreams.users]\nendpoints = [{ url = \"http://127.0.0.1:9001\", weight = 1001 }]\n".into(), "d.toml:2:56: upstreams.users.endpoints[0].weight: must be at most 1000"),
         ("fallback without a body", format!("{UP}[upstreams.users.breaker]\nfallback = {{ status = 204 }}\n"), "d.toml:4:23: upstreams.users.breaker.fallback.status: must be an HTTP status from 200 to 599 that carries a body (not 204 or 304)"),
@@ -569,13 +601,11 @@ fn unresolvable_endpoint_host_is_an_error_at_its_value() {
 
 #[test]
 fn later_capabilities_are_rejected_in_file_order() {
-    // Whichever comes first in the file is reported: the `[auth.jwt]` section here, the
-    // route's `auth` key once the section is moved after the route.
+    // Whichever comes first in the file is reported: the `[cache]` section here, the
+    // route's `cache` key once the section is moved after the route.
     let src = "\
-[auth.jwt]
-type = \"jwt\"
-algorithms = [\"RS256\"]
-keys = \"k.pem\"
+[cache.rules.c]
+ttl = \"1s\"
 
 [upstreams.u]
 endpoints = [\"http://127.0.0.1:1\"]
@@ -583,9 +613,9 @@ endpoints = [\"http://127.0.0.1:1\"]
 [routes.r]
 paths = [\"/\"]
 upstream = \"u\"
-auth = \"jwt\"
+cache = \"c\"
 ";
-    assert_eq!(error(src), "d.toml:1:2: auth: not supported yet: auth");
+    assert_eq!(error(src), "d.toml:1:2: cache: not supported yet: cache");
     let moved = format!(
         "{}\n{}",
         &src[src.find("[upstreams").unwrap()..],
@@ -593,7 +623,7 @@ auth = \"jwt\"
     );
     assert_eq!(
         error(&moved),
-        "d.toml:7:1: routes.r.auth: not supported yet: routes.r.auth"
+        "d.toml:7:1: routes.r.cache: not supported yet: routes.r.cache"
     );
 }
 

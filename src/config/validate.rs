@@ -27,10 +27,16 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         .iter()
         .map(|(name, written)| upstream(name, written, src))
         .collect::<Result<Vec<_>, _>>()?;
+    let auth = super::policy::auth_policies(&file.auth, src)?;
+    let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
+    let policies = Policies {
+        auth: &auth,
+        rate_limits: &rate_limits,
+    };
     let routes = file
         .routes
         .iter()
-        .map(|(name, written)| route(name, written, &upstreams, src))
+        .map(|(name, written)| route(name, written, &upstreams, &policies, src))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(model::Config {
         path: src.path.to_path_buf(),
@@ -39,6 +45,8 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         log: log(&file.log),
         upstreams,
         routes,
+        auth,
+        rate_limits,
         tracing: model::Tracing {
             propagate: file
                 .tracing
@@ -609,10 +617,17 @@ fn balance(text: &str) -> Result<model::Balance, String> {
     }
 }
 
+/// The policies a route may name.
+struct Policies<'a> {
+    auth: &'a [model::AuthPolicy],
+    rate_limits: &'a [model::RateLimit],
+}
+
 fn route(
     name: &str,
     route: &file::Route,
     upstreams: &[model::Upstream],
+    policies: &Policies<'_>,
     src: &Source,
 ) -> Result<model::Route, ConfigError> {
     let at = KeyPath::of(&["routes", name]);
@@ -737,6 +752,24 @@ fn route(
     }
 
     let timeout = Section::new(src, &at).positive("timeout", route.timeout)?;
+    let auth = match &route.auth {
+        None => None,
+        Some(wanted) => Some(super::policy::auth_ref(
+            wanted,
+            &at.key("auth"),
+            policies.auth,
+            src,
+        )?),
+    };
+    let rate_limits = match &route.rate_limits {
+        None => Vec::new(),
+        Some(names) => super::policy::rate_limit_refs(
+            names,
+            &at.key("rate_limits"),
+            policies.rate_limits,
+            src,
+        )?,
+    };
 
     Ok(model::Route {
         name: name.to_string(),
@@ -750,6 +783,8 @@ fn route(
         strip_prefix,
         rewrite: route.rewrite.clone(),
         timeout,
+        auth,
+        rate_limits,
         location: src.location_of(&at),
     })
 }

@@ -98,11 +98,17 @@ impl ClientIo {
         timeout: Duration,
     ) -> std::io::Result<()> {
         use super::Body;
-        let added = super::respond::phases(&super::respond::Answering { id: &r.id });
-        let mut extra: smallvec::SmallVec<[(&str, &str); 4]> =
+        let added = super::respond::phases(&super::respond::Answering {
+            id: &r.id,
+            rate: r.rate.as_ref(),
+        });
+        let mut extra: smallvec::SmallVec<[(&str, &str); 6]> =
             added.iter().map(|a| (a.name, a.value)).collect();
         if let Some(allow) = &r.allow {
             extra.push(("Allow", allow.as_str()));
+        }
+        if let Some(challenge) = r.challenge {
+            extra.push(("WWW-Authenticate", challenge));
         }
         let start = self.wbuf.len();
         let head_len = match &r.body {

@@ -98,6 +98,10 @@ pub struct RequestCtx {
     pub trace: Option<super::trace::TraceContext>,
     /// Length of the upstream request head at the start of the connection's upstream buffer.
     pub upstream_head_len: usize,
+    /// The route's `RateLimit-*` values (the rate-limit phase's), for every answer.
+    pub rate: Option<super::respond::RateHeaders>,
+    /// A leaky bucket's wait, done first by `stack::run` (its places go back if dropped).
+    pub delay: Option<Box<super::phase::ratelimit::Delay>>,
     pub started: Instant,
 }
 
@@ -122,7 +126,7 @@ mod tests {
     #[test]
     fn request_ctx_stays_small() {
         assert!(
-            std::mem::size_of::<RequestCtx>() <= 288,
+            std::mem::size_of::<RequestCtx>() <= 352,
             "{}",
             std::mem::size_of::<RequestCtx>()
         );

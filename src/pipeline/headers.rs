@@ -70,6 +70,8 @@ pub struct ForwardHead<'a, 'h> {
     pub method: &'a str,
     /// The routed target; written upstream after strip_prefix / rewrite.
     pub target: &'a super::target::Target<'a>,
+    /// The query written upstream (the target's, less an API-key parameter).
+    pub query: Option<&'a str>,
     /// Bytes of the path the route pattern matched.
     pub matched: usize,
     pub strip_prefix: bool,
@@ -88,6 +90,10 @@ pub struct ForwardHead<'a, 'h> {
     /// `Max-Forwards` to send instead of the client's (OPTIONS / TRACE: decremented, RFC 9110
     /// §7.6.2); None passes the client's through.
     pub max_forwards: Option<u64>,
+    /// The identity headers the auth phase set (the client's own were dropped in phase 0).
+    pub identity: &'a [(&'a str, &'a str)],
+    /// The auth policy removes `Authorization` (`strip_authorization`).
+    pub strip_authorization: bool,
 }
 
 /// Writes the upstream request head into `out`.
@@ -98,7 +104,7 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
     super::target::upstream_target(
         out,
         &f.target.path,
-        f.target.query,
+        f.query,
         f.matched,
         f.strip_prefix,
         f.rewrite,
@@ -123,6 +129,7 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
             11 if f.trace.is_some() && name.eq_ignore_ascii_case("traceparent") => continue,
             12 if name.eq_ignore_ascii_case("x-request-id") => continue,
             12 if f.max_forwards.is_some() && name.eq_ignore_ascii_case("max-forwards") => continue,
+            13 if f.strip_authorization && name.eq_ignore_ascii_case("authorization") => continue,
             14 if name.eq_ignore_ascii_case("content-length") => continue,
             15 if name.eq_ignore_ascii_case("x-forwarded-for") => {
                 xff.push(h.value);
@@ -133,6 +140,9 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
             _ => {}
         }
         push_header(out, name.as_bytes(), h.value);
+    }
+    for (name, value) in f.identity {
+        push_header(out, name.as_bytes(), value.as_bytes());
     }
 
     // X-Forwarded-For: earlier hops kept, this client appended.

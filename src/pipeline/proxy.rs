@@ -332,7 +332,10 @@ impl Caller for Downstream<'_> {
         if head.status == 100 {
             self.body.continue_sent = true;
         }
-        let added = respond::phases(&respond::Answering { id: &self.ctx.id });
+        let added = respond::phases(&respond::Answering {
+            id: &self.ctx.id,
+            rate: self.ctx.rate.as_ref(),
+        });
         write_response_head(
             &mut self.conn.wbuf,
             &ResponseHeadOut {
@@ -372,7 +375,10 @@ impl Caller for Downstream<'_> {
             && out != OutFraming::UntilClose;
         self.head = ClientHead { out, keep };
         self.conn.wbuf.clear();
-        let added = respond::phases(&respond::Answering { id: &ctx.id });
+        let added = respond::phases(&respond::Answering {
+            id: &ctx.id,
+            rate: ctx.rate.as_ref(),
+        });
         write_response_head(
             &mut self.conn.wbuf,
             &ResponseHeadOut {
@@ -714,6 +720,7 @@ async fn client_failed(
         conn.wbuf.clear();
         let mut r = Response::error(status, f.message, ctx.id).closing();
         r.head_only = ctx.method.is_head;
+        r.rate = ctx.rate;
         let _ = conn.send_response(&r, timeout).await;
     }
     Served {
@@ -738,6 +745,7 @@ async fn upstream_failed(
     conn.wbuf.clear();
     let mut r = Response::error(e.status(), e.client_message().to_string(), ctx.id);
     r.head_only = ctx.method.is_head;
+    r.rate = ctx.rate;
     // The request body may be partly unread, and a failed upstream says nothing about the
     // client connection otherwise.
     r.close = !ctx.keep_alive || worker.drain.is_fired() || ctx.body != BodyKind::None;

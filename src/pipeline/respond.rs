@@ -10,10 +10,14 @@
 //! The order, one line per constraint:
 //! 1. identity: `X-Request-Id`, so a client can quote any answer (the upstream's own value is
 //!    kept: it may be the id the upstream logged);
-//! 2. (later capabilities, in this order: rate-limit headers -> cache store -> response
-//!    transform -> compression; each is refused at config load until it lands.)
+//! 2. rate limits: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` on every answer
+//!    of a rate-limited route whose limits were checked (the gateway's values replace an
+//!    upstream's: the client is limited here);
+//! 3. (later capabilities, in this order: cache store -> response transform -> compression;
+//!    each is refused at config load until it lands.)
 //!
-//! Cost: a few borrowed slices in an inline list; nothing is allocated per answer.
+//! Cost: a few borrowed slices in an inline list; nothing is allocated per answer (the rate
+//! numbers are formatted once, into inline buffers, by the rate-limit phase).
 
 use smallvec::SmallVec;
 
@@ -35,6 +39,65 @@ pub type AddedHeaders<'a> = SmallVec<[Added<'a>; 4]>;
 /// What the response phases know of the request being answered.
 pub struct Answering<'a> {
     pub id: &'a RequestId,
+    /// The route's rate-limit headers (the rate-limit phase's).
+    pub rate: Option<&'a RateHeaders>,
+}
+
+/// The `RateLimit-*` values of a request (draft-ietf-httpapi-ratelimit-headers: the most
+/// restrictive of the route's limits), formatted once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateHeaders {
+    limit: Number,
+    remaining: Number,
+    reset: Number,
+}
+
+impl RateHeaders {
+    pub fn new(h: &crate::policy::ratelimit::Headers) -> RateHeaders {
+        RateHeaders {
+            limit: Number::new(h.limit),
+            remaining: Number::new(h.remaining),
+            reset: Number::new(h.reset_secs),
+        }
+    }
+}
+
+/// A decimal number in an inline buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Number {
+    digits: [u8; 20],
+    len: u8,
+}
+
+impl Number {
+    fn new(mut n: u64) -> Number {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits.copy_within(i.., 0);
+        Number {
+            digits,
+            len: (20 - i) as u8,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are stored.
+        std::str::from_utf8(&self.digits[..self.len as usize]).unwrap_or("0")
+    }
+}
+
+impl std::fmt::Debug for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Runs the response phases for one answer.
@@ -46,6 +109,20 @@ pub fn phases<'a>(a: &Answering<'a>) -> AddedHeaders<'a> {
         value: a.id.as_str(),
         upstream_wins: true,
     });
+    // 2. rate limits
+    if let Some(rate) = a.rate {
+        for (name, n) in [
+            ("RateLimit-Limit", &rate.limit),
+            ("RateLimit-Remaining", &rate.remaining),
+            ("RateLimit-Reset", &rate.reset),
+        ] {
+            added.push(Added {
+                name,
+                value: n.as_str(),
+                upstream_wins: false,
+            });
+        }
+    }
     added
 }
 
@@ -57,7 +134,10 @@ mod tests {
     #[test]
     fn identity_adds_the_request_id_and_lets_the_upstream_keep_its_own() {
         let id = RequestId::from_client(b"abc-123").unwrap();
-        let added = phases(&Answering { id: &id });
+        let added = phases(&Answering {
+            id: &id,
+            rate: None,
+        });
         assert_eq!(
             added.as_slice(),
             &[Added {
@@ -66,5 +146,36 @@ mod tests {
                 upstream_wins: true
             }]
         );
+    }
+
+    /// A rate-limited route's answers carry the three `RateLimit-*` fields, replacing an
+    /// upstream's own.
+    #[test]
+    fn rate_limit_headers_follow_the_request_id() {
+        let id = RequestId::from_client(b"r").unwrap();
+        let rate = RateHeaders::new(&crate::policy::ratelimit::Headers {
+            limit: 100,
+            remaining: 0,
+            reset_secs: 18_446_744_073_709_551_615,
+            retry_after_secs: Some(3),
+        });
+        let added = phases(&Answering {
+            id: &id,
+            rate: Some(&rate),
+        });
+        let fields: Vec<(&str, &str, bool)> = added
+            .iter()
+            .map(|a| (a.name, a.value, a.upstream_wins))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("X-Request-Id", "r", true),
+                ("RateLimit-Limit", "100", false),
+                ("RateLimit-Remaining", "0", false),
+                ("RateLimit-Reset", "18446744073709551615", false),
+            ]
+        );
+        assert!(!added.spilled(), "four fields stay inline");
     }
 }

@@ -7,6 +7,7 @@
 //! puts every one of them on the wire, and the logging phase records it like any other answer.
 
 use super::ctx::RequestId;
+use super::respond::RateHeaders;
 use super::trace::TraceContext;
 use crate::config::model::{RouteId, UpstreamId};
 
@@ -39,6 +40,10 @@ pub struct Response {
     /// The route and upstream the request had reached (metrics and the access log name
     /// them), when a phase after routing answered it.
     pub routed: Option<(RouteId, UpstreamId)>,
+    /// `WWW-Authenticate` (401, RFC 6750 §3).
+    pub challenge: Option<&'static str>,
+    /// The rate limits' headers, when the route is rate-limited and its limits were checked.
+    pub rate: Option<RateHeaders>,
 }
 
 impl Response {
@@ -70,6 +75,8 @@ impl Response {
             head_only: false,
             trace: None,
             routed: None,
+            challenge: None,
+            rate: None,
         }
     }
 

@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use super::client::ClientIo;
 use super::ctx::{MethodInfo, RequestCtx};
-use super::phase::{breaker, framing, identity, route, split, target, underscores, upstream, Flow};
+use super::phase::{
+    auth, breaker, framing, identity, ratelimit, route, split, target, untrusted, upstream, Flow,
+};
 use super::proxy::Served;
 use super::Response;
 use crate::clock;
@@ -39,18 +41,23 @@ pub fn prepare(
     ubuf: &mut Vec<u8>,
 ) -> Prepared {
     let (cfg, router) = (&*snap.active.config, &snap.active.router);
+    let policies = &*snap.active.policies;
 
-    // 0. Fields named with `_` go before any phase can read them (nginx's default): a CGI
-    //    upstream reads `X_Forwarded_For` as `X-Forwarded-For`, a header the gateway sets.
+    // 0. Fields no phase may read go first: names with `_` (nginx's default: a CGI upstream
+    //    reads `X_Forwarded_For` as `X-Forwarded-For`, a header the gateway sets), and the
+    //    identity headers auth policies set, on every route (only phase 5 says who a client is).
     let mut kept = None;
-    let headers = underscores::strip(&head.headers, &mut kept);
+    let headers = untrusted::strip(&head.headers, &policies.identity_headers, &mut kept);
     // 1. Identity (request id, trace context) first, so every later answer carries it.
     let who = identity::run(headers, cfg.tracing.propagate, || worker.rand());
     let id = &who.id;
+    // The route's rate-limit values, once phase 6 has them: every later answer carries them.
+    let rate = std::cell::Cell::new(None);
     // A phase's answer ends the list here, with the request's id and trace context.
     let answer = |mut r: Response| {
         r.head_only = head.method == "HEAD";
         r.trace = who.trace;
+        r.rate = r.rate.or(rate.get());
         Prepared::Answer(r)
     };
     macro_rules! next {
@@ -70,17 +77,50 @@ pub fn prepare(
     //    is answered once the resource is known (RFC 9110 §7.6.2). Then the route's split.
     let m = next!(route::run(head, headers, &resource, router, &framing, id));
     let to = split::run(cfg, &m, headers, peer.ip(), || worker.rand());
-    // 5. Later capabilities slot in here, in this order: client/BFF -> auth -> rate limit ->
-    //    cache -> aggregate | transform (each is rejected at config load until it lands).
-    // 6. The breaker, last before the upstream, so a request answered earlier takes no permit
-    //    (a permit dropped unused, as by a later 413, frees its probe slot).
     let started = Instant::now();
     let now = clock::ms_at(started);
+    // 5. Auth, once the route is known (it names the policy), before anything is counted or
+    //    forwarded: a refused request takes no rate-limit unit and no breaker permit.
+    let subject = match to.route.auth {
+        None => auth::Subject::Anonymous,
+        Some(policy) => next!(auth::run(
+            &policies.auth[policy],
+            &auth::Credentials {
+                headers,
+                target: head.target,
+                now_unix: clock::unix_now(),
+            },
+            &mut worker.token_cache(policy),
+            &to,
+            id,
+        )),
+    };
+    // 6. Rate limits after auth: `jwt:CLAIM` and `consumer` keys need the verified subject,
+    //    and an unauthenticated flood must not use up an authenticated client's quota.
+    let limited = next!(ratelimit::run(
+        &to.route.rate_limits,
+        policies,
+        &ratelimit::Request {
+            headers,
+            client_ip: peer.ip(),
+            subject: &subject,
+        },
+        now,
+        |limit| snap.metrics.ratelimit_rejected(limit as u32),
+        &to,
+        id,
+    ));
+    rate.set(limited.headers);
+    // 7. Later capabilities slot in here, in this order: client/BFF (before route) ->
+    //    cache -> aggregate | transform (each is rejected at config load until it lands).
+    // 8. The breaker, last before the upstream, so a request answered earlier takes no permit
+    //    (a permit dropped unused, as by a later 413, frees its probe slot).
     let state = snap.upstreams.list[to.upstream_id].borrow();
     let permit = next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id));
     // No borrow of the upstream's worker state outlives the phase that reads it.
     drop(state);
-    // 7. Upstream: body limit, balance key, the upstream request head; `run` does the rest.
+    // 9. Upstream: body limit, balance key, the upstream request head with the identity
+    //    headers; `run` does the rest (a leaky bucket's wait first).
     let req = upstream::Request {
         head,
         headers,
@@ -88,6 +128,7 @@ pub fn prepare(
         identity: &who,
         framing: &framing,
         resource: &resource,
+        subject: &subject,
     };
     let balance_key = next!(upstream::run(&req, &to, cfg.server.limits.max_body, ubuf));
 
@@ -110,13 +151,25 @@ pub fn prepare(
         balance_key,
         trace: who.trace,
         upstream_head_len: ubuf.len(),
+        rate: limited.headers,
+        delay: limited.delay,
         started,
     })
 }
 
 /// Runs the asynchronous stages; the result says how the request ended (and whether the
 /// client connection may stay open).
-pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &Snapshot) -> Served {
+pub async fn run(
+    mut ctx: RequestCtx,
+    conn: &mut ClientIo,
+    worker: &Worker,
+    snap: &Snapshot,
+) -> Served {
+    // A leaky bucket shapes the request: it leaves at its place's time. Boxed: the rare path
+    // must not grow every request's future.
+    if let Some(delay) = ctx.delay.take() {
+        Box::pin(wait(delay)).await;
+    }
     let served = super::proxy::forward(&ctx, conn, worker, snap).await;
     // The breaker learns the request's final outcome, after its retries, from
     // `upstream::call` before the client gets the answer. A permit still here never reached
@@ -130,4 +183,14 @@ pub async fn run(ctx: RequestCtx, conn: &mut ClientIo, worker: &Worker, snap: &S
         }
     }
     served
+}
+
+/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with). Dropped
+/// before then (the connection's task ends), the request gives its places back.
+async fn wait(mut delay: Box<ratelimit::Delay>) {
+    let now = clock::now_ms();
+    if delay.until_ms > now {
+        monoio::time::sleep(std::time::Duration::from_millis(delay.until_ms - now)).await;
+    }
+    delay.admit();
 }

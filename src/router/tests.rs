@@ -16,6 +16,8 @@ fn route(name: &str, paths: &[&str]) -> Route {
         strip_prefix: false,
         rewrite: None,
         timeout: None,
+        auth: None,
+        rate_limits: Vec::new(),
         location: Location::default(),
     }
 }

@@ -119,7 +119,7 @@ fn refresh(shared: &Shared, t: &crate::upstream::discovery::DnsTarget) {
     };
     let mut discovery = shared.discovery();
     if discovery.set_dns(&t.upstream, &t.url, addrs.clone()) {
-        match shared.publish(&discovery) {
+        match shared.publish(&discovery, None) {
             Ok(_) => crate::info!(
                 "upstream {}: {} now resolves to {addrs:?}",
                 t.upstream,

@@ -176,7 +176,7 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
 
     let discovery = crate::upstream::discovery::Discovery::new(config.clone());
     let (listeners, changes) = listeners::Listeners::new(config.server.listen.clone(), workers);
-    let active = Active::compile(config, None, 1)?;
+    let active = Active::compile(config, None, 1, None)?;
     let shared = Shared::new(active, workers, discovery, listeners);
     let cores = if pin {
         core_affinity::get_core_ids().unwrap_or_default()

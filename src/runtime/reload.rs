@@ -52,13 +52,21 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     }
     // Compiled once on its own first, so a bad file changes nothing; then published with the
     // registrations and DNS answers of the upstreams it keeps.
-    Active::compile(next.clone(), Some(&current), current.generation + 1)?;
+    // Key files are read again here, once (a reload is how new keys are taken in); the
+    // publication below uses what this read. Unchanged rate limits keep their state.
+    let policies = std::sync::Arc::new(crate::policy::compile(&next, Some(&current.policies))?);
+    Active::compile(
+        next.clone(),
+        Some(&current),
+        current.generation + 1,
+        Some(policies.clone()),
+    )?;
     let mut discovery = shared.discovery();
     // New addresses are bound (all of them, or the reload fails), removed ones stop accepting.
     shared.listeners.apply(&next.server.listen)?;
     let saved = discovery.clone();
     discovery.set_file(next);
-    let generation = match shared.publish(&discovery) {
+    let generation = match shared.publish(&discovery, Some(policies)) {
         Ok(g) => g,
         Err(e) => {
             *discovery = saved;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use super::listeners::Listeners;
 use crate::config::model::Config;
+use crate::policy::Policies;
 use crate::router::Router;
 use crate::upstream::discovery::Discovery;
 use crate::upstream::shared::UpstreamShared;
@@ -27,6 +28,8 @@ pub struct Active {
     pub router: Router,
     /// Indexed like `config.upstreams`.
     pub upstreams: Vec<UpstreamShared>,
+    /// The compiled auth policies and rate limits (limits shared by every worker).
+    pub policies: Arc<Policies>,
     pub generation: u64,
     /// Worker threads running (fixed at start).
     pub workers: usize,
@@ -39,18 +42,32 @@ impl Active {
         Arc::new(
             crate::metrics::Layout::new()
                 .with_routes(c.routes.iter().map(|r| r.name.clone()))
-                .with_upstreams(c.upstreams.iter().map(|u| u.name.clone())),
+                .with_upstreams(c.upstreams.iter().map(|u| u.name.clone()))
+                .with_policies(c.rate_limits.iter().map(|r| r.name.clone())),
         )
     }
 
     /// Compiles `config`; `old` provides the cross-core state of upstreams (and endpoints)
-    /// that keep their name (and address).
+    /// that keep their name (and address). `policies`: the policies compiled for this config
+    /// (a reload reads the key files once, before publishing); None reuses `old`'s when the
+    /// config's `[auth.*]` and `[rate_limits.*]` are unchanged (an admin registration or a
+    /// DNS answer changes only endpoints), else compiles them.
     pub fn compile(
         config: Config,
         old: Option<&Active>,
         generation: u64,
+        policies: Option<Arc<Policies>>,
     ) -> Result<Active, crate::config::ConfigError> {
         let router = crate::router::compile_config(&config)?;
+        let policies = match (policies, old) {
+            (Some(p), _) => p,
+            (None, Some(o))
+                if o.config.auth == config.auth && o.config.rate_limits == config.rate_limits =>
+            {
+                o.policies.clone()
+            }
+            (None, old) => Arc::new(crate::policy::compile(&config, old.map(|o| &*o.policies))?),
+        };
         // The running worker count: a reload cannot change it (see `reload`).
         let workers = old.map_or(config.server.workers, |o| o.workers);
         let upstreams = config
@@ -71,6 +88,7 @@ impl Active {
             config: Arc::new(config),
             router,
             upstreams,
+            policies,
             generation,
             workers,
         })
@@ -127,10 +145,15 @@ impl Shared {
 
     /// Compiles the effective config of `discovery` (the caller holds its lock) and makes it
     /// the one every worker uses for its next request.
-    pub fn publish(&self, discovery: &Discovery) -> Result<u64, crate::config::ConfigError> {
+    /// `policies`: as [`Active::compile`] takes them.
+    pub fn publish(
+        &self,
+        discovery: &Discovery,
+        policies: Option<Arc<Policies>>,
+    ) -> Result<u64, crate::config::ConfigError> {
         let current = self.active();
         let generation = current.generation + 1;
-        let next = Active::compile(discovery.effective(), Some(&current), generation)?;
+        let next = Active::compile(discovery.effective(), Some(&current), generation, policies)?;
         self.swap(next);
         Ok(generation)
     }
@@ -192,7 +215,7 @@ mod tests {
 
     fn compile(text: &str, old: Option<&Active>) -> Active {
         let config = crate::config::load_str(text, std::path::Path::new("t.toml")).unwrap();
-        Active::compile(config, old, old.map_or(1, |o| o.generation + 1)).unwrap()
+        Active::compile(config, old, old.map_or(1, |o| o.generation + 1), None).unwrap()
     }
 
     const ROUTE: &str = "[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n";

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::metrics::WorkerMetrics;
+use crate::policy::auth::TokenCache;
 use crate::upstream::balance::next_rand;
 use crate::upstream::WorkerUpstreams;
 
@@ -57,7 +58,15 @@ pub struct Worker {
     pub accepting: RefCell<Vec<(SocketAddr, Rc<Latch>)>>,
     /// What runs on each of this worker's listening sockets.
     pub accept: AcceptLoop,
+    /// Verified-token caches, one per JWT policy (by `AuthId`), created on first use. Kept
+    /// across reloads: a cache empties itself when its policy's keys were compiled anew.
+    tokens: RefCell<Vec<TokenCache>>,
 }
+
+/// Tokens each verified-token cache holds (per worker and policy): a few hundred bytes each
+/// (claims and forwarded headers), so at most a few MiB per worker; a client population
+/// larger than this pays a signature check per eviction, never a wrong answer.
+pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
 
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>, telemetry: Telemetry, accept: AcceptLoop) -> Worker {
@@ -81,6 +90,7 @@ impl Worker {
             spans: spans.map(RefCell::new),
             accepting: RefCell::new(Vec::new()),
             accept,
+            tokens: RefCell::new(Vec::new()),
         }
     }
 
@@ -105,6 +115,15 @@ impl Worker {
         });
         *self.snapshot.borrow_mut() = next.clone();
         next
+    }
+
+    /// This worker's verified-token cache for the auth policy `policy`.
+    pub fn token_cache(&self, policy: usize) -> std::cell::RefMut<'_, TokenCache> {
+        let mut caches = self.tokens.borrow_mut();
+        while caches.len() <= policy {
+            caches.push(TokenCache::new(TOKEN_CACHE_CAPACITY));
+        }
+        std::cell::RefMut::map(caches, |c| &mut c[policy])
     }
 
     /// Hands every pending access-log line and span to their writer threads (at exit).

@@ -1,13 +1,13 @@
 //! The request phases, one module each, in the order [`super::stack`] calls them:
-//! [`underscores`], [`identity`], [`framing`], [`target`], [`route`], [`split`], [`breaker`],
-//! [`upstream`].
+//! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`split`], [`auth`],
+//! [`ratelimit`], [`breaker`], [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's
-//! [`Match`](crate::router::Match), [`Destination`], the breaker's permit, the upstream
-//! head's balance key). A phase that may answer the request returns a [`Flow`]: `Continue`
+//! [`Match`](crate::router::Match), [`Destination`], auth's [`auth::Subject`], the rate
+//! limits' [`ratelimit::Limited`], the breaker's permit, the upstream head's balance key). A phase that may answer the request returns a [`Flow`]: `Continue`
 //! with its output, or `Respond` with the answer, never a flag for a later phase to check. A
-//! phase that cannot answer (underscores, identity, split) returns its output directly.
+//! phase that cannot answer (untrusted, identity, split) returns its output directly.
 //!
 //! The one thing to know: a phase takes a narrow context (the parsed head or its header
 //! fields, the config parts it reads, a breaker replica, worker-local services as plain values
@@ -15,13 +15,15 @@
 //! each is unit-tested in-process without sockets. Phases are plain static calls on the hot
 //! path: no boxing, no dynamic dispatch, no allocation beyond what the work itself needs.
 
+pub mod auth;
 pub mod breaker;
 pub mod framing;
 pub mod identity;
+pub mod ratelimit;
 pub mod route;
 pub mod split;
 pub mod target;
-pub mod underscores;
+pub mod untrusted;
 pub mod upstream;
 
 use crate::config::model::{Route, RouteId, Upstream, UpstreamId};

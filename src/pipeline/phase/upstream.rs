@@ -14,6 +14,7 @@ use crate::pipeline::headers::{write_request_head, ForwardHead};
 use crate::pipeline::Response;
 use crate::upstream::balance::{hash_key, Key};
 
+use super::auth::Subject;
 use super::framing::Framing;
 use super::identity::Identity;
 use super::target::Resource;
@@ -29,6 +30,8 @@ pub struct Request<'a, 'h> {
     pub identity: &'a Identity,
     pub framing: &'a Framing,
     pub resource: &'a Resource<'h>,
+    /// Who the auth phase found the client to be.
+    pub subject: &'a Subject<'a>,
 }
 
 /// Writes the upstream request head into `ubuf` (cleared first). Continue: the balance key.
@@ -56,12 +59,26 @@ pub fn run(
         _ => Key::None,
     };
     let resource = req.resource;
+    // An API key presented in the query never reaches the upstream.
+    let without_key;
+    let query = match req.subject.credential_param() {
+        Some(name) => {
+            without_key = resource
+                .target
+                .query
+                .and_then(|q| crate::policy::auth::api_key::remove_from_query(q, name));
+            without_key.as_deref()
+        }
+        None => resource.target.query,
+    };
+    let identity = req.subject.forwarded();
     ubuf.clear();
     write_request_head(
         ubuf,
         &ForwardHead {
             method: req.head.method,
             target: &resource.target,
+            query,
             matched: to.matched,
             strip_prefix: to.route.strip_prefix,
             rewrite: to.route.rewrite.as_deref(),
@@ -73,6 +90,8 @@ pub fn run(
             body: req.framing.body,
             trace: req.identity.trace.as_ref(),
             max_forwards: resource.max_forwards.map(|n| n - 1),
+            identity: &identity,
+            strip_authorization: req.subject.strips_authorization(),
         },
     );
     Flow::Continue(balance_key)
@@ -138,6 +157,7 @@ strip_prefix = true
             identity: &identity,
             framing: &framing,
             resource: &resource,
+            subject: &crate::pipeline::phase::auth::Subject::Anonymous,
         };
         let mut ubuf = b"stale bytes".to_vec();
         match run(&req, &to, cfg.server.limits.max_body, &mut ubuf) {

@@ -275,6 +275,20 @@ pub fn remove_query_param<'a>(target: &'a [u8], name: &str) -> Cow<'a, [u8]> {
     Cow::Owned(out)
 }
 
+/// A query (without its `?`) without the parameter `name` (every occurrence, matched by
+/// decoded name), the other parameters kept byte for byte: None when nothing is left.
+/// Borrowed when there is nothing to remove.
+pub fn remove_from_query<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    if !query.split('&').any(|s| segment_is(s.as_bytes(), name)) {
+        return Some(Cow::Borrowed(query));
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|s| !segment_is(s.as_bytes(), name))
+        .collect();
+    (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
+}
+
 /// application/x-www-form-urlencoded decoding (WHATWG URL §5.1): `+` is a space, `%XX` a byte;
 /// a `%` not followed by two hex digits stays as it is.
 fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {

@@ -1,0 +1,233 @@
+//! [`Policies`]: every `[auth.*]` and `[rate_limits.*]` of a config, compiled: JWT keys and
+//! API-key files read and parsed, `secret_env` read, each rate limit's shared table built (or
+//! carried over). Built off the request path by [`compile`] at start and on every reload, and
+//! held by the active config generation; the request phases only read it.
+//!
+//! Errors are config errors at the key that caused them (`auth.jwt.keys: cannot read ...`), so
+//! `dispatch check`, start and reload report a bad key file like any other bad value.
+//!
+//! The one thing to know: a rate limit's state (its [`ratelimit::Policy`]) is carried over from
+//! the previous generation when the limit's name and every setting are unchanged, so a reload
+//! never hands a client a fresh quota; key material is always read again.
+
+use crate::config::model::{self, AuthKind, Config, JwtKeys, Location, RateAlgorithm, RateKey};
+use crate::config::ConfigError;
+
+use super::auth::{
+    self, ApiKeyField, ApiKeySpec, ApiKeyVerifier, AuthConfigError, JwtSpec, JwtVerifier, KeyFrom,
+    KeySource,
+};
+use super::ratelimit::{self, Algorithm, LimitSpec, PolicySpec, SpecError};
+
+/// One compiled `[auth.*]` policy.
+#[derive(Debug)]
+pub enum Verifier {
+    Jwt(JwtVerifier),
+    ApiKey(ApiKeyVerifier),
+}
+
+/// One compiled `[rate_limits.*]`.
+#[derive(Debug)]
+pub struct RateLimit {
+    pub name: Box<str>,
+    /// What a request is counted under.
+    pub key: RateKey,
+    /// What picks a tier (None: the base limit for everyone).
+    pub tier: Option<RateKey>,
+    pub limits: ratelimit::Policy,
+    /// The settings it was built from: equal settings carry the state over a reload.
+    settings: model::RateLimit,
+}
+
+/// Every policy of one config generation, indexed like `Config::auth` and
+/// `Config::rate_limits`.
+#[derive(Debug, Default)]
+pub struct Policies {
+    pub auth: Vec<Verifier>,
+    pub rate_limits: Vec<RateLimit>,
+    /// The header names any policy sets (lower-case, each once): removed from every incoming
+    /// request on every route, so no client can supply an identity (BEHAVIOR.md
+    /// "Authentication").
+    pub identity_headers: Box<[Box<str>]>,
+}
+
+/// Compiles the policies of `cfg`; `previous` (the running generation's) lends the state of
+/// rate limits whose settings are unchanged.
+pub fn compile(cfg: &Config, previous: Option<&Policies>) -> Result<Policies, ConfigError> {
+    let mut auth = Vec::with_capacity(cfg.auth.len());
+    for p in &cfg.auth {
+        auth.push(verifier(p)?);
+    }
+    let mut identity_headers: Vec<Box<str>> = Vec::new();
+    for v in &auth {
+        let names: Vec<&str> = match v {
+            Verifier::Jwt(j) => j.forward_headers().collect(),
+            Verifier::ApiKey(k) => k.forward_headers().collect(),
+        };
+        for name in names {
+            if !identity_headers.iter().any(|h| &**h == name) {
+                identity_headers.push(name.into());
+            }
+        }
+    }
+    let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
+    for r in &cfg.rate_limits {
+        let old = previous.and_then(|p| {
+            p.rate_limits
+                .iter()
+                .find(|o| o.name.as_ref() == r.name && same_settings(&o.settings, r))
+        });
+        let limits = ratelimit::Policy::rebuild(policy_spec(r), old.map(|o| &o.limits))
+            .map_err(|e| spec_error(r, e))?;
+        rate_limits.push(RateLimit {
+            name: r.name.as_str().into(),
+            key: r.key.clone(),
+            tier: r.tier.clone(),
+            limits,
+            settings: r.clone(),
+        });
+    }
+    Ok(Policies {
+        auth,
+        rate_limits,
+        identity_headers: identity_headers.into(),
+    })
+}
+
+/// Whether two generations' limits count the same things the same way (the file location
+/// may move).
+fn same_settings(a: &model::RateLimit, b: &model::RateLimit) -> bool {
+    let strip = |r: &model::RateLimit| model::RateLimit {
+        location: Location::default(),
+        ..r.clone()
+    };
+    strip(a) == strip(b)
+}
+
+fn verifier(p: &model::AuthPolicy) -> Result<Verifier, ConfigError> {
+    let at = |location: &Location, key: &str, message: String| ConfigError::Invalid {
+        location: location.clone(),
+        key: format!("auth.{}.{key}", p.name),
+        message,
+    };
+    let fail = |e: AuthConfigError, material: &str| match e {
+        AuthConfigError::Read { .. }
+        | AuthConfigError::KeyFile { .. }
+        | AuthConfigError::ShortSecret { .. } => at(&p.material_location, material, e.to_string()),
+        AuthConfigError::Algorithms(_) => at(&p.location, "algorithms", e.to_string()),
+        AuthConfigError::ForwardHeader { .. } => at(&p.location, "forward", e.to_string()),
+    };
+    match &p.kind {
+        AuthKind::Jwt(j) => {
+            let (keys, material) = match &j.keys {
+                JwtKeys::File(path) => {
+                    (KeySource::file(path).map_err(|e| fail(e, "keys"))?, "keys")
+                }
+                JwtKeys::SecretEnv(var) => match std::env::var_os(var) {
+                    Some(value) if !value.is_empty() => {
+                        (KeySource::Secret(value.into_encoded_bytes()), "secret_env")
+                    }
+                    _ => {
+                        return Err(at(
+                            &p.material_location,
+                            "secret_env",
+                            format!("environment variable {var} is not set (or empty)"),
+                        ))
+                    }
+                },
+            };
+            let algorithms = j
+                .algorithms
+                .iter()
+                .map(|name| {
+                    auth::Algorithm::parse(name).ok_or_else(|| {
+                        at(
+                            &p.location,
+                            "algorithms",
+                            format!("unknown algorithm {name:?}"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let spec = JwtSpec {
+                algorithms,
+                keys,
+                issuer: j.issuer.clone(),
+                audience: j.audience.clone(),
+                leeway: j.leeway,
+                required_claims: j.required_claims.clone(),
+                forward: p.forward.clone(),
+                strip_authorization: j.strip_authorization,
+            };
+            JwtVerifier::new(&spec)
+                .map(Verifier::Jwt)
+                .map_err(|e| fail(e, material))
+        }
+        AuthKind::ApiKey(k) => {
+            let forward = p
+                .forward
+                .iter()
+                .map(|(field, header)| {
+                    ApiKeyField::parse(field)
+                        .map(|f| (f, header.clone()))
+                        .ok_or_else(|| {
+                            at(&p.location, "forward", format!("unknown field {field:?}"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let spec = ApiKeySpec {
+                from: match &k.from {
+                    model::ApiKeyFrom::Header(name) => KeyFrom::Header(name.clone()),
+                    model::ApiKeyFrom::Query(name) => KeyFrom::Query(name.clone()),
+                },
+                keys_file: k.keys_file.clone(),
+                forward,
+            };
+            ApiKeyVerifier::new(&spec)
+                .map(Verifier::ApiKey)
+                .map_err(|e| fail(e, "keys_file"))
+        }
+    }
+}
+
+fn policy_spec(r: &model::RateLimit) -> PolicySpec {
+    let algorithm = match r.algorithm {
+        RateAlgorithm::FixedWindow => Algorithm::FixedWindow,
+        RateAlgorithm::SlidingWindowLog => Algorithm::SlidingWindowLog,
+        RateAlgorithm::SlidingWindowCounter => Algorithm::SlidingWindowCounter,
+        RateAlgorithm::TokenBucket => Algorithm::TokenBucket,
+        RateAlgorithm::LeakyBucket => Algorithm::LeakyBucket,
+    };
+    let spec = |limit, window| LimitSpec {
+        algorithm,
+        limit,
+        window,
+        rate: r.rate,
+        burst: r.burst,
+        max_keys: r.max_keys,
+    };
+    PolicySpec {
+        base: spec(r.limit, r.window),
+        tiers: r
+            .tiers
+            .iter()
+            .map(|t| (t.name.clone(), spec(t.limit, t.window)))
+            .collect(),
+    }
+}
+
+/// A limit the algorithm cannot hold, reported at the field it names.
+fn spec_error(r: &model::RateLimit, e: SpecError) -> ConfigError {
+    let field = match &e {
+        SpecError::Missing { field, .. }
+        | SpecError::NotApplicable { field, .. }
+        | SpecError::TooLarge { field, .. } => field,
+        SpecError::WindowPrecision => "window",
+        SpecError::TableTooLarge { .. } => "max_keys",
+    };
+    ConfigError::Invalid {
+        location: r.location.clone(),
+        key: format!("rate_limits.{}.{field}", r.name),
+        message: e.to_string(),
+    }
+}
