@@ -673,13 +673,21 @@ edge_summary() {
 }
 
 # edge_miss_estimate: how many of Dispatch's measured requests in this cold sub-run had to verify
-# a signature. Each worker keeps every token it verified (its cache holds at least as many as
-# there are tokens), so a worker verifies each token once: with picks uniform over N tokens and
+# a signature. When the tokens fit in a worker's cache, each worker keeps every token it
+# verified, so it verifies each token once: with picks uniform over N tokens and
 # requests spread evenly over W workers, after k requests a worker has verified
 # N * (1 - (1 - 1/N)^(k/W)) of them. An estimate (the real split between workers follows the
 # connections), printed so nobody reads the cold ratio as "every request verifies".
+# A worker's verified-token cache holds this many tokens per policy (TOKEN_CACHE_CAPACITY in
+# src/state/worker.rs); with more tokens than that, uniform picks mostly miss.
+TOKEN_CACHE_PER_WORKER=16384
 edge_miss_estimate() {
     local workers warm measured
+    if ((LOAD > TOKEN_CACHE_PER_WORKER)); then
+        awk -v n="$LOAD" -v c="$TOKEN_CACHE_PER_WORKER" 'BEGIN {
+            printf "- Dispatch token cache (estimate): %d tokens are more than a worker'"'"'s cache holds (%d), so with uniform picks about %.0f%% of requests verify a signature at steady state.\n", n, c, (1 - c / n) * 100 }'
+        return 0
+    fi
     workers=$(awk -F'=' '/^[[:space:]]*workers[[:space:]]*=/ { gsub(/[^0-9]/, "", $2); print $2; exit }' "$DISPATCH_CONFIG")
     [[ -n $workers ]] || workers=$(nproc)
     warm=$(awk '/ requests in / { print $1 }' "$TMP/wrk-warmup-tokens$LOAD-dispatch.txt")

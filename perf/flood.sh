@@ -307,8 +307,6 @@ printf '| %-37s | %9s |\n' "flood: largest sample (every 200 ms)" "$(mib "$(max_
 printf '| %-37s | %9s |\n' "flood: end" "$(mib "$rss_flood_end")"
 printf '| %-37s | %9s |\n' "after the after phase" "$(mib "$rss_after")"
 printf '| %-37s | %9s |\n' "VmHWM (peak over the process's life)" "$(mib "$hwm")"
-echo
-echo "Growth of the peak over the warmed process: $(mib $((hwm - rss_before))) MiB."
 
 bad_steady=0
 for phase in alone control flood after; do
