@@ -36,13 +36,15 @@
 #   both configs there next to the key, and checks that each proxy answers 200 to valid tokens and
 #   401 to no token and to each of a forged, expired, wrong-issuer, wrong-audience and HS256
 #   (algorithm confusion) token, before measuring anything. wrk drives every run with
-#   perf/edge.lua, which counts every non-200 answer: a run with any is flagged INVALID.
+#   perf/edge.lua, which counts every non-200 answer: a run with any is flagged INVALID, and
+#   the script then exits with status 2 after printing everything (the temp dir is kept).
 #   EDGE_TOKENS="1 10000" (default) is two sub-runs in one invocation, each with its own
 #   warm-up, rounds, table and summary: "warm", one token on every request (Dispatch's
 #   per-worker cache of verified tokens answers all but the first), and "cold", a token picked
 #   uniformly at random per request from 10,000 (each worker verifies each token once, then
-#   hits its cache, which holds at least 10,000: the summary estimates how many of the measured
-#   requests were misses). HAProxy verifies the signature on every request either way. The
+#   hits its cache, which holds 16,384: the summary estimates how many of the measured
+#   requests were misses). EDGE_TOKENS=100000 is a cold run beyond the cache (most requests
+#   verify). HAProxy verifies the signature on every request either way. The
 #   summary prints Dispatch/HAProxy CPU per request for each, against the bars (warm at
 #   most 0.5x, cold at most 1.0x).
 #
