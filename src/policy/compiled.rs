@@ -231,3 +231,62 @@ fn spec_error(r: &model::RateLimit, e: SpecError) -> ConfigError {
         message: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(src: &str) -> Config {
+        crate::config::load_str(src, Path::new("/nonexistent/d.toml")).unwrap()
+    }
+
+    const LIMIT: &str =
+        "[rate_limits.a]\nalgorithm = \"fixed_window\"\nkey = \"ip\"\nlimit = 5\nwindow = \"1m\"\n";
+
+    /// A reload keeps a limit's state when its settings are unchanged, even if it moved in
+    /// the file, and starts it afresh when they change.
+    #[test]
+    fn unchanged_limits_keep_their_state_across_a_reload() {
+        let first = compile(&load(LIMIT), None).unwrap();
+        let moved = compile(&load(&format!("\n\n{LIMIT}")), Some(&first)).unwrap();
+        let state = |p: &Policies| p.rate_limits[0].limits.limiter(None).clone();
+        assert!(state(&first).same_state(&state(&moved)));
+        let changed = compile(
+            &load(&LIMIT.replace("limit = 5", "limit = 6")),
+            Some(&moved),
+        )
+        .unwrap();
+        assert!(!state(&moved).same_state(&state(&changed)));
+        let rekeyed = compile(&load(&LIMIT.replace("\"ip\"", "\"global\"")), Some(&moved)).unwrap();
+        assert!(
+            !state(&moved).same_state(&state(&rekeyed)),
+            "a new key means new counts"
+        );
+    }
+
+    /// Key material that cannot be read is a config error at the key that names it.
+    #[test]
+    fn unreadable_key_material_is_reported_at_its_key() {
+        let cfg = load("[auth.j]\ntype = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = \"k.pem\"\n");
+        let err = compile(&cfg, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/nonexistent/d.toml:4:8: auth.j.keys: cannot read /nonexistent/k.pem"),
+            "{err}"
+        );
+        let cfg = load("[auth.j]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"DISPATCH_TEST_UNSET_SECRET_9\"\n");
+        assert_eq!(
+            compile(&cfg, None).unwrap_err().to_string(),
+            "/nonexistent/d.toml:4:14: auth.j.secret_env: environment variable DISPATCH_TEST_UNSET_SECRET_9 is not set (or empty)"
+        );
+    }
+
+    /// A limit its algorithm cannot hold is refused at the field.
+    #[test]
+    fn a_limit_too_large_for_its_algorithm_is_refused() {
+        let cfg = load("[rate_limits.a]\nalgorithm = \"sliding_window_log\"\nkey = \"ip\"\nlimit = 20000\nwindow = \"1m\"\n");
+        let err = compile(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("rate_limits.a.limit: sliding_window_log: `limit` = 20000 is above the maximum 10000"), "{err}");
+    }
+}

@@ -196,3 +196,180 @@ fn ip_key(ip: IpAddr) -> Key<'static> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::config::model::Config;
+    use crate::pipeline::phase::testing::{config, head, id, message};
+
+    fn cfg(limits: &str, route: &str) -> Config {
+        config(&format!(
+            "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n{route}\n{limits}"
+        ))
+    }
+
+    fn to(cfg: &Config) -> Destination<'_> {
+        Destination {
+            route_id: 0,
+            route: &cfg.routes[0],
+            matched: 1,
+            upstream_id: 0,
+            upstream: &cfg.upstreams[0],
+        }
+    }
+
+    /// Runs the phase for `raw` from 10.0.0.1 at `now`: the decision and the limit a
+    /// rejection was counted under.
+    fn check(
+        cfg: &Config,
+        policies: &Policies,
+        raw: &[u8],
+        now: u64,
+    ) -> (Flow<Limited>, Option<RateLimitId>) {
+        let h = head(raw);
+        let req = Request {
+            headers: &h.headers,
+            client_ip: [10, 0, 0, 1].into(),
+            subject: &Subject::Anonymous,
+        };
+        let counted = Cell::new(None);
+        let flow = run(
+            &cfg.routes[0].rate_limits,
+            policies,
+            &req,
+            now,
+            |l| counted.set(Some(l)),
+            &to(cfg),
+            &id(),
+        );
+        (flow, counted.get())
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: g\r\n\r\n";
+
+    #[test]
+    fn a_route_without_limits_is_not_counted() {
+        let cfg = cfg("", "");
+        let policies = crate::policy::compile(&cfg, None).unwrap();
+        let (Flow::Continue(l), None) = check(&cfg, &policies, GET, 0) else {
+            panic!("limited");
+        };
+        assert!(l.headers.is_none() && l.delay.is_none());
+    }
+
+    /// The third request of a two-per-minute window is a 429 with Retry-After and the
+    /// RateLimit fields, counted under its limit; the first two carry the fields too.
+    #[test]
+    fn over_the_limit_is_429_with_retry_after_and_the_fields() {
+        let cfg = cfg(
+            "[rate_limits.two]\nalgorithm = \"fixed_window\"\nkey = \"ip\"\nlimit = 2\nwindow = \"1m\"\n",
+            "rate_limits = [\"two\"]",
+        );
+        let policies = crate::policy::compile(&cfg, None).unwrap();
+        for remaining in [1, 0] {
+            let (Flow::Continue(l), None) = check(&cfg, &policies, GET, 1_000) else {
+                panic!("limited early");
+            };
+            let expected = RateHeaders::new(&Headers {
+                limit: 2,
+                remaining,
+                reset_secs: 59,
+                retry_after_secs: None,
+            });
+            assert_eq!(l.headers, Some(expected));
+        }
+        let (Flow::Respond(r), Some(0)) = check(&cfg, &policies, GET, 1_000) else {
+            panic!("admitted over the limit");
+        };
+        assert_eq!((r.status, message(&r)), (429, "Rate limit exceeded"));
+        assert_eq!(r.retry_after, Some(59));
+        assert_eq!(r.routed, Some((0, 0)));
+        assert!(r.rate.is_some());
+    }
+
+    /// Requests without the key's header share the `<missing>` budget; they are not let
+    /// through.
+    #[test]
+    fn a_missing_key_is_limited_under_missing() {
+        let cfg = cfg(
+            "[rate_limits.h]\nalgorithm = \"fixed_window\"\nkey = \"header:x-key\"\nlimit = 1\nwindow = \"1m\"\n",
+            "rate_limits = [\"h\"]",
+        );
+        let policies = crate::policy::compile(&cfg, None).unwrap();
+        assert!(matches!(
+            check(&cfg, &policies, GET, 0).0,
+            Flow::Continue(_)
+        ));
+        assert!(matches!(check(&cfg, &policies, GET, 0).0, Flow::Respond(_)));
+        let keyed = b"GET / HTTP/1.1\r\nHost: g\r\nX-Key: a\r\n\r\n";
+        assert!(matches!(
+            check(&cfg, &policies, keyed, 0).0,
+            Flow::Continue(_)
+        ));
+        let limiter = policies.rate_limits[0].limits.limiter(None);
+        assert!(
+            !limiter.check(MISSING, 0).admitted(),
+            "<missing> is the key"
+        );
+    }
+
+    /// With two limits the answer reports the one with less left.
+    #[test]
+    fn the_most_restrictive_limit_is_reported() {
+        let cfg = cfg(
+            "[rate_limits.wide]\nalgorithm = \"fixed_window\"\nkey = \"global\"\nlimit = 100\nwindow = \"1m\"\n\
+             [rate_limits.narrow]\nalgorithm = \"token_bucket\"\nkey = \"ip\"\nrate = 1\nburst = 5\n",
+            "rate_limits = [\"wide\", \"narrow\"]",
+        );
+        let policies = crate::policy::compile(&cfg, None).unwrap();
+        let (Flow::Continue(l), None) = check(&cfg, &policies, GET, 0) else {
+            panic!("limited");
+        };
+        let narrow = RateHeaders::new(&Headers {
+            limit: 5,
+            remaining: 4,
+            reset_secs: 1,
+            retry_after_secs: None,
+        });
+        assert_eq!(l.headers, Some(narrow));
+    }
+
+    /// A leaky bucket delays a request to its place; a request dropped while it waits gives
+    /// the place back, one that waited keeps it.
+    #[test]
+    fn a_leaky_bucket_delays_and_a_dropped_wait_gives_its_place_back() {
+        let cfg = cfg(
+            "[rate_limits.shape]\nalgorithm = \"leaky_bucket\"\nkey = \"global\"\nrate = 10\nburst = 1\n",
+            "rate_limits = [\"shape\"]",
+        );
+        let policies = crate::policy::compile(&cfg, None).unwrap();
+        let (Flow::Continue(first), None) = check(&cfg, &policies, GET, 0) else {
+            panic!("limited");
+        };
+        assert!(first.delay.is_none(), "the first leaves at once");
+        let (Flow::Continue(second), None) = check(&cfg, &policies, GET, 0) else {
+            panic!("limited");
+        };
+        let delay = second.delay.expect("the second waits");
+        assert_eq!(delay.until_ms, 100);
+        assert!(
+            matches!(check(&cfg, &policies, GET, 0).0, Flow::Respond(_)),
+            "queue full"
+        );
+        drop(delay);
+        let (Flow::Continue(again), None) = check(&cfg, &policies, GET, 0) else {
+            panic!("the dropped place was not given back");
+        };
+        let mut kept = again.delay.expect("waits for the same place");
+        assert_eq!(kept.until_ms, 100);
+        kept.admit();
+        drop(kept);
+        assert!(
+            matches!(check(&cfg, &policies, GET, 0).0, Flow::Respond(_)),
+            "an admitted place stays taken"
+        );
+    }
+}
