@@ -22,6 +22,7 @@ use crate::policy::auth::{
 };
 use crate::policy::compiled::Verifier;
 
+use super::framing::Framing;
 use super::{Destination, Flow};
 
 /// Who the client is, once authenticated.
@@ -112,19 +113,20 @@ pub struct Credentials<'a, 'h> {
     pub now_unix: u64,
 }
 
-/// Authenticates the request with `policy`, the route's. `cache` is this worker's
-/// verified-token cache for the policy (used by JWT policies).
-pub fn run<'c>(
+/// Authenticates the request with `policy`, the route's. `cache` gives this worker's
+/// verified-token cache for the policy (asked for by JWT policies only).
+pub fn run<'c, 'w>(
     policy: &'c Verifier,
     req: &Credentials<'_, '_>,
-    cache: &mut TokenCache,
+    cache: impl FnOnce() -> std::cell::RefMut<'w, TokenCache>,
+    framing: &Framing,
     to: &Destination<'_>,
     id: &RequestId,
 ) -> Flow<Subject<'c>> {
     let result = match policy {
         Verifier::Jwt(verifier) => bearer(req.headers).and_then(|token| {
             Ok(Subject::Jwt {
-                verified: cache.verify(verifier, token, req.now_unix)?,
+                verified: cache().verify(verifier, token, req.now_unix)?,
                 strip_authorization: verifier.strip_authorization(),
             })
         }),
@@ -135,7 +137,8 @@ pub fn run<'c>(
     };
     match result {
         Ok(subject) => Flow::Continue(subject),
-        Err(e) => Flow::Respond(refusal(e, to, id)),
+        // A body that follows is unread: the connection closes after the answer.
+        Err(e) => Flow::Respond(framing.close_if_body(refusal(e, to, id))),
     }
 }
 
@@ -239,7 +242,7 @@ mod tests {
     fn authenticate<'c>(
         policy: &'c Verifier,
         raw: &[u8],
-        cache: &mut TokenCache,
+        cache: &std::cell::RefCell<TokenCache>,
     ) -> Flow<Subject<'c>> {
         let cfg = cfg();
         let h = head(raw);
@@ -248,7 +251,18 @@ mod tests {
             target: h.target,
             now_unix: NOW,
         };
-        run(policy, &creds, cache, &to(&cfg), &id())
+        let Flow::Continue(framing) = super::super::framing::run(h.version, &h.headers, &id())
+        else {
+            panic!("framing answered");
+        };
+        run(
+            policy,
+            &creds,
+            || cache.borrow_mut(),
+            &framing,
+            &to(&cfg),
+            &id(),
+        )
     }
 
     fn refused(flow: Flow<Subject<'_>>) -> (u16, String, &'static str) {
@@ -265,8 +279,8 @@ mod tests {
             serde_json::json!({"sub": "alice", "roles": ["a", "b"], "plan": 3, "exp": NOW + 60}),
         );
         let raw = format!("GET / HTTP/1.1\r\nHost: g\r\nAuthorization: bEaReR {t}\r\n\r\n");
-        let mut cache = TokenCache::new(16);
-        let Flow::Continue(subject) = authenticate(&policy, raw.as_bytes(), &mut cache) else {
+        let cache = std::cell::RefCell::new(TokenCache::new(16));
+        let Flow::Continue(subject) = authenticate(&policy, raw.as_bytes(), &cache) else {
             panic!("refused");
         };
         assert_eq!(
@@ -281,9 +295,9 @@ mod tests {
             (subject.consumer(), subject.credential_param()),
             (None, None)
         );
-        assert_eq!(cache.len(), 1, "the verification is cached");
+        assert_eq!(cache.borrow().len(), 1, "the verification is cached");
         let kept = jwt_policy(false);
-        let Flow::Continue(subject) = authenticate(&kept, raw.as_bytes(), &mut cache) else {
+        let Flow::Continue(subject) = authenticate(&kept, raw.as_bytes(), &cache) else {
             panic!("refused");
         };
         assert!(!subject.strips_authorization());
@@ -324,7 +338,7 @@ mod tests {
             let (s, m, challenge) = refused(authenticate(
                 &policy,
                 raw.as_bytes(),
-                &mut TokenCache::new(4),
+                &std::cell::RefCell::new(TokenCache::new(4)),
             ));
             assert_eq!((s, m.as_str()), (status, text), "{field}");
             assert_eq!(challenge == bare, bare_challenge, "{field}: {challenge}");
@@ -354,11 +368,11 @@ mod tests {
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let policy = Verifier::ApiKey(verifier);
-        let mut cache = TokenCache::new(4);
+        let cache = std::cell::RefCell::new(TokenCache::new(4));
         let Flow::Continue(subject) = authenticate(
             &policy,
             b"GET /x?a=1&api_key=k-1 HTTP/1.1\r\nHost: g\r\n\r\n",
-            &mut cache,
+            &cache,
         ) else {
             panic!("refused");
         };
@@ -368,13 +382,13 @@ mod tests {
         let (_, m, _) = refused(authenticate(
             &policy,
             b"GET /x?api_key=k-2 HTTP/1.1\r\nHost: g\r\n\r\n",
-            &mut cache,
+            &cache,
         ));
         assert_eq!(m, "Invalid token");
         let (_, m, _) = refused(authenticate(
             &policy,
             b"GET /x HTTP/1.1\r\nHost: g\r\n\r\n",
-            &mut cache,
+            &cache,
         ));
         assert_eq!(m, "Missing authentication token");
     }
