@@ -965,3 +965,49 @@ fn a_cached_token_is_refused_once_its_exp_has_passed() {
         r#"Bearer realm="dispatch", error="invalid_token", error_description="The token expired""#,
     );
 }
+
+// ---- Regressions ----
+
+/// A 401 answered before a request's body was read kept the connection open, so the body was
+/// read as the next request: a request smuggled inside a refused POST reached the upstream,
+/// and the client's next request got its answer. A refusal now closes the connection when a
+/// body follows the head (as a 404 or 405 does), and keeps it open when none does.
+#[test]
+fn a_401_before_the_body_is_read_closes_the_connection_instead_of_reading_the_body_as_a_request() {
+    let f = start();
+    let smuggled = b"GET /open/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let with_bodies = [
+        Req::post("/rsa", smuggled),
+        Req::post("/rsa", b"").chunked(&[smuggled]),
+        Req::post("/key", smuggled),
+        Req::post("/rsa", smuggled).header("Expect", "100-continue"),
+    ];
+    for req in &with_bodies {
+        let mut c = Client::connect(f.gw.addr());
+        let r = c.request(req);
+        assert_refused(&r, "Missing authentication token", CHALLENGE_MISSING);
+        assert!(
+            r.interim.is_empty(),
+            "no 100 Continue for a refused request"
+        );
+        assert!(!r.keeps_alive(), "a 401 with an unread body must close");
+        c.assert_closed(Duration::from_secs(5));
+    }
+    assert_eq!(
+        f.up.request_count(),
+        0,
+        "the refused body reached the upstream"
+    );
+
+    // Without a body, the connection serves on.
+    let mut c = Client::connect(f.gw.addr());
+    let r = c.request(&Req::get("/rsa"));
+    assert_refused(&r, "Missing authentication token", CHALLENGE_MISSING);
+    assert!(r.keeps_alive());
+    seen(&c.request(&bearer("/rsa", &token(&claims()))));
+    // A client that asked to close gets its close.
+    let mut c = Client::connect(f.gw.addr());
+    let r = c.request(&Req::get("/rsa").header("Connection", "close"));
+    assert_refused(&r, "Missing authentication token", CHALLENGE_MISSING);
+    c.assert_closed(Duration::from_secs(5));
+}

@@ -92,6 +92,7 @@ pub fn prepare(
             },
             &mut worker.token_cache(policy),
             &to,
+            &framing,
             id,
         )),
     };

@@ -22,6 +22,7 @@ use crate::policy::auth::{
 };
 use crate::policy::compiled::Verifier;
 
+use super::framing::Framing;
 use super::{Destination, Flow};
 
 /// Who the client is, once authenticated.
@@ -119,6 +120,7 @@ pub fn run<'c>(
     req: &Credentials<'_, '_>,
     cache: &mut TokenCache,
     to: &Destination<'_>,
+    framing: &Framing,
     id: &RequestId,
 ) -> Flow<Subject<'c>> {
     let result = match policy {
@@ -135,13 +137,15 @@ pub fn run<'c>(
     };
     match result {
         Ok(subject) => Flow::Continue(subject),
-        Err(e) => Flow::Respond(refusal(e, to, id)),
+        Err(e) => Flow::Respond(refusal(e, to, framing, id)),
     }
 }
 
-/// The 401 for `e` (BEHAVIOR.md "Errors sent to clients").
-pub fn refusal(e: AuthError, to: &Destination<'_>, id: &RequestId) -> Response {
-    let mut r = Response::error(AuthError::STATUS, e.message(), *id);
+/// The 401 for `e` (BEHAVIOR.md "Errors sent to clients"). It is made before the body is
+/// read, so it closes the connection when a body follows the head: kept open, the body would
+/// be read as the next request.
+pub fn refusal(e: AuthError, to: &Destination<'_>, framing: &Framing, id: &RequestId) -> Response {
+    let mut r = framing.close_if_body(Response::error(AuthError::STATUS, e.message(), *id));
     r.challenge = Some(e.www_authenticate());
     r.routed = Some(to.ids());
     r
