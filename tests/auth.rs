@@ -1011,3 +1011,71 @@ fn a_401_before_the_body_is_read_closes_the_connection_instead_of_reading_the_bo
     assert_refused(&r, "Missing authentication token", CHALLENGE_MISSING);
     c.assert_closed(Duration::from_secs(5));
 }
+
+/// `balance = "hash:header:x-user-id"` hashed the client's field, which phase 0 had already
+/// dropped as an identity header, so every request fell back to round robin: one user's
+/// requests were spread over every endpoint. The key is now the verified value the upstream
+/// gets; a client sending the header itself (on a route without auth) still drives nothing.
+#[test]
+fn hash_balance_on_an_identity_header_follows_the_verified_identity() {
+    set_secret_env();
+    let keys_dir = TempDir::new();
+    write_keys(&keys_dir);
+    let a = Upstream::echo();
+    let b = Upstream::echo();
+    let d = keys_dir.path().display();
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.pool]
+endpoints = ["{a}", "{b}"]
+balance = "hash:header:x-user-id"
+
+[auth.rsa]
+type = "jwt"
+algorithms = ["RS256"]
+keys = "{d}/rsa.pem"
+forward = {{ sub = "x-user-id" }}
+
+[routes.me]
+paths = ["/me"]
+upstream = "pool"
+auth = "rsa"
+
+[routes.open]
+paths = ["/open"]
+upstream = "pool"
+"#,
+        a = a.url(),
+        b = b.url()
+    ));
+    // Each user sticks to one endpoint; among 16 users both endpoints serve someone (all on
+    // one side by chance: 2 in 2^16).
+    for user in 0..16 {
+        let t = token(&with(claims(), "sub", json!(format!("user-{user}"))));
+        let (a0, b0) = (a.request_count(), b.request_count());
+        for _ in 0..4 {
+            let seen = seen(&send_request(gw.addr(), &bearer("/me", &t)));
+            assert_eq!(seen.one("x-user-id"), Some(format!("user-{user}").as_str()));
+        }
+        let (da, db) = (a.request_count() - a0, b.request_count() - b0);
+        assert!(
+            (da, db) == (4, 0) || (da, db) == (0, 4),
+            "user-{user}'s requests were spread: {da} on a, {db} on b"
+        );
+    }
+    assert!(a.request_count() > 0 && b.request_count() > 0);
+
+    // A client's own X-User-Id is no balance key: round robin alternates over both.
+    let (a0, b0) = (a.request_count(), b.request_count());
+    for _ in 0..4 {
+        seen(&send_request(
+            gw.addr(),
+            &Req::get("/open").header("X-User-Id", "admin"),
+        ));
+    }
+    assert_eq!(
+        (a.request_count() - a0, b.request_count() - b0),
+        (2, 2),
+        "a client-sent identity header drove the balance"
+    );
+}

@@ -1,6 +1,7 @@
 //! Phase 7: the request leaves for its upstream. A declared body over `max_body` is a 413
-//! before anything is sent; the balance key is taken (`hash_header`, `hash_ip`); then the
-//! upstream request head is written into the connection's upstream buffer
+//! before anything is sent; the balance key is taken (`hash_header`: for an identity header,
+//! the value the auth phase verified; `hash_ip`); then the upstream request head is written
+//! into the connection's upstream buffer
 //! ([`crate::pipeline::headers::write_request_head`]: the routed path after `strip_prefix` /
 //! `rewrite`, hop-by-hop fields dropped, the gateway's own fields added). The exchange itself
 //! (endpoint, pool, retries, body streaming) is [`crate::pipeline::proxy`]'s, run by
@@ -49,12 +50,18 @@ pub fn run(
             return Flow::Respond(r);
         }
     }
+    let identity = req.subject.forwarded();
     let balance_key = match &to.upstream.balance {
-        Balance::HashHeader(name) => req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map_or(Key::None, |h| Key::Hash(hash_key(h.value))),
+        // An identity header is hashed on the value the auth phase verified: the client's own
+        // field of that name was dropped in phase 0 (both names are lower-case).
+        Balance::HashHeader(name) => match identity.iter().find(|(h, _)| *h == name.as_str()) {
+            Some((_, value)) => Key::Hash(hash_key(value.as_bytes())),
+            None => req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map_or(Key::None, |h| Key::Hash(hash_key(h.value))),
+        },
         Balance::HashIp => Key::Hash(super::hash_ip(req.client_ip)),
         _ => Key::None,
     };
@@ -71,7 +78,6 @@ pub fn run(
         }
         None => resource.target.query,
     };
-    let identity = req.subject.forwarded();
     ubuf.clear();
     write_request_head(
         ubuf,
