@@ -1079,3 +1079,78 @@ upstream = "pool"
         "a client-sent identity header drove the balance"
     );
 }
+
+/// A split with `sticky = "header:x-user-id"` on an auth route drew its side at random: the
+/// split phase read the client's field, which phase 0 had dropped as an identity header,
+/// before the auth phase verified one. The side now follows the verified value; a client
+/// sending the header itself (on a route without auth) still steers nothing.
+#[test]
+fn a_split_sticky_on_an_identity_header_follows_the_verified_identity() {
+    set_secret_env();
+    let keys_dir = TempDir::new();
+    write_keys(&keys_dir);
+    let a = Upstream::echo();
+    let b = Upstream::echo();
+    let d = keys_dir.path().display();
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+workers = 2
+
+[upstreams.a]
+endpoints = ["{a}"]
+
+[upstreams.b]
+endpoints = ["{b}"]
+
+[auth.rsa]
+type = "jwt"
+algorithms = ["RS256"]
+keys = "{d}/rsa.pem"
+forward = {{ sub = "x-user-id" }}
+
+[routes.me]
+paths = ["/me"]
+auth = "rsa"
+split = [{{ upstream = "a", weight = 50 }}, {{ upstream = "b", weight = 50 }}]
+sticky = "header:x-user-id"
+
+[routes.open]
+paths = ["/open"]
+split = [{{ upstream = "a", weight = 50 }}, {{ upstream = "b", weight = 50 }}]
+sticky = "header:x-user-id"
+"#,
+        a = a.url(),
+        b = b.url()
+    ));
+    // Each user sticks to one side; among 16 users both sides serve someone (all on one side
+    // by chance: 2 in 2^16).
+    for user in 0..16 {
+        let t = token(&with(claims(), "sub", json!(format!("user-{user}"))));
+        let (a0, b0) = (a.request_count(), b.request_count());
+        for _ in 0..4 {
+            let seen = seen(&send_request(gw.addr(), &bearer("/me", &t)));
+            assert_eq!(seen.one("x-user-id"), Some(format!("user-{user}").as_str()));
+        }
+        let (da, db) = (a.request_count() - a0, b.request_count() - b0);
+        assert!(
+            (da, db) == (4, 0) || (da, db) == (0, 4),
+            "user-{user}'s requests were split: {da} on a, {db} on b"
+        );
+    }
+    assert!(a.request_count() > 0 && b.request_count() > 0);
+
+    // A client's own X-User-Id is no sticky key: the side is drawn per request (all 40 on
+    // one side by chance: 2 in 2^40).
+    let (a0, b0) = (a.request_count(), b.request_count());
+    for _ in 0..40 {
+        seen(&send_request(
+            gw.addr(),
+            &Req::get("/open").header("X-User-Id", "admin"),
+        ));
+    }
+    assert!(
+        a.request_count() > a0 && b.request_count() > b0,
+        "a client-sent identity header kept every request on one side"
+    );
+}

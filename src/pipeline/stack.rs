@@ -96,6 +96,9 @@ pub fn prepare(
             id,
         )),
     };
+    // A split sticky on an identity header picks its side by the verified value (phase 0
+    // dropped the client's field), before anything is counted against the side.
+    let to = split::by_identity(cfg, to, &subject);
     // 6. Rate limits after auth: `jwt:CLAIM` and `consumer` keys need the verified subject,
     //    and an unauthenticated flood must not use up an authenticated client's quota.
     let limited = next!(ratelimit::run(

@@ -2,7 +2,8 @@
 //! `split` (canary, A/B) picks a side by weight: by the sticky key's hash when the request has
 //! one, so the same caller lands on the same side on every worker and across restarts, and
 //! changing the weights only moves the keys between the old and new boundaries; else at
-//! random.
+//! random. A sticky header that an auth policy sets is only known once the auth phase has
+//! verified it: [`by_identity`] then picks the side by that value.
 //!
 //! Never answers. A route without a split costs one branch; the random draw is taken only
 //! when a split has no sticky key to go by.
@@ -14,6 +15,7 @@ use crate::http::Header;
 use crate::router::{HeaderLookup, Match};
 use crate::upstream::balance::hash_key;
 
+use super::auth::Subject;
 use super::Destination;
 
 /// `headers`: the request's fields after phase 0; `rand`: a uniform 64-bit draw.
@@ -46,13 +48,41 @@ fn side(
     peer: IpAddr,
     rand: impl FnOnce() -> u64,
 ) -> UpstreamId {
-    let total: u64 = route.split.iter().map(|s| u64::from(s.weight)).sum();
     let key = route.sticky.as_ref().and_then(|sticky| match sticky {
         Sticky::Header(name) => HeaderLookup::get(headers, name).map(hash_key),
         Sticky::Cookie(name) => cookie(headers, name).map(hash_key),
         Sticky::Ip => Some(super::hash_ip(peer)),
     });
-    let draw = key.unwrap_or_else(rand);
+    pick(route, key.unwrap_or_else(rand))
+}
+
+/// After the auth phase: a split sticky on a header the auth policy sets (an identity header)
+/// picks its side by the value `subject` was verified with. Phase 0 dropped the client's
+/// field of that name, so [`run`] could only draw. `to` as it is otherwise.
+pub fn by_identity<'c>(
+    cfg: &'c Config,
+    to: Destination<'c>,
+    subject: &Subject<'_>,
+) -> Destination<'c> {
+    let (Some(Sticky::Header(name)), false) = (&to.route.sticky, to.route.split.is_empty()) else {
+        return to;
+    };
+    // Both names are lower-case (config and policy load).
+    let identity = subject.forwarded();
+    let Some((_, value)) = identity.iter().find(|(h, _)| *h == name.as_str()) else {
+        return to;
+    };
+    let upstream_id = pick(to.route, hash_key(value.as_bytes()));
+    Destination {
+        upstream_id,
+        upstream: &cfg.upstreams[upstream_id],
+        ..to
+    }
+}
+
+/// The side `draw` (a uniform 64-bit value: a sticky key's hash or a random draw) falls on.
+fn pick(route: &Route, draw: u64) -> UpstreamId {
+    let total: u64 = route.split.iter().map(|s| u64::from(s.weight)).sum();
     // Multiply-shift maps the 64-bit draw onto [0, total) preserving order.
     let mut point = ((u128::from(draw) * u128::from(total)) >> 64) as u64;
     for side in &route.split {
