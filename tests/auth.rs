@@ -7,6 +7,8 @@
 //! the target); reload swaps the keys or, with a missing key file, keeps the old ones;
 //! `dispatch check` names a missing key file at its key; one token passes on every
 //! connection of both workers (the token cache) and is refused once its `exp` has passed.
+//! Regressions: a 401 with a request body unread closes the connection; `hash:header:` balance
+//! and a split's `sticky` header on an identity header go by the verified value.
 
 mod support;
 
@@ -1026,6 +1028,9 @@ fn hash_balance_on_an_identity_header_follows_the_verified_identity() {
     let d = keys_dir.path().display();
     let gw = Gateway::start(&format!(
         r#"
+[server]
+workers = 2
+
 [upstreams.pool]
 endpoints = ["{a}", "{b}"]
 balance = "hash:header:x-user-id"
@@ -1065,17 +1070,17 @@ upstream = "pool"
     }
     assert!(a.request_count() > 0 && b.request_count() > 0);
 
-    // A client's own X-User-Id is no balance key: round robin alternates over both.
+    // A client's own X-User-Id is no balance key: each worker's round robin alternates over
+    // both endpoints, so 40 requests reach both.
     let (a0, b0) = (a.request_count(), b.request_count());
-    for _ in 0..4 {
+    for _ in 0..40 {
         seen(&send_request(
             gw.addr(),
             &Req::get("/open").header("X-User-Id", "admin"),
         ));
     }
-    assert_eq!(
-        (a.request_count() - a0, b.request_count() - b0),
-        (2, 2),
+    assert!(
+        a.request_count() > a0 && b.request_count() > b0,
         "a client-sent identity header drove the balance"
     );
 }
