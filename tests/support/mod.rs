@@ -11,6 +11,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
 pub mod client;
 pub mod conformance;
 pub mod gateway;
