@@ -16,10 +16,11 @@
 //!    buffer (the stream layer, [`io`]) and [`http`] parses it zero-copy (limits and strict
 //!    framing enforced here).
 //! 2. [`pipeline::stack`] runs the request phases ([`pipeline::phase`], one module each) in
-//!    their one declared order: identity (request id and trace context), framing, target
-//!    normalisation, route ([`router`]: compiled trie), the split (canary) side, the breaker
-//!    ([`upstream::breaker`]), then the upstream phase, which writes the upstream head. Each
-//!    returns `Continue` or `Respond(Response)`.
+//!    their one declared order: untrusted fields dropped (names with `_`, identity headers),
+//!    identity (request id and trace context), framing, target normalisation, route
+//!    ([`router`]: compiled trie), the split (canary) side, auth ([`policy::auth`]), rate
+//!    limits ([`policy::ratelimit`]), the breaker ([`upstream::breaker`]), then the upstream
+//!    phase, which writes the upstream head. Each returns `Continue` or `Respond(Response)`.
 //! 3. [`pipeline::proxy`], the upstream stage, hands the request to [`upstream::call`], the one
 //!    way to call an upstream: it picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
@@ -57,14 +58,16 @@
 //!   with timeouts, byte counts, the liveness peek and the lingering close.
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write).
 //! - [`router`]: the route trie and its predicates, and [`router::load_config`]: a config file
-//!   loaded and its route table compiled (what `check`, `run`, `demo` and reload call).
+//!   loaded, its route table and policies compiled (what `check`, `run`, `demo` and reload
+//!   call).
 //! - [`pipeline`]: the phase list ([`pipeline::stack`]), the request phases
 //!   ([`pipeline::phase`]), the per-request context, the client side of an exchange
 //!   ([`pipeline::client`]), the proxy phase's side of an upstream call ([`pipeline::proxy`]),
 //!   the response phases ([`pipeline::respond`]) and the logging phase.
 //! - [`policy`]: edge policies as decision cores ([`policy::auth`]: JWT and API keys;
 //!   [`policy::ratelimit`]: the five rate-limit algorithms, exact across workers, over fixed
-//!   memory); not yet wired to config or a phase.
+//!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
+//!   built or carried over), held by the active config and driven by phases 5 and 6.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core

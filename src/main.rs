@@ -31,7 +31,8 @@ enum Command {
         #[arg(long, default_value = "config/dispatch.toml")]
         config: PathBuf,
     },
-    /// Run the gateway on config/demo.toml with sample upstreams on loopback.
+    /// Run the gateway on config/demo.toml with sample upstreams on loopback, and print a
+    /// token, an API key and curl commands to try.
     Demo {
         #[arg(long, default_value = "config/demo.toml")]
         config: PathBuf,
@@ -52,31 +53,17 @@ fn main() -> ExitCode {
             Ok(cfg) => serve(cfg),
             Err(e) => fail(e),
         },
-        Command::Demo { config } => match dispatch::router::load_config(&config) {
-            Ok(cfg) => {
-                match dispatch::demo::SampleUpstreams::start(&dispatch::demo::DemoPorts::default())
-                {
-                    Ok(upstreams) => {
-                        let code = serve_with(cfg, |running| {
-                            println!("{}", upstreams.describe());
-                            match running.admin {
-                                Some(admin) => println!(
-                                    "{}",
-                                    dispatch::demo::curl_lines(running.listen[0], admin)
-                                ),
-                                None => dispatch::warn!(
-                                    "demo: the config has no [admin] section; the tour needs the admin API"
-                                ),
-                            }
-                        });
-                        drop(upstreams);
-                        code
-                    }
-                    Err(e) => fail(format!("demo: cannot start sample upstreams: {e}")),
-                }
+        Command::Demo { config } => {
+            match dispatch::demo::Demo::prepare(&config, dispatch::clock::unix_now()) {
+                // `demo` lives until the gateway has drained: its sample services keep
+                // answering, and its key files stay for a reload, until then.
+                Ok(demo) => serve_with(demo.config().clone(), |running| match running.admin {
+                    Some(admin) => println!("{}", demo.tour(running.listen[0], admin)),
+                    None => dispatch::warn!("demo: the gateway runs without its admin API"),
+                }),
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
     }
 }
 

@@ -25,6 +25,13 @@ methods = ["GET"]
 upstream = "app"
 strip_prefix = true
 timeout = "2s"
+rate_limits = ["roomy"]
+
+[rate_limits.roomy]
+algorithm = "token_bucket"
+key = "ip"
+rate = 1000
+burst = 1000
 
 [routes.canary]
 paths = ["/api"]
@@ -56,7 +63,10 @@ fn routes_lists_the_compiled_table_in_precedence_order() {
     assert_eq!(specific["strip_prefix"], true, "{v}");
     assert_eq!(specific["timeout_ms"], 2000, "{v}");
     assert_eq!(specific["upstream"], "app", "{v}");
+    assert_eq!(specific["rate_limits"], serde_json::json!(["roomy"]), "{v}");
+    assert_eq!(specific["auth"], serde_json::Value::Null, "{v}");
     assert_eq!(rows[1]["headers"]["x-canary"], "1", "{v}");
+    assert_eq!(rows[1]["rate_limits"], serde_json::json!([]), "{v}");
 }
 
 #[test]

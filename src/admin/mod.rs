@@ -391,6 +391,8 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "strip_prefix": r.strip_prefix,
                 "rewrite": r.rewrite,
                 "timeout_ms": r.timeout.unwrap_or(cfg.upstreams[r.upstream].read_timeout).as_millis() as u64,
+                "auth": r.auth.map(|a| cfg.auth[a].name.as_str()),
+                "rate_limits": r.rate_limits.iter().map(|&l| cfg.rate_limits[l].name.as_str()).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -427,4 +427,5 @@ pub struct RateTier {
     pub name: String,
     pub limit: u64,
     pub window: Duration,
+    pub location: Location,
 }

@@ -19,11 +19,86 @@ pub(super) fn auth_policies(
     table: &Option<Named<file::AuthPolicy>>,
     src: &Source,
 ) -> Result<Vec<model::AuthPolicy>, ConfigError> {
-    table
+    let policies: Vec<model::AuthPolicy> = table
         .iter()
         .flat_map(|t| t.iter())
         .map(|(name, p)| auth(name, p, src))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // Identity headers are removed from every request before any phase reads them: a key
+    // read from one could never be presented.
+    for p in &policies {
+        if let model::AuthKind::ApiKey(model::ApiKey {
+            from: model::ApiKeyFrom::Header(header),
+            ..
+        }) = &p.kind
+        {
+            if let Some(owner) = identity_owner(&policies, header) {
+                return Err(src.error(
+                    &KeyPath::of(&["auth", &p.name, "header"]),
+                    format!(
+                        "{header:?} is an identity header (auth.{owner} forwards it): it is removed from every request, so no key could be read from it"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(policies)
+}
+
+/// The policy that forwards identity header `name` (lower-case), if any.
+pub(super) fn identity_owner<'p>(policies: &'p [model::AuthPolicy], name: &str) -> Option<&'p str> {
+    policies
+        .iter()
+        .find(|p| p.forward.iter().any(|(_, h)| h.eq_ignore_ascii_case(name)))
+        .map(|p| p.name.as_str())
+}
+
+/// What a route's policies need of each other: a limit keyed (or tiered) on a JWT claim needs
+/// the route's auth to be a JWT policy, one keyed on `consumer` an API-key policy (else every
+/// request would share the key `"<missing>"`); a header predicate cannot name an identity
+/// header (removed from every request before routing).
+pub(super) fn route_checks(
+    at: &KeyPath,
+    headers: &[(String, String)],
+    auth: Option<model::AuthId>,
+    rate_limits: &[model::RateLimitId],
+    policies: &[model::AuthPolicy],
+    limits: &[model::RateLimit],
+    src: &Source,
+) -> Result<(), ConfigError> {
+    for (name, _) in headers {
+        if let Some(owner) = identity_owner(policies, name) {
+            return Err(src.error(
+                &at.key("headers").key(name),
+                format!(
+                    "{name:?} is an identity header (auth.{owner} forwards it): it is removed from every request before routing, so no route can match on it"
+                ),
+            ));
+        }
+    }
+    let kind = auth.map(|a| &policies[a].kind);
+    for (i, &l) in rate_limits.iter().enumerate() {
+        let limit = &limits[l];
+        for key in std::iter::once(&limit.key).chain(limit.tier.as_ref()) {
+            let needs = match (key, kind) {
+                (model::RateKey::Jwt(_), Some(model::AuthKind::Jwt(_))) => None,
+                (model::RateKey::Jwt(_), _) => Some("a jwt auth policy"),
+                (model::RateKey::Consumer, Some(model::AuthKind::ApiKey(_))) => None,
+                (model::RateKey::Consumer, _) => Some("an api_key auth policy"),
+                _ => None,
+            };
+            if let Some(needs) = needs {
+                return Err(src.error(
+                    &at.key("rate_limits").index(i),
+                    format!(
+                        "rate limit {:?} counts by {key}, which needs {needs} on the route: without it every request would share the key \"<missing>\"",
+                        limit.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every `[rate_limits.*]`, in file order.
@@ -120,6 +195,14 @@ fn auth(name: &str, p: &file::AuthPolicy, src: &Source) -> Result<model::AuthPol
     for (claim, header) in p.forward.iter().flat_map(|f| f.iter()) {
         let here = at.key("forward").key(claim);
         let header = header_name(header).map_err(|m| src.error(&here, m))?;
+        if GATEWAY_HEADERS.contains(&header.as_str()) {
+            return Err(src.error(
+                &here,
+                format!(
+                    "{header:?} frames, routes or authenticates the request, or is set by the gateway: it cannot carry an identity"
+                ),
+            ));
+        }
         if let AuthKind::ApiKey = p.kind {
             if !["consumer", "plan"].contains(&claim) {
                 return Err(src.key_error(
@@ -233,11 +316,9 @@ fn api_key(
             header_name(header).map_err(|m| src.error(&at.key("header"), m))?,
         ),
         (None, Some(query)) => {
-            if query.is_empty()
-                || !query
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'=' && b != b'&' && b != b'#')
-            {
+            // Names are compared decoded: one spelled with `%` or `+` could never match.
+            let reserved = |b: u8| matches!(b, b'=' | b'&' | b'#' | b'%' | b'+' | b'?');
+            if query.is_empty() || !query.bytes().all(|b| b.is_ascii_graphic() && !reserved(b)) {
                 return Err(src.error(
                     &at.key("query"),
                     format!("invalid query parameter name {query:?}"),
@@ -257,6 +338,34 @@ fn api_key(
         "keys_file",
     ))
 }
+
+/// Headers a `forward` may not name: the framing, routing and credential fields, and those the
+/// gateway itself reads or writes (an identity set under one would be read as something else,
+/// or sent twice).
+const GATEWAY_HEADERS: [&str; 22] = [
+    "authorization",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "keep-alive",
+    "max-forwards",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "traceparent",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
 
 fn jwt_algorithm(a: JwtAlgorithm) -> &'static str {
     match a {
@@ -325,21 +434,13 @@ fn rate_limit(
     if let Some((key, _)) = forbidden.iter().find(|(_, present)| *present) {
         return Err(src.key_error(&at.key(key), format!("only valid with algorithm {family}")));
     }
-    if let Some((key, _)) = required.iter().find(|(key, present)| {
-        // A leaky bucket's `burst` may be left out: no request waits then.
-        let optional = *key == "burst" && r.algorithm == RateAlgorithm::LeakyBucket;
-        !(*present || optional)
-    }) {
+    if let Some((key, _)) = required.iter().find(|(_, present)| !*present) {
         return Err(src.error(&at.key(key), "missing required key"));
     }
     let limit = section.nonzero("limit", r.limit)?.unwrap_or(0);
     let window = section.positive("window", r.window)?.unwrap_or_default();
     let rate = section.nonzero("rate", r.rate)?.unwrap_or(0);
-    // A leaky bucket without `burst` lets no request wait: pure policing at `rate`.
-    let burst = match r.algorithm {
-        RateAlgorithm::TokenBucket => section.nonzero("burst", r.burst)?.unwrap_or(0),
-        _ => r.burst.unwrap_or(0),
-    };
+    let burst = section.nonzero("burst", r.burst)?.unwrap_or(0);
     let max_keys = match section.nonzero("max_keys", r.max_keys)? {
         None => None,
         Some(n) => Some(usize::try_from(n).map_err(|_| section.error("max_keys", "too large"))?),
@@ -349,13 +450,15 @@ fn rate_limit(
             let tier = rate_key(tier).map_err(|m| src.error(&at.key("tier"), m))?;
             let mut list = Vec::new();
             for (name, t) in tiers.iter() {
-                let here = Section::new(src, &at.key("tiers").key(name));
+                let path = at.key("tiers").key(name);
+                let here = Section::new(src, &path);
                 let limit = here.nonzero("limit", Some(t.limit))?.unwrap_or(0);
                 let window = here.positive("window", Some(t.window))?.unwrap_or_default();
                 list.push(model::RateTier {
                     name: name.to_string(),
                     limit,
                     window,
+                    location: src.location_of(&path),
                 });
             }
             (Some(tier), list)

@@ -770,6 +770,15 @@ fn route(
             src,
         )?,
     };
+    super::policy::route_checks(
+        &at,
+        &headers,
+        auth,
+        &rate_limits,
+        policies.auth,
+        policies.rate_limits,
+        src,
+    )?;
 
     Ok(model::Route {
         name: name.to_string(),

@@ -3,7 +3,7 @@
 //! Owns [`SampleServer`] (one listening service) and [`SampleUpstreams`] (the set the demo
 //! starts from [`DemoPorts`]). Each [`Service`] answers a few JSON endpoints (users, accounts,
 //! transactions) plus, on every service, `/healthz`, `/echo` (what the gateway sent),
-//! `/slow?ms=N` and `/status/CODE`. Every response names the endpoint that produced it, in
+//! `/whoami` (the identity headers the gateway set), `/slow?ms=N` and `/status/CODE`. Every response names the endpoint that produced it, in
 //! the `X-Upstream` header and, for JSON objects, an `"upstream"` field, and reflects the
 //! forwarding headers it received (`X-Seen-*`), so a curl through the gateway shows routing,
 //! load balancing and rewriting at a glance.
@@ -675,6 +675,7 @@ fn respond(endpoint: &Endpoint, request: &Request) -> Response {
     match segments.as_slice() {
         ["healthz"] => return Response::json(200, format!(r#"{{"status":"ok","upstream":{up}}}"#)),
         ["echo", ..] => return echo(endpoint, request),
+        ["whoami"] => return whoami(endpoint, request),
         ["slow"] => {
             let ms: u64 = request
                 .query("ms")
@@ -777,6 +778,43 @@ fn respond(endpoint: &Endpoint, request: &Request) -> Response {
         ),
         _ => not_found(endpoint, &format!("no such path {path}")),
     }
+}
+
+/// The identity headers a gateway in front may set (the demo config's `forward` tables).
+const IDENTITY_HEADERS: [&str; 6] = [
+    "x-user-id",
+    "x-user-plan",
+    "x-user-roles",
+    "x-user-email",
+    "x-consumer-id",
+    "x-consumer-plan",
+];
+
+/// `/whoami`: who the gateway said the caller is, as a service behind an authenticating
+/// gateway sees it: the identity headers it received (`caller`), the profile of a known
+/// `x-user-id` (`user`), and whether the credential itself came along.
+fn whoami(endpoint: &Endpoint, request: &Request) -> Response {
+    let caller: Vec<String> = IDENTITY_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = request.header(name)?;
+            Some(format!("{}:{}", json_str(name), json_str(value)))
+        })
+        .collect();
+    let user = request
+        .header("x-user-id")
+        .and_then(find_user)
+        .map(|u| format!(r#","user":{}"#, user_json(u, endpoint)))
+        .unwrap_or_default();
+    Response::json(
+        200,
+        format!(
+            r#"{{"caller":{{{}}}{user},"authorizationReceived":{},"upstream":{}}}"#,
+            caller.join(","),
+            request.header("authorization").is_some(),
+            json_str(&endpoint.name)
+        ),
+    )
 }
 
 /// `/echo`: the request as this upstream received it, so the demo can show what the gateway
@@ -1076,6 +1114,32 @@ mod tests {
         assert!(echo.body.contains(r#""body":"abc""#), "{}", echo.body);
         let user = read_response(&mut stream, &mut buf, false);
         assert!(user.body.contains("Grace Hopper"), "{}", user.body);
+    }
+
+    /// `/whoami` answers the identity headers it received, the profile of a known user, and
+    /// whether an Authorization field came along; nothing else of the request.
+    #[test]
+    fn whoami_reflects_the_identity_headers() {
+        let server = start(Service::Accounts, "accounts-1");
+        let mut stream = connect(&server);
+        let mut buf = Vec::new();
+        stream
+            .write_all(
+                b"GET /whoami HTTP/1.1\r\nHost: d\r\nX-User-Id: u_2\r\nx-user-roles: a,b\r\n\
+                  X-Other: 1\r\n\r\n\
+                  GET /whoami HTTP/1.1\r\nHost: d\r\nx-consumer-id: acme\r\nAuthorization: x\r\n\r\n",
+            )
+            .unwrap();
+        let user = read_response(&mut stream, &mut buf, false);
+        assert_eq!(
+            user.body,
+            r#"{"caller":{"x-user-id":"u_2","x-user-roles":"a,b"},"user":{"id":"u_2","name":"Grace Hopper","email":"grace@example.com","plan":"enterprise","upstream":"accounts-1"},"authorizationReceived":false,"upstream":"accounts-1"}"#
+        );
+        let consumer = read_response(&mut stream, &mut buf, false);
+        assert_eq!(
+            consumer.body,
+            r#"{"caller":{"x-consumer-id":"acme"},"authorizationReceived":true,"upstream":"accounts-1"}"#
+        );
     }
 
     #[test]

@@ -98,9 +98,10 @@ impl ClientIo {
         timeout: Duration,
     ) -> std::io::Result<()> {
         use super::Body;
+        let rate = r.rate.map(|h| h.text());
         let added = super::respond::phases(&super::respond::Answering {
             id: &r.id,
-            rate: r.rate.as_ref(),
+            rate: rate.as_ref(),
         });
         let mut extra: smallvec::SmallVec<[(&str, &str); 6]> =
             added.iter().map(|a| (a.name, a.value)).collect();

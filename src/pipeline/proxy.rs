@@ -332,9 +332,10 @@ impl Caller for Downstream<'_> {
         if head.status == 100 {
             self.body.continue_sent = true;
         }
+        // The rate-limit fields belong to the final answer only.
         let added = respond::phases(&respond::Answering {
             id: &self.ctx.id,
-            rate: self.ctx.rate.as_ref(),
+            rate: None,
         });
         write_response_head(
             &mut self.conn.wbuf,
@@ -375,9 +376,10 @@ impl Caller for Downstream<'_> {
             && out != OutFraming::UntilClose;
         self.head = ClientHead { out, keep };
         self.conn.wbuf.clear();
+        let rate = ctx.rate.map(|h| h.text());
         let added = respond::phases(&respond::Answering {
             id: &ctx.id,
-            rate: ctx.rate.as_ref(),
+            rate: rate.as_ref(),
         });
         write_response_head(
             &mut self.conn.wbuf,

@@ -39,27 +39,52 @@ pub type AddedHeaders<'a> = SmallVec<[Added<'a>; 4]>;
 /// What the response phases know of the request being answered.
 pub struct Answering<'a> {
     pub id: &'a RequestId,
-    /// The route's rate-limit headers (the rate-limit phase's).
-    pub rate: Option<&'a RateHeaders>,
+    /// The route's rate-limit values, formatted (the rate-limit phase's).
+    pub rate: Option<&'a RateText>,
 }
 
 /// The `RateLimit-*` values of a request (draft-ietf-httpapi-ratelimit-headers: the most
-/// restrictive of the route's limits), formatted once.
+/// restrictive of the route's limits). Plain numbers: formatted only when an answer is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateHeaders {
-    limit: Number,
-    remaining: Number,
-    reset: Number,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the key is fully restored.
+    pub reset: u64,
 }
 
 impl RateHeaders {
     pub fn new(h: &crate::policy::ratelimit::Headers) -> RateHeaders {
         RateHeaders {
-            limit: Number::new(h.limit),
-            remaining: Number::new(h.remaining),
-            reset: Number::new(h.reset_secs),
+            limit: h.limit,
+            remaining: h.remaining,
+            reset: h.reset_secs,
         }
     }
+
+    /// Whether these leave the client less than `other` (less remaining; on a tie, the later
+    /// reset).
+    pub fn tighter_than(&self, other: &RateHeaders) -> bool {
+        (self.remaining, std::cmp::Reverse(self.reset))
+            < (other.remaining, std::cmp::Reverse(other.reset))
+    }
+
+    /// The three values as header text.
+    pub fn text(&self) -> RateText {
+        RateText {
+            limit: Number::new(self.limit),
+            remaining: Number::new(self.remaining),
+            reset: Number::new(self.reset),
+        }
+    }
+}
+
+/// [`RateHeaders`] formatted, in inline buffers (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateText {
+    limit: Number,
+    remaining: Number,
+    reset: Number,
 }
 
 /// A decimal number in an inline buffer.
@@ -158,7 +183,8 @@ mod tests {
             remaining: 0,
             reset_secs: 18_446_744_073_709_551_615,
             retry_after_secs: Some(3),
-        });
+        })
+        .text();
         let added = phases(&Answering {
             id: &id,
             rate: Some(&rate),

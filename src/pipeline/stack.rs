@@ -14,7 +14,8 @@ use std::time::Instant;
 use super::client::ClientIo;
 use super::ctx::{MethodInfo, RequestCtx};
 use super::phase::{
-    auth, breaker, framing, identity, ratelimit, route, split, target, untrusted, upstream, Flow,
+    auth, breaker, framing, identity, ratelimit, route, split, target, untrusted, upstream,
+    Destination, Fields, Flow,
 };
 use super::proxy::Served;
 use super::Response;
@@ -76,12 +77,35 @@ pub fn prepare(
     // 4. Route: path, then method, host, headers (BEHAVIOR.md precedence); `Max-Forwards: 0`
     //    is answered once the resource is known (RFC 9110 §7.6.2). Then the route's split.
     let m = next!(route::run(head, headers, &resource, router, &framing, id));
-    let to = split::run(cfg, &m, headers, peer.ip(), || worker.rand());
+    // Answers before the split name the route's own upstream.
+    let routed = split::routed(cfg, &m);
     let started = Instant::now();
     let now = clock::ms_at(started);
-    // 5. Auth, once the route is known (it names the policy), before anything is counted or
-    //    forwarded: a refused request takes no rate-limit unit and no breaker permit.
-    let subject = match to.route.auth {
+    let limits = &routed.route.rate_limits;
+    let rejected = |limit: usize| snap.metrics.ratelimit_rejected(limit as u32);
+    // 5. Rate limits keyed on the request itself (ip, header, route, global) before auth: a
+    //    flood of bad credentials from one address is throttled before each costs a
+    //    signature check.
+    let anonymous = auth::Subject::Anonymous;
+    let before = next!(ratelimit::run(
+        ratelimit::Stage::BeforeAuth,
+        limits,
+        policies,
+        &ratelimit::Request {
+            fields: Fields::plain(headers),
+            client_ip: peer.ip(),
+            subject: &anonymous,
+        },
+        now,
+        rejected,
+        &framing,
+        &routed,
+        id,
+    ));
+    rate.set(before.headers);
+    // 6. Auth, once the route is known (it names the policy); a refused request takes no
+    //    subject-keyed unit and no breaker permit.
+    let subject = match routed.route.auth {
         None => auth::Subject::Anonymous,
         Some(policy) => next!(auth::run(
             &policies.auth[policy],
@@ -90,36 +114,53 @@ pub fn prepare(
                 target: head.target,
                 now_unix: clock::unix_now(),
             },
-            &mut worker.token_cache(policy),
-            &to,
+            || worker.token_cache(policy),
+            &framing,
+            &routed,
             id,
         )),
     };
-    // 6. Rate limits after auth: `jwt:CLAIM` and `consumer` keys need the verified subject,
-    //    and an unauthenticated flood must not use up an authenticated client's quota.
-    let limited = next!(ratelimit::run(
-        &to.route.rate_limits,
+    // From here on, the identity headers read are the verified ones.
+    let identity = subject.forwarded();
+    let fields = Fields {
+        headers,
+        identity: &identity,
+    };
+    // 7. Rate limits keyed on who the client is (jwt:CLAIM, consumer, an identity header)
+    //    after auth: an unauthenticated flood never spends an authenticated client's quota.
+    let after = next!(ratelimit::run(
+        ratelimit::Stage::AfterAuth,
+        limits,
         policies,
         &ratelimit::Request {
-            headers,
+            fields,
             client_ip: peer.ip(),
             subject: &subject,
         },
         now,
-        |limit| snap.metrics.ratelimit_rejected(limit as u32),
-        &to,
+        rejected,
+        &framing,
+        &routed,
         id,
     ));
+    let limited = before.and(after);
     rate.set(limited.headers);
-    // 7. Later capabilities slot in here, in this order: client/BFF (before route) ->
+    // 8. The split side after auth, so a sticky key on an identity header is the verified one.
+    let to = split::run(cfg, &m, &fields, peer.ip(), || worker.rand());
+    // 9. Later capabilities slot in here, in this order: client/BFF (before route) ->
     //    cache -> aggregate | transform (each is rejected at config load until it lands).
-    // 8. The breaker, last before the upstream, so a request answered earlier takes no permit
-    //    (a permit dropped unused, as by a later 413, frees its probe slot).
-    let state = snap.upstreams.list[to.upstream_id].borrow();
-    let permit = next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id));
-    // No borrow of the upstream's worker state outlives the phase that reads it.
-    drop(state);
-    // 9. Upstream: body limit, balance key, the upstream request head with the identity
+    // 10. The breaker, last before the upstream, so a request answered earlier takes no
+    //    permit (a permit dropped unused, as by a later 413, frees its probe slot). A request a
+    //    leaky bucket delays takes its permit after the wait (`run`), so no probe slot is held
+    //    while it waits.
+    let permit = if limited.delay.is_some() {
+        None
+    } else {
+        let state = snap.upstreams.list[to.upstream_id].borrow();
+        // No borrow of the upstream's worker state outlives the phase that reads it.
+        next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id))
+    };
+    // 11. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).
     let req = upstream::Request {
         head,
@@ -165,10 +206,12 @@ pub async fn run(
     worker: &Worker,
     snap: &Snapshot,
 ) -> Served {
-    // A leaky bucket shapes the request: it leaves at its place's time. Boxed: the rare path
-    // must not grow every request's future.
+    // A leaky bucket shapes the request: it leaves at its place's time, then takes its
+    // breaker permit. Boxed: the rare path must not grow every request's future.
     if let Some(delay) = ctx.delay.take() {
-        Box::pin(wait(delay)).await;
+        if let Some(answered) = Box::pin(shaped(&ctx, delay, conn, snap)).await {
+            return answered;
+        }
     }
     let served = super::proxy::forward(&ctx, conn, worker, snap).await;
     // The breaker learns the request's final outcome, after its retries, from
@@ -185,12 +228,62 @@ pub async fn run(
     served
 }
 
-/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with). Dropped
-/// before then (the connection's task ends), the request gives its places back.
-async fn wait(mut delay: Box<ratelimit::Delay>) {
+/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with), then
+/// runs the breaker phase the request skipped. Dropped before then (the connection's task
+/// ends), the request gives its places back. Some: the breaker answered (and it was sent).
+async fn shaped(
+    ctx: &RequestCtx,
+    mut delay: Box<ratelimit::Delay>,
+    conn: &mut ClientIo,
+    snap: &Snapshot,
+) -> Option<Served> {
     let now = clock::now_ms();
     if delay.until_ms > now {
         monoio::time::sleep(std::time::Duration::from_millis(delay.until_ms - now)).await;
     }
     delay.admit();
+    let cfg = &*snap.active.config;
+    let to = Destination {
+        route_id: ctx.route,
+        route: &cfg.routes[ctx.route],
+        matched: 0,
+        upstream_id: ctx.upstream,
+        upstream: &cfg.upstreams[ctx.upstream],
+    };
+    let framing = framing::Framing {
+        body: ctx.body,
+        keep_alive: ctx.keep_alive,
+        expect_continue: ctx.expect_continue,
+    };
+    let flow = {
+        // No borrow of the upstream's worker state is held across the await below.
+        let state = snap.upstreams.list[ctx.upstream].borrow();
+        breaker::run(
+            state.breaker.as_ref(),
+            &to,
+            clock::now_ms(),
+            &framing,
+            &ctx.id,
+        )
+    };
+    let mut r = match flow {
+        Flow::Continue(permit) => {
+            ctx.permit.set(permit);
+            return None;
+        }
+        Flow::Respond(r) => r,
+    };
+    r.head_only = ctx.method.is_head;
+    r.trace = ctx.trace;
+    r.rate = ctx.rate;
+    let sent = conn
+        .send_response(&r, snap.active.config.server.limits.body_timeout)
+        .await
+        .is_ok();
+    Some(Served {
+        keep: sent && !r.close,
+        status: r.status,
+        upstream: None,
+        verdict: crate::upstream::breaker::Outcome::Ignored,
+    })
 }

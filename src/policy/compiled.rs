@@ -34,9 +34,10 @@ pub struct RateLimit {
     pub key: RateKey,
     /// What picks a tier (None: the base limit for everyone).
     pub tier: Option<RateKey>,
+    /// The key or tier is the authenticated subject's (a claim, the consumer, an identity
+    /// header): checked after auth, the others before it.
+    pub after_auth: bool,
     pub limits: ratelimit::Policy,
-    /// The settings it was built from: equal settings carry the state over a reload.
-    settings: model::RateLimit,
 }
 
 /// Every policy of one config generation, indexed like `Config::auth` and
@@ -72,19 +73,28 @@ pub fn compile(cfg: &Config, previous: Option<&Policies>) -> Result<Policies, Co
     }
     let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
     for r in &cfg.rate_limits {
+        // The same limit counting the same keys: each of its limiters (base, tiers) keeps
+        // its state when its own spec is unchanged.
         let old = previous.and_then(|p| {
             p.rate_limits
                 .iter()
-                .find(|o| o.name.as_ref() == r.name && same_settings(&o.settings, r))
+                .find(|o| *o.name == r.name && o.key == r.key && o.tier == r.tier)
         });
-        let limits = ratelimit::Policy::rebuild(policy_spec(r), old.map(|o| &o.limits))
-            .map_err(|e| spec_error(r, e))?;
+        let spec = policy_spec(r);
+        check_spec(r, &spec)?;
+        let limits = ratelimit::Policy::rebuild(spec, old.map(|o| &o.limits))
+            .map_err(|e| spec_error(r, &r.location, "", e))?;
+        let subject_key = |k: &RateKey| match k {
+            RateKey::Jwt(_) | RateKey::Consumer => true,
+            RateKey::Header(name) => identity_headers.iter().any(|h| **h == *name),
+            RateKey::Ip | RateKey::Route | RateKey::Global => false,
+        };
         rate_limits.push(RateLimit {
             name: r.name.as_str().into(),
             key: r.key.clone(),
             tier: r.tier.clone(),
+            after_auth: subject_key(&r.key) || r.tier.as_ref().is_some_and(subject_key),
             limits,
-            settings: r.clone(),
         });
     }
     Ok(Policies {
@@ -94,14 +104,29 @@ pub fn compile(cfg: &Config, previous: Option<&Policies>) -> Result<Policies, Co
     })
 }
 
-/// Whether two generations' limits count the same things the same way (the file location
-/// may move).
-fn same_settings(a: &model::RateLimit, b: &model::RateLimit) -> bool {
-    let strip = |r: &model::RateLimit| model::RateLimit {
-        location: Location::default(),
-        ..r.clone()
-    };
-    strip(a) == strip(b)
+/// Checks what [`compile`] would build, without building the limits' tables (which can be
+/// large): keys read and parsed, every limit and tier within what its algorithm holds. What
+/// `dispatch check` and a load before start or reload run.
+pub fn check(cfg: &Config) -> Result<(), ConfigError> {
+    for p in &cfg.auth {
+        verifier(p)?;
+    }
+    for r in &cfg.rate_limits {
+        check_spec(r, &policy_spec(r))?;
+    }
+    Ok(())
+}
+
+/// Every limiter of `r` within what its algorithm holds, errors at the tier they concern.
+fn check_spec(r: &model::RateLimit, spec: &PolicySpec) -> Result<(), ConfigError> {
+    spec.base
+        .validate()
+        .map_err(|e| spec_error(r, &r.location, "", e))?;
+    for ((name, tier), written) in spec.tiers.iter().zip(&r.tiers) {
+        tier.validate()
+            .map_err(|e| spec_error(r, &written.location, &format!("tiers.{name}."), e))?;
+    }
+    Ok(())
 }
 
 fn verifier(p: &model::AuthPolicy) -> Result<Verifier, ConfigError> {
@@ -216,8 +241,9 @@ fn policy_spec(r: &model::RateLimit) -> PolicySpec {
     }
 }
 
-/// A limit the algorithm cannot hold, reported at the field it names.
-fn spec_error(r: &model::RateLimit, e: SpecError) -> ConfigError {
+/// A limit the algorithm cannot hold, reported at the field it names (`tier`: `tiers.NAME.`
+/// for a tier's).
+fn spec_error(r: &model::RateLimit, at: &Location, tier: &str, e: SpecError) -> ConfigError {
     let field = match &e {
         SpecError::Missing { field, .. }
         | SpecError::NotApplicable { field, .. }
@@ -225,9 +251,80 @@ fn spec_error(r: &model::RateLimit, e: SpecError) -> ConfigError {
         SpecError::WindowPrecision => "window",
         SpecError::TableTooLarge { .. } => "max_keys",
     };
+    let tier = if matches!(field, "limit" | "window") {
+        tier
+    } else {
+        ""
+    };
     ConfigError::Invalid {
-        location: r.location.clone(),
-        key: format!("rate_limits.{}.{field}", r.name),
+        location: at.clone(),
+        key: format!("rate_limits.{}.{tier}{field}", r.name),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(src: &str) -> Config {
+        crate::config::load_str(src, Path::new("/nonexistent/d.toml")).unwrap()
+    }
+
+    const LIMIT: &str =
+        "[rate_limits.a]\nalgorithm = \"fixed_window\"\nkey = \"ip\"\nlimit = 5\nwindow = \"1m\"\n";
+
+    /// A reload keeps a limit's state when its settings are unchanged, even if it moved in
+    /// the file, and starts it afresh when they change.
+    #[test]
+    fn unchanged_limits_keep_their_state_across_a_reload() {
+        let first = compile(&load(LIMIT), None).unwrap();
+        let moved = compile(&load(&format!("\n\n{LIMIT}")), Some(&first)).unwrap();
+        let state = |p: &Policies| p.rate_limits[0].limits.limiter(None).clone();
+        assert!(state(&first).same_state(&state(&moved)));
+        let changed = compile(
+            &load(&LIMIT.replace("limit = 5", "limit = 6")),
+            Some(&moved),
+        )
+        .unwrap();
+        assert!(!state(&moved).same_state(&state(&changed)));
+        let rekeyed = compile(&load(&LIMIT.replace("\"ip\"", "\"global\"")), Some(&moved)).unwrap();
+        assert!(
+            !state(&moved).same_state(&state(&rekeyed)),
+            "a new key means new counts"
+        );
+    }
+
+    /// Key material that cannot be read is a config error at the key that names it.
+    #[test]
+    fn unreadable_key_material_is_reported_at_its_key() {
+        let cfg = load("[auth.j]\ntype = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = \"k.pem\"\n");
+        let err = compile(&cfg, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/nonexistent/d.toml:4:8: auth.j.keys: cannot read /nonexistent/k.pem"),
+            "{err}"
+        );
+        let cfg = load("[auth.j]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"DISPATCH_TEST_UNSET_SECRET_9\"\n");
+        assert_eq!(
+            compile(&cfg, None).unwrap_err().to_string(),
+            "/nonexistent/d.toml:4:14: auth.j.secret_env: environment variable DISPATCH_TEST_UNSET_SECRET_9 is not set (or empty)"
+        );
+    }
+
+    /// A limit its algorithm cannot hold is refused at the field.
+    #[test]
+    fn a_limit_too_large_for_its_algorithm_is_refused() {
+        let cfg = load("[rate_limits.a]\nalgorithm = \"sliding_window_log\"\nkey = \"ip\"\nlimit = 20000\nwindow = \"1m\"\n");
+        let err = check(&cfg).unwrap_err().to_string();
+        assert!(err.contains("rate_limits.a.limit: sliding_window_log: `limit` = 20000 is above the maximum 10000"), "{err}");
+        assert_eq!(err, compile(&cfg, None).unwrap_err().to_string());
+        // A tier's own limit is reported at the tier.
+        let cfg = load("[rate_limits.a]\nalgorithm = \"sliding_window_log\"\nkey = \"ip\"\nlimit = 10\nwindow = \"1m\"\ntier = \"header:x-plan\"\n\n[rate_limits.a.tiers.big]\nlimit = 20000\nwindow = \"1m\"\n");
+        assert_eq!(
+            check(&cfg).unwrap_err().to_string(),
+            "/nonexistent/d.toml:8:1: rate_limits.a.tiers.big.limit: sliding_window_log: `limit` = 20000 is above the maximum 10000"
+        );
     }
 }

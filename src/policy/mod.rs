@@ -13,4 +13,4 @@ pub mod auth;
 pub mod compiled;
 pub mod ratelimit;
 
-pub use compiled::{compile, Policies};
+pub use compiled::{check, compile, Policies};

@@ -1,7 +1,8 @@
 //! A config the gateway can run: [`config::load`](crate::config::load) (syntax, shape and
 //! values), then the route table compiled here, its errors reported like every other config
 //! error (`FILE:LINE:COL: routes.NAME.KEY: message`), then the policies
-//! ([`crate::policy::compile`]: key files read, limits sized).
+//! ([`crate::policy::check`]: key files read, limits within what their algorithms hold;
+//! the limits' tables are built only for the running config).
 //!
 //! Key functions: [`load_config`] / [`load_config_str`] (what `dispatch check`, `run` and
 //! `demo` load a file with), [`compile_config`] (the route table of a loaded config, as the
@@ -23,7 +24,7 @@ use super::{RouteError, Router};
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
     let config = config::load(path)?;
     compile_config(&config)?;
-    crate::policy::compile(&config, None)?;
+    crate::policy::check(&config)?;
     Ok(config)
 }
 
@@ -31,7 +32,7 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
 pub fn load_config_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
     let config = config::load_str(src, path)?;
     compile_config(&config)?;
-    crate::policy::compile(&config, None)?;
+    crate::policy::check(&config)?;
     Ok(config)
 }
 

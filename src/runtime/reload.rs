@@ -50,18 +50,22 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     if next.tracing.otlp_endpoint != current.config.tracing.otlp_endpoint {
         fixed("tracing.otlp_endpoint");
     }
-    // Compiled once on its own first, so a bad file changes nothing; then published with the
-    // registrations and DNS answers of the upstreams it keeps.
-    // Key files are read again here, once (a reload is how new keys are taken in); the
+    // Publications (this reload, a concurrent one, admin registrations, DNS answers) are
+    // serialised by the discovery lock; the policies are built under it, against the config
+    // running then, so two reloads cannot each hand a changed limit a fresh table.
+    let mut discovery = shared.discovery();
+    let current = shared.active();
+    // Key files are read again here (a reload is how rotated keys are taken in), and the
     // publication below uses what this read. Unchanged rate limits keep their state.
     let policies = std::sync::Arc::new(crate::policy::compile(&next, Some(&current.policies))?);
+    // Compiled once on its own first, so a bad file changes nothing; then published with the
+    // registrations and DNS answers of the upstreams it keeps.
     Active::compile(
         next.clone(),
         Some(&current),
         current.generation + 1,
         Some(policies.clone()),
     )?;
-    let mut discovery = shared.discovery();
     // New addresses are bound (all of them, or the reload fails), removed ones stop accepting.
     shared.listeners.apply(&next.server.listen)?;
     let saved = discovery.clone();

@@ -58,9 +58,10 @@ pub struct Worker {
     pub accepting: RefCell<Vec<(SocketAddr, Rc<Latch>)>>,
     /// What runs on each of this worker's listening sockets.
     pub accept: AcceptLoop,
-    /// Verified-token caches, one per JWT policy (by `AuthId`), created on first use. Kept
-    /// across reloads: a cache empties itself when its policy's keys were compiled anew.
-    tokens: RefCell<Vec<TokenCache>>,
+    /// Verified-token caches, one per JWT policy (by `AuthId`), created on a policy's first
+    /// verification. Kept across reloads: a cache empties itself when its policy's keys were
+    /// compiled anew (a verifier of another compilation).
+    tokens: RefCell<Vec<Option<TokenCache>>>,
 }
 
 /// Tokens each verified-token cache holds (per worker and policy): a few hundred bytes each
@@ -120,10 +121,12 @@ impl Worker {
     /// This worker's verified-token cache for the auth policy `policy`.
     pub fn token_cache(&self, policy: usize) -> std::cell::RefMut<'_, TokenCache> {
         let mut caches = self.tokens.borrow_mut();
-        while caches.len() <= policy {
-            caches.push(TokenCache::new(TOKEN_CACHE_CAPACITY));
+        if caches.len() <= policy {
+            caches.resize_with(policy + 1, || None);
         }
-        std::cell::RefMut::map(caches, |c| &mut c[policy])
+        std::cell::RefMut::map(caches, |c| {
+            c[policy].get_or_insert_with(|| TokenCache::new(TOKEN_CACHE_CAPACITY))
+        })
     }
 
     /// Hands every pending access-log line and span to their writer threads (at exit).

@@ -7,12 +7,15 @@
 //! - `gateway`: spawns `dispatch run` on a config (`Gateway::start`), `dispatch check` (`check`).
 //! - `wire`: the HTTP/1.1 framing both of the above read with.
 //! - `conformance`: helpers for the protocol conformance tests.
+//! - `demo`: runs `dispatch demo` on the shipped demo config moved to free ports (`DemoRun`).
 //!
 //! Each test binary uses only part of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
 pub mod client;
 pub mod conformance;
+pub mod demo;
 pub mod gateway;
 pub mod ports;
 pub mod upstream;

@@ -22,6 +22,7 @@ use crate::policy::auth::{
 };
 use crate::policy::compiled::Verifier;
 
+use super::framing::Framing;
 use super::{Destination, Flow};
 
 /// Who the client is, once authenticated.
@@ -112,19 +113,20 @@ pub struct Credentials<'a, 'h> {
     pub now_unix: u64,
 }
 
-/// Authenticates the request with `policy`, the route's. `cache` is this worker's
-/// verified-token cache for the policy (used by JWT policies).
-pub fn run<'c>(
+/// Authenticates the request with `policy`, the route's. `cache` gives this worker's
+/// verified-token cache for the policy (asked for by JWT policies only).
+pub fn run<'c, 'w>(
     policy: &'c Verifier,
     req: &Credentials<'_, '_>,
-    cache: &mut TokenCache,
+    cache: impl FnOnce() -> std::cell::RefMut<'w, TokenCache>,
+    framing: &Framing,
     to: &Destination<'_>,
     id: &RequestId,
 ) -> Flow<Subject<'c>> {
     let result = match policy {
         Verifier::Jwt(verifier) => bearer(req.headers).and_then(|token| {
             Ok(Subject::Jwt {
-                verified: cache.verify(verifier, token, req.now_unix)?,
+                verified: cache().verify(verifier, token, req.now_unix)?,
                 strip_authorization: verifier.strip_authorization(),
             })
         }),
@@ -135,7 +137,8 @@ pub fn run<'c>(
     };
     match result {
         Ok(subject) => Flow::Continue(subject),
-        Err(e) => Flow::Respond(refusal(e, to, id)),
+        // A body that follows is unread: the connection closes after the answer.
+        Err(e) => Flow::Respond(framing.close_if_body(refusal(e, to, id))),
     }
 }
 
@@ -178,5 +181,215 @@ fn presented_key<'a>(
         KeyFrom::Query(name) => {
             api_key::query_param(req.target.as_bytes(), name)?.ok_or(AuthError::Missing)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::model::Config;
+    use crate::pipeline::phase::testing::{config, head, id, message};
+    use crate::policy::auth::{Algorithm, JwtSpec, JwtVerifier, KeySource};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+
+    fn cfg() -> Config {
+        config("[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n")
+    }
+
+    fn to(cfg: &Config) -> Destination<'_> {
+        Destination {
+            route_id: 0,
+            route: &cfg.routes[0],
+            matched: 1,
+            upstream_id: 0,
+            upstream: &cfg.upstreams[0],
+        }
+    }
+
+    fn jwt_policy(strip: bool) -> Verifier {
+        Verifier::Jwt(
+            JwtVerifier::new(&JwtSpec {
+                algorithms: vec![Algorithm::HS256],
+                keys: KeySource::Secret(SECRET.to_vec()),
+                issuer: None,
+                audience: Vec::new(),
+                leeway: Duration::ZERO,
+                required_claims: vec!["sub".into()],
+                forward: vec![
+                    ("sub".into(), "x-user-id".into()),
+                    ("roles".into(), "x-user-roles".into()),
+                ],
+                strip_authorization: strip,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Runs the phase on `raw` with `policy`.
+    fn authenticate<'c>(
+        policy: &'c Verifier,
+        raw: &[u8],
+        cache: &std::cell::RefCell<TokenCache>,
+    ) -> Flow<Subject<'c>> {
+        let cfg = cfg();
+        let h = head(raw);
+        let creds = Credentials {
+            headers: &h.headers,
+            target: h.target,
+            now_unix: NOW,
+        };
+        let Flow::Continue(framing) = super::super::framing::run(h.version, &h.headers, &id())
+        else {
+            panic!("framing answered");
+        };
+        run(
+            policy,
+            &creds,
+            || cache.borrow_mut(),
+            &framing,
+            &to(&cfg),
+            &id(),
+        )
+    }
+
+    fn refused(flow: Flow<Subject<'_>>) -> (u16, String, &'static str) {
+        match flow {
+            Flow::Respond(r) => (r.status, message(&r).to_string(), r.challenge.unwrap()),
+            Flow::Continue(_) => panic!("admitted"),
+        }
+    }
+
+    #[test]
+    fn a_verified_bearer_token_gives_its_subject_and_identity_headers() {
+        let policy = jwt_policy(true);
+        let t = token(
+            serde_json::json!({"sub": "alice", "roles": ["a", "b"], "plan": 3, "exp": NOW + 60}),
+        );
+        let raw = format!("GET / HTTP/1.1\r\nHost: g\r\nAuthorization: bEaReR {t}\r\n\r\n");
+        let cache = std::cell::RefCell::new(TokenCache::new(16));
+        let Flow::Continue(subject) = authenticate(&policy, raw.as_bytes(), &cache) else {
+            panic!("refused");
+        };
+        assert_eq!(
+            subject.forwarded().as_slice(),
+            &[("x-user-id", "alice"), ("x-user-roles", "a,b")]
+        );
+        assert!(subject.strips_authorization());
+        assert_eq!(subject.claim("sub").as_deref(), Some(&b"alice"[..]));
+        assert_eq!(subject.claim("plan").as_deref(), Some(&b"3"[..]));
+        assert_eq!(subject.claim("nope"), None);
+        assert_eq!(
+            (subject.consumer(), subject.credential_param()),
+            (None, None)
+        );
+        assert_eq!(cache.borrow().len(), 1, "the verification is cached");
+        let kept = jwt_policy(false);
+        let Flow::Continue(subject) = authenticate(&kept, raw.as_bytes(), &cache) else {
+            panic!("refused");
+        };
+        assert!(!subject.strips_authorization());
+    }
+
+    /// Each way of presenting no usable token, with its 401 message and challenge.
+    #[test]
+    fn refusals_are_401s_with_their_challenge() {
+        let policy = jwt_policy(false);
+        let good = token(serde_json::json!({"sub": "a", "exp": NOW + 60}));
+        let expired = token(serde_json::json!({"sub": "a", "exp": NOW - 1}));
+        let bare = r#"Bearer realm="dispatch""#;
+        let cases: Vec<(String, (u16, &str, bool))> = vec![
+            (String::new(), (401, "Missing authentication token", true)),
+            (
+                "Authorization: Basic YTpi\r\n".into(),
+                (401, "Missing authentication token", true),
+            ),
+            (
+                "Authorization: Bearer \r\n".into(),
+                (401, "Missing authentication token", true),
+            ),
+            (
+                format!("Authorization: Bearer {good}\r\nAuthorization: Bearer {good}\r\n"),
+                (401, "Invalid token", false),
+            ),
+            (
+                format!("Authorization: Bearer {expired}\r\n"),
+                (401, "Token expired", false),
+            ),
+            (
+                "Authorization: Bearer a.b.c\r\n".into(),
+                (401, "Invalid token", false),
+            ),
+        ];
+        for (field, (status, text, bare_challenge)) in cases {
+            let raw = format!("GET / HTTP/1.1\r\nHost: g\r\n{field}\r\n");
+            let (s, m, challenge) = refused(authenticate(
+                &policy,
+                raw.as_bytes(),
+                &std::cell::RefCell::new(TokenCache::new(4)),
+            ));
+            assert_eq!((s, m.as_str()), (status, text), "{field}");
+            assert_eq!(challenge == bare, bare_challenge, "{field}: {challenge}");
+        }
+    }
+
+    #[test]
+    fn an_api_key_in_the_query_names_its_consumer_and_is_marked_for_removal() {
+        let dir = std::env::temp_dir().join(format!("dispatch-phase-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys.toml");
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"k-1");
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(
+            &keys,
+            format!("[keys.\"{hex}\"]\nconsumer = \"acme\"\nplan = \"gold\"\n"),
+        )
+        .unwrap();
+        let verifier = ApiKeyVerifier::new(&crate::policy::auth::ApiKeySpec {
+            from: KeyFrom::Query("api_key".into()),
+            keys_file: keys.clone(),
+            forward: vec![(
+                crate::policy::auth::ApiKeyField::Consumer,
+                "x-consumer-id".into(),
+            )],
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let policy = Verifier::ApiKey(verifier);
+        let cache = std::cell::RefCell::new(TokenCache::new(4));
+        let Flow::Continue(subject) = authenticate(
+            &policy,
+            b"GET /x?a=1&api_key=k-1 HTTP/1.1\r\nHost: g\r\n\r\n",
+            &cache,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(subject.consumer(), Some("acme"));
+        assert_eq!(subject.credential_param(), Some("api_key"));
+        assert_eq!(subject.forwarded().as_slice(), &[("x-consumer-id", "acme")]);
+        let (_, m, _) = refused(authenticate(
+            &policy,
+            b"GET /x?api_key=k-2 HTTP/1.1\r\nHost: g\r\n\r\n",
+            &cache,
+        ));
+        assert_eq!(m, "Invalid token");
+        let (_, m, _) = refused(authenticate(
+            &policy,
+            b"GET /x HTTP/1.1\r\nHost: g\r\n\r\n",
+            &cache,
+        ));
+        assert_eq!(m, "Missing authentication token");
     }
 }

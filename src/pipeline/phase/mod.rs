@@ -73,6 +73,36 @@ impl HeaderLookup for [Header<'_>] {
     }
 }
 
+/// The request's fields as the phases after auth read them: the identity headers auth set
+/// (phase 0 removed the client's own) before the client's fields, so a sticky split, a
+/// `hash:header:` balance key or a `header:` rate-limit key on `x-user-id` reads the verified
+/// identity, never a forged one.
+#[derive(Clone, Copy)]
+pub struct Fields<'a, 'h> {
+    pub headers: &'a [Header<'h>],
+    /// `(lower-case name, value)` from [`auth::Subject::forwarded`].
+    pub identity: &'a [(&'a str, &'a str)],
+}
+
+impl<'a, 'h: 'a> Fields<'a, 'h> {
+    /// The client's fields alone (a route without auth).
+    pub fn plain(headers: &'a [Header<'h>]) -> Self {
+        Fields {
+            headers,
+            identity: &[],
+        }
+    }
+
+    /// The value of the first field `lower_name`.
+    pub fn get(&self, lower_name: &str) -> Option<&'a [u8]> {
+        self.identity
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(lower_name))
+            .map(|(_, value)| value.as_bytes())
+            .or_else(|| HeaderLookup::get(self.headers, lower_name))
+    }
+}
+
 /// The value of the field `name` when it appears at most once. Err: it appears more than once.
 fn single<'h>(headers: &[Header<'h>], name: &str) -> Result<Option<&'h [u8]>, ()> {
     let mut found = None;

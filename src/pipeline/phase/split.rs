@@ -11,17 +11,18 @@ use std::net::IpAddr;
 
 use crate::config::model::{Config, Route, Sticky, UpstreamId};
 use crate::http::Header;
-use crate::router::{HeaderLookup, Match};
+use crate::router::Match;
 use crate::upstream::balance::hash_key;
 
-use super::Destination;
+use super::{Destination, Fields};
 
-/// `headers`: the request's fields after phase 0; `rand`: a uniform 64-bit draw.
+/// `fields`: the request's fields after phase 0 with the verified identity headers; `rand`: a
+/// uniform 64-bit draw.
 #[inline]
 pub fn run<'c>(
     cfg: &'c Config,
     m: &Match<'_, '_>,
-    headers: &[Header<'_>],
+    fields: &Fields<'_, '_>,
     peer: IpAddr,
     rand: impl FnOnce() -> u64,
 ) -> Destination<'c> {
@@ -29,7 +30,7 @@ pub fn run<'c>(
     let upstream_id = if route.split.is_empty() {
         route.upstream
     } else {
-        side(route, headers, peer, rand)
+        side(route, fields, peer, rand)
     };
     Destination {
         route_id: m.route,
@@ -40,16 +41,28 @@ pub fn run<'c>(
     }
 }
 
+/// The matched route with its own upstream: what answers made before the split name.
+pub fn routed<'c>(cfg: &'c Config, m: &Match<'_, '_>) -> Destination<'c> {
+    let route = &cfg.routes[m.route];
+    Destination {
+        route_id: m.route,
+        route,
+        matched: m.prefix_len,
+        upstream_id: route.upstream,
+        upstream: &cfg.upstreams[route.upstream],
+    }
+}
+
 fn side(
     route: &Route,
-    headers: &[Header<'_>],
+    fields: &Fields<'_, '_>,
     peer: IpAddr,
     rand: impl FnOnce() -> u64,
 ) -> UpstreamId {
     let total: u64 = route.split.iter().map(|s| u64::from(s.weight)).sum();
     let key = route.sticky.as_ref().and_then(|sticky| match sticky {
-        Sticky::Header(name) => HeaderLookup::get(headers, name).map(hash_key),
-        Sticky::Cookie(name) => cookie(headers, name).map(hash_key),
+        Sticky::Header(name) => fields.get(name).map(hash_key),
+        Sticky::Cookie(name) => cookie(fields.headers, name).map(hash_key),
         Sticky::Ip => Some(super::hash_ip(peer)),
     });
     let draw = key.unwrap_or_else(rand);
@@ -117,7 +130,13 @@ upstream = "b"
     /// The upstream name route 0 sends `raw` from `peer` to, with the draw `rand`.
     fn side_of(cfg: &Config, raw: &[u8], peer: &str, rand: impl FnOnce() -> u64) -> String {
         let h = head(raw);
-        let to = run(cfg, &matched(0), &h.headers, peer.parse().unwrap(), rand);
+        let to = run(
+            cfg,
+            &matched(0),
+            &Fields::plain(&h.headers),
+            peer.parse().unwrap(),
+            rand,
+        );
         assert_eq!((to.route_id, to.matched), (0, 2));
         to.upstream.name.clone()
     }
@@ -140,7 +159,7 @@ upstream = "b"
         let to = run(
             &cfg,
             &matched(1),
-            &h.headers,
+            &Fields::plain(&h.headers),
             "10.0.0.1".parse().unwrap(),
             NO_DRAW,
         );

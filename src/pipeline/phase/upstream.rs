@@ -18,7 +18,7 @@ use super::auth::Subject;
 use super::framing::Framing;
 use super::identity::Identity;
 use super::target::Resource;
-use super::{Destination, Flow};
+use super::{Destination, Fields, Flow};
 
 /// What the upstream phase reads of the request: the parsed head and what earlier phases
 /// made of it.
@@ -49,12 +49,14 @@ pub fn run(
             return Flow::Respond(r);
         }
     }
+    let identity = req.subject.forwarded();
     let balance_key = match &to.upstream.balance {
-        Balance::HashHeader(name) => req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map_or(Key::None, |h| Key::Hash(hash_key(h.value))),
+        Balance::HashHeader(name) => Fields {
+            headers: req.headers,
+            identity: &identity,
+        }
+        .get(name)
+        .map_or(Key::None, |v| Key::Hash(hash_key(v))),
         Balance::HashIp => Key::Hash(super::hash_ip(req.client_ip)),
         _ => Key::None,
     };
@@ -71,7 +73,6 @@ pub fn run(
         }
         None => resource.target.query,
     };
-    let identity = req.subject.forwarded();
     ubuf.clear();
     write_request_head(
         ubuf,
@@ -148,8 +149,13 @@ strip_prefix = true
             prefix_len: "/api/users".len(),
             params: Params::new(),
         };
-        let to =
-            crate::pipeline::phase::split::run(&cfg, &m, &h.headers, [10, 0, 0, 9].into(), || 0);
+        let to = crate::pipeline::phase::split::run(
+            &cfg,
+            &m,
+            &crate::pipeline::phase::Fields::plain(&h.headers),
+            [10, 0, 0, 9].into(),
+            || 0,
+        );
         let req = Request {
             head: &h,
             headers: &h.headers,

@@ -1,0 +1,193 @@
+//! `dispatch demo` (BEHAVIOR.md "Command line"), the real binary on a copy of the shipped
+//! `config/demo.toml` moved to free ports: it starts with its sample upstreams, the token and
+//! API key it prints pass the demo's auth policies (and the upstream is told who the caller
+//! is), a request without them is a 401, the rate-limited route answers 429 past its limit,
+//! and the key files it wrote beside the config are gone once it exits. A config that would
+//! refuse the printed credentials, or a second demo on the same config, exits 1 and leaves no
+//! key file of its own (and the running demo's alone).
+
+mod support;
+
+use std::time::Duration;
+
+use support::demo::{DemoConfig, DemoRun};
+use support::gateway::run_dispatch;
+use support::*;
+
+/// The text between `start` and the next `'` in `command`.
+fn quoted_after<'a>(command: &'a str, start: &str) -> &'a str {
+    let from = command
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in {command}"))
+        + start.len();
+    let len = command[from..].find('\'').expect("closing quote");
+    &command[from..from + len]
+}
+
+/// The token printed in the credentials block and in the tour's commands is accepted on the
+/// JWT route, whose upstream is told who the caller is; without it, 401; a client's own
+/// identity header never reaches the upstream; the forged token of the tour is refused.
+#[test]
+fn the_printed_token_passes_jwt_auth_and_the_upstream_sees_the_caller() {
+    let demo = DemoRun::start();
+    let token = demo.line_after("JWT (ES256");
+    let commands = demo.commands_with(&["Authorization: Bearer", "/api/v1/me"]);
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    assert_eq!(quoted_after(&commands[0], "Authorization: Bearer "), token);
+    assert_eq!(quoted_after(&commands[1], "Authorization: Bearer "), token);
+    let forged = quoted_after(&commands[2], "Authorization: Bearer ");
+    assert_ne!(forged, token);
+
+    let missing = get(demo.gateway, "/api/v1/me");
+    assert_error(&missing, 401);
+    assert_eq!(
+        missing.json()["error"]["message"],
+        "Missing authentication token"
+    );
+    assert!(
+        missing
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        missing.headers
+    );
+
+    let me = send_request(
+        demo.gateway,
+        &Req::get("/api/v1/me")
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("x-user-id", "u_2"),
+    );
+    assert_eq!(me.status, 200, "{}", me.text());
+    let v = me.json();
+    assert_eq!(v["caller"]["x-user-id"], "u_1", "{v}");
+    assert_eq!(v["caller"]["x-user-plan"], "business", "{v}");
+    assert_eq!(v["caller"]["x-user-roles"], "reader,billing", "{v}");
+    assert_eq!(v["user"]["name"], "Ada Lovelace", "{v}");
+    assert_eq!(
+        v["authorizationReceived"], false,
+        "strip_authorization: {v}"
+    );
+
+    let refused = send_request(
+        demo.gateway,
+        &Req::get("/api/v1/me").header("Authorization", &format!("Bearer {forged}")),
+    );
+    assert_error(&refused, 401);
+    assert_eq!(refused.json()["error"]["message"], "Invalid token");
+}
+
+/// The printed API key passes the API-key route and its consumer is forwarded; an unknown
+/// key is a 401. While the demo runs its key files sit beside the config; on SIGTERM it
+/// drains, exits 0 and removes them.
+#[test]
+fn the_printed_api_key_passes_and_the_key_files_go_with_the_demo() {
+    let mut demo = DemoRun::start();
+    let key = demo.line_after("API key (consumer");
+    let commands = demo.commands_with(&["x-api-key: ", "/partner/v1/me", "curl -s"]);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(quoted_after(&commands[0], "x-api-key: "), key);
+
+    let me = send_request(
+        demo.gateway,
+        &Req::get("/partner/v1/me").header("x-api-key", &key),
+    );
+    assert_eq!(me.status, 200, "{}", me.text());
+    let v = me.json();
+    assert_eq!(v["caller"]["x-consumer-id"], "acme-corp", "{v}");
+    assert_eq!(v["caller"]["x-consumer-plan"], "partner", "{v}");
+    assert_eq!(v["upstream"], "accounts-1", "{v}");
+
+    let unknown = send_request(
+        demo.gateway,
+        &Req::get("/partner/v1/me").header("x-api-key", "demo_not-a-key"),
+    );
+    assert_error(&unknown, 401);
+    assert_error(&get(demo.gateway, "/partner/v1/me"), 401);
+
+    let keys_dir = demo.config_path().parent().unwrap().join("demo-keys");
+    let keys_file = std::fs::read_to_string(keys_dir.join("api_keys.toml")).unwrap();
+    assert!(!keys_file.contains(&key), "only the digest is written");
+    assert!(keys_dir.join("jwt.pub.pem").is_file());
+
+    demo.sigterm();
+    let status = demo.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(!keys_dir.exists(), "demo-keys/ removed on exit");
+}
+
+/// The rate-limited route admits 5 requests (RateLimit-* counting down), then answers 429 with
+/// Retry-After within the 10 s window, as the tour's loop shows.
+#[test]
+fn the_rate_limited_route_answers_429_after_five() {
+    let demo = DemoRun::start();
+    assert_eq!(
+        demo.commands_with(&["for i in", "/api/v1/products"]).len(),
+        1
+    );
+    let mut client = Client::connect(demo.gateway);
+    for remaining in (0..5).rev() {
+        let r = client.request(&Req::get("/api/v1/products"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("ratelimit-limit"), Some("5"));
+        assert_eq!(
+            r.header("ratelimit-remaining"),
+            Some(remaining.to_string().as_str())
+        );
+    }
+    let limited = client.request(&Req::get("/api/v1/products"));
+    let (_, retry_after) = assert_error_retry_after(&limited, 429);
+    assert!(retry_after <= 10, "within the window: {retry_after}");
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+}
+
+/// A demo config whose JWT policy would refuse the printed token does not start a tour that
+/// answers 401: `dispatch demo` exits 1 naming the policy, and removes the key files it wrote.
+#[test]
+fn a_config_that_would_refuse_the_printed_token_does_not_start() {
+    let config = DemoConfig::new();
+    let issuer = "issuer = \"dispatch-demo\"";
+    assert!(config.text.contains(issuer));
+    let dir = TempDir::new();
+    let path = dir.write(
+        "demo.toml",
+        &config.text.replace(issuer, "issuer = \"other\""),
+    );
+    let (code, stdout, stderr) = run_dispatch(
+        &["demo", "--config", path.to_str().unwrap()],
+        dir.path(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.starts_with("demo: auth.demo_jwt refuses the demo's token (invalid token: "),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("demo-keys").exists(), "key files removed");
+}
+
+/// A second demo on the config of a running one cannot listen, and exits 1 before touching the
+/// running demo's key files: its token and API key keep working.
+#[test]
+fn a_second_demo_on_the_same_config_leaves_the_first_ones_keys() {
+    let demo = DemoRun::start();
+    let keys = demo.config_path().parent().unwrap().join("demo-keys");
+    let pem = std::fs::read(keys.join("jwt.pub.pem")).unwrap();
+    let (code, _, stderr) = run_dispatch(
+        &["demo", "--config", demo.config_path().to_str().unwrap()],
+        demo.config_path().parent().unwrap(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("demo: cannot start sample upstreams: "),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(keys.join("jwt.pub.pem")).unwrap(), pem);
+    let token = demo.line_after("JWT (ES256");
+    let me = send_request(
+        demo.gateway,
+        &Req::get("/api/v1/me").header("Authorization", &format!("Bearer {token}")),
+    );
+    assert_eq!(me.status, 200, "{}", me.text());
+}
