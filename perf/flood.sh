@@ -20,7 +20,8 @@
 #        after    the steady client alone again, STEADY long;
 #   4. samples Dispatch's VmRSS and VmHWM (/proc/PID/status) every 200 ms throughout and prints,
 #      per phase, the largest VmRSS seen, and at the end VmHWM (the peak over the process's life);
-#   5. prints the steady client's p50/p90/p99 and request count per phase, the loads' req/s, and
+#   5. prints the steady client's p50/p90/p99 and request count per phase, Dispatch's CPU time
+#      over each phase per answer it gave (load and steady client together), the loads' req/s, and
 #      every non-200 answer (the steady client must see none; a flood key that finds its table
 #      window full gets a 429, which is counted and shown), and Dispatch's
 #      dispatch_ratelimit_rejected_total from its admin API.
@@ -162,6 +163,11 @@ grep -qi '^ratelimit-limit: *100' <<<"$headers" || die "Dispatch's answer has no
 # kib FIELD: FIELD (VmRSS, VmHWM) of Dispatch's process in KiB; its workers are threads of it.
 kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$DISPATCH_PID/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+# ticks: Dispatch's utime + stime (fields 14 and 15 of /proc/PID/stat, all threads), in clock
+# ticks; the command name (field 2) may hold spaces, so split after its closing parenthesis.
+ticks() { awk '{ sub(/^.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$DISPATCH_PID/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+declare -A CPU0=() CPU1=()
 [[ -z $(pgrep -P "$DISPATCH_PID" || true) ]] || die "Dispatch has child processes: RSS of one process would not be all of it"
 
 echo idle >"$TMP/phase"
@@ -211,6 +217,8 @@ non200() {
     awk '/^flood.lua: .*non-200 responses:/ { sub(/.*non-200 responses: /, ""); print; found = 1 }
          END { if (!found) print "?" }' "$1"
 }
+# answers FILE: how many answers flood.lua counted.
+answers() { awk '/^flood.lua: .*non-200 responses:/ { print $NF }' "$1"; }
 statuses() { grep '^flood.lua: status' "$1" | sed 's/^flood.lua: //' | paste -sd ' ' || true; }
 keys_sent() { awk '/^flood.lua: .*keys sent:/ { sub(/.*keys sent: /, ""); sub(/,.*/, ""); print }' "$1"; }
 dur_s() { awk -v d="$1" 'BEGIN { if (d ~ /m$/) { sub(/m$/, "", d); d *= 60 } else sub(/s$/, "", d); print d + 0 }'; }
@@ -222,11 +230,14 @@ rss_before=$(kib VmRSS)
 
 log "phase alone: the steady client alone for $STEADY"
 echo alone >"$TMP/phase"
+CPU0[alone]=$(ticks)
 steady "$TMP/steady-alone.txt" "$STEADY"
 wait "${WRK_PIDS[-1]}"
+CPU1[alone]=$(ticks)
 
 log "phase control: the steady client beside $CONTROL_KEYS keys in turn for $STEADY"
 echo control >"$TMP/phase"
+CPU0[control]=$(ticks)
 wrk -t1 -c"$CONNECTIONS" -d"$(($(dur_s "$STEADY") + 60))s" -s "$LUA" "$URL" -- cycle "$CONTROL_KEYS" >"$TMP/load-control.txt" 2>&1 &
 control=$!
 CHILDREN+=("$control")
@@ -234,12 +245,14 @@ sleep 1
 steady "$TMP/steady-control.txt" "$STEADY"
 wait "${WRK_PIDS[-1]}"
 stop_wrk "$control"
+CPU1[control]=$(ticks)
 
 log "phase flood: the steady client beside $FLOOD_KEYS distinct keys"
 echo flood >"$TMP/phase"
 rss_flood_start=$(kib VmRSS)
 DONE=$TMP/flood.done
 t0=$(date +%s%N)
+CPU0[flood]=$(ticks)
 wrk -t1 -c"$CONNECTIONS" -d3600s -s "$LUA" "$URL" -- distinct "$FLOOD_KEYS" "$DONE" >"$TMP/load-flood.txt" 2>&1 &
 flood=$!
 CHILDREN+=("$flood")
@@ -254,12 +267,15 @@ t1=$(date +%s%N)
 # The steady client stops first, so all of its run had the flood beside it.
 stop_wrk "$steady_flood"
 stop_wrk "$flood"
+CPU1[flood]=$(ticks)
 rss_flood_end=$(kib VmRSS)
 
 log "phase after: the steady client alone again for $STEADY"
 echo after >"$TMP/phase"
+CPU0[after]=$(ticks)
 steady "$TMP/steady-after.txt" "$STEADY"
 wait "${WRK_PIDS[-1]}"
+CPU1[after]=$(ticks)
 rss_after=$(kib VmRSS)
 hwm=$(kib VmHWM)
 echo done >"$TMP/phase"
@@ -282,8 +298,8 @@ echo "- Dispatch's ${rejected:-dispatch_ratelimit_rejected_total: (not reported)
 echo
 echo "### The steady client"
 echo
-echo "| phase   | beside it                     | requests | non-200 | p50 ms | p90 ms | p99 ms | Dispatch VmRSS max (MiB) |"
-echo "| ------- | ----------------------------- | -------: | ------: | -----: | -----: | -----: | -----------------------: |"
+echo "| phase   | beside it                     | requests | non-200 | p50 ms | p90 ms | p99 ms | Dispatch VmRSS max (MiB) | Dispatch CPU us/req |"
+echo "| ------- | ----------------------------- | -------: | ------: | -----: | -----: | -----: | -----------------------: | ------------------: |"
 for phase in alone control flood after; do
     case $phase in
         alone | after) beside="nothing" ;;
@@ -292,8 +308,13 @@ for phase in alone control flood after; do
     esac
     read -r p50 p90 p99 n <<<"$(latency "$TMP/steady-$phase.txt")"
     bad=$(non200 "$TMP/steady-$phase.txt")
-    printf '| %-7s | %-29s | %8s | %7s | %6s | %6s | %6s | %24s |\n' \
-        "$phase" "$beside" "$n" "${bad%% of*}" "$p50" "$p90" "$p99" "$(mib "$(max_rss "$phase")")"
+    # Dispatch's CPU over the phase, per answer it gave to anyone (the load's and the steady
+    # client's): what a request costs it beside many keys, against beside few.
+    served=$(answers "$TMP/steady-$phase.txt")
+    [[ ! -f $TMP/load-$phase.txt ]] || served=$((served + $(answers "$TMP/load-$phase.txt")))
+    cpu=$(awk -v d=$((CPU1[$phase] - CPU0[$phase])) -v hz="$CLK_TCK" -v n="$served" 'BEGIN { printf "%.2f", n ? d * 1e6 / hz / n : 0 }')
+    printf '| %-7s | %-29s | %8s | %7s | %6s | %6s | %6s | %24s | %19s |\n' \
+        "$phase" "$beside" "$n" "${bad%% of*}" "$p50" "$p90" "$p99" "$(mib "$(max_rss "$phase")")" "$cpu"
 done
 echo
 echo "### Dispatch's memory (/proc/PID/status)"
