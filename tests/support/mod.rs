@@ -15,6 +15,7 @@ pub mod client;
 pub mod conformance;
 pub mod gateway;
 pub mod ports;
+pub mod ratelimit;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;
