@@ -485,3 +485,30 @@ fn reload_keeps_an_unchanged_limit_and_resets_a_changed_one() {
         "the changed limit starts afresh"
     );
 }
+
+/// Regression: a leaky bucket's queued request whose client left was still sent upstream when
+/// its turn came, and its turn was spent (nothing watched the client while it waited).
+#[test]
+fn a_queued_request_whose_client_left_is_not_sent_on_and_frees_its_turn() {
+    let up = TimedUpstream::start();
+    let gw = gateway(&one_route(
+        &up.up.url(),
+        "[\"shape\"]",
+        "[rate_limits.shape]\nalgorithm = \"leaky_bucket\"\nkey = \"global\"\nrate = 1\nburst = 1\n",
+    ));
+    // The first goes on at once; the next turn is a second away.
+    assert_eq!(get(gw.addr(), "/api").status, 200);
+    let mut queued = Client::connect(gw.addr());
+    queued.send(&Req::get("/api").header("X-Request-Id", "leaver").to_bytes());
+    drop(queued);
+    // The gateway is done with the leaver's request once it is counted.
+    waits::wait_requests_done(&gw, 2);
+    let ids: Vec<String> = up.arrivals().into_iter().map(|(_, id)| id).collect();
+    assert!(
+        !ids.iter().any(|id| id == "leaver"),
+        "a request whose client left was sent on: {ids:?}"
+    );
+    // The turn it gave back is taken by the next request (queued for it, not rejected).
+    let r = get(gw.addr(), "/api");
+    assert_eq!(r.status, 200, "the freed turn: {} {:?}", r.status, r.text());
+}

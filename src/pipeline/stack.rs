@@ -20,7 +20,9 @@ use super::proxy::Served;
 use super::Response;
 use crate::clock;
 use crate::http::RequestHead;
+use crate::io::{Peek, Stream};
 use crate::state::worker::{Snapshot, Worker};
+use crate::upstream::breaker::Outcome;
 use crate::upstream::retry::is_idempotent;
 
 /// What the synchronous phases decided.
@@ -165,12 +167,24 @@ pub async fn run(
     worker: &Worker,
     snap: &Snapshot,
 ) -> Served {
-    // A leaky bucket shapes the request: it leaves at its place's time. Boxed: the rare path
-    // must not grow every request's future.
-    if let Some(delay) = ctx.delay.take() {
-        Box::pin(wait(delay)).await;
-    }
-    let served = super::proxy::forward(&ctx, conn, worker, snap).await;
+    // A leaky bucket shapes the request: it leaves at its place's time, unless its client
+    // leaves first. Boxed: the rare path must not grow every request's future.
+    let client_stayed = match ctx.delay.take() {
+        Some(delay) => Box::pin(wait(delay, &conn.io.stream)).await,
+        None => true,
+    };
+    let served = if client_stayed {
+        super::proxy::forward(&ctx, conn, worker, snap).await
+    } else {
+        // Nothing was sent on and no answer can be read: counted as nginx does (499), and
+        // no verdict for the breaker.
+        Served {
+            keep: false,
+            status: 0,
+            upstream: None,
+            verdict: Outcome::Ignored,
+        }
+    };
     // The breaker learns the request's final outcome, after its retries, from
     // `upstream::call` before the client gets the answer. A permit still here never reached
     // the call (the client failed while its body was being read): settled here.
@@ -185,12 +199,48 @@ pub async fn run(
     served
 }
 
-/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with). Dropped
-/// before then (the connection's task ends), the request gives its places back.
-async fn wait(mut delay: Box<ratelimit::Delay>) {
-    let now = clock::now_ms();
-    if delay.until_ms > now {
-        monoio::time::sleep(std::time::Duration::from_millis(delay.until_ms - now)).await;
+/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with) while
+/// watching the client: one that closes (or resets) its connection meanwhile ends the wait,
+/// and false is returned with the places given back (`Delay`'s drop), so the turn goes to a
+/// later request and nothing is sent upstream for an answer no one will read (nginx's
+/// `limit_req` delay stops likewise on a client's close). A client that sends more bytes
+/// (the rest of its body, a pipelined request) is there: those bytes stay unread for later,
+/// and the rest of the wait is not watched. Dropped before then (the connection's task
+/// ends), the request gives its places back too.
+async fn wait(mut delay: Box<ratelimit::Delay>, client: &Stream) -> bool {
+    let left = |d: &ratelimit::Delay| {
+        std::time::Duration::from_millis(d.until_ms.saturating_sub(clock::now_ms()))
+    };
+    if let Ok(Client::Left) = monoio::time::timeout(left(&delay), watch(client)).await {
+        return false;
+    }
+    let rest = left(&delay);
+    if !rest.is_zero() {
+        monoio::time::sleep(rest).await;
     }
     delay.admit();
+    true
+}
+
+/// What watching a waiting request's client found.
+enum Client {
+    /// It closed its side, or the connection failed.
+    Left,
+    /// It sent more bytes, or the stream cannot be watched: it is taken to be there.
+    Stays,
+}
+
+/// Resolves once the client closes or sends more bytes. A poll and a peek: no byte is taken.
+async fn watch(client: &Stream) -> Client {
+    loop {
+        if client.readable().await.is_err() {
+            return Client::Stays;
+        }
+        match client.peek() {
+            Peek::Closed | Peek::Error => return Client::Left,
+            Peek::Data => return Client::Stays,
+            // A wake-up with nothing to read: watch again.
+            Peek::Nothing => {}
+        }
+    }
 }
