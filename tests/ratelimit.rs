@@ -512,3 +512,39 @@ fn a_queued_request_whose_client_left_is_not_sent_on_and_frees_its_turn() {
     let r = get(gw.addr(), "/api");
     assert_eq!(r.status, 200, "the freed turn: {} {:?}", r.status, r.text());
 }
+
+/// A queued request whose client pipelines another behind it is not taken for a departed
+/// client: both are sent on in their turns and answered in order (bytes that arrive while the
+/// first waits are left for the connection to read).
+#[test]
+fn a_queued_request_with_a_pipelined_one_behind_it_is_served_in_order() {
+    let up = TimedUpstream::start();
+    let gw = gateway(&one_route(
+        &up.up.url(),
+        "[\"shape\"]",
+        "[rate_limits.shape]\nalgorithm = \"leaky_bucket\"\nkey = \"global\"\nrate = 10\nburst = 2\n",
+    ));
+    assert_eq!(get(gw.addr(), "/api").status, 200);
+    // p1 waits about 100 ms for its turn; p2 is written during that wait (or, on a slow
+    // machine, after it: the answers must be the same).
+    let mut c = Client::connect(gw.addr());
+    c.send(&Req::get("/api").header("X-Request-Id", "p1").to_bytes());
+    pause(30);
+    c.send(&Req::get("/api").header("X-Request-Id", "p2").to_bytes());
+    let answers = c.read_responses(2);
+    let ids: Vec<&str> = answers
+        .iter()
+        .map(|r| r.header("x-request-id").unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["p1", "p2"]);
+    for r in &answers {
+        assert_eq!(r.status, 200, "{} {:?}", r.status, r.text());
+    }
+    let sent_on: Vec<String> = up
+        .arrivals()
+        .into_iter()
+        .skip(1)
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(sent_on, ["p1", "p2"]);
+}
