@@ -187,7 +187,8 @@ pub async fn run(
     };
     // The breaker learns the request's final outcome, after its retries, from
     // `upstream::call` before the client gets the answer. A permit still here never reached
-    // the call (the client failed while its body was being read): settled here.
+    // the call (the client failed while its body was being read, or left while its request
+    // was queued): settled here.
     if let Some(permit) = ctx.permit.take() {
         let state = snap.upstreams.list[ctx.upstream].borrow();
         if let Some(replica) = &state.breaker {
