@@ -548,3 +548,106 @@ fn a_queued_request_with_a_pipelined_one_behind_it_is_served_in_order() {
         .collect();
     assert_eq!(sent_on, ["p1", "p2"]);
 }
+
+// ---- around auth ----
+
+/// An API-key policy `keys` (header `x-api-key`) whose keys file holds `acme-key` (consumer
+/// acme) and `globex-key` (consumer globex), forwarding the consumer as `x-consumer-id`.
+fn api_key_policy(dir: &TempDir) -> String {
+    let keys = dir.path().join("keys.toml");
+    let entry = |key: &str, consumer: &str| {
+        format!(
+            "[keys.\"{}\"]\nconsumer = \"{consumer}\"\n",
+            support::auth::sha256_hex(key.as_bytes())
+        )
+    };
+    std::fs::write(
+        &keys,
+        format!(
+            "{}{}",
+            entry("acme-key", "acme"),
+            entry("globex-key", "globex")
+        ),
+    )
+    .unwrap();
+    format!(
+        "[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\nforward = {{ consumer = \"x-consumer-id\" }}\n",
+        keys.display()
+    )
+}
+
+/// A 429 made before the request's body was read closes the connection: the body is never
+/// read as the next request (regression: it kept the connection open, and a request hidden
+/// in the body reached the upstream).
+#[test]
+fn a_429_before_the_body_is_read_closes_instead_of_reading_the_body_as_a_request() {
+    let up = Upstream::echo();
+    let gw = gateway(&one_route(
+        &up.url(),
+        "[\"one\"]",
+        "[rate_limits.one]\nalgorithm = \"fixed_window\"\nkey = \"ip\"\nlimit = 1\nwindow = \"1h\"\n",
+    ));
+    assert_eq!(send_request(gw.addr(), &Req::get("/api")).status, 200);
+    let hidden = b"GET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut c = Client::connect(gw.addr());
+    c.send(&Req::post("/api", hidden).to_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 429);
+    assert!(!r.keeps_alive(), "{r:?}");
+    c.assert_closed(std::time::Duration::from_secs(5));
+    let targets: Vec<String> = up.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/api"], "the hidden request reached the upstream");
+}
+
+/// A limit keyed on the client's address is checked before auth: refused credentials from
+/// one address are counted (a flood of bad tokens is throttled before each costs a signature
+/// check), and the upstream is never reached.
+#[test]
+fn an_ip_limit_counts_requests_that_auth_refuses() {
+    let dir = TempDir::new();
+    let up = Upstream::echo();
+    let gw = gateway(&format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\n\n[routes.api]\npaths = [\"/api\"]\nupstream = \"app\"\nauth = \"keys\"\nrate_limits = [\"per_ip\"]\n\n[rate_limits.per_ip]\nalgorithm = \"fixed_window\"\nkey = \"ip\"\nlimit = 2\nwindow = \"1h\"\n\n{}",
+        up.url(),
+        api_key_policy(&dir)
+    ));
+    let wrong = || Req::get("/api").header("x-api-key", "guess");
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| send_request(gw.addr(), &wrong()).status)
+        .collect();
+    assert_eq!(statuses, [401, 401, 429]);
+    let right = send_request(gw.addr(), &Req::get("/api").header("x-api-key", "acme-key"));
+    assert_eq!(right.status, 429, "the address's budget is spent");
+    assert_eq!(up.request_count(), 0);
+}
+
+/// A `header:` key naming an identity header counts the verified value (checked after
+/// auth): each consumer has its own budget, and a forged header changes nothing.
+#[test]
+fn a_header_key_on_an_identity_header_counts_the_verified_identity() {
+    let dir = TempDir::new();
+    let up = Upstream::echo();
+    let gw = gateway(&format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\n\n[routes.api]\npaths = [\"/api\"]\nupstream = \"app\"\nauth = \"keys\"\nrate_limits = [\"per_consumer\"]\n\n[rate_limits.per_consumer]\nalgorithm = \"fixed_window\"\nkey = \"header:x-consumer-id\"\nlimit = 1\nwindow = \"1h\"\n\n{}",
+        up.url(),
+        api_key_policy(&dir)
+    ));
+    let as_ = |key: &str, forged: &str| {
+        send_request(
+            gw.addr(),
+            &Req::get("/api")
+                .header("x-api-key", key)
+                .header("X-Consumer-Id", forged),
+        )
+        .status
+    };
+    assert_eq!(as_("acme-key", "someone"), 200);
+    assert_eq!(as_("globex-key", "acme"), 200, "globex has its own budget");
+    assert_eq!(as_("acme-key", "globex"), 429, "acme's budget is spent");
+    let seen: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.header("x-consumer-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen, ["acme", "globex"]);
+}
