@@ -5,7 +5,8 @@
 //! client side (`server::conn`) and the upstream side (`upstream::client`) are built on: its
 //! read buffer (parsed zero-copy by the codec), reads and writes bounded by a timeout, byte
 //! counts, the lingering close, and the non-blocking liveness peek that the upstream pool asks
-//! before it reuses a connection.
+//! before it reuses a connection (and, after a readiness poll, a queued request asks of its
+//! client).
 //!
 //! The one thing to know: every read and write takes its buffer by value (io_uring owns it
 //! while the operation is in flight). A read or write that times out is cancelled, and its

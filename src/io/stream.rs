@@ -61,6 +61,15 @@ impl Stream {
         }
     }
 
+    /// Waits until the stream has bytes to read or the peer closed or failed: a poll (an
+    /// io_uring PollAdd, or the epoll readiness), never a read, so no byte is taken; look with
+    /// [`Stream::peek`] after. Dropped, it cancels the poll.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable(false).await,
+        }
+    }
+
     /// One non-blocking `recv(MSG_PEEK)`: never blocks the event loop, never takes a byte.
     pub fn peek(&self) -> Peek {
         match self {

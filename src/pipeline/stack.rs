@@ -21,6 +21,7 @@ use super::proxy::Served;
 use super::Response;
 use crate::clock;
 use crate::http::RequestHead;
+use crate::io::{Peek, Stream};
 use crate::state::worker::{Snapshot, Worker};
 use crate::upstream::retry::is_idempotent;
 
@@ -206,8 +207,9 @@ pub async fn run(
     worker: &Worker,
     snap: &Snapshot,
 ) -> Served {
-    // A leaky bucket shapes the request: it leaves at its place's time, then takes its
-    // breaker permit. Boxed: the rare path must not grow every request's future.
+    // A leaky bucket shapes the request: it leaves at its place's time (unless its client
+    // leaves first), then takes its breaker permit. Boxed: the rare path must not grow every
+    // request's future.
     if let Some(delay) = ctx.delay.take() {
         if let Some(answered) = Box::pin(shaped(&ctx, delay, conn, snap)).await {
             return answered;
@@ -228,18 +230,35 @@ pub async fn run(
     served
 }
 
-/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with), then
-/// runs the breaker phase the request skipped. Dropped before then (the connection's task
-/// ends), the request gives its places back. Some: the breaker answered (and it was sent).
+/// Waits until a leaky bucket's `until_ms` (on the clock the limiter was asked with) while
+/// watching the client, then runs the breaker phase the request skipped. Some: the request
+/// ends here: its client closed (or reset) its connection while it waited (the places go back,
+/// `Delay`'s drop, so the turn goes to a later request, and nothing is sent upstream for an
+/// answer no one will read: nginx's `limit_req` delay stops likewise; counted as 499), or the
+/// breaker answered (sent). A client that sends more bytes meanwhile (the rest of its body, a
+/// pipelined request) is there: those bytes stay unread for later, and the rest of the wait is
+/// not watched. Dropped before then (the connection's task ends), the request gives its places
+/// back too.
 async fn shaped(
     ctx: &RequestCtx,
     mut delay: Box<ratelimit::Delay>,
     conn: &mut ClientIo,
     snap: &Snapshot,
 ) -> Option<Served> {
-    let now = clock::now_ms();
-    if delay.until_ms > now {
-        monoio::time::sleep(std::time::Duration::from_millis(delay.until_ms - now)).await;
+    let left = |d: &ratelimit::Delay| {
+        std::time::Duration::from_millis(d.until_ms.saturating_sub(clock::now_ms()))
+    };
+    if let Ok(Client::Left) = monoio::time::timeout(left(&delay), watch(&conn.io.stream)).await {
+        return Some(Served {
+            keep: false,
+            status: 0,
+            upstream: None,
+            verdict: crate::upstream::breaker::Outcome::Ignored,
+        });
+    }
+    let rest = left(&delay);
+    if !rest.is_zero() {
+        monoio::time::sleep(rest).await;
     }
     delay.admit();
     let cfg = &*snap.active.config;
@@ -286,4 +305,27 @@ async fn shaped(
         upstream: None,
         verdict: crate::upstream::breaker::Outcome::Ignored,
     })
+}
+
+/// What watching a waiting request's client found.
+enum Client {
+    /// It closed its side, or the connection failed.
+    Left,
+    /// It sent more bytes, or the stream cannot be watched: it is taken to be there.
+    Stays,
+}
+
+/// Resolves once the client closes or sends more bytes. A poll and a peek: no byte is taken.
+async fn watch(client: &Stream) -> Client {
+    loop {
+        if client.readable().await.is_err() {
+            return Client::Stays;
+        }
+        match client.peek() {
+            Peek::Closed | Peek::Error => return Client::Left,
+            Peek::Data => return Client::Stays,
+            // A wake-up with nothing to read: watch again.
+            Peek::Nothing => {}
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod conformance;
 pub mod demo;
 pub mod gateway;
 pub mod ports;
+pub mod ratelimit;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;

@@ -11,7 +11,7 @@
 //!   before are given back;
 //! - a leaky bucket delays it: [`Limited::delay`] says until when; the request waits in
 //!   [`crate::pipeline::stack::run`] (one timer for the request, none in the limiter) and gives
-//!   its place back if it is dropped while waiting ([`Delay`]).
+//!   its place back if its client leaves, or it is dropped, while waiting ([`Delay`]).
 //!
 //! A request that one limit admits and a later one rejects stays counted by the first: limits
 //! that cannot give a unit back (all but the leaky bucket) err on the side of admitting less.
