@@ -1,4 +1,4 @@
-//! Phase 5: authentication, on routes with `auth` ([`crate::policy::auth`]). A JWT comes as
+//! Phase 6: authentication, on routes with `auth` ([`crate::policy::auth`]). A JWT comes as
 //! `Authorization: Bearer <token>` and is verified through this worker's verified-token cache;
 //! an API key comes from its header or query parameter and is looked up by digest. Success is a
 //! [`Subject`]: who the client is, the identity headers to set upstream, and what the

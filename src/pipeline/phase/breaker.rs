@@ -1,4 +1,4 @@
-//! Phase 6: the upstream's circuit breaker, last before the upstream phase, so that requests
+//! Phase 10: the upstream's circuit breaker, last before the upstream phase, so that requests
 //! answered by an earlier phase take no permit. An open breaker answers before the body is
 //! read or an upstream contacted: 503 with `Retry-After`, or the upstream's configured
 //! fallback (its status and JSON body, `Retry-After` kept). A half-open one admits a bounded

@@ -1,6 +1,7 @@
 //! The request phases, one module each, in the order [`super::stack`] calls them:
-//! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`split`], [`auth`],
-//! [`ratelimit`], [`breaker`], [`upstream`].
+//! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`ratelimit`] (limits keyed
+//! on the request), [`auth`], [`ratelimit`] again (limits keyed on the subject), [`split`],
+//! [`breaker`], [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's

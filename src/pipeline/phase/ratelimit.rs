@@ -1,4 +1,4 @@
-//! Rate limits, on routes with `rate_limits` ([`crate::policy::ratelimit`]), in two stages
+//! Phases 5 and 7: rate limits, on routes with `rate_limits` ([`crate::policy::ratelimit`]), in two stages
 //! around auth ([`Stage`]): limits keyed on what the client sends (`ip`, `header:NAME`,
 //! `route`, `global`) before auth, so a flood of bad credentials from one address is
 //! throttled before each costs a signature check; limits keyed on who the client is

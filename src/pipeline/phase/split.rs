@@ -1,4 +1,5 @@
-//! Phase 4, after the route: which upstream serves the matched route. A route with a
+//! Phase 8, after auth (so a sticky key on an identity header is the verified value): which
+//! upstream serves the matched route. A route with a
 //! `split` (canary, A/B) picks a side by weight: by the sticky key's hash when the request has
 //! one, so the same caller lands on the same side on every worker and across restarts, and
 //! changing the weights only moves the keys between the old and new boundaries; else at

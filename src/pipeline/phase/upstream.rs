@@ -1,4 +1,4 @@
-//! Phase 7: the request leaves for its upstream. A declared body over `max_body` is a 413
+//! Phase 11: the request leaves for its upstream. A declared body over `max_body` is a 413
 //! before anything is sent; the balance key is taken (`hash_header`, `hash_ip`); then the
 //! upstream request head is written into the connection's upstream buffer
 //! ([`crate::pipeline::headers::write_request_head`]: the routed path after `strip_prefix` /
