@@ -18,9 +18,10 @@
 //! 2. [`pipeline::stack`] runs the request phases ([`pipeline::phase`], one module each) in
 //!    their one declared order: untrusted fields dropped (names with `_`, identity headers),
 //!    identity (request id and trace context), framing, target normalisation, route
-//!    ([`router`]: compiled trie), the split (canary) side, auth ([`policy::auth`]), rate
-//!    limits ([`policy::ratelimit`]), the breaker ([`upstream::breaker`]), then the upstream
-//!    phase, which writes the upstream head. Each returns `Continue` or `Respond(Response)`.
+//!    ([`router`]: compiled trie), rate limits keyed on the client's address
+//!    ([`policy::ratelimit`]), auth ([`policy::auth`]), every other rate limit, the split
+//!    (canary) side, the breaker ([`upstream::breaker`]), then the upstream phase, which writes
+//!    the upstream head. Each returns `Continue` or `Respond(Response)`.
 //! 3. [`pipeline::proxy`], the upstream stage, hands the request to [`upstream::call`], the one
 //!    way to call an upstream: it picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
@@ -67,7 +68,7 @@
 //! - [`policy`]: edge policies as decision cores ([`policy::auth`]: JWT and API keys;
 //!   [`policy::ratelimit`]: the five rate-limit algorithms, exact across workers, over fixed
 //!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
-//!   built or carried over), held by the active config and driven by phases 5 and 6.
+//!   built or carried over), held by the active config and driven by phases 5 to 7.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core

@@ -653,3 +653,22 @@ fn a_header_key_on_an_identity_header_counts_the_verified_identity() {
         .collect();
     assert_eq!(seen, ["acme", "globex"]);
 }
+
+/// A shared quota (`global`) is checked after auth: clients without valid credentials cannot
+/// spend what the authenticated depend on.
+#[test]
+fn refused_credentials_do_not_spend_a_global_quota() {
+    let dir = TempDir::new();
+    let up = Upstream::echo();
+    let gw = gateway(&format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\n\n[routes.api]\npaths = [\"/api\"]\nupstream = \"app\"\nauth = \"keys\"\nrate_limits = [\"everyone\"]\n\n[rate_limits.everyone]\nalgorithm = \"fixed_window\"\nkey = \"global\"\nlimit = 2\nwindow = \"1h\"\n\n{}",
+        up.url(),
+        api_key_policy(&dir)
+    ));
+    for _ in 0..5 {
+        let r = send_request(gw.addr(), &Req::get("/api").header("x-api-key", "guess"));
+        assert_eq!(r.status, 401);
+    }
+    let good = || send_request(gw.addr(), &Req::get("/api").header("x-api-key", "acme-key")).status;
+    assert_eq!([good(), good(), good()], [200, 200, 429]);
+}

@@ -80,11 +80,19 @@ pub(super) fn route_checks(
     for (i, &l) in rate_limits.iter().enumerate() {
         let limit = &limits[l];
         for key in std::iter::once(&limit.key).chain(limit.tier.as_ref()) {
+            let forwards =
+                |h: &str| auth.is_some_and(|a| policies[a].forward.iter().any(|(_, f)| f == h));
             let needs = match (key, kind) {
                 (model::RateKey::Jwt(_), Some(model::AuthKind::Jwt(_))) => None,
-                (model::RateKey::Jwt(_), _) => Some("a jwt auth policy"),
+                (model::RateKey::Jwt(_), _) => Some("a jwt auth policy".to_string()),
                 (model::RateKey::Consumer, Some(model::AuthKind::ApiKey(_))) => None,
-                (model::RateKey::Consumer, _) => Some("an api_key auth policy"),
+                (model::RateKey::Consumer, _) => Some("an api_key auth policy".to_string()),
+                // An identity header reaches a limit only from the route's own policy.
+                (model::RateKey::Header(h), _)
+                    if identity_owner(policies, h).is_some() && !forwards(h) =>
+                {
+                    Some(format!("an auth policy that forwards {h}"))
+                }
                 _ => None,
             };
             if let Some(needs) = needs {
@@ -312,9 +320,18 @@ fn api_key(
         (Some(_), Some(_)) => {
             return Err(src.key_error(&at.key("query"), "header and query cannot both be set"))
         }
-        (Some(header), None) => model::ApiKeyFrom::Header(
-            header_name(header).map_err(|m| src.error(&at.key("header"), m))?,
-        ),
+        (Some(header), None) => {
+            let name = header_name(header).map_err(|m| src.error(&at.key("header"), m))?;
+            // A credential under a header the gateway reads or writes would be logged, echoed
+            // or forwarded as something else (x-request-id, traceparent, ...).
+            if GATEWAY_HEADERS.contains(&name.as_str()) {
+                return Err(src.error(
+                    &at.key("header"),
+                    format!("{name:?} is read or set by the gateway: it cannot carry an API key"),
+                ));
+            }
+            model::ApiKeyFrom::Header(name)
+        }
         (None, Some(query)) => {
             // Names are compared decoded: one spelled with `%` or `+` could never match.
             let reserved = |b: u8| matches!(b, b'=' | b'&' | b'#' | b'%' | b'+' | b'?');

@@ -53,7 +53,8 @@ pub fn prepare(
     // 1. Identity (request id, trace context) first, so every later answer carries it.
     let who = identity::run(headers, cfg.tracing.propagate, || worker.rand());
     let id = &who.id;
-    // The route's rate-limit values, once phase 6 has them: every later answer carries them.
+    // The route's rate-limit values, once phase 5 or 7 has them: every later answer carries
+    // them.
     let rate = std::cell::Cell::new(None);
     // A phase's answer ends the list here, with the request's id and trace context.
     let answer = |mut r: Response| {
@@ -76,7 +77,7 @@ pub fn prepare(
     //    that is routed is the path that is forwarded.
     let resource = next!(target::run(head, headers, router, &framing, id));
     // 4. Route: path, then method, host, headers (BEHAVIOR.md precedence); `Max-Forwards: 0`
-    //    is answered once the resource is known (RFC 9110 §7.6.2). Then the route's split.
+    //    is answered once the resource is known (RFC 9110 §7.6.2).
     let m = next!(route::run(head, headers, &resource, router, &framing, id));
     // Answers before the split name the route's own upstream.
     let routed = split::routed(cfg, &m);
@@ -84,9 +85,8 @@ pub fn prepare(
     let now = clock::ms_at(started);
     let limits = &routed.route.rate_limits;
     let rejected = |limit: usize| snap.metrics.ratelimit_rejected(limit as u32);
-    // 5. Rate limits keyed on the request itself (ip, header, route, global) before auth: a
-    //    flood of bad credentials from one address is throttled before each costs a
-    //    signature check.
+    // 5. Rate limits keyed on the client's address before auth: a flood of bad credentials
+    //    from one address is throttled before each costs a signature check.
     let anonymous = auth::Subject::Anonymous;
     let before = next!(ratelimit::run(
         ratelimit::Stage::BeforeAuth,
@@ -127,8 +127,9 @@ pub fn prepare(
         headers,
         identity: &identity,
     };
-    // 7. Rate limits keyed on who the client is (jwt:CLAIM, consumer, an identity header)
-    //    after auth: an unauthenticated flood never spends an authenticated client's quota.
+    // 7. Every other rate limit after auth: those keyed on who the client is need the
+    //    subject, and an unauthenticated flood must not spend a shared (route, global,
+    //    header) quota the authenticated depend on.
     let after = next!(ratelimit::run(
         ratelimit::Stage::AfterAuth,
         limits,
@@ -152,14 +153,17 @@ pub fn prepare(
     //    cache -> aggregate | transform (each is rejected at config load until it lands).
     // 10. The breaker, last before the upstream, so a request answered earlier takes no
     //    permit (a permit dropped unused, as by a later 413, frees its probe slot). A request a
-    //    leaky bucket delays takes its permit after the wait (`run`), so no probe slot is held
-    //    while it waits.
-    let permit = if limited.delay.is_some() {
-        None
-    } else {
+    //    leaky bucket delays is answered now if the breaker is open (its place goes back),
+    //    else takes its permit after the wait (`run`): no probe slot is held while it waits.
+    let permit = {
         let state = snap.upstreams.list[to.upstream_id].borrow();
         // No borrow of the upstream's worker state outlives the phase that reads it.
-        next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id))
+        let permit = next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id));
+        if limited.delay.is_some() {
+            None
+        } else {
+            permit
+        }
     };
     // 11. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).

@@ -34,8 +34,8 @@ pub struct RateLimit {
     pub key: RateKey,
     /// What picks a tier (None: the base limit for everyone).
     pub tier: Option<RateKey>,
-    /// The key or tier is the authenticated subject's (a claim, the consumer, an identity
-    /// header): checked after auth, the others before it.
+    /// Checked after auth: every limit but one keyed (and tiered, if at all) on the client's
+    /// address, which is checked before it.
     pub after_auth: bool,
     pub limits: ratelimit::Policy,
 }
@@ -84,16 +84,15 @@ pub fn compile(cfg: &Config, previous: Option<&Policies>) -> Result<Policies, Co
         check_spec(r, &spec)?;
         let limits = ratelimit::Policy::rebuild(spec, old.map(|o| &o.limits))
             .map_err(|e| spec_error(r, &r.location, "", e))?;
-        let subject_key = |k: &RateKey| match k {
-            RateKey::Jwt(_) | RateKey::Consumer => true,
-            RateKey::Header(name) => identity_headers.iter().any(|h| **h == *name),
-            RateKey::Ip | RateKey::Route | RateKey::Global => false,
-        };
+        // Only a limit on the client's address is checked before auth: anything else a
+        // client without credentials could spend for the authenticated (a `global` or `route`
+        // quota, a tenant's `header:` budget).
+        let by_address = |k: &RateKey| *k == RateKey::Ip;
         rate_limits.push(RateLimit {
             name: r.name.as_str().into(),
             key: r.key.clone(),
             tier: r.tier.clone(),
-            after_auth: subject_key(&r.key) || r.tier.as_ref().is_some_and(subject_key),
+            after_auth: !(by_address(&r.key) && r.tier.as_ref().is_none_or(by_address)),
             limits,
         });
     }

@@ -1,6 +1,6 @@
 //! The request phases, one module each, in the order [`super::stack`] calls them:
 //! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`ratelimit`] (limits keyed
-//! on the request), [`auth`], [`ratelimit`] again (limits keyed on the subject), [`split`],
+//! on the client's address), [`auth`], [`ratelimit`] again (every other limit), [`split`],
 //! [`breaker`], [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:

@@ -1,11 +1,12 @@
-//! Phases 5 and 7: rate limits, on routes with `rate_limits` ([`crate::policy::ratelimit`]), in two stages
-//! around auth ([`Stage`]): limits keyed on what the client sends (`ip`, `header:NAME`,
-//! `route`, `global`) before auth, so a flood of bad credentials from one address is
-//! throttled before each costs a signature check; limits keyed on who the client is
-//! (`jwt:CLAIM`, `consumer`, or a header auth sets) after it, so an unauthenticated flood never
-//! spends an authenticated client's quota. Each of the stage's limits, in the order written,
-//! counts the request under its key (a missing one is `"<missing>"`, never a pass) in the tier
-//! its `tier` key picks. All must admit it:
+//! Phases 5 and 7: rate limits, on routes with `rate_limits` ([`crate::policy::ratelimit`]),
+//! in two stages around auth ([`Stage`]): limits keyed on the client's address (`ip`) before
+//! auth, so a flood of bad credentials from one address is throttled before each costs a
+//! signature check; every other limit after it: those keyed on who the client is (`jwt:CLAIM`,
+//! `consumer`, a header auth sets) need the subject, and a client without credentials must
+//! not spend a shared quota (`route`, `global`, a tenant's `header:`) the authenticated depend
+//! on. Each of the stage's limits, in the order written, counts the request under its key (a
+//! missing one is `"<missing>"`, never a pass) in the tier its `tier` key picks. All must
+//! admit it:
 //! - one rejects: 429 with `Retry-After` (and `retryAfter`), counted in
 //!   `dispatch_ratelimit_rejected_total{policy}`; places the request took in leaky buckets
 //!   before are given back;
@@ -41,9 +42,9 @@ pub const MISSING: &[u8] = b"<missing>";
 /// Which of a route's limits a run checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// Limits whose key and tier the client's own request gives.
+    /// Limits keyed (and tiered, if at all) on the client's address.
     BeforeAuth,
-    /// Limits whose key or tier is the authenticated subject's.
+    /// Every other limit.
     AfterAuth,
 }
 
