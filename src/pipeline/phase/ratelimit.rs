@@ -283,17 +283,27 @@ mod tests {
             panic!("framing answered");
         };
         let counted = Cell::new(None);
-        let flow = run(
-            Stage::BeforeAuth,
-            &cfg.routes[0].rate_limits,
-            policies,
-            &req,
-            now,
-            |l| counted.set(Some(l)),
-            &framing,
-            &to(cfg),
-            &id(),
-        );
+        // Both stages, as the phase list runs them (no auth in between here).
+        let stage = |stage| {
+            run(
+                stage,
+                &cfg.routes[0].rate_limits,
+                policies,
+                &req,
+                now,
+                |l| counted.set(Some(l)),
+                &framing,
+                &to(cfg),
+                &id(),
+            )
+        };
+        let flow = match stage(Stage::BeforeAuth) {
+            Flow::Continue(before) => match stage(Stage::AfterAuth) {
+                Flow::Continue(after) => Flow::Continue(before.and(after)),
+                answered => answered,
+            },
+            answered => answered,
+        };
         (flow, counted.get())
     }
 
