@@ -545,7 +545,7 @@ pub enum Vary {
     Any,
 }
 
-/// The merged `Vary` lines of a response.
+/// The merged `Vary` lines of a response; a member that is not a token counts as `*`.
 pub fn vary(headers: &[Header<'_>]) -> Vary {
     let mut names = Vec::new();
     for value in fields(headers, "vary") {
@@ -553,10 +553,12 @@ pub fn vary(headers: &[Header<'_>]) -> Vary {
             if e == b"*" {
                 return Vary::Any;
             }
-            // Only tokens are field names; anything else cannot match a request field.
-            if e.iter().all(|&b| is_tchar(b)) {
-                names.push(String::from_utf8_lossy(e).to_ascii_lowercase());
+            // A member that is not a field name (a token) names something this cache cannot
+            // match on: taken as `*`, so such a response is never shared between requests.
+            if !e.iter().all(|&b| is_tchar(b)) {
+                return Vary::Any;
             }
+            names.push(String::from_utf8_lossy(e).to_ascii_lowercase());
         }
     }
     names.sort_unstable();
@@ -601,7 +603,8 @@ impl Key {
 /// RFC 9110 §9.3.2). Vary fields (the rule's and the response's, merged, lower-cased, sorted)
 /// are keyed by name and by the request's values: several lines joined with `, ` (RFC 9110
 /// §5.3), each value's whitespace around commas removed (the normalisation RFC 9111 §4.1
-/// allows); an absent field differs from an empty one.
+/// allows); an absent field differs from an empty one. Because HEAD shares GET's class, only
+/// a GET's response (with its body) may be stored under a key.
 pub fn key(parts: &KeyParts<'_>) -> Key {
     let mut out = Vec::with_capacity(64 + parts.path.len());
     out.push(b'G');
@@ -853,7 +856,7 @@ fn digits(s: &str) -> Option<u64> {
 }
 
 fn is_leap(y: u64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
 }
 
 fn days_in_month(y: u64, m: u64) -> u64 {

@@ -4,6 +4,9 @@
 use super::rules::*;
 use crate::http::parse::Header;
 
+/// A table row's header fields, as `(name, value)` pairs.
+type Fields<'a> = &'a [(&'a str, &'a str)];
+
 /// Builds header fields from `(name, value)` pairs.
 fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
     pairs
@@ -210,7 +213,7 @@ fn cache_control_parses_table() {
 
 #[test]
 fn request_bypass_table() {
-    let cases: &[(&str, &[(&str, &str)], bool, Option<Bypass>)] = &[
+    let cases: &[(&str, Fields, bool, Option<Bypass>)] = &[
         ("GET", &[], false, None),
         ("HEAD", &[], false, None),
         ("POST", &[], false, Some(Bypass::Method)),
@@ -278,7 +281,7 @@ fn request_refresh_table() {
 
 #[test]
 fn storable_refusals_table() {
-    let cases: &[(u16, &[(&str, &str)], NotStored)] = &[
+    let cases: &[(u16, Fields, NotStored)] = &[
         (201, &[], NotStored::Status(201)),
         (206, &[], NotStored::Status(206)),
         (302, &[], NotStored::Status(302)),
@@ -373,7 +376,7 @@ fn storable_freshness_table() {
         stale_if_error: sie,
     };
     use LifetimeSource::*;
-    let cases: &[(u16, &[(&str, &str)], Freshness)] = &[
+    let cases: &[(u16, Fields, Freshness)] = &[
         (200, &[], fr(300, Rule, 60, 600)),
         (203, &[], fr(300, Rule, 60, 600)),
         (204, &[], fr(300, Rule, 60, 600)),
@@ -476,7 +479,9 @@ fn current_age_table() {
     // (Age, Date offset from response_time, request_time, response_time, now) -> current age
     let t = NOV_1994;
     let date = |d: u64| httpdate_string(d);
-    let cases: &[(Option<&str>, Option<u64>, u64, u64, u64, u64)] = &[
+    // (Age, Date, request_time, response_time, now, current age)
+    type Row = (Option<&'static str>, Option<u64>, u64, u64, u64, u64);
+    let cases: &[Row] = &[
         // Nothing but resident time.
         (None, None, t, t, t + 7, 7),
         // Date 3s behind the receipt: apparent age 3.
@@ -525,20 +530,21 @@ fn httpdate_string(t: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     let (mut days, secs) = (t / 86_400, t % 86_400);
     let weekday = DAYS[(days % 7) as usize];
-    let mut year = 1970;
+    let mut year: u64 = 1970;
     loop {
-        let len = if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 {
-            366
-        } else {
-            365
-        };
+        let len =
+            if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) {
+                366
+            } else {
+                365
+            };
         if days < len {
             break;
         }
         days -= len;
         year += 1;
     }
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
     let lens = [
         31,
         if leap { 29 } else { 28 },
@@ -623,6 +629,8 @@ fn vary_names_table() {
             Vary::Names(vec!["origin".into()]),
         ),
         (&[("Vary", "*")], Vary::Any),
+        (&[("Vary", "accept, \"x\"")], Vary::Any),
+        (&[("Vary", "accept, a b")], Vary::Any),
         (&[("Vary", "origin, *")], Vary::Any),
     ];
     for (headers, want) in cases {
@@ -828,7 +836,7 @@ fn not_modified_table() {
     let strong = h(&[("ETag", "\"v1\"")]);
     let dated = h(&[("Date", "Sun, 06 Nov 1994 09:00:00 GMT")]);
     let none: Vec<Header<'_>> = Vec::new();
-    let cases: &[(&[(&str, &str)], u16, &[Header<'_>], bool)] = &[
+    let cases: &[(Fields, u16, &[Header<'_>], bool)] = &[
         (&[("If-None-Match", "\"v1\"")], 200, &stored, true),
         (&[("If-None-Match", "W/\"v1\"")], 200, &strong, true),
         (&[("If-None-Match", "\"v1\"")], 200, &strong, true),
