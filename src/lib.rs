@@ -73,6 +73,8 @@
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
 //!   state.
+//! - [`cache`]: the response cache's core: RFC 9111 rules as pure functions ([`cache::rules`]);
+//!   not wired to the request path yet.
 //! - [`admin`]: the admin API thread.
 //! - [`access_log`]: the JSON access log (per-worker batches, one writer thread).
 //! - [`otlp`]: span export to an OTLP/HTTP JSON collector (per-worker batches, one thread).
@@ -85,6 +87,7 @@ pub mod logging;
 
 pub mod access_log;
 pub mod admin;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;
