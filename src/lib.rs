@@ -69,6 +69,8 @@
 //!   [`policy::ratelimit`]: the five rate-limit algorithms, exact across workers, over fixed
 //!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
 //!   built or carried over), held by the active config and driven by phases 5 to 7.
+//! - [`compose`]: composition; today the aggregate plan compiler ([`compose::aggregate`]:
+//!   call graph, start order, critical path, path templates), not wired yet.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
@@ -89,6 +91,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod clock;
+pub mod compose;
 pub mod config;
 pub mod demo;
 pub mod http;

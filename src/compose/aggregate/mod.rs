@@ -1,0 +1,67 @@
+//! Aggregates (BEHAVIOR.md "Aggregation"): the specs of an aggregate's calls, as the config
+//! layer will fill them, and [`plan`], their compiled form.
+//!
+//! Key types: [`AggregateSpec`] and [`CallSpec`] (plain data, durations already parsed),
+//! [`Plan`] (compiled once at load: the calls in start order, each with its dependencies as a
+//! `u64` bitset, its parsed path template, its fan-out), [`PlanError`] (what a bad spec gets).
+//!
+//! The one thing to know: an aggregate has at most [`MAX_CALLS`] (64) calls, so a set of calls
+//! (done, started, failed) is one `u64` and the executor's "what may start now" is
+//! [`Plan::ready`], a scan of at most 64 words with no allocation.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub mod plan;
+
+#[cfg(test)]
+mod tests;
+
+pub use plan::{Call, Foreach, Plan, PlanError, RenderError, Segment, Values};
+
+/// At most this many calls in one aggregate: a set of calls is one `u64` bitset.
+pub const MAX_CALLS: usize = 64;
+/// `max_items` of a `foreach` call that does not set it.
+pub const DEFAULT_MAX_ITEMS: usize = 100;
+/// `concurrency` of a `foreach` call that does not set it.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// One `[aggregates.NAME]` as the compiler takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSpec {
+    /// The aggregate's name (the TOML key).
+    pub name: String,
+    /// The deadline for the whole aggregate; also the timeout of a call that sets none.
+    pub timeout: Duration,
+    /// The calls, in file order (the order ties are broken in).
+    pub calls: Vec<CallSpec>,
+}
+
+/// One `[aggregates.NAME.calls.CALL]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallSpec {
+    /// The call's name: the key of its result, and how placeholders and `when` name it.
+    pub name: String,
+    /// The upstream it goes to (checked to exist by the config layer, not here).
+    pub upstream: String,
+    /// The path template (with an optional query): literal text and `{...}` placeholders.
+    pub path: String,
+    /// A failure of a required call fails the aggregate (503).
+    pub required: bool,
+    /// This call's own timeout, retries included; `None`: the aggregate's.
+    pub timeout: Option<Duration>,
+    /// The result a failed optional call takes (`None`: null).
+    pub default: Option<Value>,
+    /// A jq program applied to the call's JSON result; carried as text.
+    pub select: Option<String>,
+    /// `call.field...`: the array of an earlier result to send one request per element of.
+    pub foreach: Option<String>,
+    /// At most this many elements of `foreach` are requested (only with `foreach`).
+    pub max_items: Option<usize>,
+    /// At most this many of those requests in flight at once (only with `foreach`).
+    pub concurrency: Option<usize>,
+    /// A jq condition over the results so far; false skips the call. Carried as text, read
+    /// only for the calls it names (see [`plan`]).
+    pub when: Option<String>,
+}
