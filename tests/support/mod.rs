@@ -13,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod auth;
+pub mod cache;
 pub mod client;
 pub mod conformance;
 pub mod demo;
