@@ -269,6 +269,22 @@ pub fn purge(gw: &Gateway, query: &str) -> Response {
     )
 }
 
+/// Asserts `resp` is an admin API error: `status`, a JSON body `{"error": {"code": status,
+/// "message": "..."}}` with a message (admin answers carry no request id).
+#[track_caller]
+pub fn assert_admin_error(resp: &Response, status: u16) {
+    assert_eq!(resp.status, status, "{} {}", resp.status, resp.text());
+    resp.assert_content_type("application/json");
+    let v = resp.json();
+    assert_eq!(v["error"]["code"], status, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
 /// Rewrites the running gateway's config file with `from` (present once) replaced by `to`,
 /// and reloads it with admin `POST /reload`.
 pub fn reload_with(gw: &Gateway, from: &str, to: &str) {
