@@ -954,6 +954,58 @@ fn a_fill_begun_before_a_purge_is_not_served_after_it() {
     assert_answer(&fetch(&gw, &t), 200, "HIT", &version(&t, 2));
 }
 
+/// Concurrent misses for a URL whose answers turn out to vary (the upstream's `Vary:
+/// Accept-Encoding`, unknown until the first answer arrives) each get the variant for their
+/// own value: a request waiting on another value's fetch is not answered with that variant.
+#[test]
+fn coalesced_requests_get_their_own_variant_of_an_upstream_vary() {
+    let hold = Gate::new();
+    let h = hold.clone();
+    let origin = Origin::start(move |req, n| {
+        if n == 1 {
+            h.wait(Duration::from_secs(10));
+        }
+        let enc = req.header("accept-encoding").unwrap_or("none");
+        Reply::text(200, &format!("{} {enc}", version(&req.target, n)))
+            .header("Vary", "Accept-Encoding")
+    });
+    let gw = Conf::new(&origin.url()).start();
+    let t = at("co-enc");
+    let ask = |enc: &str| Req::get(&t).header("Accept-Encoding", enc);
+    let mut gzip = Client::connect(gw.addr());
+    gzip.send(&ask("gzip").to_bytes());
+    assert!(wait_until(Duration::from_secs(5), || origin.total() >= 1));
+    let mut br = Client::connect(gw.addr());
+    br.send(&ask("br").to_bytes());
+    pause(300);
+    hold.open();
+    assert_answer(
+        &gzip.read_response(),
+        200,
+        "MISS",
+        &format!("{} gzip", version(&t, 1)),
+    );
+    let r = br.read_response();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(" br"),
+        "the br request got another variant: {:?} (X-Cache {})",
+        r.text(),
+        x_cache(&r)
+    );
+    assert_answer(
+        &send_request(gw.addr(), &ask("gzip")),
+        200,
+        "HIT",
+        &format!("{} gzip", version(&t, 1)),
+    );
+    let again = send_request(gw.addr(), &ask("br"));
+    assert_eq!(
+        (again.status, x_cache(&again).as_str(), again.text()),
+        (200, "HIT", r.text())
+    );
+}
+
 // ---- stale-while-revalidate ----
 
 /// Within `stale_while_revalidate` after the lifetime, requests are answered STALE at once
@@ -995,24 +1047,152 @@ fn stale_while_revalidate_answers_stale_at_once_and_refreshes_once() {
     assert_eq!(origin.count(&t), 2, "one refresh, not one per stale answer");
     hold.open();
 
-    let mut last = None;
-    let refreshed = wait_until(Duration::from_secs(3), || {
-        let r = fetch(&gw, &t);
-        let done = x_cache(&r) != "STALE";
-        if !done {
-            assert_answer(&r, 200, "STALE", &old);
-        }
-        last = Some(r);
-        done
-    });
-    assert!(refreshed, "still STALE 3 s after the refresh was answered");
-    let r = last.expect("a response");
+    let r = until_refreshed(&gw, &t, &[], &old);
     assert_answer(&r, 200, "HIT", &version(&t, 2));
     assert_eq!(
         origin.count(&t),
         2,
         "the refresh was the only other request"
     );
+}
+
+/// Polls `GET target` (with `headers`) until it is no longer STALE (at most 3 s); every STALE
+/// answer meanwhile must be `stale_body`. Returns the first answer that is not STALE.
+fn until_refreshed(
+    gw: &Gateway,
+    target: &str,
+    headers: &[(&str, &str)],
+    stale_body: &str,
+) -> Response {
+    let mut last = None;
+    let refreshed = wait_until(Duration::from_secs(3), || {
+        let mut req = Req::get(target);
+        for (n, v) in headers {
+            req = req.header(n, v);
+        }
+        let r = send_request(gw.addr(), &req);
+        let done = x_cache(&r) != "STALE";
+        if !done {
+            assert_answer(&r, 200, "STALE", stale_body);
+        }
+        last = Some(r);
+        done
+    });
+    assert!(refreshed, "{target} {headers:?}: still STALE after 3 s");
+    last.expect("an answer")
+}
+
+/// The background refresh of a variant asks for that variant: it carries the request's
+/// values of the rule's `vary` fields, and its answer replaces that variant only.
+#[test]
+fn a_refresh_asks_for_the_same_variant() {
+    let origin = Origin::start(|req, n| {
+        let lang = req.header("accept-language").unwrap_or("none");
+        let cc = if n <= 2 { "max-age=1" } else { "max-age=3600" };
+        Reply::text(200, &format!("{} {lang}", version(&req.target, n))).header("Cache-Control", cc)
+    });
+    let gw = Conf::new(&origin.url())
+        .rule("vary = [\"accept-language\"]\nstale_while_revalidate = \"60s\"")
+        .start();
+    let t = at("lang-swr");
+    let lang = |l: &'static str| [("Accept-Language", l)];
+    let get = |l: &'static str| send_request(gw.addr(), &Req::get(&t).header("Accept-Language", l));
+    let (en1, fr2) = (
+        format!("{} en", version(&t, 1)),
+        format!("{} fr", version(&t, 2)),
+    );
+    assert_answer(&get("en"), 200, "MISS", &en1);
+    assert_answer(&get("fr"), 200, "MISS", &fr2);
+    wait_age(Instant::now(), 1);
+
+    assert_answer(&get("en"), 200, "STALE", &en1);
+    let r = until_refreshed(&gw, &t, &lang("en"), &en1);
+    assert_answer(&r, 200, "HIT", &format!("{} en", version(&t, 3)));
+    let refresh = &origin.up.requests()[2];
+    assert_eq!(
+        refresh.header("accept-language"),
+        Some("en"),
+        "the refresh of the en variant"
+    );
+
+    assert_answer(&get("fr"), 200, "STALE", &fr2);
+    let r = until_refreshed(&gw, &t, &lang("fr"), &fr2);
+    assert_answer(&r, 200, "HIT", &format!("{} fr", version(&t, 4)));
+    assert_answer(&get("en"), 200, "HIT", &format!("{} en", version(&t, 3)));
+}
+
+/// With `per_user`, the background refresh of a user's entry is made as that user (the
+/// forwarded identity the upstream answers for), so it never stores another user's or an
+/// anonymous answer under that user's key.
+#[test]
+fn a_per_user_refresh_is_made_for_the_same_user() {
+    let dir = TempDir::new();
+    let keys = dir.write(
+        "keys.toml",
+        &format!(
+            "[keys.\"{}\"]\nconsumer = \"acme\"\n\n[keys.\"{}\"]\nconsumer = \"globex\"\n",
+            auth::sha256_hex(b"acme-key"),
+            auth::sha256_hex(b"globex-key")
+        ),
+    );
+    let origin = Origin::start(|req, n| {
+        let who = req.header("x-consumer-id").unwrap_or("-");
+        let cc = if n <= 2 { "max-age=1" } else { "max-age=3600" };
+        Reply::text(200, &format!("{} for {who}", version(&req.target, n)))
+            .header("Cache-Control", cc)
+    });
+    let gw = Conf::new(&origin.url())
+        .rule("per_user = true\nstale_while_revalidate = \"60s\"")
+        .route("auth = \"keys\"")
+        .extra(&format!(
+            "[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\nforward = {{ consumer = \"x-consumer-id\" }}\n",
+            keys.display()
+        ))
+        .start();
+    let t = at("mine-swr");
+    let as_ = |key: &str| send_request(gw.addr(), &Req::get(&t).header("x-api-key", key));
+    let acme1 = format!("{} for acme", version(&t, 1));
+    let globex2 = format!("{} for globex", version(&t, 2));
+    assert_answer(&as_("acme-key"), 200, "MISS", &acme1);
+    assert_answer(&as_("globex-key"), 200, "MISS", &globex2);
+    wait_age(Instant::now(), 1);
+
+    assert_answer(&as_("acme-key"), 200, "STALE", &acme1);
+    let r = until_refreshed(&gw, &t, &[("x-api-key", "acme-key")], &acme1);
+    assert_answer(&r, 200, "HIT", &format!("{} for acme", version(&t, 3)));
+    assert_answer(&as_("globex-key"), 200, "STALE", &globex2);
+    let r = until_refreshed(&gw, &t, &[("x-api-key", "globex-key")], &globex2);
+    assert_answer(&r, 200, "HIT", &format!("{} for globex", version(&t, 4)));
+}
+
+/// A HEAD that finds an entry stale within `stale_while_revalidate` is answered STALE (no
+/// body) and refreshes the entry with a GET, whose body the next GET gets.
+#[test]
+fn a_head_on_a_stale_entry_refreshes_it_with_a_get() {
+    let origin = Origin::start(|req, n| {
+        let cc = if n == 1 { "max-age=1" } else { "max-age=3600" };
+        Reply::text(200, &version(&req.target, n)).header("Cache-Control", cc)
+    });
+    let gw = Conf::new(&origin.url())
+        .rule("stale_while_revalidate = \"60s\"")
+        .start();
+    let t = at("head-swr");
+    assert_answer(&fetch(&gw, &t), 200, "MISS", &version(&t, 1));
+    wait_age(Instant::now(), 1);
+    let mut c = Client::connect(gw.addr());
+    let head = c.request(&Req::head(&t));
+    assert_eq!((head.status, x_cache(&head).as_str()), (200, "STALE"));
+    assert!(
+        wait_until(Duration::from_secs(3), || origin.total() == 2),
+        "no refresh"
+    );
+    assert_eq!(
+        origin.up.last_request().method,
+        "GET",
+        "a refresh fetches the body"
+    );
+    let r = until_refreshed(&gw, &t, &[], &version(&t, 1));
+    assert_answer(&r, 200, "HIT", &version(&t, 2));
 }
 
 // ---- stale-if-error ----
@@ -1126,6 +1306,38 @@ fn an_open_breaker_serves_stale_and_fresh_entries_without_reaching_the_upstream(
     let never = fetch(&gw, &at("never"));
     assert_error_retry_after(&never, 503);
     assert_eq!(origin.total(), before, "nothing reached the upstream");
+}
+
+/// `stale_if_error` also covers a connection reset by the upstream and a read timeout: the
+/// stale entry is served (STALE, its body) instead of the 502 or 504.
+#[test]
+fn stale_if_error_covers_a_reset_and_a_read_timeout() {
+    let failing = Arc::new(AtomicU16::new(0));
+    let f = Arc::clone(&failing);
+    let origin = Origin::start(move |req, n| {
+        if f.load(Ordering::SeqCst) == 1 {
+            if req.path().ends_with("reset") {
+                return Reply::reset();
+            }
+            return Reply::text(200, "late").delay(Duration::from_secs(2));
+        }
+        Reply::text(200, &version(&req.target, n)).header("Cache-Control", "max-age=1")
+    });
+    let gw = Conf::new(&origin.url())
+        .rule("stale_if_error = \"60s\"")
+        .upstream("read_timeout = \"300ms\"")
+        .start();
+    let (reset, slow) = (at("reset"), at("slow"));
+    assert_answer(&fetch(&gw, &reset), 200, "MISS", &version(&reset, 1));
+    assert_answer(&fetch(&gw, &slow), 200, "MISS", &version(&slow, 1));
+    wait_age(Instant::now(), 1);
+    failing.store(1, Ordering::SeqCst);
+    assert_answer(&fetch(&gw, &reset), 200, "STALE", &version(&reset, 1));
+    assert_answer(&fetch(&gw, &slow), 200, "STALE", &version(&slow, 1));
+    assert!(
+        origin.count(&reset) >= 2 && origin.count(&slow) == 2,
+        "both were tried upstream"
+    );
 }
 
 // ---- purge ----
