@@ -764,7 +764,8 @@ fn a_chunked_body_growing_over_max_object_releases_the_waiters_at_once() {
 }
 
 /// A coalesced miss waits for the leader at most the route's `timeout`; then it goes upstream
-/// itself (MISS, its own answer) instead of waiting for a leader whose body is still trickling.
+/// itself (MISS, its own answer) instead of waiting for a leader whose body is still trickling
+/// (or is answered by what another such waiter just stored).
 #[test]
 fn a_waiter_goes_upstream_itself_after_the_route_timeout() {
     let origin = Origin::start(|req, n| {
@@ -784,21 +785,31 @@ fn a_waiter_goes_upstream_itself_after_the_route_timeout() {
     leader.send(&Req::get(&t).to_bytes());
     assert!(wait_until(Duration::from_secs(5), || origin.total() >= 1));
     let shots = burst(gw.addr(), 5, "wait", |_| Req::get(&t));
+    // Each waiter, once its wait is over, goes upstream itself (MISS), or finds what a waiter
+    // whose wait ended a moment earlier stored (HIT: on a loaded machine their timers fire
+    // apart); none waits for the leader's answer.
+    let mut misses = 0;
     for s in &shots {
-        assert_eq!(s.resp.status, 200, "{}", s.id);
-        assert_eq!(
-            x_cache(&s.resp),
-            "MISS",
-            "{}: a waiter past the route timeout goes upstream itself ({})",
+        let cache = x_cache(&s.resp);
+        assert!(
+            s.resp.status == 200 && (cache == "MISS" || cache == "HIT"),
+            "{}: {} {cache}",
             s.id,
-            s.resp.text()
+            s.resp.status
         );
-        assert_ne!(s.resp.text(), version(&t, 1), "{}: not the leader's", s.id);
+        assert_ne!(
+            s.resp.text(),
+            version(&t, 1),
+            "{}: a waiter got the leader's answer: it waited past the route timeout",
+            s.id
+        );
+        misses += usize::from(cache == "MISS");
     }
+    assert!(misses >= 1, "no waiter went upstream itself");
     leader.set_timeout(Duration::from_secs(5));
     let r = leader.read_response();
     assert_answer(&r, 200, "MISS", &version(&t, 1));
-    assert_eq!(origin.count(&t), 6);
+    assert_eq!(origin.count(&t), 1 + misses, "the leader and each MISS");
 }
 
 /// Coalesced misses whose leader's answer may not be stored (a 500) are released when it
