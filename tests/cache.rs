@@ -581,6 +581,152 @@ fn the_upstream_s_vary_keeps_a_variant_per_value() {
     assert_eq!(origin.count(&t), 3);
 }
 
+/// The key's path is the normalised one (dot segments removed, slashes merged, escapes of
+/// unreserved characters decoded): spellings of one path share one entry.
+#[test]
+fn the_key_uses_the_normalised_path() {
+    let origin = Origin::versions(&[]);
+    let gw = Conf::new(&origin.url()).start();
+    let t = at("norm");
+    assert_answer(&fetch(&gw, &t), 200, "MISS", &version(&t, 1));
+    for spelling in [
+        format!("{CATALOG}/./norm"),
+        format!("{CATALOG}//norm"),
+        format!("{CATALOG}/x/../norm"),
+        format!("{CATALOG}/%6Eorm"),
+    ] {
+        assert_answer(&fetch(&gw, &spelling), 200, "HIT", &version(&t, 1));
+    }
+    assert_eq!(origin.total(), 1);
+}
+
+/// On a route with `auth` whose rule is not `per_user`, a stored answer is still only for
+/// clients the route admits: a request without credentials, or with a wrong key, gets the
+/// 401, never the entry; a valid consumer gets the shared entry.
+#[test]
+fn a_hit_still_requires_the_route_s_auth() {
+    let dir = TempDir::new();
+    let keys = dir.write(
+        "keys.toml",
+        &format!(
+            "[keys.\"{}\"]\nconsumer = \"acme\"\n\n[keys.\"{}\"]\nconsumer = \"globex\"\n",
+            auth::sha256_hex(b"acme-key"),
+            auth::sha256_hex(b"globex-key")
+        ),
+    );
+    let origin = Origin::versions(&[]);
+    let gw = Conf::new(&origin.url())
+        .route("auth = \"keys\"")
+        .extra(&format!(
+            "[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\n",
+            keys.display()
+        ))
+        .start();
+    let t = at("members");
+    let with = |key: Option<&str>| {
+        let mut req = Req::get(&t);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        send_request(gw.addr(), &req)
+    };
+    assert_answer(&with(Some("acme-key")), 200, "MISS", &version(&t, 1));
+    assert_answer(&with(Some("globex-key")), 200, "HIT", &version(&t, 1));
+    for key in [None, Some("guess")] {
+        let r = with(key);
+        assert_error(&r, 401);
+        assert!(
+            !r.text().contains(&version(&t, 1)),
+            "{key:?}: the stored answer leaked: {}",
+            r.text()
+        );
+    }
+    assert_eq!(origin.total(), 1);
+}
+
+/// A GET with a body answered from the cache does not take its body for the next request
+/// (Content-Length or chunked): the body is read and dropped, or the connection closed; a
+/// request hidden in the body never reaches the upstream nor gets an answer.
+#[test]
+fn a_hit_for_a_get_with_a_body_does_not_read_the_body_as_a_request() {
+    let origin = Origin::versions(&[]);
+    let gw = Conf::new(&origin.url()).start();
+    let t = at("bodied");
+    assert_answer(&fetch(&gw, &t), 200, "MISS", &version(&t, 1));
+    let hidden = format!("GET {CATALOG}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (i, chunked) in [false, true].into_iter().enumerate() {
+        let after = at(&format!("after{i}"));
+        let req = if chunked {
+            Req::get(&t).chunked(&[hidden.as_bytes()])
+        } else {
+            Req::get(&t).body(hidden.as_bytes())
+        };
+        let mut c = Client::connect(gw.addr());
+        let mut bytes = req.to_bytes();
+        bytes.extend(Req::get(&after).to_bytes());
+        c.send(&bytes);
+        let first = c.read_response();
+        assert_answer(&first, 200, "HIT", &version(&t, 1));
+        if first.keeps_alive() {
+            match c.try_read_response() {
+                Ok(next) => assert_eq!(
+                    (next.status, next.text()),
+                    (200, version(&after, 1)),
+                    "chunked {chunked}: the answer after the bodied GET"
+                ),
+                Err(e) => panic!("chunked {chunked}: kept alive, then {e}"),
+            }
+        }
+    }
+    let targets: Vec<String> = origin.up.requests().into_iter().map(|r| r.target).collect();
+    assert!(
+        !targets.iter().any(|t| t.contains("smuggled")),
+        "the body was read as a request: {targets:?}"
+    );
+}
+
+/// A reload that lowers `max_bytes_per_worker` shrinks the shard to the new bound (the
+/// `dispatch_cache_bytes` gauge falls within it), and the cache keeps within it afterwards.
+#[test]
+fn a_reload_that_lowers_max_bytes_per_worker_shrinks_the_shard() {
+    const LEN: usize = 4000;
+    let origin = Origin::start(|_, _| Reply::text(200, &"y".repeat(LEN)));
+    let gw = Conf::new(&origin.url()).start();
+    let mut c = Client::connect(gw.addr());
+    for i in 0..20 {
+        let r = c.request(&Req::get(&at(&format!("s{i}"))));
+        assert_eq!((r.status, x_cache(&r).as_str()), (200, "MISS"));
+    }
+    let bytes = || gauge(&scrape(&gw), "dispatch_cache_bytes", 0);
+    assert!(
+        bytes() >= (20 * LEN) as f64,
+        "20 entries stored: {}",
+        bytes()
+    );
+    reload_with(
+        &gw,
+        "max_bytes_per_worker = \"4MiB\"\nmax_object = \"64KiB\"",
+        "max_bytes_per_worker = \"16KiB\"\nmax_object = \"8KiB\"",
+    );
+    let mut now = 0.0;
+    let shrunk = wait_until(Duration::from_secs(3), || {
+        // A request served under the new config, then the gauge.
+        c.request(&Req::get(&at("s19")));
+        now = bytes();
+        now <= 16384.0
+    });
+    assert!(
+        shrunk,
+        "dispatch_cache_bytes {now} after lowering the bound to 16 KiB"
+    );
+    for i in 20..40 {
+        let r = c.request(&Req::get(&at(&format!("s{i}"))));
+        assert_eq!(r.status, 200);
+        let b = bytes();
+        assert!(b <= 16384.0, "dispatch_cache_bytes {b} > 16 KiB");
+    }
+}
+
 // ---- conditional requests ----
 
 /// A conditional GET the stored 2xx satisfies is answered 304 from the cache (`X-Cache: HIT`,
