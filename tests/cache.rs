@@ -600,11 +600,11 @@ fn the_key_uses_the_normalised_path() {
     assert_eq!(origin.total(), 1);
 }
 
-/// On a route with `auth` whose rule is not `per_user`, a stored answer is still only for
-/// clients the route admits: a request without credentials, or with a wrong key, gets the
-/// 401, never the entry; a valid consumer gets the shared entry.
+/// On a route with API-key `auth` whose rule is not `per_user`, a request with a key
+/// bypasses the cache (a credential, like `Authorization`: RFC 9111 §3.5), so one consumer's
+/// answer is never stored for another; a request without a valid key gets the 401.
 #[test]
-fn a_hit_still_requires_the_route_s_auth() {
+fn api_key_requests_bypass_a_rule_without_per_user() {
     let dir = TempDir::new();
     let keys = dir.write(
         "keys.toml",
@@ -614,11 +614,11 @@ fn a_hit_still_requires_the_route_s_auth() {
             auth::sha256_hex(b"globex-key")
         ),
     );
-    let origin = Origin::versions(&[]);
+    let origin = identity_origin("x-consumer-id");
     let gw = Conf::new(&origin.url())
         .route("auth = \"keys\"")
         .extra(&format!(
-            "[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\n",
+            "[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\nforward = {{ consumer = \"x-consumer-id\" }}\n",
             keys.display()
         ))
         .start();
@@ -630,25 +630,25 @@ fn a_hit_still_requires_the_route_s_auth() {
         }
         send_request(gw.addr(), &req)
     };
-    assert_answer(&with(Some("acme-key")), 200, "MISS", &version(&t, 1));
-    assert_answer(&with(Some("globex-key")), 200, "HIT", &version(&t, 1));
-    for key in [None, Some("guess")] {
-        let r = with(key);
-        assert_error(&r, 401);
-        assert!(
-            !r.text().contains(&version(&t, 1)),
-            "{key:?}: the stored answer leaked: {}",
-            r.text()
-        );
+    let mut n = 0;
+    for key in ["acme-key", "globex-key", "acme-key"] {
+        n += 1;
+        let who = key.trim_end_matches("-key");
+        let body = format!("{} for {who}", version(&t, n));
+        assert_answer(&with(Some(key)), 200, "BYPASS", &body);
     }
-    assert_eq!(origin.total(), 1);
+    for key in [None, Some("guess")] {
+        assert_error(&with(key), 401);
+    }
+    assert_eq!(origin.total(), 3, "each request with a key went upstream");
 }
 
-/// A GET with a body answered from the cache does not take its body for the next request
-/// (Content-Length or chunked): the body is read and dropped, or the connection closed; a
-/// request hidden in the body never reaches the upstream nor gets an answer.
+/// A GET with a body bypasses the cache (its answer may depend on the body): it goes
+/// upstream with its body (Content-Length or chunked), even when the key is stored, and the
+/// body is never taken for the next request: a request hidden in it never reaches the
+/// upstream nor gets an answer.
 #[test]
-fn a_hit_for_a_get_with_a_body_does_not_read_the_body_as_a_request() {
+fn a_get_with_a_body_bypasses_and_its_body_is_never_a_request() {
     let origin = Origin::versions(&[]);
     let gw = Conf::new(&origin.url()).start();
     let t = at("bodied");
@@ -666,7 +666,19 @@ fn a_hit_for_a_get_with_a_body_does_not_read_the_body_as_a_request() {
         bytes.extend(Req::get(&after).to_bytes());
         c.send(&bytes);
         let first = c.read_response();
-        assert_answer(&first, 200, "HIT", &version(&t, 1));
+        assert_answer(&first, 200, "BYPASS", &version(&t, i + 2));
+        let sent = origin
+            .up
+            .requests()
+            .into_iter()
+            .filter(|r| r.target == t)
+            .nth(i + 1)
+            .expect("the bodied GET reached the upstream");
+        assert_eq!(
+            sent.body_text(),
+            hidden,
+            "chunked {chunked}: the GET went upstream with its body"
+        );
         if first.keeps_alive() {
             match c.try_read_response() {
                 Ok(next) => assert_eq!(
@@ -683,6 +695,7 @@ fn a_hit_for_a_get_with_a_body_does_not_read_the_body_as_a_request() {
         !targets.iter().any(|t| t.contains("smuggled")),
         "the body was read as a request: {targets:?}"
     );
+    assert_answer(&fetch(&gw, &t), 200, "HIT", &version(&t, 1));
 }
 
 /// A reload that lowers `max_bytes_per_worker` shrinks the shard to the new bound (the
@@ -1369,6 +1382,9 @@ fn failing_origin(status: &Arc<AtomicU16>) -> Origin {
                 .header("Cache-Control", "max-age=1, stale-if-error=1"),
             "fail" => Reply::text(500, "boom"),
             "fresh" => Reply::text(200, &version(&req.target, n)),
+            "missing" => {
+                Reply::text(404, &version(&req.target, n)).header("Cache-Control", "max-age=1")
+            }
             _ => Reply::text(200, &version(&req.target, n)).header("Cache-Control", "max-age=1"),
         }
     })
@@ -1407,7 +1423,8 @@ fn stale_if_error_serves_the_stale_entry_when_the_upstream_refuses() {
 }
 
 /// Upstream answering 503: within `stale_if_error` the stale entry is served instead (STALE,
-/// the upstream was asked); past the window the upstream's 503 is relayed.
+/// with the stored status, a 404 too; the upstream was asked); past the window the upstream's
+/// 503 is relayed.
 #[test]
 fn stale_if_error_serves_the_stale_entry_on_a_5xx_answer() {
     let status = Arc::new(AtomicU16::new(200));
@@ -1415,9 +1432,10 @@ fn stale_if_error_serves_the_stale_entry_on_a_5xx_answer() {
     let gw = Conf::new(&origin.url())
         .rule("stale_if_error = \"60s\"")
         .start();
-    let (a, b) = (at("a"), at("sie1"));
+    let (a, b, missing) = (at("a"), at("sie1"), at("missing"));
     assert_answer(&fetch(&gw, &a), 200, "MISS", &version(&a, 1));
     assert_answer(&fetch(&gw, &b), 200, "MISS", &version(&b, 1));
+    assert_answer(&fetch(&gw, &missing), 404, "MISS", &version(&missing, 1));
     let stored = Instant::now();
     status.store(503, Ordering::SeqCst);
 
@@ -1430,6 +1448,8 @@ fn stale_if_error_serves_the_stale_entry_on_a_5xx_answer() {
         2,
         "the upstream was asked and answered 503"
     );
+    // The stale entry's own status, not a 200.
+    assert_answer(&fetch(&gw, &missing), 404, "STALE", &version(&missing, 1));
 
     wait_age(stored, 2);
     assert_answer(&fetch(&gw, &b), 503, "MISS", "down");
