@@ -25,6 +25,7 @@
 //! (400, 414, 431, 501, 505); the same error from an upstream is answered 502 ([`Error`]).
 
 pub mod chunked;
+pub mod encoding;
 pub mod framing;
 pub mod parse;
 pub mod write;

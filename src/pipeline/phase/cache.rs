@@ -445,7 +445,12 @@ pub fn answer(
     id: RequestId,
 ) -> Response {
     let entry = &found.entry;
-    let not_modified = rules::not_modified(headers, entry.status, &entry.headers());
+    // Most requests are not conditional: the stored fields are walked only for one that is.
+    let conditional = headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("if-none-match")
+            || h.name.eq_ignore_ascii_case("if-modified-since")
+    });
+    let not_modified = conditional && rules::not_modified(headers, entry.status, &entry.headers());
     Response::stored(
         Stored {
             entry: entry.clone(),
