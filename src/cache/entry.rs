@@ -6,7 +6,7 @@
 //! An entry is immutable once stored and shared as `Rc<Entry>`: a hit holds it while it is
 //! written to a slow client, so an eviction or a purge meanwhile frees nothing under it.
 
-use crate::http::{self, Header, ResponseHead};
+use crate::http::{self, Header, ResponseHead, VIA};
 
 use super::rules::{AgeClock, Freshness};
 
@@ -35,6 +35,8 @@ pub struct EntryHead {
     values: Vec<u8>,
     /// (name end, value end) of each field, in order.
     fields: Vec<(u32, u32)>,
+    /// The fields as a hit writes them (see [`Entry::block`]).
+    block: Vec<u8>,
     freshness: Freshness,
     age: AgeClock,
     /// The response's `Vary` names (lower-case, sorted): they are part of its key.
@@ -54,6 +56,8 @@ impl EntryHead {
         let mut names = String::new();
         let mut values = Vec::new();
         let mut fields = Vec::with_capacity(head.headers.len());
+        let mut block = Vec::with_capacity(256);
+        let mut via: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
         for h in head.headers.iter() {
             let lower = h.name;
             if http::is_hop_by_hop(lower)
@@ -67,13 +71,31 @@ impl EntryHead {
             names.push_str(h.name);
             values.extend_from_slice(h.value);
             fields.push((names.len() as u32, values.len() as u32));
+            // The relayed head's rules (`pipeline::headers::write_response_head`): earlier
+            // hops' `Via` values are merged into one field, this gateway last.
+            if h.name.eq_ignore_ascii_case("via") {
+                via.push(h.value);
+                continue;
+            }
+            block.extend_from_slice(h.name.as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(h.value);
+            block.extend_from_slice(b"\r\n");
         }
+        block.extend_from_slice(b"Via: ");
+        for v in via {
+            block.extend_from_slice(v);
+            block.extend_from_slice(b", ");
+        }
+        block.extend_from_slice(VIA);
+        block.extend_from_slice(b"\r\n");
         EntryHead {
             status: head.status,
             reason: head.reason.to_vec(),
             names,
             values,
             fields,
+            block,
             freshness,
             age,
             vary,
@@ -88,6 +110,7 @@ impl EntryHead {
             names: self.names,
             values: self.values,
             fields: self.fields,
+            block: self.block,
             body,
             freshness: self.freshness,
             age: self.age,
@@ -109,6 +132,7 @@ pub struct Entry {
     names: String,
     values: Vec<u8>,
     fields: Vec<(u32, u32)>,
+    block: Vec<u8>,
     pub body: Vec<u8>,
     pub freshness: Freshness,
     pub age: AgeClock,
@@ -139,12 +163,19 @@ impl Entry {
         &self.reason
     }
 
+    /// The stored fields serialised as a hit writes them, `Via` (this gateway's appended)
+    /// included: `Name: value\r\n` each. A hit copies it whole instead of walking the fields.
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+
     /// What the entry costs its shard: its bytes plus a fixed allowance for its bookkeeping.
     pub fn weight(&self) -> u64 {
         (self.reason.len()
             + self.names.len()
             + self.values.len()
             + self.fields.len() * 8
+            + self.block.len()
             + self.body.len()
             + self.vary.iter().map(|v| v.len() + 24).sum::<usize>()
             + ENTRY_OVERHEAD) as u64

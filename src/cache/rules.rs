@@ -609,25 +609,33 @@ impl Key {
 /// allows); an absent field differs from an empty one. Because HEAD shares GET's class, only
 /// a GET's response (with its body) may be stored under a key.
 pub fn key(parts: &KeyParts<'_>) -> Key {
-    let mut out = Vec::with_capacity(64 + parts.path.len());
+    let mut out = Vec::with_capacity(96 + parts.scope.len() + parts.path.len());
     out.push(b'G');
     push_part(&mut out, b'r', parts.scope);
-    let host = host_without_port(parts.host).to_ascii_lowercase();
-    push_part(&mut out, b'h', &host);
+    let host = host_without_port(parts.host);
+    out.push(b'h');
+    out.extend_from_slice(&(host.len() as u64).to_le_bytes());
+    out.extend(host.iter().map(u8::to_ascii_lowercase));
     push_part(&mut out, b'p', parts.path);
     match parts.query {
         Some(q) => push_part(&mut out, b'q', q),
         None => out.push(b'Q'),
     }
-    let mut names: Vec<String> = parts
+    // Both lists are normally lower-case already (the config's, and `vary`'s): borrowed,
+    // copied only when they are not.
+    let mut names: smallvec::SmallVec<[std::borrow::Cow<'_, str>; 8]> = parts
         .rule_vary
         .iter()
         .chain(parts.response_vary)
-        .map(|n| n.to_ascii_lowercase())
+        .map(|n| match n.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(n.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(n.as_str()),
+        })
         .collect();
     names.sort_unstable();
     names.dedup();
     for name in &names {
+        let name: &str = name;
         push_part(&mut out, b'v', name.as_bytes());
         let mut lines = fields(parts.request_headers, name).peekable();
         if lines.peek().is_none() {

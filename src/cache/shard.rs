@@ -11,7 +11,6 @@
 //! purges arrive as generations ([`super::purge::Rules`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +18,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use quick_cache::unsync::{Cache, DefaultLifecycle};
-use quick_cache::Weighter;
+use quick_cache::{DefaultHashBuilder, Weighter};
 
 use super::entry::Entry;
 use super::purge::Rules;
@@ -62,7 +61,9 @@ pub struct Found {
 }
 
 pub struct Shard {
-    map: Cache<Key, Slot, Weigh, RandomState, DefaultLifecycle<Key, Slot>>,
+    /// foldhash, seeded at random per process: fast on keys of a hundred bytes, and a client
+    /// cannot precompute colliding keys.
+    map: Cache<Key, Slot, Weigh, DefaultHashBuilder, DefaultLifecycle<Key, Slot>>,
     flights: HashMap<Key, Rc<Flight>>,
     /// The purge epoch of the last sweep.
     swept: u64,
@@ -76,7 +77,7 @@ impl Shard {
                 (capacity / 4096).clamp(16, 1 << 20) as usize,
                 capacity,
                 Weigh,
-                RandomState::new(),
+                DefaultHashBuilder::default(),
                 DefaultLifecycle::default(),
             ),
             flights: HashMap::new(),

@@ -25,6 +25,7 @@
 //! (400, 414, 431, 501, 505); the same error from an upstream is answered 502 ([`Error`]).
 
 pub mod chunked;
+pub mod encoding;
 pub mod framing;
 pub mod parse;
 pub mod write;
@@ -37,6 +38,9 @@ use std::fmt;
 pub use chunked::{
     write_chunk, write_chunk_header, ChunkedDecoder, Decoded, CHUNK_TAIL, LAST_CHUNK,
 };
+/// This gateway's `Via` member (RFC 9110 §7.6.3), on every message it relays both ways.
+pub const VIA: &[u8] = b"1.1 dispatch";
+
 pub use framing::{has_token, is_hop_by_hop, request_body, response_body, wants_close, BodyKind};
 pub use parse::{
     parse_request, parse_response, HeadLimits, Header, Headers, RequestHead, ResponseHead, Version,

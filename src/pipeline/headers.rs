@@ -35,7 +35,7 @@ pub enum ConnDirective {
     Close,
 }
 
-pub const VIA: &[u8] = b"1.1 dispatch";
+use crate::http::VIA;
 
 /// The tokens of all `Connection` fields, lower-cased on comparison.
 pub fn connection_tokens<'h>(headers: &[Header<'h>]) -> SmallVec<[&'h [u8]; 4]> {

@@ -297,51 +297,43 @@ fn purges(config: &CacheConfig, method: &str, path: &str) -> SmallVec<[CacheRule
         .collect()
 }
 
-/// Runs the lookup for a request on `route` (see the module doc).
+/// Runs the lookup for a request on `route` (see the module doc). A hit allocates only its
+/// key: the miss's state is built once the shard has been asked.
 pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: RequestId) -> Lookup {
     let purge = purges(cache.config, req.method, req.path);
+    let go = |rule, result, purge| {
+        Lookup::Go(Box::new(Pending {
+            rule,
+            result,
+            store: None,
+            stale: None,
+            wait: None,
+            leader: None,
+            purge,
+        }))
+    };
     let Some(rule_id) = route.cache else {
         return match purge.is_empty() {
             true => Lookup::Skip,
-            false => Lookup::Go(Box::new(Pending {
-                rule: None,
-                result: CacheResult::Bypass,
-                store: None,
-                stale: None,
-                wait: None,
-                leader: None,
-                purge,
-            })),
+            false => go(None, CacheResult::Bypass, purge),
         };
     };
     let rule = &cache.config.rules[rule_id];
-    let mut pending = Box::new(Pending {
-        rule: Some(rule_id),
-        result: CacheResult::Bypass,
-        store: None,
-        stale: None,
-        wait: None,
-        leader: None,
-        purge,
-    });
-    if rules::request_bypass(req.method, req.headers, rule.per_user).is_some()
+    let bypass = rules::request_bypass(req.method, req.headers, rule.per_user).is_some()
         || req.body != BodyKind::None
-    {
-        return Lookup::Go(pending);
-    }
-    // An API key is a credential like `Authorization` (RFC 9111 §3.5): the answer may be the
-    // consumer's own, so it is shared only under a `per_user` key.
-    if !rule.per_user && matches!(req.subject, Subject::Consumer { .. }) {
-        return Lookup::Go(pending);
+        // An API key is a credential like `Authorization` (RFC 9111 §3.5): the answer may
+        // be the consumer's own, so it is shared only under a `per_user` key.
+        || (!rule.per_user && matches!(req.subject, Subject::Consumer { .. }));
+    if bypass {
+        return go(Some(rule_id), CacheResult::Bypass, purge);
     }
     let subject = match rule.per_user {
         true => match subject_key(req.subject) {
             Some(s) => Some(s),
-            None => return Lookup::Go(pending),
+            None => return go(Some(rule_id), CacheResult::Bypass, purge),
         },
         false => None,
     };
-    pending.result = CacheResult::Miss;
     let generation = cache.rules.generation(rule_id);
     // The fields the upstream will see: the identity headers are among them.
     let with_identity: SmallVec<[Header<'_>; 32]>;
@@ -404,6 +396,7 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
             request_time: req.now,
         })
     };
+    let mut stale = None;
     if let Some(found) = found {
         match found.state {
             State::Fresh if !refresh => {
@@ -420,9 +413,18 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
                     }
                 };
             }
-            _ => pending.stale = Some(found.entry),
+            _ => stale = Some(found.entry),
         }
     }
+    let mut pending = Box::new(Pending {
+        rule: Some(rule_id),
+        result: CacheResult::Miss,
+        store: None,
+        stale,
+        wait: None,
+        leader: None,
+        purge,
+    });
     // A HEAD's response has no body to store: it goes upstream alone.
     if req.method != "GET" {
         return Lookup::Go(pending);
@@ -445,7 +447,12 @@ pub fn answer(
     id: RequestId,
 ) -> Response {
     let entry = &found.entry;
-    let not_modified = rules::not_modified(headers, entry.status, &entry.headers());
+    // Most requests are not conditional: the stored fields are walked only for one that is.
+    let conditional = headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("if-none-match")
+            || h.name.eq_ignore_ascii_case("if-modified-since")
+    });
+    let not_modified = conditional && rules::not_modified(headers, entry.status, &entry.headers());
     Response::stored(
         Stored {
             entry: entry.clone(),
@@ -544,23 +551,32 @@ pub fn write_stored(
         );
         return;
     }
-    let framing = if entry.status == 204 {
-        OutFraming::NoBody
-    } else {
-        OutFraming::Length(entry.body.len() as u64)
-    };
-    write_response_head(
-        out,
-        &ResponseHeadOut {
-            status: entry.status,
-            reason: entry.reason(),
-            headers: &fields,
-            framing,
-            added,
-            connection,
-        },
-    );
-    if !head_only {
+    // The stored fields are serialised once, when stored (`Entry::block`): a hit copies them.
+    out.extend_from_slice(b"HTTP/1.1 ");
+    crate::http::write::write_u64(out, u64::from(entry.status));
+    out.push(b' ');
+    out.extend_from_slice(entry.reason());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(entry.block());
+    for a in added {
+        out.extend_from_slice(a.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(a.value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // RFC 9110 §8.6: never on a 204.
+    if entry.status != 204 {
+        out.extend_from_slice(b"Content-Length: ");
+        crate::http::write::write_u64(out, entry.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    match connection {
+        ConnDirective::Default => {}
+        ConnDirective::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ConnDirective::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only && entry.status != 204 {
         out.extend_from_slice(&entry.body);
     }
 }
