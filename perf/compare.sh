@@ -50,8 +50,8 @@
 #   most 0.5x, cold at most 1.0x).
 #
 # SCENARIO=cache (issue 12: the response cache) measures cache hits of one 2 KiB JSON response
-# against nginx `proxy_cache` and Varnish (Debian's `varnish` package, installed when missing),
-# HAProxy being left out:
+# against nginx `proxy_cache` and Varnish (Debian's `varnish` package, installed when missing);
+# HAProxy only when PROXIES names it (perf/peers/haproxy-cache.cfg, its `cache` section):
 #   - the upstream answers /cache/... with a 2,048-byte JSON body and `Cache-Control:
 #     max-age=3600`, and writes one line per request it gets there to its own access log
 #     (perf/peers/nginx-upstream.conf), which this script counts;
@@ -61,8 +61,8 @@
 #   - Varnish on 127.0.0.1:18085: `varnishd -F -b 127.0.0.1:18000 -s malloc,256m
 #     -p thread_pools=2` with the built-in VCL (every process counted: manager and child).
 #   Before measuring, each proxy must answer the second of two requests on one connection (so
-#   one Dispatch worker answers both) as a hit: Dispatch `X-Cache: HIT` with `Age`, nginx
-#   `X-Cache-Status: HIT`, Varnish two ids in `X-Varnish` with `Age`; both bodies byte for byte
+#   one Dispatch worker answers both) as a hit: Dispatch `X-Cache: HIT` with `Age`, nginx and
+#   HAProxy `X-Cache-Status: HIT`, Varnish two ids in `X-Varnish` with `Age`; both bodies byte for byte
 #   the upstream's. Each run's table row shows how many requests reached the upstream during it
 #   (0 when every request is a hit); the summary prints, per proxy, the upstream requests at
 #   start-up and checks (one per cache: 1 for nginx and Varnish, at most one per worker for
@@ -200,15 +200,6 @@ edge_proxies() {
         [[ $n =~ ^[1-9][0-9]*$ ]] || die "EDGE_TOKENS: '$n' is not a positive number of tokens"
     done
     [[ -n $EDGE_TOKENS ]] || die "EDGE_TOKENS is empty"
-}
-
-# The cache scenario compares Dispatch with nginx proxy_cache and Varnish; HAProxy is left out.
-cache_proxies() {
-    [[ $SCENARIO == cache ]] || return 0
-    if want haproxy; then
-        log "SCENARIO=cache: HAProxy is left out (the issue's peers are nginx proxy_cache and Varnish)"
-        PROXIES=$(tr ' ' '\n' <<<"$PROXIES" | grep -vx haproxy | xargs || true)
-    fi
 }
 
 DISPATCH_REV="n/a"
@@ -522,10 +513,10 @@ check_cache() {
             [[ $age =~ ^[0-9]+$ ]] || die "$name's hit has no Age header"
             first="X-Cache $first" second="X-Cache $second, Age $age"
             ;;
-        nginx)
+        nginx | haproxy)
             first=$(header_value "$dir/h1" x-cache-status)
             second=$(header_value "$dir/h2" x-cache-status)
-            [[ $second == HIT ]] || die "nginx's second answer has X-Cache-Status '$second', not HIT"
+            [[ $second == HIT ]] || die "$name's second answer has X-Cache-Status '$second', not HIT"
             first="X-Cache-Status $first" second="X-Cache-Status $second"
             ;;
         varnish)
@@ -898,7 +889,6 @@ edge_miss_estimate() {
 # --------------------------------------------------------------------------------------------
 main() {
     edge_proxies
-    cache_proxies
     ensure_tools
     pick_dispatch
     # Every server inherits this: take the whole hard limit on open files.
@@ -939,7 +929,7 @@ main() {
         echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
     fi
     if [[ $SCENARIO == cache ]]; then
-        echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), $(if want varnish; then varnishd -V 2>&1 | awk 'NR == 1 { gsub(/[()]/, ""); print $2 }'; else echo "no Varnish"; fi), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
+        echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), $(if want varnish; then varnishd -V 2>&1 | awk 'NR == 1 { gsub(/[()]/, ""); print $2 }'; else echo "no Varnish"; fi),$(! want haproxy || haproxy -v | awk 'NR == 1 { print " HAProxy", $3 "," }') $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     else
         echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     fi
@@ -955,7 +945,11 @@ main() {
         echo "- upstream: $REQUEST_PATH answers a 2,048-byte JSON body with Cache-Control: max-age=3600 (perf/peers/nginx-upstream.conf)"
         echo "- nginx: perf/peers/nginx-cache.conf (proxy_cache, proxy_cache_lock on, open_file_cache, 2 workers)"
         echo "- varnish: varnishd -F -b 127.0.0.1:$UPSTREAM_PORT -s malloc,256m -p thread_pools=2, built-in VCL"
-        echo "- haproxy: not in this scenario"
+        if want haproxy; then
+            echo "- haproxy: perf/peers/haproxy-cache.cfg (its cache section, 256 MB, nbthread 2)"
+        else
+            echo "- haproxy: not measured (name it in PROXIES to add it: perf/peers/haproxy-cache.cfg)"
+        fi
     fi
     if want dispatch-b; then
         echo "- dispatch-b: $DISPATCH_B, same config on port ${PORT[dispatch-b]}"
