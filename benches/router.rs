@@ -36,6 +36,7 @@ fn route(name: String, path: String) -> Route {
         timeout: None,
         auth: None,
         rate_limits: Vec::new(),
+        cache: None,
         location: Location::default(),
     }
 }

@@ -330,8 +330,19 @@ async fn route(
             let rejected = shared
                 .connections_rejected
                 .load(std::sync::atomic::Ordering::Relaxed);
+            let shards: Vec<(u64, u64)> = shared
+                .cache_gauges
+                .iter()
+                .map(|(e, b)| {
+                    (
+                        e.load(std::sync::atomic::Ordering::Relaxed),
+                        b.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
+                .collect();
             shared.metrics.render(&mut body, &|w| {
                 w.breaker_states(states.iter().copied());
+                w.cache_shards(&shards);
                 w.spans_dropped(dropped);
                 w.access_log_dropped(access_dropped);
                 w.connections_rejected(rejected);
@@ -358,8 +369,10 @@ async fn route(
                 Err(busy) => busy,
             }
         }
+        ("DELETE", b"/cache") => purge_cache(&active, call.query),
         (_, b"/health" | b"/metrics" | b"/routes" | b"/upstreams") => not_allowed("GET"),
         (_, b"/reload") => not_allowed("POST"),
+        (_, b"/cache") => not_allowed("DELETE"),
         _ => error(404, "No such admin endpoint"),
     }
 }
@@ -393,6 +406,7 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "timeout_ms": r.timeout.unwrap_or(cfg.upstreams[r.upstream].read_timeout).as_millis() as u64,
                 "auth": r.auth.map(|a| cfg.auth[a].name.as_str()),
                 "rate_limits": r.rate_limits.iter().map(|&l| cfg.rate_limits[l].name.as_str()).collect::<Vec<_>>(),
+                "cache": r.cache.and_then(|c| cfg.cache.as_ref().map(|cache| cache.rules[c].name.as_str())),
             })
         })
         .collect();
@@ -569,6 +583,36 @@ async fn register(shared: &Shared, name: &str, body: &[u8]) -> Reply {
 }
 
 /// `DELETE /upstreams/{name}/endpoints?url=...`
+/// `DELETE /cache[?rule=NAME]`: purges one rule's entries, or every rule's, on every worker
+/// (each rule's purge generation moves: the next lookup anywhere misses). Answered once the
+/// purge is visible to every worker.
+fn purge_cache(active: &crate::state::shared::Active, query: &str) -> Reply {
+    let rules = active
+        .config
+        .cache
+        .as_ref()
+        .map_or(&[][..], |c| &c.rules[..]);
+    let wanted = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("rule="))
+        .map(percent_decode);
+    let purged: Vec<&str> = match wanted {
+        Some(name) => {
+            let Some(id) = rules.iter().position(|r| r.name == name) else {
+                return error(404, &format!("no cache rule named {name:?}"));
+            };
+            active.cache.purge(id);
+            vec![rules[id].name.as_str()]
+        }
+        None => {
+            active.cache.purge_all();
+            rules.iter().map(|r| r.name.as_str()).collect()
+        }
+    };
+    crate::info!("cache purged: {}", purged.join(", "));
+    Reply::json(200, json!({ "purged": purged }).to_string())
+}
+
 fn deregister(shared: &Shared, name: &str, query: &str) -> Reply {
     let name = percent_decode(name);
     let Some(url) = query

@@ -1,18 +1,27 @@
-//! The response cache (BEHAVIOR.md "Cache", issue 12). This step is its core: [`rules`], the
-//! HTTP rules of a shared cache (RFC 9111, RFC 9110 §13, RFC 5861) as pure functions. The
-//! per-worker shard, coalescing, purge and the `[cache]` config are not wired yet: the config
-//! keys are still refused at load, so nothing on the request path calls this module.
+//! The response cache (BEHAVIOR.md "Cache"): one shard per worker, RFC 9111 for a shared
+//! cache, stale-while-revalidate and stale-if-error (RFC 5861), coalescing, purge.
 //!
-//! Key types: [`rules::CacheControl`] (a message's merged `Cache-Control`), [`rules::Bypass`]
-//! (why a request skips the cache), [`rules::Freshness`] / [`rules::NotStored`] (whether a
-//! response may be stored, and for how long), [`rules::AgeClock`] (the times an entry's
-//! `Age` is computed from), [`rules::State`] (fresh, stale-while-revalidate, stale-if-error,
-//! expired), [`rules::Key`] (an entry's unambiguous key bytes).
+//! - [`rules`]: the HTTP rules as pure functions (bypass, storability and freshness, age,
+//!   stale windows, Vary and keys, 304s). Time is always a parameter.
+//! - [`entry`]: a stored response ([`entry::Entry`]), shared as `Rc` while a hit writes it.
+//! - [`shard`]: one worker's entries, bounded in bytes, and its coalescing table.
+//! - [`purge`]: the per-rule purge generations shared by every worker (atomics only) and the
+//!   `invalidate_on` patterns.
 //!
-//! The one thing to know: time is always a parameter (Unix seconds the caller reads), never
-//! read here, so every rule is a table test.
+//! The request path (lookup, store, refresh) is the cache phase's,
+//! `pipeline::phase::cache`; this module never does I/O.
+//!
+//! The one thing to know: a hit touches only its worker's shard and one atomic load (its
+//! rule's generation): no cross-core lock, no upstream, no breaker.
 
+pub mod entry;
+pub mod purge;
 pub mod rules;
+pub mod shard;
+
+pub use entry::{Entry, EntryHead};
+pub use purge::Rules;
+pub use shard::{Found, Leader, Shard};
 
 #[cfg(test)]
 mod tests;

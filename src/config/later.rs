@@ -1,5 +1,5 @@
 //! Capabilities the config format describes but this build does not have yet: BFF clients,
-//! transforms, aggregates, cache, compression and websockets.
+//! transforms, aggregates, compression and websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -10,7 +10,7 @@
 use super::error::ConfigError;
 use super::file::{self, Named};
 use super::source::{KeyPath, Source};
-use super::units::{Duration, Size};
+use super::units::Duration;
 use super::validate::{header_name, header_value, is_token, methods, suggestion, Section};
 
 /// Checks the values of every not-yet-supported section.
@@ -28,9 +28,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     for (name, aggregate) in named(&file.aggregates) {
         c.aggregate(aggregate, &KeyPath::of(&["aggregates", name]))?;
     }
-    if let Some(cache) = &file.cache {
-        c.cache(cache)?;
-    }
     if let Some(compression) = &file.compression {
         c.compression(compression)?;
     }
@@ -43,7 +40,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     for (name, route) in file.routes.iter() {
         let at = KeyPath::of(&["routes", name]);
         for (key, present) in [
-            ("cache", route.cache.is_some()),
             ("transform", route.transform.is_some()),
             ("websocket", route.websocket.is_some()),
             ("client", route.client.is_some()),
@@ -57,7 +53,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         ("bff", file.bff.is_some()),
         ("transforms", file.transforms.is_some()),
         ("aggregates", file.aggregates.is_some()),
-        ("cache", file.cache.is_some()),
         ("compression", file.compression.is_some()),
     ] {
         if present {
@@ -95,10 +90,6 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn route(&self, r: &file::Route, at: &KeyPath) -> Result<(), ConfigError> {
-        if let Some(name) = &r.cache {
-            let rules = self.file.cache.iter().flat_map(|c| c.rules.names());
-            self.reference(&at.key("cache"), name, "cache rule", rules)?;
-        }
         if let Some(name) = &r.transform {
             self.reference(
                 &at.key("transform"),
@@ -188,31 +179,6 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn cache(&self, cache: &file::Cache) -> Result<(), ConfigError> {
-        let at = KeyPath::of(&["cache"]);
-        self.nonzero_size(&at, "max_bytes_per_worker", cache.max_bytes_per_worker)?;
-        self.nonzero_size(&at, "max_object", cache.max_object)?;
-        for (name, rule) in cache.rules.iter() {
-            let here = at.key("rules").key(name);
-            self.positive(&here, "ttl", rule.ttl)?;
-            for (i, header) in rule.vary.iter().flatten().enumerate() {
-                header_name(header).map_err(|m| self.src.error(&here.key("vary").index(i), m))?;
-            }
-            for (i, text) in rule.invalidate_on.iter().flatten().enumerate() {
-                let valid = text
-                    .split_once(' ')
-                    .is_some_and(|(method, path)| is_token(method) && path.starts_with('/'));
-                if !valid {
-                    return Err(self.src.error(
-                        &here.key("invalidate_on").index(i),
-                        format!("invalid request {text:?}: expected \"METHOD /path\""),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn compression(&self, c: &file::Compression) -> Result<(), ConfigError> {
         let at = KeyPath::of(&["compression"]);
         if c.algorithms.as_ref().is_some_and(Vec::is_empty) {
@@ -298,14 +264,5 @@ impl Checker<'_> {
         value: Option<Duration>,
     ) -> Result<(), ConfigError> {
         Section::new(self.src, table).positive(key, value).map(drop)
-    }
-
-    fn nonzero_size(
-        &self,
-        table: &KeyPath,
-        key: &str,
-        value: Option<Size>,
-    ) -> Result<(), ConfigError> {
-        Section::new(self.src, table).size(key, value, 1).map(drop)
     }
 }

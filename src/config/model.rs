@@ -27,6 +27,8 @@ pub type RouteId = usize;
 pub type AuthId = usize;
 /// Index into [`Config::rate_limits`].
 pub type RateLimitId = usize;
+/// Index into [`Cache::rules`].
+pub type CacheRuleId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -56,7 +58,58 @@ pub struct Config {
     pub auth: Vec<AuthPolicy>,
     /// `[rate_limits.*]`, in file order.
     pub rate_limits: Vec<RateLimit>,
+    /// `[cache]` (None: no response cache).
+    pub cache: Option<Cache>,
     pub tracing: Tracing,
+}
+
+/// `[cache]`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// The bytes (heads and bodies) each worker's shard may hold.
+    pub max_bytes_per_worker: u64,
+    /// Larger responses stream through without being stored.
+    pub max_object: u64,
+    /// `[cache.rules.*]`, in file order.
+    pub rules: Vec<CacheRule>,
+}
+
+/// `[cache.rules.NAME]`, times in whole seconds (0: not written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRule {
+    pub name: String,
+    /// The freshness lifetime when the upstream gives none.
+    pub ttl: u64,
+    /// Lower-case request header names that are part of the key, de-duplicated.
+    pub vary: Vec<String>,
+    pub stale_while_revalidate: u64,
+    pub stale_if_error: u64,
+    /// Requests whose success purges the rule's entries.
+    pub invalidate_on: Vec<Invalidation>,
+    /// The authenticated subject is part of the key (the route has `auth`).
+    pub per_user: bool,
+    pub location: Location,
+}
+
+/// One `invalidate_on` entry: `METHOD /path/pattern`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    /// Upper-case.
+    pub method: String,
+    /// The path's segments after the leading `/`.
+    pub segments: Vec<PathSeg>,
+    /// As written (for `dispatch check` and the admin API).
+    pub text: String,
+}
+
+/// A segment of an `invalidate_on` path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSeg {
+    Literal(String),
+    /// `:name`: any one non-empty segment.
+    Param,
+    /// A final `*`: any rest of the path, none included.
+    Rest,
 }
 
 /// `[tracing]`: W3C trace context.
@@ -287,6 +340,8 @@ pub struct Route {
     pub auth: Option<AuthId>,
     /// The `[rate_limits.*]` that must all admit a request, in the order written.
     pub rate_limits: Vec<RateLimitId>,
+    /// The `[cache.rules.*]` its GET and HEAD answers are cached under.
+    pub cache: Option<CacheRuleId>,
     pub location: Location,
 }
 

@@ -26,15 +26,8 @@ fn error(src: &str) -> String {
 /// The spec example with every section and route key of a capability not built yet removed,
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
-    const LATER_SECTIONS: [&str; 6] = [
-        "bff",
-        "transforms",
-        "aggregates",
-        "cache",
-        "compression",
-        "tracing",
-    ];
-    const LATER_ROUTE_KEYS: [&str; 4] = ["cache", "transform", "websocket", "client"];
+    const LATER_SECTIONS: [&str; 5] = ["bff", "transforms", "aggregates", "compression", "tracing"];
+    const LATER_ROUTE_KEYS: [&str; 3] = ["transform", "websocket", "client"];
     let mut out = String::new();
     let mut section = String::new();
     for line in SPEC_EXAMPLE.lines() {
@@ -70,18 +63,19 @@ fn line_of(text: &str, line: &str) -> usize {
 #[test]
 fn spec_example_is_rejected_at_its_first_later_capability() {
     // Every key of the example parses and every value passes its checks: the only error is
-    // the first key of a capability not built yet, `routes.products.cache` on line 105.
+    // the first key of a capability not built yet, `routes.transfers_v1.transform` on line
+    // 117.
     let err = load_str(SPEC_EXAMPLE, Path::new("config/dispatch.toml")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "config/dispatch.toml:105:1: routes.products.cache: not supported yet: routes.products.cache"
+        "config/dispatch.toml:117:1: routes.transfers_v1.transform: not supported yet: routes.transfers_v1.transform"
     );
 }
 
 #[test]
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
-    for gone in ["[bff]", "cache =", "websocket =", "[tracing]"] {
+    for gone in ["[bff]", "transform =", "websocket =", "[tracing]"] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
@@ -520,7 +514,15 @@ fn errors_name_file_line_column_and_key() {
         ("bad rewrite", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nrewrite = \"v2\"\n"), "d.toml:6:11: routes.r.rewrite: invalid rewrite \"v2\": must start with \"/\""),
         ("rewrite with strip_prefix", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nstrip_prefix = true\nrewrite = \"/v2\"\n"), "d.toml:7:11: routes.r.rewrite: cannot be combined with strip_prefix = true: rewrite already replaces the matched prefix"),
         // Capabilities not built yet: parsed and checked, then rejected at their first key.
-        ("later route key", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\n\n[cache.rules.c]\nttl = \"1s\"\n"), "d.toml:6:1: routes.r.cache: not supported yet: routes.r.cache"),
+        ("later route key", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ntransform = \"t\"\n\n[transforms.t]\nrequest = \".\"\n"), "d.toml:6:1: routes.r.transform: not supported yet: routes.r.transform"),
+        // The cache: sizes, times, references, and per_user needing auth.
+        ("cache unknown rule", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"catalgo\"\n\n[cache.rules.catalog]\nttl = \"1s\"\n"), "d.toml:6:9: routes.r.cache: no cache rule named \"catalgo\" (did you mean \"catalog\"?)"),
+        ("cache per_user without auth", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\n\n[cache.rules.c]\nttl = \"1s\"\nper_user = true\n"), "d.toml:6:9: routes.r.cache: cache rule \"c\" is per_user: the route needs `auth` (without an authenticated subject one client's entry would answer another)"),
+        ("cache object over shard", "[cache]\nmax_bytes_per_worker = \"1KiB\"\nmax_object = \"2KiB\"\n".into(), "d.toml:3:14: cache.max_object: max_object must not exceed max_bytes_per_worker: such an object could never be stored"),
+        ("cache fractional ttl", "[cache.rules.c]\nttl = \"1500ms\"\n".into(), "d.toml:2:7: cache.rules.c.ttl: must be a whole number of seconds (HTTP cache ages are counted in seconds)"),
+        ("cache zero ttl", "[cache.rules.c]\nttl = \"0s\"\n".into(), "d.toml:2:7: cache.rules.c.ttl: must be greater than zero"),
+        ("cache bad invalidation", "[cache.rules.c]\ninvalidate_on = [\"POST\"]\n".into(), "d.toml:2:18: cache.rules.c.invalidate_on[0]: invalid request \"POST\": expected \"METHOD /path\""),
+        ("cache star inside", "[cache.rules.c]\ninvalidate_on = [\"PUT /a/*/b\"]\n".into(), "d.toml:2:18: cache.rules.c.invalidate_on[0]: invalid path in \"PUT /a/*/b\": `*` may only end the path"),
         // Auth and rate limits: what a route's policies need of each other.
         ("jwt key without jwt auth", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nrate_limits = [\"u\"]\n[rate_limits.u]\nalgorithm = \"fixed_window\"\nkey = \"jwt:sub\"\nlimit = 1\nwindow = \"1s\"\n"), "d.toml:6:16: routes.r.rate_limits[0]: rate limit \"u\" counts by jwt:sub, which needs a jwt auth policy on the route: without it every request would share the key \"<missing>\""),
         ("consumer key on a jwt route", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nauth = \"j\"\nrate_limits = [\"u\"]\n[rate_limits.u]\nalgorithm = \"token_bucket\"\nkey = \"consumer\"\nrate = 1\nburst = 1\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = \"k.pem\"\n"), "d.toml:7:16: routes.r.rate_limits[0]: rate limit \"u\" counts by consumer, which needs an api_key auth policy on the route: without it every request would share the key \"<missing>\""),
@@ -611,11 +613,11 @@ fn unresolvable_endpoint_host_is_an_error_at_its_value() {
 
 #[test]
 fn later_capabilities_are_rejected_in_file_order() {
-    // Whichever comes first in the file is reported: the `[cache]` section here, the
-    // route's `cache` key once the section is moved after the route.
+    // Whichever comes first in the file is reported: the `[transforms]` section here, the
+    // route's `transform` key once the section is moved after the route.
     let src = "\
-[cache.rules.c]
-ttl = \"1s\"
+[transforms.t]
+request = \".\"
 
 [upstreams.u]
 endpoints = [\"http://127.0.0.1:1\"]
@@ -623,9 +625,12 @@ endpoints = [\"http://127.0.0.1:1\"]
 [routes.r]
 paths = [\"/\"]
 upstream = \"u\"
-cache = \"c\"
+transform = \"t\"
 ";
-    assert_eq!(error(src), "d.toml:1:2: cache: not supported yet: cache");
+    assert_eq!(
+        error(src),
+        "d.toml:1:2: transforms: not supported yet: transforms"
+    );
     let moved = format!(
         "{}\n{}",
         &src[src.find("[upstreams").unwrap()..],
@@ -633,7 +638,7 @@ cache = \"c\"
     );
     assert_eq!(
         error(&moved),
-        "d.toml:7:1: routes.r.cache: not supported yet: routes.r.cache"
+        "d.toml:7:1: routes.r.transform: not supported yet: routes.r.transform"
     );
 }
 

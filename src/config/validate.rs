@@ -29,9 +29,11 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         .collect::<Result<Vec<_>, _>>()?;
     let auth = super::policy::auth_policies(&file.auth, src)?;
     let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
+    let cache = super::cache::cache(&file.cache, src)?;
     let policies = Policies {
         auth: &auth,
         rate_limits: &rate_limits,
+        cache: cache.as_ref(),
     };
     let routes = file
         .routes
@@ -47,6 +49,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         routes,
         auth,
         rate_limits,
+        cache,
         tracing: model::Tracing {
             propagate: file
                 .tracing
@@ -621,6 +624,7 @@ fn balance(text: &str) -> Result<model::Balance, String> {
 struct Policies<'a> {
     auth: &'a [model::AuthPolicy],
     rate_limits: &'a [model::RateLimit],
+    cache: Option<&'a model::Cache>,
 }
 
 fn route(
@@ -779,6 +783,16 @@ fn route(
         policies.rate_limits,
         src,
     )?;
+    let cache = match &route.cache {
+        None => None,
+        Some(rule) => Some(super::cache::rule_ref(
+            rule,
+            &at.key("cache"),
+            policies.cache,
+            auth,
+            src,
+        )?),
+    };
 
     Ok(model::Route {
         name: name.to_string(),
@@ -794,6 +808,7 @@ fn route(
         timeout,
         auth,
         rate_limits,
+        cache,
         location: src.location_of(&at),
     })
 }

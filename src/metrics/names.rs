@@ -87,6 +87,19 @@ pub const CACHE_REQUESTS_TOTAL: Family = family(
     "Cache lookups by rule and result (hit, miss, stale, bypass).",
     Kind::Counter,
 );
+/// `dispatch_cache_entries{worker}`: entries (and variant markers) in each worker's shard.
+pub const CACHE_ENTRIES: Family = family(
+    "dispatch_cache_entries",
+    "Entries held in each worker's cache shard.",
+    Kind::Gauge,
+);
+/// `dispatch_cache_bytes{worker}`: bytes held by each worker's shard (at most
+/// `max_bytes_per_worker`).
+pub const CACHE_BYTES: Family = family(
+    "dispatch_cache_bytes",
+    "Bytes held in each worker's cache shard (heads, bodies and bookkeeping).",
+    Kind::Gauge,
+);
 /// `dispatch_connections_active{side}`
 pub const CONNECTIONS_ACTIVE: Family = family(
     "dispatch_connections_active",
@@ -164,7 +177,7 @@ pub const BUILD_INFO: Family = family(
 );
 
 /// Every family, in exposition order.
-pub const ALL: [Family; 18] = [
+pub const ALL: [Family; 20] = [
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     UPSTREAM_REQUESTS_TOTAL,
@@ -173,6 +186,8 @@ pub const ALL: [Family; 18] = [
     UPSTREAM_POOL_NEW_TOTAL,
     RATELIMIT_REJECTED_TOTAL,
     CACHE_REQUESTS_TOTAL,
+    CACHE_ENTRIES,
+    CACHE_BYTES,
     CONNECTIONS_ACTIVE,
     BREAKER_STATE,
     TRACING_SPANS_DROPPED_TOTAL,
@@ -196,6 +211,7 @@ pub const LABEL_POLICY: &str = "policy";
 pub const LABEL_RULE: &str = "rule";
 pub const LABEL_RESULT: &str = "result";
 pub const LABEL_SIDE: &str = "side";
+pub const LABEL_WORKER: &str = "worker";
 pub const LABEL_VERSION: &str = "version";
 pub const LABEL_LE: &str = "le";
 

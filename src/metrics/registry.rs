@@ -169,6 +169,16 @@ impl CacheResult {
             Self::Bypass => "bypass",
         }
     }
+
+    /// The `X-Cache` header value.
+    pub const fn header(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Stale => "STALE",
+            Self::Bypass => "BYPASS",
+        }
+    }
 }
 
 /// Which side a connection is on: the `side` label.
@@ -833,6 +843,22 @@ impl<'a> Writer<'a> {
         self.sample(names::CONNECTIONS_REJECTED_TOTAL.name, &[], rejected);
     }
 
+    /// `dispatch_cache_entries{worker}` and `dispatch_cache_bytes{worker}` from each worker's
+    /// `(entries, bytes)`. For the `extra` closure of [`Registry::render`].
+    pub fn cache_shards(&mut self, shards: &[(u64, u64)]) {
+        for (family, pick) in [(&names::CACHE_ENTRIES, 0usize), (&names::CACHE_BYTES, 1)] {
+            self.family(family);
+            for (worker, &(entries, bytes)) in shards.iter().enumerate() {
+                let value = if pick == 0 { entries } else { bytes };
+                self.sample(
+                    family.name,
+                    &[(names::LABEL_WORKER, &worker.to_string())],
+                    value,
+                );
+            }
+        }
+    }
+
     /// `dispatch_breaker_state{upstream}` from `(upstream name, state)` pairs, state being
     /// 0 closed, 1 half-open, 2 open. For the `extra` closure of [`Registry::render`].
     pub fn breaker_states<'s>(&mut self, states: impl IntoIterator<Item = (&'s str, u8)>) {
@@ -1064,8 +1090,12 @@ dispatch_breaker_state{upstream="a\"b"} 0
             w.spans_dropped(7);
             w.access_log_dropped(3);
             w.connections_rejected(2);
+            w.cache_shards(&[(4, 2048), (0, 0)]);
         });
         assert!(out.contains("dispatch_access_log_dropped_total 3\n"));
+        assert!(out.contains("dispatch_cache_entries{worker=\"0\"} 4\n"));
+        assert!(out.contains("dispatch_cache_bytes{worker=\"0\"} 2048\n"));
+        assert!(out.contains("dispatch_cache_bytes{worker=\"1\"} 0\n"));
         assert!(out.contains("dispatch_connections_rejected_total 2\n"));
         assert!(out.contains("dispatch_tracing_spans_dropped_total 7\n"));
         assert!(out.contains("dispatch_breaker_state{upstream=\"api\"} 1\n"));

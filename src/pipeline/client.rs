@@ -99,10 +99,16 @@ impl ClientIo {
     ) -> std::io::Result<()> {
         use super::Body;
         let rate = r.rate.map(|h| h.text());
+        let cache = r.cache.map(|c| c.text());
         let added = super::respond::phases(&super::respond::Answering {
             id: &r.id,
             rate: rate.as_ref(),
+            cache: cache.as_ref(),
         });
+        if let Body::Stored(stored) = &r.body {
+            super::phase::cache::write_stored(&mut self.wbuf, stored, r.head_only, &added, r.close);
+            return self.flush(timeout).await;
+        }
         let mut extra: smallvec::SmallVec<[(&str, &str); 6]> =
             added.iter().map(|a| (a.name, a.value)).collect();
         if let Some(allow) = &r.allow {
@@ -113,6 +119,8 @@ impl ClientIo {
         }
         let start = self.wbuf.len();
         let head_len = match &r.body {
+            // Written above.
+            Body::Stored(_) => 0,
             Body::Empty => {
                 http::write::empty_response(&mut self.wbuf, r.status, &extra, r.close);
                 return self.flush(timeout).await;

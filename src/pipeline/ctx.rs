@@ -102,6 +102,8 @@ pub struct RequestCtx {
     pub rate: Option<super::respond::RateHeaders>,
     /// A leaky bucket's wait, done first by `stack::run` (its places go back if dropped).
     pub delay: Option<Box<super::phase::ratelimit::Delay>>,
+    /// The cache's part (a cached route, or a request that may purge), taken by `stack::run`.
+    pub cache: Option<Box<super::phase::cache::Pending>>,
     pub started: Instant,
 }
 

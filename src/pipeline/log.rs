@@ -35,6 +35,8 @@ pub struct Record<'a> {
     pub client: IpAddr,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The cache's result, on a cached route whose cache phase ran.
+    pub cache: Option<crate::metrics::CacheResult>,
 }
 
 /// Where a worker's records go.
@@ -76,6 +78,9 @@ pub fn log(sinks: &Sinks<'_>, r: &Record<'_>) {
         .request(r.route.map(|id| id as u32), r.method, r.status, elapsed);
     let cfg = sinks.config;
     let route = r.route.map(|id| &cfg.routes[id]);
+    if let (Some(result), Some(rule)) = (r.cache, route.and_then(|r| r.cache)) {
+        sinks.metrics.cache(rule as u32, result);
+    }
     let upstream = r.upstream.map(|id| cfg.upstreams[id].name.as_str());
     if let (Some(spans), Some(trace)) = (sinks.spans, r.trace) {
         let route_name = route.map(|r| r.name.as_str());
@@ -120,7 +125,7 @@ pub fn log(sinks: &Sinks<'_>, r: &Record<'_>) {
             upstream_time: r.attempt.map(|(_, t)| t),
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
-            cache: None,
+            cache: r.cache.map(|c| c.header()),
             worker: sinks.worker,
         });
     }

@@ -19,6 +19,7 @@ pub mod headers;
 pub mod log;
 pub mod phase;
 pub mod proxy;
+pub mod refresh;
 pub mod respond;
 pub mod response;
 pub mod stack;

@@ -13,8 +13,11 @@
 //! 2. rate limits: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` on every answer
 //!    of a rate-limited route whose limits were checked (the gateway's values replace an
 //!    upstream's: the client is limited here);
-//! 3. (later capabilities, in this order: cache store -> response transform -> compression;
-//!    each is refused at config load until it lands.)
+//! 3. cache: `X-Cache` on every answer of a cached route, and `Age` on a stored answer (the
+//!    gateway's values replace an upstream's: the answer is the cache's; a MISS keeps the
+//!    upstream's own `Age`, the age its own cache gave it);
+//! 4. (later capabilities, in this order: response transform -> compression; each is
+//!    refused at config load until it lands.)
 //!
 //! Cost: a few borrowed slices in an inline list; nothing is allocated per answer (the rate
 //! numbers are formatted once, into inline buffers, by the rate-limit phase).
@@ -22,6 +25,7 @@
 use smallvec::SmallVec;
 
 use super::ctx::RequestId;
+use crate::metrics::CacheResult;
 
 /// A header field a response phase adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,13 +38,39 @@ pub struct Added<'a> {
 }
 
 /// What the response phases add, in order.
-pub type AddedHeaders<'a> = SmallVec<[Added<'a>; 4]>;
+pub type AddedHeaders<'a> = SmallVec<[Added<'a>; 6]>;
 
 /// What the response phases know of the request being answered.
 pub struct Answering<'a> {
     pub id: &'a RequestId,
     /// The route's rate-limit values, formatted (the rate-limit phase's).
     pub rate: Option<&'a RateText>,
+    /// The cache's result and a stored answer's age, formatted (the cache phase's).
+    pub cache: Option<&'a CacheText>,
+}
+
+/// What the cache phase says of an answer: `X-Cache`, and `Age` when a stored response
+/// answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheMark {
+    pub result: CacheResult,
+    pub age: Option<u64>,
+}
+
+impl CacheMark {
+    pub fn text(&self) -> CacheText {
+        CacheText {
+            result: self.result.header(),
+            age: self.age.map(Number::new),
+        }
+    }
+}
+
+/// [`CacheMark`] formatted (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheText {
+    result: &'static str,
+    age: Option<Number>,
 }
 
 /// The `RateLimit-*` values of a request (draft-ietf-httpapi-ratelimit-headers: the most
@@ -148,6 +178,21 @@ pub fn phases<'a>(a: &Answering<'a>) -> AddedHeaders<'a> {
             });
         }
     }
+    // 3. cache
+    if let Some(cache) = a.cache {
+        added.push(Added {
+            name: "X-Cache",
+            value: cache.result,
+            upstream_wins: false,
+        });
+        if let Some(age) = &cache.age {
+            added.push(Added {
+                name: "Age",
+                value: age.as_str(),
+                upstream_wins: false,
+            });
+        }
+    }
     added
 }
 
@@ -162,6 +207,7 @@ mod tests {
         let added = phases(&Answering {
             id: &id,
             rate: None,
+            cache: None,
         });
         assert_eq!(
             added.as_slice(),
@@ -188,6 +234,7 @@ mod tests {
         let added = phases(&Answering {
             id: &id,
             rate: Some(&rate),
+            cache: None,
         });
         let fields: Vec<(&str, &str, bool)> = added
             .iter()
@@ -203,5 +250,18 @@ mod tests {
             ]
         );
         assert!(!added.spilled(), "four fields stay inline");
+        let cache = CacheMark {
+            result: CacheResult::Hit,
+            age: Some(42),
+        }
+        .text();
+        let added = phases(&Answering {
+            id: &id,
+            rate: Some(&rate),
+            cache: Some(&cache),
+        });
+        let tail: Vec<(&str, &str)> = added[4..].iter().map(|a| (a.name, a.value)).collect();
+        assert_eq!(tail, [("X-Cache", "HIT"), ("Age", "42")]);
+        assert!(!added.spilled(), "six fields stay inline");
     }
 }

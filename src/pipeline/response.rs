@@ -3,11 +3,11 @@
 //!
 //! The JSON error of BEHAVIOR.md is one kind of body ([`Body::Error`]); a breaker's configured
 //! fallback is another ([`Body::Json`]), and the gateway's own `204` answers (`OPTIONS *`,
-//! `Max-Forwards: 0`) carry none. One writer, [`super::client::ClientIo::send_response`],
+//! `Max-Forwards: 0`) carry none; a cached response ([`Body::Stored`]) is the cache's. One writer, [`super::client::ClientIo::send_response`],
 //! puts every one of them on the wire, and the logging phase records it like any other answer.
 
 use super::ctx::RequestId;
-use super::respond::RateHeaders;
+use super::respond::{CacheMark, RateHeaders};
 use super::trace::TraceContext;
 use crate::config::model::{RouteId, UpstreamId};
 
@@ -20,6 +20,16 @@ pub enum Body {
     Json(String),
     /// No content (`204`).
     Empty,
+    /// A stored response (the cache's), whole or as a `304 Not Modified`.
+    Stored(Stored),
+}
+
+/// A stored response as the cache phase answers with it.
+#[derive(Debug)]
+pub struct Stored {
+    pub entry: std::rc::Rc<crate::cache::Entry>,
+    /// The client's conditional request is met: `304` with the stored validators.
+    pub not_modified: bool,
 }
 
 #[derive(Debug)]
@@ -44,6 +54,8 @@ pub struct Response {
     pub challenge: Option<&'static str>,
     /// The rate limits' headers, when the route is rate-limited and its limits were checked.
     pub rate: Option<RateHeaders>,
+    /// `X-Cache` (and `Age`), when the route is cached and the cache phase ran.
+    pub cache: Option<CacheMark>,
 }
 
 impl Response {
@@ -77,7 +89,20 @@ impl Response {
             routed: None,
             challenge: None,
             rate: None,
+            cache: None,
         }
+    }
+
+    /// A stored response: `200` (or whatever was stored), or `304` when `not_modified`.
+    pub fn stored(stored: Stored, mark: CacheMark, id: RequestId) -> Self {
+        let status = if stored.not_modified {
+            304
+        } else {
+            stored.entry.status
+        };
+        let mut r = Response::with_body(status, Body::Stored(stored), id);
+        r.cache = Some(mark);
+        r
     }
 
     pub fn closing(mut self) -> Self {

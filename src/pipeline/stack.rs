@@ -9,12 +9,13 @@
 //! there, and the answer carries the request's id and trace context whichever phase made it.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::client::ClientIo;
 use super::ctx::{MethodInfo, RequestCtx};
 use super::phase::{
-    auth, breaker, framing, identity, ratelimit, route, split, target, untrusted, upstream,
+    auth, breaker, cache, framing, identity, ratelimit, route, split, target, untrusted, upstream,
     Destination, Fields, Flow,
 };
 use super::proxy::Served;
@@ -39,7 +40,7 @@ pub fn prepare(
     head: &RequestHead<'_>,
     peer: SocketAddr,
     worker: &Worker,
-    snap: &Snapshot,
+    snap: &Rc<Snapshot>,
     ubuf: &mut Vec<u8>,
 ) -> Prepared {
     let (cfg, router) = (&*snap.active.config, &snap.active.router);
@@ -56,11 +57,14 @@ pub fn prepare(
     // The route's rate-limit values, once phase 5 or 7 has them: every later answer carries
     // them.
     let rate = std::cell::Cell::new(None);
+    // `X-Cache`, once phase 9 has looked: every later answer carries it.
+    let cache_mark = std::cell::Cell::new(None);
     // A phase's answer ends the list here, with the request's id and trace context.
     let answer = |mut r: Response| {
         r.head_only = head.method == "HEAD";
         r.trace = who.trace;
         r.rate = r.rate.or(rate.get());
+        r.cache = r.cache.or(cache_mark.get());
         Prepared::Answer(r)
     };
     macro_rules! next {
@@ -149,22 +153,86 @@ pub fn prepare(
     rate.set(limited.headers);
     // 8. The split side after auth, so a sticky key on an identity header is the verified one.
     let to = split::run(cfg, &m, &fields, peer.ip(), || worker.rand());
-    // 9. Later capabilities slot in here, in this order: client/BFF (before route) ->
-    //    cache -> aggregate | transform (each is rejected at config load until it lands).
+    // 9. The cache after auth and the rate limits (a hit is authenticated and counted like
+    //    any request) and after the split (a refresh goes where the request would go), before
+    //    the breaker: a hit touches neither the upstream nor its breaker. (Client/BFF before
+    //    route, and aggregate | transform after this, are rejected at config load until they
+    //    land.)
+    let mut cached = None;
+    if let Some(config) = &cfg.cache {
+        let shard = worker.cache_shard(config.max_bytes_per_worker);
+        let lookup = cache::lookup(
+            cache::Cache {
+                config,
+                rules: &snap.active.cache,
+                shard: &shard,
+            },
+            to.route,
+            &cache::Request {
+                method: head.method,
+                headers,
+                host: resource.host.unwrap_or_default(),
+                path: &resource.target.path,
+                query: resource.target.query,
+                subject: &subject,
+                now: clock::unix_now(),
+            },
+            who.id,
+        );
+        match lookup {
+            cache::Lookup::Skip => {}
+            cache::Lookup::Go(pending) => {
+                cache_mark.set(pending.mark());
+                cached = Some(pending);
+            }
+            cache::Lookup::Answer(mut r) => {
+                r.routed = Some(to.ids());
+                return answer(framing.close_if_body(r));
+            }
+            cache::Lookup::Revalidate(mut r, leader, store) => {
+                let req = upstream::Request {
+                    head,
+                    headers,
+                    client_ip: peer.ip(),
+                    identity: &who,
+                    framing: &framing,
+                    resource: &resource,
+                    subject: &subject,
+                };
+                super::refresh::start(&req, &to, leader, store, worker, snap, &shard);
+                r.routed = Some(to.ids());
+                return answer(framing.close_if_body(r));
+            }
+        }
+    }
     // 10. The breaker, last before the upstream, so a request answered earlier takes no
     //    permit (a permit dropped unused, as by a later 413, frees its probe slot). A request a
     //    leaky bucket delays is answered now if the breaker is open (its place goes back),
-    //    else takes its permit after the wait (`run`): no probe slot is held while it waits.
+    //    else takes its permit after the wait (`run`): no probe slot is held while it waits;
+    //    likewise a cache miss waiting for another request's fetch of its key. An open
+    //    breaker is answered with a stale entry when `stale_if_error` allows.
     let permit = {
         let state = snap.upstreams.list[to.upstream_id].borrow();
         // No borrow of the upstream's worker state outlives the phase that reads it.
-        let permit = next!(breaker::run(state.breaker.as_ref(), &to, now, &framing, id));
-        if limited.delay.is_some() {
-            None
-        } else {
-            permit
+        match breaker::run(state.breaker.as_ref(), &to, now, &framing, id) {
+            Flow::Continue(permit) => permit,
+            Flow::Respond(r) => {
+                let stale = cached
+                    .as_ref()
+                    .and_then(|p| p.stale.as_ref())
+                    .and_then(|e| cache::stale_answer(e, clock::unix_now(), headers, who.id));
+                return answer(match stale {
+                    Some(mut stale) => {
+                        stale.routed = Some(to.ids());
+                        framing.close_if_body(stale)
+                    }
+                    None => r,
+                });
+            }
         }
     };
+    let waits = limited.delay.is_some() || cached.as_ref().is_some_and(|p| p.wait.is_some());
+    let permit = if waits { None } else { permit };
     // 11. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).
     let req = upstream::Request {
@@ -199,6 +267,7 @@ pub fn prepare(
         upstream_head_len: ubuf.len(),
         rate: limited.headers,
         delay: limited.delay,
+        cache: cached,
         started,
     })
 }
@@ -211,15 +280,27 @@ pub async fn run(
     worker: &Worker,
     snap: &Snapshot,
 ) -> Served {
+    // The cache's part lives as long as the request: dropped at its end, a fetch's leadership
+    // releases the misses waiting for it.
+    let mut cached = ctx.cache.take();
+    let delayed = ctx.delay.is_some();
     // A leaky bucket shapes the request: it leaves at its place's time (unless its client
     // leaves first), then takes its breaker permit. Boxed: the rare path must not grow every
     // request's future.
     if let Some(delay) = ctx.delay.take() {
-        if let Some(answered) = Box::pin(shaped(&ctx, delay, conn, snap)).await {
+        let stale = cached.as_ref().and_then(|p| p.stale.clone());
+        if let Some(answered) = Box::pin(shaped(&ctx, delay, stale, conn, snap)).await {
             return answered;
         }
     }
-    let served = super::proxy::forward(&ctx, conn, worker, snap).await;
+    // A miss whose key another request is fetching waits for it, then looks again.
+    if let Some(pending) = cached.as_deref_mut().filter(|p| p.wait.is_some()) {
+        let coalesced = coalesced(&ctx, pending, !delayed, conn, worker, snap);
+        if let Some(answered) = Box::pin(coalesced).await {
+            return answered;
+        }
+    }
+    let served = super::proxy::forward(&ctx, cached.as_deref_mut(), conn, worker, snap).await;
     // The breaker learns the request's final outcome, after its retries, from
     // `upstream::call` before the client gets the answer. A permit still here never reached
     // the call (the client failed while its body was being read): settled here.
@@ -246,6 +327,7 @@ pub async fn run(
 async fn shaped(
     ctx: &RequestCtx,
     mut delay: Box<ratelimit::Delay>,
+    stale: Option<Rc<crate::cache::Entry>>,
     conn: &mut ClientIo,
     snap: &Snapshot,
 ) -> Option<Served> {
@@ -258,6 +340,7 @@ async fn shaped(
             status: 0,
             upstream: None,
             verdict: crate::upstream::breaker::Outcome::Ignored,
+            cache: None,
         });
     }
     let rest = left(&delay);
@@ -265,6 +348,56 @@ async fn shaped(
         monoio::time::sleep(rest).await;
     }
     delay.admit();
+    late_breaker(ctx, stale.as_ref(), conn, snap).await
+}
+
+/// Waits (at most the request's read timeout) for the fetch of its key that another request
+/// is making, then looks the key up again: found, it is answered from the cache (`HIT`);
+/// otherwise (the response was not storable, too large, failed, or the wait timed out) it
+/// goes upstream itself, taking the breaker permit it skipped (`breaker_due`).
+async fn coalesced(
+    ctx: &RequestCtx,
+    pending: &mut cache::Pending,
+    breaker_due: bool,
+    conn: &mut ClientIo,
+    worker: &Worker,
+    snap: &Snapshot,
+) -> Option<Served> {
+    if let Some(flight) = pending.wait.take() {
+        // A timeout is not an error: the request goes upstream itself.
+        let _ = monoio::time::timeout(ctx.read_timeout, flight.done()).await;
+    }
+    if let (Some(store), Some(config)) = (&pending.store, &snap.active.config.cache) {
+        let shard = worker.cache_shard(config.max_bytes_per_worker);
+        let found = store.find(&mut shard.borrow_mut(), clock::unix_now());
+        if let Some(found) = found {
+            let result = match found.state {
+                crate::cache::rules::State::Fresh => Some(crate::metrics::CacheResult::Hit),
+                crate::cache::rules::State::StaleWhileRevalidate => {
+                    Some(crate::metrics::CacheResult::Stale)
+                }
+                _ => None,
+            };
+            if let Some(result) = result {
+                let r = cache::answer(&found, result, &[], ctx.id);
+                return Some(send(ctx, r, conn, snap, worker.drain.is_fired()).await);
+            }
+        }
+    }
+    if breaker_due {
+        return late_breaker(ctx, pending.stale.as_ref(), conn, snap).await;
+    }
+    None
+}
+
+/// Runs the breaker phase for a request that skipped it while it waited. Some: the breaker
+/// answered (or a stale entry did, for an open breaker), and the answer was sent.
+async fn late_breaker(
+    ctx: &RequestCtx,
+    stale: Option<&Rc<crate::cache::Entry>>,
+    conn: &mut ClientIo,
+    snap: &Snapshot,
+) -> Option<Served> {
     let cfg = &*snap.active.config;
     let to = Destination {
         route_id: ctx.route,
@@ -289,26 +422,45 @@ async fn shaped(
             &ctx.id,
         )
     };
-    let mut r = match flow {
+    let r = match flow {
         Flow::Continue(permit) => {
             ctx.permit.set(permit);
             return None;
         }
         Flow::Respond(r) => r,
     };
+    let r = stale
+        .and_then(|e| cache::stale_answer(e, clock::unix_now(), &[], ctx.id))
+        .map_or(r, |stale| framing.close_if_body(stale));
+    Some(send(ctx, r, conn, snap, false).await)
+}
+
+/// Sends an answer made after the synchronous phases (the breaker's, or a stored response),
+/// with what the phases gave the request.
+async fn send(
+    ctx: &RequestCtx,
+    mut r: Response,
+    conn: &mut ClientIo,
+    snap: &Snapshot,
+    draining: bool,
+) -> Served {
     r.head_only = ctx.method.is_head;
     r.trace = ctx.trace;
     r.rate = ctx.rate;
+    if !ctx.keep_alive || ctx.body != crate::http::BodyKind::None || draining {
+        r.close = true;
+    }
     let sent = conn
         .send_response(&r, snap.active.config.server.limits.body_timeout)
         .await
         .is_ok();
-    Some(Served {
+    Served {
         keep: sent && !r.close,
         status: r.status,
         upstream: None,
         verdict: crate::upstream::breaker::Outcome::Ignored,
-    })
+        cache: r.cache.map(|m| m.result),
+    }
 }
 
 /// What watching a waiting request's client found.

@@ -18,6 +18,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         timeout: None,
         auth: None,
         rate_limits: Vec::new(),
+        cache: None,
         location: Location::default(),
     }
 }

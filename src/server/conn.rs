@@ -74,6 +74,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     client: conn.peer.ip(),
                     bytes_in: conn.io.bytes_in - bytes_in,
                     bytes_out: conn.io.bytes_out - bytes_out,
+                    cache: None,
                 };
                 pipeline::log::log(&pipeline::log::Sinks::of(&worker, &snap), &record);
                 if sent {
@@ -94,7 +95,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             pipeline::stack::Prepared::Forward(ctx) => (ctx.id, ctx.trace),
             pipeline::stack::Prepared::Answer(r) => (r.id, r.trace),
         };
-        let (keep, route, status, started, upstream, attempt) = match prepared {
+        let (keep, route, status, started, upstream, attempt, cache) = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
                 let (route, started, upstream) = (ctx.route, ctx.started, ctx.upstream);
                 let served = pipeline::stack::run(ctx, &mut conn, &worker, &snap).await;
@@ -105,6 +106,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     started,
                     Some(upstream),
                     served.upstream,
+                    served.cache,
                 )
             }
             pipeline::stack::Prepared::Answer(answer) => {
@@ -119,6 +121,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     started,
                     answer.routed.map(|(_, upstream)| upstream),
                     None,
+                    answer.cache.map(|m| m.result),
                 )
             }
         };
@@ -141,6 +144,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             client: conn.peer.ip(),
             bytes_in: conn.io.bytes_in - bytes_in,
             bytes_out: conn.io.bytes_out - bytes_out,
+            cache,
         };
         pipeline::log::log(&pipeline::log::Sinks::of(&worker, &snap), &record);
         if !keep || worker.drain.is_fired() {

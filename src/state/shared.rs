@@ -30,6 +30,9 @@ pub struct Active {
     pub upstreams: Vec<UpstreamShared>,
     /// The compiled auth policies and rate limits (limits shared by every worker).
     pub policies: Arc<Policies>,
+    /// The cache rules' purge generations (shared by every worker; unchanged rules keep
+    /// theirs across reloads, and so their entries).
+    pub cache: Arc<crate::cache::Rules>,
     pub generation: u64,
     /// Worker threads running (fixed at start).
     pub workers: usize,
@@ -43,7 +46,12 @@ impl Active {
             crate::metrics::Layout::new()
                 .with_routes(c.routes.iter().map(|r| r.name.clone()))
                 .with_upstreams(c.upstreams.iter().map(|u| u.name.clone()))
-                .with_policies(c.rate_limits.iter().map(|r| r.name.clone())),
+                .with_policies(c.rate_limits.iter().map(|r| r.name.clone()))
+                .with_cache_rules(
+                    c.cache
+                        .iter()
+                        .flat_map(|c| c.rules.iter().map(|r| r.name.clone())),
+                ),
         )
     }
 
@@ -68,6 +76,10 @@ impl Active {
             }
             (None, old) => Arc::new(crate::policy::compile(&config, old.map(|o| &*o.policies))?),
         };
+        let cache = Arc::new(crate::cache::Rules::compile(
+            config.cache.as_ref(),
+            old.map(|o| &*o.cache),
+        ));
         // The running worker count: a reload cannot change it (see `reload`).
         let workers = old.map_or(config.server.workers, |o| o.workers);
         let upstreams = config
@@ -89,6 +101,7 @@ impl Active {
             router,
             upstreams,
             policies,
+            cache,
             generation,
             workers,
         })
@@ -117,6 +130,9 @@ pub struct Shared {
     pub connections_rejected: AtomicU64,
     /// The open listen addresses and the way to change them (reload).
     pub listeners: Listeners,
+    /// Each worker's cache shard size, `(entries, bytes)`: written by its worker after a
+    /// store or a sweep, read by the metrics scrape.
+    pub cache_gauges: Box<[(AtomicU64, AtomicU64)]>,
 }
 
 impl Shared {
@@ -140,6 +156,9 @@ impl Shared {
             access_log_dropped: Arc::default(),
             connections_rejected: AtomicU64::new(0),
             listeners,
+            cache_gauges: (0..workers)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
         })
     }
 
@@ -192,6 +211,14 @@ impl Shared {
     /// Seconds since start: the clock of the retry budget.
     pub fn now_sec(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// Publishes worker `worker`'s cache shard size for the metrics scrape.
+    pub fn publish_cache_size(&self, worker: usize, shard: &crate::cache::Shard) {
+        if let Some((entries, bytes)) = self.cache_gauges.get(worker) {
+            entries.store(shard.entries() as u64, Ordering::Relaxed);
+            bytes.store(shard.bytes(), Ordering::Relaxed);
+        }
     }
 
     /// Claims a connection slot; false when `max_connections` are open.

@@ -62,6 +62,9 @@ pub struct Worker {
     /// verification. Kept across reloads: a cache empties itself when its policy's keys were
     /// compiled anew (a verifier of another compilation).
     tokens: RefCell<Vec<Option<TokenCache>>>,
+    /// This worker's cache shard, created on the first lookup; kept across reloads (an
+    /// unchanged rule keeps its entries, a changed one's are dead by their generation).
+    cache: RefCell<Option<Rc<RefCell<crate::cache::Shard>>>>,
 }
 
 /// Tokens each verified-token cache holds (per worker and policy): a few hundred bytes each
@@ -92,6 +95,7 @@ impl Worker {
             accepting: RefCell::new(Vec::new()),
             accept,
             tokens: RefCell::new(Vec::new()),
+            cache: RefCell::new(None),
         }
     }
 
@@ -127,6 +131,36 @@ impl Worker {
         std::cell::RefMut::map(caches, |c| {
             c[policy].get_or_insert_with(|| TokenCache::new(TOKEN_CACHE_CAPACITY))
         })
+    }
+
+    /// This worker's cache shard, sized `capacity` bytes (a reload that changed
+    /// `max_bytes_per_worker` resizes it, evicting when it shrinks).
+    pub fn cache_shard(&self, capacity: u64) -> Rc<RefCell<crate::cache::Shard>> {
+        let mut slot = self.cache.borrow_mut();
+        let shard =
+            slot.get_or_insert_with(|| Rc::new(RefCell::new(crate::cache::Shard::new(capacity))));
+        if shard.borrow().capacity() != capacity {
+            shard.borrow_mut().set_capacity(capacity);
+            self.publish_cache_size(&shard.borrow());
+        }
+        shard.clone()
+    }
+
+    /// Publishes the shard's size for the metrics scrape.
+    pub fn publish_cache_size(&self, shard: &crate::cache::Shard) {
+        self.shared.publish_cache_size(self.id, shard);
+    }
+
+    /// Drops purged entries from the shard (if it exists) and publishes its size: the tick's,
+    /// so an idle worker gives back a purge's bytes too.
+    pub fn sweep_cache(&self, rules: &crate::cache::Rules) {
+        let slot = self.cache.borrow();
+        if let Some(shard) = slot.as_ref() {
+            if let Ok(mut shard) = shard.try_borrow_mut() {
+                shard.sweep(rules);
+                self.publish_cache_size(&shard);
+            }
+        }
     }
 
     /// Hands every pending access-log line and span to their writer threads (at exit).

@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod cache;
 pub mod framing;
 pub mod identity;
 pub mod ratelimit;
