@@ -191,3 +191,27 @@ fn a_second_demo_on_the_same_config_leaves_the_first_ones_keys() {
     );
     assert_eq!(me.status, 200, "{}", me.text());
 }
+
+/// The tour's cached route: on one connection (one worker's shard) the first request is a
+/// MISS and the next a HIT with `Age` and the same body; the tour's purge through the admin
+/// API makes the next one a MISS again.
+#[test]
+fn the_cached_route_hits_after_a_miss_and_the_admin_purge_empties_it() {
+    let demo = DemoRun::start();
+    let tour = demo.commands_with(&["/api/v1/catalog"]);
+    assert_eq!(tour.len(), 2, "{tour:?}");
+    assert!(tour[1].contains("DELETE") && tour[1].contains("/cache?rule=demo_catalog"));
+    let mut client = Client::connect(demo.gateway);
+    let miss = client.request(&Req::get("/api/v1/catalog"));
+    assert_eq!(miss.status, 200, "{}", miss.text());
+    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    let hit = client.request(&Req::get("/api/v1/catalog"));
+    assert_eq!(hit.header("x-cache"), Some("HIT"), "{:?}", hit.headers);
+    assert!(hit.header("age").is_some(), "{:?}", hit.headers);
+    assert_eq!(hit.body, miss.body);
+    let purged = send_request(demo.admin, &Req::new("DELETE", "/cache?rule=demo_catalog"));
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(purged.json()["purged"][0], "demo_catalog");
+    let again = client.request(&Req::get("/api/v1/catalog"));
+    assert_eq!(again.header("x-cache"), Some("MISS"), "{:?}", again.headers);
+}

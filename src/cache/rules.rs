@@ -569,6 +569,9 @@ pub fn vary(headers: &[Header<'_>]) -> Vary {
 /// The parts of a request a cache key is built from.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyParts<'a> {
+    /// What decides which backend answers besides the request itself (the route and the
+    /// upstream a split picked): two routes, or two sides of a split, never share entries.
+    pub scope: &'a [u8],
     /// The `Host` (or authority); its port is dropped and it is compared case-insensitively.
     pub host: &'a [u8],
     /// The path, as normalised by the target phase.
@@ -608,6 +611,7 @@ impl Key {
 pub fn key(parts: &KeyParts<'_>) -> Key {
     let mut out = Vec::with_capacity(64 + parts.path.len());
     out.push(b'G');
+    push_part(&mut out, b'r', parts.scope);
     let host = host_without_port(parts.host).to_ascii_lowercase();
     push_part(&mut out, b'h', &host);
     push_part(&mut out, b'p', parts.path);

@@ -111,7 +111,6 @@ impl Shard {
                 generation: g,
             } => {
                 if g != generation {
-                    self.map.remove(primary);
                     return None;
                 }
                 let key = variant(&names);
@@ -121,9 +120,14 @@ impl Shard {
                 }
             }
         };
+        // Another generation: purged (the sweep drops it), or newer than the caller's
+        // (a request that began before a purge): not the caller's either way.
+        if entry.generation != generation {
+            return None;
+        }
         let age = entry.age.current_age(now);
         let state = entry.freshness.state(age);
-        if entry.generation != generation || state == State::Expired {
+        if state == State::Expired {
             self.map.remove(key.as_ref().unwrap_or(primary));
             return None;
         }
@@ -173,20 +177,25 @@ impl Shard {
         self.map.weight()
     }
 
-    /// The fetch in flight for `primary`, if a request is already getting it.
-    pub fn flight(&mut self, primary: &Key) -> Option<Rc<Flight>> {
+    /// The fetch in flight for `primary` in purge generation `generation`, if a request is
+    /// already getting it (a fetch begun before a purge stores nothing a later request may
+    /// use: it is not waited for).
+    pub fn flight(&mut self, primary: &Key, generation: u64) -> Option<Rc<Flight>> {
         let f = self.flights.get(primary)?;
         if f.done.get() {
             self.flights.remove(primary);
             return None;
         }
-        Some(f.clone())
+        (f.generation == generation).then(|| f.clone())
     }
 
     /// Makes the caller the fetcher of `primary`: later misses wait for its [`Leader`] to be
     /// dropped (stored or not).
-    pub fn lead(shard: &Rc<RefCell<Shard>>, primary: Key) -> Leader {
-        let flight = Rc::new(Flight::default());
+    pub fn lead(shard: &Rc<RefCell<Shard>>, primary: Key, generation: u64) -> Leader {
+        let flight = Rc::new(Flight {
+            generation,
+            ..Flight::default()
+        });
         shard
             .borrow_mut()
             .flights
@@ -202,6 +211,8 @@ impl Shard {
 /// A fetch others may wait for.
 #[derive(Default)]
 pub struct Flight {
+    /// The purge generation of the fetch's request.
+    generation: u64,
     done: Cell<bool>,
     waiters: RefCell<Vec<Waker>>,
 }

@@ -651,6 +651,7 @@ fn key_of(
     let response_vary: Vec<String> = response_vary.iter().map(|s| s.to_string()).collect();
     let headers = h(headers);
     key(&KeyParts {
+        scope: b"",
         host: host.as_bytes(),
         path: path.as_bytes(),
         query: query.map(str::as_bytes),

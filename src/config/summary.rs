@@ -188,6 +188,42 @@ fn write_policies(out: &mut String, cfg: &Config) -> std::fmt::Result {
             r.key
         )?;
     }
+    if let Some(c) = &cfg.cache {
+        writeln!(
+            out,
+            "cache: {} per worker, objects up to {}, {} rules:",
+            super::units::format_size(c.max_bytes_per_worker),
+            super::units::format_size(c.max_object),
+            c.rules.len()
+        )?;
+        for r in &c.rules {
+            let secs = |s: u64| dur(std::time::Duration::from_secs(s));
+            let mut parts = vec![if r.ttl == 0 {
+                "ttl none (the upstream's max-age only)".to_string()
+            } else {
+                format!("ttl {}", secs(r.ttl))
+            }];
+            if r.stale_while_revalidate > 0 {
+                parts.push(format!(
+                    "stale-while-revalidate {}",
+                    secs(r.stale_while_revalidate)
+                ));
+            }
+            if r.stale_if_error > 0 {
+                parts.push(format!("stale-if-error {}", secs(r.stale_if_error)));
+            }
+            if !r.vary.is_empty() {
+                parts.push(format!("vary {}", r.vary.join(", ")));
+            }
+            if r.per_user {
+                parts.push("per user".to_string());
+            }
+            for inv in &r.invalidate_on {
+                parts.push(format!("purged by {}", inv.text));
+            }
+            writeln!(out, "  {}: {}", r.name, parts.join("; "))?;
+        }
+    }
     Ok(())
 }
 
@@ -232,6 +268,9 @@ fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
             .map(|&l| cfg.rate_limits[l].name.as_str())
             .collect();
         policies.push(format!("rate_limits {}", names.join(" + ")));
+    }
+    if let (Some(c), Some(cache)) = (r.cache, &cfg.cache) {
+        policies.push(format!("cache {}", cache.rules[c].name));
     }
     if r.strip_prefix {
         policies.push("strip_prefix".to_string());

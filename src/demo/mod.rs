@@ -297,7 +297,7 @@ pub fn curl_lines(
     let token = &credentials.token;
     let key = &credentials.api_key;
     let canary = format!("http://127.0.0.1:{}", ports.users_v2);
-    let steps: [(&str, String); 26] = [
+    let steps: [(&str, String); 28] = [
         (
             "Routing by path: /users goes to upstream `users` (users-1 or users-2)",
             format!("curl -i {gw}/users/u_1"),
@@ -367,6 +367,14 @@ pub fn curl_lines(
         (
             "... past the limit: 429 with Retry-After (seconds until the oldest of the 5 is 10s old) and RateLimit-Remaining: 0",
             format!("for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/api/v1/products; done; echo; curl -i {gw}/api/v1/products"),
+        ),
+        (
+            "Response cache: /api/v1/catalog is stored for 30s (each worker has its own shard, so the first request on each is a MISS); then HIT with Age",
+            format!("for i in 1 2 3; do curl -si {gw}/api/v1/catalog | grep -iE '^(x-cache|age):'; done"),
+        ),
+        (
+            "... purge it on every worker through the admin API: the next request is a MISS again",
+            format!("curl -s -X DELETE '{adm}/cache?rule=demo_catalog'; echo; curl -si {gw}/api/v1/catalog | grep -i '^x-cache:'"),
         ),
         (
             "Route timeout of 1s against a 3s upstream -> 504",

@@ -106,7 +106,14 @@ impl ClientIo {
             cache: cache.as_ref(),
         });
         if let Body::Stored(stored) = &r.body {
-            super::phase::cache::write_stored(&mut self.wbuf, stored, r.head_only, &added, r.close);
+            super::phase::cache::write_stored(
+                &mut self.wbuf,
+                stored,
+                r.head_only,
+                &added,
+                r.close,
+                r.http10,
+            );
             return self.flush(timeout).await;
         }
         let mut extra: smallvec::SmallVec<[(&str, &str); 6]> =

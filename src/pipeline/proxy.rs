@@ -484,6 +484,10 @@ pub async fn forward(
         read_timeout: ctx.read_timeout,
         started: ctx.started,
     };
+    let mut cache = cache;
+    if let Some(store) = cache.as_deref_mut().and_then(|p| p.store.as_deref_mut()) {
+        store.sent_at(crate::clock::unix_now());
+    }
     let mut down = Downstream {
         ctx,
         conn,
@@ -566,7 +570,7 @@ fn keep(tee: Box<Tee>, pending: &Pending, worker: &Worker, snap: &Snapshot) {
     let shard = worker.cache_shard(config.max_bytes_per_worker);
     {
         let mut shard = shard.borrow_mut();
-        store.keep(&mut shard, head, body);
+        store.keep(&mut shard, &snap.active.cache, head, body);
         worker.publish_cache_size(&shard);
     }
     drop(leader);
@@ -598,6 +602,7 @@ async fn answer_stale(
     };
     r.head_only = ctx.method.is_head;
     r.rate = ctx.rate;
+    r.http10 = ctx.version == Version::Http10;
     r.close = !ctx.keep_alive || worker.drain.is_fired() || ctx.body != BodyKind::None;
     let sent = conn.send_response(&r, timeout).await.is_ok();
     Served {

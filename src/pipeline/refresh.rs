@@ -144,7 +144,7 @@ async fn run(r: Refresh) {
         Some(head) => {
             if let Ok(body) = resp.collect(limit, r.policy.read_timeout).await {
                 let mut shard = r.shard.borrow_mut();
-                r.store.keep(&mut shard, head, body);
+                r.store.keep(&mut shard, &r.snap.active.cache, head, body);
                 r.shared.publish_cache_size(r.worker, &shard);
             }
         }

@@ -56,6 +56,9 @@ pub struct Response {
     pub rate: Option<RateHeaders>,
     /// `X-Cache` (and `Age`), when the route is cached and the cache phase ran.
     pub cache: Option<CacheMark>,
+    /// The client speaks HTTP/1.0: a stored answer on a kept-alive connection says
+    /// `Connection: keep-alive` (RFC 9112 §9.3).
+    pub http10: bool,
 }
 
 impl Response {
@@ -90,6 +93,7 @@ impl Response {
             challenge: None,
             rate: None,
             cache: None,
+            http10: false,
         }
     }
 

@@ -65,6 +65,7 @@ pub fn prepare(
         r.trace = who.trace;
         r.rate = r.rate.or(rate.get());
         r.cache = r.cache.or(cache_mark.get());
+        r.http10 = head.version == crate::http::Version::Http10;
         Prepared::Answer(r)
     };
     macro_rules! next {
@@ -159,8 +160,15 @@ pub fn prepare(
     //    route, and aggregate | transform after this, are rejected at config load until they
     //    land.)
     let mut cached = None;
-    if let Some(config) = &cfg.cache {
+    let cache_phase = cfg.cache.as_ref().filter(|c| {
+        to.route.cache.is_some() || c.rules.iter().any(|r| !r.invalidate_on.is_empty())
+    });
+    if let Some(config) = cache_phase {
         let shard = worker.cache_shard(config.max_bytes_per_worker);
+        let mut scope: smallvec::SmallVec<[u8; 64]> = smallvec::SmallVec::new();
+        scope.extend_from_slice(to.route.name.as_bytes());
+        scope.push(0);
+        scope.extend_from_slice(to.upstream.name.as_bytes());
         let lookup = cache::lookup(
             cache::Cache {
                 config,
@@ -171,6 +179,9 @@ pub fn prepare(
             &cache::Request {
                 method: head.method,
                 headers,
+                identity: &identity,
+                scope: &scope,
+                body: framing.body,
                 host: resource.host.unwrap_or_default(),
                 path: &resource.target.path,
                 query: resource.target.query,
@@ -288,8 +299,11 @@ pub async fn run(
     // leaves first), then takes its breaker permit. Boxed: the rare path must not grow every
     // request's future.
     if let Some(delay) = ctx.delay.take() {
-        let stale = cached.as_ref().and_then(|p| p.stale.clone());
-        if let Some(answered) = Box::pin(shaped(&ctx, delay, stale, conn, snap)).await {
+        let cache = cached.as_deref();
+        let stale = cache.and_then(|p| p.stale.clone());
+        let mark = cache.and_then(cache::Pending::mark);
+        let shaped = shaped(&ctx, delay, stale, mark, conn, snap);
+        if let Some(answered) = Box::pin(shaped).await {
             return answered;
         }
     }
@@ -328,6 +342,7 @@ async fn shaped(
     ctx: &RequestCtx,
     mut delay: Box<ratelimit::Delay>,
     stale: Option<Rc<crate::cache::Entry>>,
+    mark: Option<crate::pipeline::respond::CacheMark>,
     conn: &mut ClientIo,
     snap: &Snapshot,
 ) -> Option<Served> {
@@ -348,7 +363,7 @@ async fn shaped(
         monoio::time::sleep(rest).await;
     }
     delay.admit();
-    late_breaker(ctx, stale.as_ref(), conn, snap).await
+    late_breaker(ctx, stale.as_ref(), mark, conn, snap).await
 }
 
 /// Waits (at most the request's read timeout) for the fetch of its key that another request
@@ -380,12 +395,13 @@ async fn coalesced(
             };
             if let Some(result) = result {
                 let r = cache::answer(&found, result, &[], ctx.id);
-                return Some(send(ctx, r, conn, snap, worker.drain.is_fired()).await);
+                return Some(send(ctx, r, None, conn, snap, worker.drain.is_fired()).await);
             }
         }
     }
     if breaker_due {
-        return late_breaker(ctx, pending.stale.as_ref(), conn, snap).await;
+        let mark = pending.mark();
+        return late_breaker(ctx, pending.stale.as_ref(), mark, conn, snap).await;
     }
     None
 }
@@ -395,6 +411,7 @@ async fn coalesced(
 async fn late_breaker(
     ctx: &RequestCtx,
     stale: Option<&Rc<crate::cache::Entry>>,
+    mark: Option<crate::pipeline::respond::CacheMark>,
     conn: &mut ClientIo,
     snap: &Snapshot,
 ) -> Option<Served> {
@@ -432,14 +449,15 @@ async fn late_breaker(
     let r = stale
         .and_then(|e| cache::stale_answer(e, clock::unix_now(), &[], ctx.id))
         .map_or(r, |stale| framing.close_if_body(stale));
-    Some(send(ctx, r, conn, snap, false).await)
+    Some(send(ctx, r, mark, conn, snap, false).await)
 }
 
 /// Sends an answer made after the synchronous phases (the breaker's, or a stored response),
-/// with what the phases gave the request.
+/// with what the phases gave the request (`mark`: the cache's, for an answer that has none).
 async fn send(
     ctx: &RequestCtx,
     mut r: Response,
+    mark: Option<crate::pipeline::respond::CacheMark>,
     conn: &mut ClientIo,
     snap: &Snapshot,
     draining: bool,
@@ -447,6 +465,8 @@ async fn send(
     r.head_only = ctx.method.is_head;
     r.trace = ctx.trace;
     r.rate = ctx.rate;
+    r.cache = r.cache.or(mark);
+    r.http10 = ctx.version == crate::http::Version::Http10;
     if !ctx.keep_alive || ctx.body != crate::http::BodyKind::None || draining {
         r.close = true;
     }

@@ -170,7 +170,7 @@ async fn housekeeping(worker: Rc<Worker>, changes: Receiver<listeners::Change>) 
         let snap = worker.snapshot();
         snap.upstreams.sweep(now);
         snap.upstreams.flush_budgets(worker.shared.now_sec());
-        worker.sweep_cache(&snap.active.cache);
+        worker.sweep_cache(&snap.active);
         worker.access.flush(false);
         if !worker.shared.shutting_down() {
             worker.apply_listener_changes(&changes);

@@ -153,8 +153,16 @@ impl Worker {
 
     /// Drops purged entries from the shard (if it exists) and publishes its size: the tick's,
     /// so an idle worker gives back a purge's bytes too.
-    pub fn sweep_cache(&self, rules: &crate::cache::Rules) {
-        let slot = self.cache.borrow();
+    pub fn sweep_cache(&self, active: &super::shared::Active) {
+        let mut slot = self.cache.borrow_mut();
+        // A reload removed `[cache]`: the shard's memory goes back.
+        if active.config.cache.is_none() {
+            if slot.take().is_some() {
+                self.publish_cache_size(&crate::cache::Shard::new(0));
+            }
+            return;
+        }
+        let rules = &*active.cache;
         if let Some(shard) = slot.as_ref() {
             if let Ok(mut shard) = shard.try_borrow_mut() {
                 shard.sweep(rules);

@@ -49,6 +49,13 @@ pub struct Request<'a, 'h> {
     pub method: &'a str,
     /// The fields after phase 0.
     pub headers: &'a [Header<'h>],
+    /// The identity headers the auth phase sets upstream: a `Vary` may name them.
+    pub identity: &'a [(&'a str, &'a str)],
+    /// The route's and the chosen upstream's names: the key's scope.
+    pub scope: &'a [u8],
+    /// The request's body framing: a GET with a body is not cached (its answer may depend
+    /// on the body, which is not part of the key).
+    pub body: BodyKind,
     /// The authority asked for (no port removal needed: the key drops it).
     pub host: &'a [u8],
     /// The normalised path (the one routed).
@@ -107,6 +114,7 @@ impl Pending {
 pub struct Store {
     pub primary: Key,
     request: KeyRequest,
+    rule: CacheRuleId,
     generation: u64,
     times: RuleTimes,
     max_object: u64,
@@ -117,6 +125,7 @@ pub struct Store {
 /// The request's parts a variant key is made of, owned (the head is gone by the time a
 /// response names its `Vary`).
 struct KeyRequest {
+    scope: Vec<u8>,
     host: Vec<u8>,
     path: Vec<u8>,
     query: Option<Vec<u8>>,
@@ -140,6 +149,7 @@ impl KeyRequest {
             (n0, v0) = (n1, v1);
         }
         rules::key(&KeyParts {
+            scope: &self.scope,
             host: &self.host,
             path: &self.path,
             query: self.query.as_deref(),
@@ -184,8 +194,19 @@ impl Store {
         }
     }
 
-    /// Stores a response whose whole body arrived.
-    pub fn keep(&self, shard: &mut Shard, head: EntryHead, body: Vec<u8>) {
+    /// The request leaves for the upstream now (Unix seconds): the `request_time` its age
+    /// counts from (RFC 9111 §4.2.3), so a wait before it (a coalesced miss, a leaky bucket,
+    /// an upload) is not counted as the response's age.
+    pub fn sent_at(&mut self, now: u64) {
+        self.request_time = now;
+    }
+
+    /// Stores a response whose whole body arrived, unless its rule was purged since the
+    /// request began (the entry would be dead on arrival, and would displace a live one).
+    pub fn keep(&self, shard: &mut Shard, rules: &Rules, head: EntryHead, body: Vec<u8>) {
+        if rules.generation(self.rule) != self.generation {
+            return;
+        }
         let entry = head.finish(body, self.generation);
         let variant = (!entry.vary.is_empty()).then(|| self.request.key(&entry.vary));
         shard.store(self.primary.clone(), variant, entry);
@@ -303,7 +324,14 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
         leader: None,
         purge,
     });
-    if rules::request_bypass(req.method, req.headers, rule.per_user).is_some() {
+    if rules::request_bypass(req.method, req.headers, rule.per_user).is_some()
+        || req.body != BodyKind::None
+    {
+        return Lookup::Go(pending);
+    }
+    // An API key is a credential like `Authorization` (RFC 9111 §3.5): the answer may be the
+    // consumer's own, so it is shared only under a `per_user` key.
+    if !rule.per_user && matches!(req.subject, Subject::Consumer { .. }) {
         return Lookup::Go(pending);
     }
     let subject = match rule.per_user {
@@ -315,13 +343,31 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
     };
     pending.result = CacheResult::Miss;
     let generation = cache.rules.generation(rule_id);
+    // The fields the upstream will see: the identity headers are among them.
+    let with_identity: SmallVec<[Header<'_>; 32]>;
+    let fields = match req.identity {
+        [] => req.headers,
+        identity => {
+            with_identity = req
+                .headers
+                .iter()
+                .copied()
+                .chain(identity.iter().map(|&(name, value)| Header {
+                    name,
+                    value: value.as_bytes(),
+                }))
+                .collect();
+            &with_identity
+        }
+    };
     let parts = KeyParts {
+        scope: req.scope,
         host: req.host,
         path: req.path.as_bytes(),
         query: req.query.map(str::as_bytes),
         rule_vary: &rule.vary,
         response_vary: &[],
-        request_headers: req.headers,
+        request_headers: fields,
         subject: subject.as_deref(),
     };
     let primary = rules::key(&parts);
@@ -341,12 +387,13 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
             generation,
             req.now,
         );
-        (found, shard.flight(&primary))
+        (found, shard.flight(&primary, generation))
     };
     let store = |primary: Key| {
         Box::new(Store {
             primary,
             request: owned(&parts),
+            rule: rule_id,
             generation,
             times: RuleTimes {
                 ttl: rule.ttl,
@@ -368,7 +415,7 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
                     // A fetch of the key is running: it refreshes the entry.
                     Some(_) => Lookup::Answer(r),
                     None => {
-                        let leader = Shard::lead(cache.shard, primary.clone());
+                        let leader = Shard::lead(cache.shard, primary.clone(), generation);
                         Lookup::Revalidate(r, leader, store(primary))
                     }
                 };
@@ -383,7 +430,7 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
     if !refresh {
         match running {
             Some(flight) => pending.wait = Some(flight),
-            None => pending.leader = Some(Shard::lead(cache.shard, primary.clone())),
+            None => pending.leader = Some(Shard::lead(cache.shard, primary.clone(), generation)),
         }
     }
     pending.store = Some(store(primary));
@@ -450,6 +497,7 @@ fn owned(parts: &KeyParts<'_>) -> KeyRequest {
         fields.push((names.len() as u32, values.len() as u32));
     }
     KeyRequest {
+        scope: parts.scope.to_vec(),
         host: parts.host.to_vec(),
         path: parts.path.to_vec(),
         query: parts.query.map(<[u8]>::to_vec),
@@ -463,18 +511,21 @@ fn owned(parts: &KeyParts<'_>) -> KeyRequest {
 
 /// Writes a stored answer: the stored head with the response phases' fields, its own
 /// `Content-Length`, and the body unless `head_only`; or a `304` with the stored validators
-/// (RFC 9110 §15.4.5).
+/// (RFC 9110 §15.4.5). An HTTP/1.0 client kept alive is told so (`http10`).
 pub fn write_stored(
     out: &mut Vec<u8>,
     stored: &Stored,
     head_only: bool,
     added: &[Added<'_>],
     close: bool,
+    http10: bool,
 ) {
     let entry = &stored.entry;
     let fields = entry.headers();
     let connection = if close {
         ConnDirective::Close
+    } else if http10 {
+        ConnDirective::KeepAlive
     } else {
         ConnDirective::Default
     };
