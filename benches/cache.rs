@@ -2,7 +2,7 @@
 //!
 //! What is measured, per request, on one worker's shard holding the stored response:
 //! - `hit/lookup_and_write/*`: the whole hit as the gateway serves it: the cache phase's
-//!   lookup (`invalidate_on` check, bypass check, key, purge-generation load, shard probe,
+//!   lookup (`invalidate_on` check, bypass checks, key, purge-generation load, shard probe,
 //!   age and freshness, the conditional-request check), then the response phases' fields
 //!   (`X-Request-Id`, `X-Cache`, `Age`) and `write_stored`, which writes the stored head and
 //!   body into the connection's output buffer (cleared, its capacity kept, as between two
@@ -144,9 +144,18 @@ impl Fixture {
     }
 
     fn lookup(&self, route: &str, path: &str, headers: &[Header<'_>], now: u64) -> Lookup {
+        // The key's scope as the request stack builds it (on its stack): the route's and the
+        // upstream's names.
+        let scope: &[u8] = match route {
+            "cached" => b"cached\0backend",
+            _ => b"varied\0backend",
+        };
         let req = Request {
             method: "GET",
             headers,
+            identity: &[],
+            scope,
+            body: BodyKind::None,
             host: b"127.0.0.1:18081",
             path,
             query: None,
@@ -174,7 +183,7 @@ impl Fixture {
         let entry = store
             .admit(&head, BodyKind::Length(body.len() as u64), STORED_AT)
             .expect("the upstream's answer is storable");
-        store.keep(&mut self.shard.borrow_mut(), entry, body);
+        store.keep(&mut self.shard.borrow_mut(), &self.rules, entry, body);
         drop(pending);
         assert!(
             matches!(
@@ -197,7 +206,7 @@ fn write_hit(out: &mut Vec<u8>, r: &Response) {
         rate: None,
         cache: cache.as_ref(),
     });
-    cache::write_stored(out, stored, r.head_only, &added, r.close);
+    cache::write_stored(out, stored, r.head_only, &added, r.close, r.http10);
 }
 
 fn hit(r: Lookup) -> Response {
