@@ -2,7 +2,8 @@
 # perf/compare.sh: Dispatch against nginx and HAProxy, same machine, same run, same upstream.
 #
 # What it does:
-#   1. installs nginx, haproxy and wrk with apt-get when they are missing;
+#   1. installs nginx, haproxy and wrk (SCENARIO=cache: varnish too) with apt-get when they are
+#      missing;
 #   2. builds Dispatch with `cargo build --profile perf` (unless DISPATCH_BIN names a binary);
 #   3. starts one upstream nginx worker (perf/peers/nginx-upstream.conf, 127.0.0.1:18000) that
 #      answers every request with a fixed ~300-byte JSON body over keep-alive;
@@ -48,6 +49,27 @@
 #   summary prints Dispatch/HAProxy CPU per request for each, against the issue's bars (warm at
 #   most 0.5x, cold at most 1.0x).
 #
+# SCENARIO=cache (issue 12: the response cache) measures cache hits of one 2 KiB JSON response
+# against nginx `proxy_cache` and Varnish (Debian's `varnish` package, installed when missing);
+# HAProxy only when PROXIES names it (perf/peers/haproxy-cache.cfg, its `cache` section):
+#   - the upstream answers /cache/... with a 2,048-byte JSON body and `Cache-Control:
+#     max-age=3600`, and writes one line per request it gets there to its own access log
+#     (perf/peers/nginx-upstream.conf), which this script counts;
+#   - Dispatch: perf/peers/dispatch-cache.toml, a route with a cache rule, 64 MiB per worker;
+#   - nginx: perf/peers/nginx-cache.conf, `proxy_cache` with proxy_cache_lock, 2 workers (its
+#     cache manager and loader processes are counted with the workers);
+#   - Varnish on 127.0.0.1:18085: `varnishd -F -b 127.0.0.1:18000 -s malloc,256m
+#     -p thread_pools=2` with the built-in VCL (every process counted: manager and child).
+#   Before measuring, each proxy must answer the second of two requests on one connection (so
+#   one Dispatch worker answers both) as a hit: Dispatch `X-Cache: HIT` with `Age`, nginx and
+#   HAProxy `X-Cache-Status: HIT`, Varnish two ids in `X-Varnish` with `Age`; both bodies byte for byte
+#   the upstream's. Each run's table row shows how many requests reached the upstream during it
+#   (0 when every request is a hit); the summary prints, per proxy, the upstream requests at
+#   start-up and checks (one per cache: 1 for nginx and Varnish, at most one per worker for
+#   Dispatch), during the warm-up and during the measured runs, and Dispatch's CPU per hit
+#   against the issue's bars (at most 0.7x nginx's, at most 1.0x Varnish's). A measured run in
+#   which more than 1% of requests reached the upstream is flagged INVALID (exit status 2).
+#
 # Everything runs as child processes of this script with pid, log and temp files in one temp
 # dir; all of them are stopped on exit. Nothing is pinned to a core.
 #
@@ -56,7 +78,8 @@
 #   DURATION=10s        length of each measured wrk run
 #   WARMUP=3s           length of the warm-up run per proxy (not recorded)
 #   CONNECTIONS=64      wrk -c;  THREADS=1: wrk -t
-#   PROXIES="dispatch nginx haproxy"   which proxies to measure, in round-1 order
+#   PROXIES="dispatch nginx haproxy"   which proxies to measure, in round-1 order (SCENARIO=cache:
+#                       "dispatch nginx varnish")
 #   SCENARIO=proxy      Dispatch config: perf/peers/dispatch.toml for "proxy", otherwise
 #                       perf/peers/dispatch-$SCENARIO.toml (DISPATCH_CONFIG=path overrides both);
 #                       HAProxy's: perf/peers/haproxy-$SCENARIO.cfg if there is one, else
@@ -65,7 +88,7 @@
 #                       (1 = "warm"; more = "cold", one picked at random per request)
 #   DISPATCH_BIN=path   use this binary, do not build
 #   BUILD=0             do not build; use target/perf/dispatch if it exists, else skip Dispatch
-#   REQUEST_PATH=/users/1   the path wrk requests
+#   REQUEST_PATH=/users/1   the path wrk requests (SCENARIO=cache: /cache/catalog/42)
 #   KEEP_TMP=1          keep the temp dir (logs, raw wrk output, results.tsv) after the run
 #   RELOAD_EVERY=1      while Dispatch is measured, POST /reload to its admin API every this
 #                       many seconds (hot reload under load; the count is printed per run)
@@ -77,7 +100,8 @@
 #   DISPATCH_BIN=/tmp/before DISPATCH_B=/tmp/after PROXIES=dispatch ROUNDS=6 perf/compare.sh
 #
 # Smoke test: DURATION=2s ROUNDS=1 WARMUP=1s perf/compare.sh
-#   (edge: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=edge perf/compare.sh)
+#   (edge: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=edge perf/compare.sh;
+#    cache: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=cache perf/compare.sh)
 set -euo pipefail
 
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -89,8 +113,13 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
-PROXIES=${PROXIES:-dispatch nginx haproxy}
 SCENARIO=${SCENARIO:-proxy}
+if [[ $SCENARIO == cache ]]; then
+    PROXIES=${PROXIES:-dispatch nginx varnish}
+    REQUEST_PATH=${REQUEST_PATH:-/cache/catalog/42}
+else
+    PROXIES=${PROXIES:-dispatch nginx haproxy}
+fi
 BUILD=${BUILD:-1}
 REQUEST_PATH=${REQUEST_PATH:-/users/1}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -99,7 +128,7 @@ EDGE_TOKENS=${EDGE_TOKENS:-1 10000}
 
 # Fixed loopback ports: the files in perf/peers/ name them too.
 UPSTREAM_PORT=18000
-declare -A PORT=([dispatch]=18081 [nginx]=18082 [haproxy]=18083 [dispatch-b]=18084)
+declare -A PORT=([dispatch]=18081 [nginx]=18082 [haproxy]=18083 [dispatch-b]=18084 [varnish]=18085)
 DISPATCH_ADMIN_PORT=18091
 DISPATCH_B_ADMIN_PORT=18092
 DISPATCH_B=${DISPATCH_B:-}
@@ -124,6 +153,9 @@ ensure_tools() {
     if [[ $SCENARIO == edge ]]; then
         command -v openssl >/dev/null || missing+=(openssl)
         pick_python || missing+=(python3-cryptography)
+    fi
+    if [[ $SCENARIO == cache ]] && want varnish; then
+        command -v varnishd >/dev/null || missing+=(varnish)
     fi
     if ((${#missing[@]})); then
         log "installing: ${missing[*]}"
@@ -289,6 +321,10 @@ start_nginx() { # start_nginx NAME CONF
     CHILDREN+=($!)
 }
 
+# nginx's config: perf/peers/nginx-$SCENARIO.conf if there is one (cache), else the plain proxy.
+NGINX_CONFIG=$PEERS/nginx-proxy.conf
+[[ ! -f $PEERS/nginx-$SCENARIO.conf ]] || NGINX_CONFIG=$PEERS/nginx-$SCENARIO.conf
+
 HAPROXY_CONFIG=$PEERS/haproxy.cfg
 [[ ! -f $PEERS/haproxy-$SCENARIO.cfg ]] || HAPROXY_CONFIG=$PEERS/haproxy-$SCENARIO.cfg
 
@@ -299,6 +335,21 @@ start_haproxy() {
     # -db: stay in the foreground, no daemon, no pid file.
     haproxy -db -f "$HAPROXY_CONFIG" >"$prefix/logs/stdout.log" 2>&1 &
     ROOT_PID[haproxy]=$!
+    CHILDREN+=($!)
+}
+
+# start_varnish: Varnish in front of the upstream with the built-in VCL (it caches what the
+# upstream's Cache-Control allows, GETs without Cookie or Authorization), in the foreground (-F)
+# so that it is this script's child; its manager process forks the child that serves, and
+# both are counted. thread_pools=2 matches the 2-core budget of the others; -j none: no jail
+# (no user switch, the work dir stays in this script's temp dir); -T none: no CLI port.
+start_varnish() {
+    local prefix=$TMP/varnish
+    mkdir -p "$prefix/logs"
+    varnishd -F -j none -T none -n "$prefix/work" -a "127.0.0.1:${PORT[varnish]}" \
+        -b "127.0.0.1:$UPSTREAM_PORT" -s malloc,256m -p thread_pools=2 \
+        >"$prefix/logs/stdout.log" 2>&1 &
+    ROOT_PID[varnish]=$!
     CHILDREN+=($!)
 }
 
@@ -331,9 +382,10 @@ start_proxy() {
     case $1 in
         dispatch) start_dispatch dispatch "$DISPATCH_BIN" "$DISPATCH_CONFIG" ;;
         dispatch-b) start_dispatch_b ;;
-        nginx) start_nginx nginx "$PEERS/nginx-proxy.conf" ;;
+        nginx) start_nginx nginx "$NGINX_CONFIG" ;;
         haproxy) start_haproxy ;;
-        *) die "unknown proxy '$1' in PROXIES (known: dispatch nginx haproxy)" ;;
+        varnish) start_varnish ;;
+        *) die "unknown proxy '$1' in PROXIES (known: dispatch nginx haproxy varnish)" ;;
     esac
 }
 
@@ -404,6 +456,82 @@ check_edge() {
     log "edge: $name answers 200 to $checked valid tokens and 401 without a token and to the $(find "$EDGE_DIR" -name 'bad-*.jwt' | wc -l) bad ones ($(cd "$EDGE_DIR" && echo bad-*.jwt | sed 's/bad-//g; s/\.jwt//g'))"
 }
 
+# --------------------------------------------------------------------------------------------
+# SCENARIO=cache: proof that each proxy answers from its cache, and the upstream's request count
+# --------------------------------------------------------------------------------------------
+# The upstream logs every request for /cache/... to this file, one line each (no buffering).
+UPSTREAM_CACHE_LOG=""
+# Upstream requests per proxy: at start-up and checks, during its warm-up(s).
+declare -A UP_SETUP=() UP_WARM=()
+
+upstream_count() {
+    [[ $SCENARIO == cache ]] || { echo 0; return 0; }
+    [[ -f $UPSTREAM_CACHE_LOG ]] || die "the upstream's cache access log is missing: $UPSTREAM_CACHE_LOG"
+    wc -l <"$UPSTREAM_CACHE_LOG"
+}
+
+# header_value FILE NAME: the value of the last NAME header in a curl -D dump (case-insensitive).
+header_value() {
+    awk -v n="$2" 'BEGIN { n = tolower(n) } { sub(/\r$/, "") }
+        tolower(substr($0, 1, length(n) + 1)) == n ":" { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) }
+        END { print v }' "$1"
+}
+
+# prepare_cache: the upstream's own answer, which every proxy's must equal byte for byte.
+prepare_cache() {
+    local dir=$TMP/cache-check cc
+    mkdir -p "$dir"
+    UPSTREAM_CACHE_LOG=$TMP/upstream/logs/cache-access.log
+    curl -fsS --max-time 3 -D "$dir/upstream.headers" -o "$dir/upstream.body" "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH" \
+        || die "the upstream does not answer $REQUEST_PATH"
+    cc=$(header_value "$dir/upstream.headers" cache-control)
+    [[ $cc == "max-age=3600" ]] || die "the upstream's $REQUEST_PATH has Cache-Control '$cc', not max-age=3600 (REQUEST_PATH must be under /cache/)"
+    [[ $(wc -c <"$dir/upstream.body") == 2048 ]] || die "the upstream's $REQUEST_PATH body is not 2,048 bytes"
+    upstream_count >/dev/null
+}
+
+# check_cache NAME PORT: before anything is measured, two GETs of REQUEST_PATH on one connection
+# (curl reuses it; one connection stays on one Dispatch worker, whose cache shard is its own):
+# both 200 with the upstream's exact body, the second a hit by the proxy's own account.
+check_cache() {
+    local name=$1 port=$2 dir=$TMP/cache-check/$1 status first second ids age
+    mkdir -p "$dir"
+    status=$(curl -s --max-time 3 -D "$dir/h1" -o "$dir/b1" -w '%{http_code} ' "http://127.0.0.1:$port$REQUEST_PATH" \
+        --next -s --max-time 3 -D "$dir/h2" -o "$dir/b2" -w '%{http_code}' "http://127.0.0.1:$port$REQUEST_PATH") || true
+    [[ $status == "200 200" ]] || die "$name answered '$status', not '200 200', to two GETs of $REQUEST_PATH"
+    cmp -s "$dir/b1" "$TMP/cache-check/upstream.body" \
+        || die "$name's first answer is not the upstream's body byte for byte (see $dir/b1)"
+    cmp -s "$dir/b2" "$TMP/cache-check/upstream.body" \
+        || die "$name's second answer (the hit) is not the upstream's body byte for byte (see $dir/b2)"
+    age=$(header_value "$dir/h2" age)
+    case $name in
+        dispatch*)
+            first=$(header_value "$dir/h1" x-cache)
+            second=$(header_value "$dir/h2" x-cache)
+            [[ $first == HIT || $first == MISS ]] || die "$name's first answer has X-Cache '$first', not MISS or HIT (is the route's cache on?)"
+            [[ $second == HIT ]] || die "$name's second answer has X-Cache '$second', not HIT"
+            [[ $age =~ ^[0-9]+$ ]] || die "$name's hit has no Age header"
+            first="X-Cache $first" second="X-Cache $second, Age $age"
+            ;;
+        nginx | haproxy)
+            first=$(header_value "$dir/h1" x-cache-status)
+            second=$(header_value "$dir/h2" x-cache-status)
+            [[ $second == HIT ]] || die "$name's second answer has X-Cache-Status '$second', not HIT"
+            first="X-Cache-Status $first" second="X-Cache-Status $second"
+            ;;
+        varnish)
+            # X-Varnish holds this request's id and, on a hit, the id of the request that stored it.
+            first="X-Varnish '$(header_value "$dir/h1" x-varnish)'"
+            ids=$(header_value "$dir/h2" x-varnish)
+            second="X-Varnish '$ids', Age $age"
+            [[ $ids =~ ^[0-9]+\ [0-9]+$ ]] || die "varnish's second answer has X-Varnish '$ids', not two ids (not a hit)"
+            [[ $age =~ ^[0-9]+$ ]] || die "varnish's hit has no Age header"
+            ;;
+        *) die "no cache check for '$name'" ;;
+    esac
+    log "cache: $name answers the upstream's 2 KiB body; first answer: $first; second: $second"
+}
+
 # The load of a sub-run: "-" (plain: wrk's own request), or a number of edge tokens.
 LOAD="-"
 WRK_SCRIPT=()
@@ -469,7 +597,7 @@ to_ms() {
     }'
 }
 
-RESULTS=""     # results.tsv: round proxy rps p50_ms p99_ms cpu_us_per_req proxy_cpu_pct upstream_cpu_pct wrk_cpu_pct errors user_us_per_req sys_us_per_req load requests
+RESULTS=""     # results.tsv: round proxy rps p50_ms p99_ms cpu_us_per_req proxy_cpu_pct upstream_cpu_pct wrk_cpu_pct errors user_us_per_req sys_us_per_req load requests upstream_requests (cache: for /cache/...; else 0)
 dur_seconds() { # 10s / 1m / 2 -> seconds (for CPU %)
     awk -v d="$1" 'BEGIN { if (d ~ /m$/) { sub(/m$/, "", d); d *= 60 } else if (d ~ /h$/) { sub(/h$/, "", d); d *= 3600 } else sub(/s$/, "", d); print d + 0 }'
 }
@@ -482,6 +610,8 @@ measure() {
     local before after up_before up_after u_before s_before u_after s_after
     read -r u_before s_before <<<"$(cpu_ticks "${ROOT_PID[$name]}")"
     up_before=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
+    local up_req_before up_req
+    up_req_before=$(upstream_count)
     local reloader=""
     if [[ $name == dispatch && $RELOAD_EVERY != 0 ]]; then
         : >"$TMP/reloads-$round"
@@ -501,6 +631,7 @@ measure() {
     fi
     read -r u_after s_after <<<"$(cpu_ticks "${ROOT_PID[$name]}")"
     up_after=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
+    up_req=$(($(upstream_count) - up_req_before))
     before=$((u_before + s_before))
     after=$((u_after + s_after))
 
@@ -535,11 +666,16 @@ measure() {
     cpu_pct=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
     up_pct=$(awk -v d=$((up_after - up_before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
 
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors" "$user_us" "$sys_us" \
-        "$LOAD" "$total" >>"$RESULTS"
-    printf '| %5s | %-10s | %10s | %7s | %7s | %10s | %7s | %7s | %8s%% | %11s%% | %6s%% | %6s |\n' \
+        "$LOAD" "$total" "$up_req" >>"$RESULTS"
+    printf '| %5s | %-10s | %10s | %7s | %7s | %10s | %7s | %7s | %8s%% | %11s%% | %6s%% | %6s |' \
         "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$sys_us" "$cpu_pct" "$up_pct" "$wrk_pct" "$errors"
+    if [[ $SCENARIO == cache ]]; then printf ' %13s |\n' "$up_req"; else printf '\n'; fi
+    if [[ $SCENARIO == cache ]] && ((up_req * 100 > total)); then
+        log "*** INVALID RUN: $up_req of $name's $total requests reached the upstream in round $round: these are not cache hits"
+        CACHE_INVALID=1
+    fi
     if ((errors != 0)); then
         if [[ $LOAD != - ]]; then
             log "*** INVALID RUN: $name answered $errors requests with something other than 200 (or with a socket error) in round $round ($(grep '^edge.lua: status' "$out" | sed 's/^edge.lua: //' | xargs)); see $out"
@@ -605,9 +741,9 @@ summary() {
     echo
     local any=0 other label
     if want dispatch; then
-        for other in nginx haproxy; do
+        for other in nginx haproxy varnish; do
             want "$other" || continue
-            label=$([[ $other == nginx ]] && echo nginx || echo HAProxy)
+            case $other in nginx) label=nginx ;; haproxy) label=HAProxy ;; varnish) label=Varnish ;; esac
             printf -- '- Dispatch/%-7s CPU per request %s (user %s, system %s), p99 %s, req/s %s\n' "$label" \
                 "$(ratio "${cpu[dispatch]}" "${cpu[$other]}")" \
                 "$(ratio "${usr[dispatch]}" "${usr[$other]}")" \
@@ -626,6 +762,15 @@ summary() {
             "$(ratio "${rps[haproxy]}" "${rps[nginx]}")"
         any=1
     fi
+    if want nginx && want varnish; then
+        printf -- '- Varnish/nginx    CPU per request %s (user %s, system %s), p99 %s, req/s %s\n' \
+            "$(ratio "${cpu[varnish]}" "${cpu[nginx]}")" \
+            "$(ratio "${usr[varnish]}" "${usr[nginx]}")" \
+            "$(ratio "${sys[varnish]}" "${sys[nginx]}")" \
+            "$(ratio "${p99[varnish]}" "${p99[nginx]}")" \
+            "$(ratio "${rps[varnish]}" "${rps[nginx]}")"
+        any=1
+    fi
     if want dispatch-b; then
         printf -- '- B/A (dispatch-b/dispatch) CPU per request %s (user %s, system %s), p99 %s, req/s %s\n' \
             "$(ratio "${cpu[dispatch-b]}" "${cpu[dispatch]}")" \
@@ -641,6 +786,42 @@ summary() {
         echo "NOTE: Dispatch was not measured in this run (see the SKIPPING message above)."
     fi
     [[ $LOAD == - ]] || edge_summary "${cpu[dispatch]:-}" "${cpu[haproxy]:-}"
+    [[ $SCENARIO != cache ]] || cache_summary "${cpu[dispatch]:-}" "${cpu[nginx]:-}" "${cpu[varnish]:-}"
+}
+
+# cache_summary DISPATCH_CPU NGINX_CPU VARNISH_CPU: how many requests of each proxy reached the
+# upstream (so that the CPU per request above is read as CPU per hit), and issue 12's bars.
+CACHE_INVALID=0
+cache_summary() {
+    local cpu_d=$1 cpu_n=$2 cpu_v=$3 name measured total
+    echo
+    echo "Upstream requests for $REQUEST_PATH (counted in the upstream's access log):"
+    echo
+    for name in $PROXIES; do
+        measured=$(awk -F'\t' -v p="$name" '$2 == p { n += $15 } END { print n + 0 }' "$RESULTS")
+        total=$(awk -F'\t' -v p="$name" '$2 == p { n += $14 } END { print n + 0 }' "$RESULTS")
+        printf -- '- %-10s %s at start-up and checks, %s during the warm-up, %s during the measured runs (%s requests)\n' \
+            "$name" "${UP_SETUP[$name]:-?}" "${UP_WARM[$name]:-?}" "$measured" "$total"
+    done
+    want dispatch || return 0
+    echo
+    echo "Issue 12's bars for Dispatch's CPU per hit (median, user + system):"
+    echo
+    local other cpu_o bar label r verdict
+    for other in nginx varnish; do
+        want "$other" || continue
+        if [[ $other == nginx ]]; then cpu_o=$cpu_n bar=0.70 label=nginx; else cpu_o=$cpu_v bar=1.00 label=Varnish; fi
+        r=$(ratio "$cpu_d" "$cpu_o")
+        verdict=$(awk -v r="$r" -v b="$bar" 'BEGIN {
+            if (r == "n/a") print "no ratio"
+            else if (r + 0 <= b + 0) printf "met (%.0f%% under the bar)", (1 - r / b) * 100
+            else printf "NOT met: %.0f%% over the bar", (r / b - 1) * 100 }')
+        printf -- '- Dispatch/%s %s us / %s us = %s; bar: at most %sx: %s\n' "$label" "$cpu_d" "$cpu_o" "$r" "$bar" "$verdict"
+    done
+    if ((CACHE_INVALID)); then
+        echo
+        echo "**INVALID: in some run more than 1% of the requests reached the upstream; those are not cache hits.**"
+    fi
 }
 
 # edge_summary DISPATCH_CPU HAPROXY_CPU: for the edge sub-run of this LOAD, the issue's bar, an
@@ -722,10 +903,13 @@ main() {
     trap 'exit 143' TERM
 
     local p
-    for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "${PORT[dispatch-b]}" "$DISPATCH_ADMIN_PORT" "$DISPATCH_B_ADMIN_PORT"; do
+    for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "${PORT[dispatch-b]}" "${PORT[varnish]}" "$DISPATCH_ADMIN_PORT" "$DISPATCH_B_ADMIN_PORT"; do
         port_free "$p" || die "port 127.0.0.1:$p is in use (stop whatever holds it)"
     done
     [[ $SCENARIO != edge ]] || prepare_edge
+    # nginx started as root runs its workers as `nobody`, and they open the proxy_cache files
+    # under $TMP/nginx/temp/cache (which the master creates for them): let them through $TMP.
+    [[ $SCENARIO != cache ]] || chmod 0711 "$TMP"
 
     local cores model
     cores=$(nproc)
@@ -744,7 +928,11 @@ main() {
     else
         echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
     fi
-    echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
+    if [[ $SCENARIO == cache ]]; then
+        echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), $(if want varnish; then varnishd -V 2>&1 | awk 'NR == 1 { gsub(/[()]/, ""); print $2 }'; else echo "no Varnish"; fi),$(! want haproxy || haproxy -v | awk 'NR == 1 { print " HAProxy", $3 "," }') $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
+    else
+        echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
+    fi
     if want dispatch; then
         echo "- dispatch: $DISPATCH_BIN ($DISPATCH_REV), config ${DISPATCH_CONFIG_SHOWN:-$DISPATCH_CONFIG}"
     fi
@@ -752,6 +940,16 @@ main() {
         echo "- haproxy: perf/peers/haproxy-edge.cfg (jwt_verify + alg/exp/iss/aud/sub rules, stick-table http_req_rate on sub)"
         echo "- nginx: not in this scenario (its free edition has no JWT verification)"
         echo "- tokens: RS256, RSA 2048 key made for this run, sub user-<i>, iss perf, aud dispatch, exp now + 1 day"
+    fi
+    if [[ $SCENARIO == cache ]]; then
+        echo "- upstream: $REQUEST_PATH answers a 2,048-byte JSON body with Cache-Control: max-age=3600 (perf/peers/nginx-upstream.conf)"
+        echo "- nginx: perf/peers/nginx-cache.conf (proxy_cache, proxy_cache_lock on, open_file_cache, 2 workers)"
+        echo "- varnish: varnishd -F -b 127.0.0.1:$UPSTREAM_PORT -s malloc,256m -p thread_pools=2, built-in VCL"
+        if want haproxy; then
+            echo "- haproxy: perf/peers/haproxy-cache.cfg (its cache section, 256 MB, nbthread 2)"
+        else
+            echo "- haproxy: not measured (name it in PROXIES to add it: perf/peers/haproxy-cache.cfg)"
+        fi
     fi
     if want dispatch-b; then
         echo "- dispatch-b: $DISPATCH_B, same config on port ${PORT[dispatch-b]}"
@@ -767,10 +965,15 @@ main() {
     start_nginx upstream "$PEERS/nginx-upstream.conf"
     wait_ready upstream "$UPSTREAM_PORT"
     PORT[upstream]=$UPSTREAM_PORT
+    [[ $SCENARIO != cache ]] || prepare_cache
+    local up0
     for p in $PROXIES; do
+        up0=$(upstream_count)
         start_proxy "$p"
         wait_ready "$p" "${PORT[$p]}"
         [[ $SCENARIO != edge ]] || check_edge "$p" "${PORT[$p]}"
+        [[ $SCENARIO != cache ]] || check_cache "$p" "${PORT[$p]}"
+        UP_SETUP[$p]=$(($(upstream_count) - up0))
     done
 
     # The upstream alone, driven by the same wrk: its ceiling must sit well above any proxy's rate.
@@ -791,15 +994,22 @@ main() {
         for p in $PROXIES; do
             warmup_out=$TMP/wrk-warmup-$p.txt
             [[ $LOAD == - ]] || warmup_out=$TMP/wrk-warmup-tokens$LOAD-$p.txt
+            up0=$(upstream_count)
             run_wrk "$warmup_out" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" \
                 "http://127.0.0.1:${PORT[$p]}$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}"
+            UP_WARM[$p]=$(($(upstream_count) - up0))
         done
         echo "- warmed: $PROXIES ($WARMUP each)"
         echo
         echo "### Runs"
         echo
-        echo "| round | proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us | proxy CPU | upstream CPU | wrk CPU | errors |"
-        echo "| ----: | ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: | --------: | -----------: | ------: | -----: |"
+        if [[ $SCENARIO == cache ]]; then
+            echo "| round | proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us | proxy CPU | upstream CPU | wrk CPU | errors | upstream reqs |"
+            echo "| ----: | ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: | --------: | -----------: | ------: | -----: | ------------: |"
+        else
+            echo "| round | proxy      |      req/s |  p50 ms |  p99 ms | CPU us/req | user us | sys us | proxy CPU | upstream CPU | wrk CPU | errors |"
+            echo "| ----: | ---------- | ---------: | ------: | ------: | ---------: | ------: | -----: | --------: | -----------: | ------: | -----: |"
+        fi
 
         local round order
         for round in $(seq "$ROUNDS"); do
@@ -822,6 +1032,10 @@ main() {
     fi
     if ((EDGE_INVALID)); then
         log "compare.sh: some edge sub-run had answers other than 200: the run is INVALID (exit status 2)"
+        exit 2
+    fi
+    if ((CACHE_INVALID)); then
+        log "compare.sh: in some cache run more than 1% of the requests reached the upstream: the run is INVALID (exit status 2)"
         exit 2
     fi
 }
