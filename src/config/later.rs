@@ -216,10 +216,9 @@ impl Checker<'_> {
     /// RFC 7301 §3.1: a protocol ID is 1 to 255 bytes; the registered ones are printable ASCII.
     fn alpn(&self, at: &KeyPath, list: &[String]) -> Result<(), ConfigError> {
         if list.is_empty() {
-            return Err(self.src.error(
-                at,
-                "must list at least one protocol; omit the key for \"http/1.1\"",
-            ));
+            return Err(self
+                .src
+                .error(at, "must list at least one protocol, as in [\"http/1.1\"]"));
         }
         for (i, id) in list.iter().enumerate() {
             let here = at.index(i);

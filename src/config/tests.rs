@@ -628,7 +628,7 @@ fn errors_name_file_line_column_and_key() {
         ("tls empty key path", "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }, { cert = \"b.crt\", key = \" \" }]\n".into(), "d.toml:3:76: server.tls.certificates[1].key: must not be empty: expected a file path"),
         ("tls min_version", format!("{TLS}min_version = \"1.1\"\n"), "d.toml:4:15: server.tls.min_version: invalid value \"1.1\": expected one of \"1.2\", \"1.3\" (did you mean \"1.2\"?)"),
         ("tls min_version as a number", format!("{TLS}min_version = 1.3\n"), "d.toml:4:15: server.tls.min_version: invalid type: number 1.3, expected the string \"1.2\" or \"1.3\" (in quotes)"),
-        ("tls empty alpn", format!("{TLS}alpn = []\n"), "d.toml:4:8: server.tls.alpn: must list at least one protocol; omit the key for \"http/1.1\""),
+        ("tls empty alpn", format!("{TLS}alpn = []\n"), "d.toml:4:8: server.tls.alpn: must list at least one protocol, as in [\"http/1.1\"]"),
         ("tls alpn id", format!("{TLS}alpn = [\"http/1.1\", \"http 1.1\"]\n"), "d.toml:4:21: server.tls.alpn[1]: invalid ALPN protocol ID \"http 1.1\": expected 1 to 255 printable ASCII characters, as in \"http/1.1\""),
         ("tls alpn h2", format!("{TLS}alpn = [\"h2\", \"http/1.1\"]\n"), "d.toml:4:9: server.tls.alpn[0]: \"h2\" is not a protocol this gateway speaks: it serves HTTP/1.1 only, so offer \"http/1.1\" (or \"http/1.0\")"),
         ("tls alpn duplicate", format!("{TLS}alpn = [\"http/1.1\", \"http/1.1\"]\n"), "d.toml:4:21: server.tls.alpn[1]: duplicate protocol \"http/1.1\""),
