@@ -605,7 +605,7 @@ fn errors_name_file_line_column_and_key() {
         ("later implicit section", "[transforms.t]\nresponse = \".\"\n".into(), "d.toml:1:2: transforms: not supported yet: transforms"),
         ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
         // TLS (issue 13): termination, https upstreams and their tls_* keys.
-        ("later server.tls", format!("{TLS}"), "d.toml:1:9: server.tls: not supported yet: server.tls"),
+        ("later server.tls", TLS.into(), "d.toml:1:9: server.tls: not supported yet: server.tls"),
         ("later server.tls as dotted keys", "[server]\nworkers = 1\ntls.listen = [\"127.0.0.1:8443\"]\ntls.certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:3:1: server.tls: not supported yet: server.tls"),
         ("later https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"),
         ("later weighted https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\", { url = \"HTTPS://127.0.0.1:9444\", weight = 2 }]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"),
