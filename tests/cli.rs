@@ -343,7 +343,7 @@ upstream = "users"
 fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     // Each snippet is valid under the full format (dispatch.example.toml), so the only thing
     // wrong with it is that this milestone does not have the capability. The error must point
-    // at the key (route keys) or at the section header (sections).
+    // at the key (route and upstream keys, endpoints) or at the section header (sections).
     const R: &str = "[routes.r]\npaths = [\"/r\"]\nupstream = \"users\"\n";
     const BFF: &str =
         "\n[bff]\nheader = \"x-client-type\"\n\n[bff.clients.mobile]\nprefix = \"/mobile/v1\"\n";
@@ -359,6 +359,18 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
             "aggregates",
             "[aggregates.a]\npath = \"/d/:id\"\n\n[aggregates.a.calls.c]\nupstream = \"users\"\npath = \"/users/{id}\"\n".into(),
         ),
+        (
+            "server.tls",
+            "[server.tls]\nlisten = [\"[::1]:8443\"]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\nmin_version = \"1.3\"\n".into(),
+        ),
+        (
+            "tls_ca",
+            "[upstreams.ledger]\ntls_ca = \"tls/ca.pem\"\nendpoints = [\"https://127.0.0.1:9443\"]\ntls_server_name = \"ledger.internal\"\n".into(),
+        ),
+        (
+            "endpoints",
+            "[upstreams.ledger]\nendpoints = [\"https://127.0.0.1:9443\"]\ntls_ca = \"tls/ca.pem\"\n".into(),
+        ),
     ];
     let mut failures = Vec::new();
     for (key, extra) in &cases {
@@ -370,9 +382,11 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
         let expected_line = line_of(&toml, key_line.unwrap_or(header));
         let at = format!("{}:{expected_line}:", out.config_path.display());
         let ok = out.code == Some(1)
-            && text
-                .lines()
-                .any(|l| l.contains(&at) && l.contains("not supported yet") && l.contains(key));
+            && text.lines().any(|l| {
+                l.contains(&at)
+                    && l.split_once("not supported yet: ")
+                        .is_some_and(|(_, what)| what.contains(key))
+            });
         if !ok {
             failures.push(format!(
                 "{key} (expected at line {expected_line}): exit {:?}: {}",

@@ -102,6 +102,8 @@ pub struct Server {
     pub drain_timeout: Option<Duration>,
     #[serde(default)]
     pub limits: Limits,
+    /// Not supported yet. Absent: plaintext only.
+    pub tls: Option<Tls>,
 }
 
 /// `workers = "auto" | N`
@@ -139,6 +141,42 @@ pub struct Limits {
     pub keepalive_timeout: Option<Duration>,
     /// Default: `65536`.
     pub max_connections: Option<usize>,
+}
+
+/// `[server.tls]`: TLS termination (not supported yet: checked by `later`, then refused).
+// Fields without a check in `later` are first read by the capability itself.
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Required, at least one: addresses served over TLS besides the plaintext `listen`.
+    pub listen: Vec<String>,
+    /// Required, at least one; the first is the default (no SNI, or no name matches).
+    pub certificates: Vec<Certificate>,
+    /// The lowest TLS version accepted.
+    pub min_version: Option<TlsVersion>,
+    /// Protocols offered in ALPN, in order of preference.
+    pub alpn: Option<Vec<String>>,
+    /// A handshake not done in time closes the connection.
+    pub handshake_timeout: Option<Duration>,
+    /// mTLS: clients must present a certificate signed by this CA. Default: none asked for.
+    pub client_ca: Option<String>,
+}
+
+/// One `{ cert = "PATH", key = "PATH" }` of `server.tls.certificates`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `min_version = "1.2" | "1.3"`: the TLS versions rustls offers. A string, since `1.2`
+/// unquoted is a TOML float (which would make `1.20` a version too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 /// `[admin]`
@@ -204,6 +242,15 @@ pub struct Upstream {
     pub outlier: Option<Outlier>,
     /// How often endpoints written with a DNS name are re-resolved. Default: `"30s"`.
     pub dns_refresh: Option<Duration>,
+
+    // Not supported yet (TLS to the upstream, with `https://` endpoints).
+    /// Default: the system roots.
+    pub tls_ca: Option<String>,
+    /// Default: the URL's host.
+    pub tls_server_name: Option<String>,
+    /// Default: no client certificate. Given together with `tls_client_key`.
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
 }
 
 /// `[upstreams.NAME.outlier]`: passive ejection of failing endpoints.
@@ -219,7 +266,7 @@ pub struct Outlier {
     pub max_ejection: Option<Duration>,
 }
 
-/// An endpoint: `"http://host:port"` or `{ url = "http://host:port", weight = 3 }`.
+/// An endpoint: `"http://host:port"` (`https://` is not supported yet) or `{ url = "http://host:port", weight = 3 }`.
 #[derive(Debug)]
 pub enum Endpoint {
     Url(String),
@@ -378,6 +425,14 @@ pub struct AggregateCall {
     pub timeout: Option<Duration>,
     pub default: Option<toml::Value>,
     pub select: Option<String>,
+    /// `call.field...`: one request per element of that array of an earlier result.
+    pub foreach: Option<String>,
+    /// Only with `foreach`; at least 1.
+    pub max_items: Option<usize>,
+    /// Only with `foreach`; at least 1.
+    pub concurrency: Option<usize>,
+    /// A jq condition over the results so far.
+    pub when: Option<String>,
 }
 
 /// `[auth.NAME]`. One struct for both types, so that a key of the wrong type is reported at
@@ -604,5 +659,34 @@ impl<'de> Deserialize<'de> for Endpoint {
             }
         }
         deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const VERSIONS: &[&str] = &["1.2", "1.3"];
+        struct VersionVisitor;
+        impl Visitor<'_> for VersionVisitor {
+            type Value = TlsVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"1.2\" or \"1.3\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TlsVersion, E> {
+                match v {
+                    "1.2" => Ok(TlsVersion::Tls12),
+                    "1.3" => Ok(TlsVersion::Tls13),
+                    _ => Err(E::unknown_variant(v, VERSIONS)),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TlsVersion, E> {
+                Err(E::custom(format!(
+                    "invalid type: number {v}, expected the string \"1.2\" or \"1.3\" (in quotes)"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TlsVersion, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        deserializer.deserialize_any(VersionVisitor)
     }
 }

@@ -27,6 +27,9 @@ fn error(src: &str) -> String {
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
     const LATER_SECTIONS: [&str; 5] = ["bff", "transforms", "aggregates", "compression", "tracing"];
+    // Tables of capabilities not built yet inside supported sections: TLS termination, and
+    // the one upstream whose endpoint is https:// (its tls_* keys go with it).
+    const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
     const LATER_ROUTE_KEYS: [&str; 3] = ["transform", "websocket", "client"];
     let mut out = String::new();
     let mut section = String::new();
@@ -35,7 +38,10 @@ fn spec_example_supported_part() -> String {
             section = header.split(']').next().unwrap().to_string();
         }
         let first = section.split('.').next().unwrap();
-        let later_section = LATER_SECTIONS.contains(&first);
+        let later_section = LATER_SECTIONS.contains(&first)
+            || LATER_TABLES
+                .iter()
+                .any(|t| section == *t || section.starts_with(&format!("{t}.")));
         let key = line.split('=').next().unwrap().trim();
         let later_key = first == "routes" && LATER_ROUTE_KEYS.contains(&key);
         if first == "routes" && key == "client" {
@@ -60,22 +66,81 @@ fn line_of(text: &str, line: &str) -> usize {
     text.lines().position(|l| l.trim_end() == line).expect(line) + 1
 }
 
+/// `text` with the lines of the tables named `tables` (and their sub-tables) commented out,
+/// so that every other line keeps its number.
+fn comment_out(text: &str, tables: &[&str]) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.split(']').next().unwrap();
+            inside = tables
+                .iter()
+                .any(|t| name == *t || name.starts_with(&format!("{t}.")));
+        }
+        if inside {
+            out.push('#');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[test]
 fn spec_example_is_rejected_at_its_first_later_capability() {
     // Every key of the example parses and every value passes its checks: the only error is
-    // the first key of a capability not built yet, `routes.transfers_v1.transform` on line
-    // 117.
+    // the first key of a capability not built yet, the `[server.tls]` header on line 29 (its
+    // `tls` at column 9).
+    assert!(SPEC_EXAMPLE
+        .lines()
+        .nth(28)
+        .unwrap()
+        .starts_with("[server.tls]"));
     let err = load_str(SPEC_EXAMPLE, Path::new("config/dispatch.toml")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "config/dispatch.toml:117:1: routes.transfers_v1.transform: not supported yet: routes.transfers_v1.transform"
+        "config/dispatch.toml:29:9: server.tls: not supported yet: server.tls"
+    );
+    // Without it, the next one: the https endpoint of `upstreams.ledger`, line 82, its string
+    // at column 14.
+    let text = comment_out(SPEC_EXAMPLE, &["server.tls"]);
+    assert_eq!(
+        line_of(&text, "endpoints = [\"https://127.0.0.1:9443\"]"),
+        82
+    );
+    assert_eq!(
+        error(&text),
+        "d.toml:82:14: upstreams.ledger.endpoints[0]: not supported yet: upstreams.ledger.endpoints[0] (https endpoints)"
+    );
+    // An http:// upstream with tls_* keys is a mistake before it is a later capability.
+    let plain = text.replace("\"https://127.0.0.1:9443\"", "\"http://127.0.0.1:9443\"");
+    assert_eq!(
+        error(&plain),
+        "d.toml:83:1: upstreams.ledger.tls_ca: only applies to https:// endpoints, and this upstream has none"
+    );
+    // Without both, the first route key of a later capability.
+    let text = comment_out(SPEC_EXAMPLE, &["server.tls", "upstreams.ledger"]);
+    let line = line_of(&text, "transform = \"transfer_v1_to_v2\"");
+    assert_eq!(
+        error(&text),
+        format!("d.toml:{line}:1: routes.transfers_v1.transform: not supported yet: routes.transfers_v1.transform")
     );
 }
 
 #[test]
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
-    for gone in ["[bff]", "transform =", "websocket =", "[tracing]"] {
+    for gone in [
+        "[bff]",
+        "transform =",
+        "websocket =",
+        "[tracing]",
+        "[server.tls]",
+        "https://",
+        "tls_",
+        "foreach",
+    ] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
@@ -451,6 +516,10 @@ timeout = "250ms"
 #[test]
 fn errors_name_file_line_column_and_key() {
     const UP: &str = "[upstreams.users]\nendpoints = [\"http://127.0.0.1:9001\"]\n";
+    const UPS: &str = "[upstreams.ledger]\nendpoints = [\"https://127.0.0.1:9443\"]\n";
+    const TLS: &str = "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n";
+    // Call `items` of aggregate `d` is open at line 11.
+    const AGG: &str = "[upstreams.users]\nendpoints = [\"http://127.0.0.1:9001\"]\n[aggregates.d]\npath = \"/d\"\n[aggregates.d.calls.order]\nupstream = \"users\"\npath = \"/o\"\n[aggregates.d.calls.items]\nupstream = \"users\"\npath = \"/i/{each}\"\n";
     let cases: Vec<(&str, String, &str)> = vec![
         // Syntax.
         ("syntax", "[server]\nworkers = \n".into(), "d.toml:2:11: invalid string: expected `\"`, `'`"),
@@ -490,7 +559,6 @@ fn errors_name_file_line_column_and_key() {
         ("admin on a proxy port", "[server]\nlisten = [\"127.0.0.1:80\"]\n[admin]\nlisten = \"127.0.0.1:80\"\n".into(), "d.toml:4:10: admin.listen: \"127.0.0.1:80\" is also in server.listen"),
         ("token env name", "[admin]\ntoken_env = \"MY-TOKEN\"\n".into(), "d.toml:2:13: admin.token_env: invalid environment variable name \"MY-TOKEN\": expected letters, digits and '_', not starting with a digit"),
         // Upstreams.
-        ("https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9001\"]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: invalid endpoint URL \"https://127.0.0.1:9001\": https upstreams are not supported yet; use http://"),
         ("endpoint with path", "[upstreams.u]\nendpoints = [\"http://127.0.0.1:1\", { url = \"http://127.0.0.1:2/api\" }]\n".into(), "d.toml:2:44: upstreams.u.endpoints[1].url: invalid endpoint URL \"http://127.0.0.1:2/api\": an endpoint has no path, query or fragment (a route's rewrite changes the path)"),
         ("zero weight", "[upstreams.u]\nendpoints = [{ url = \"http://127.0.0.1:1\", weight = 0 }]\n".into(), "d.toml:2:53: upstreams.u.endpoints[0].weight: must be at least 1"),
         ("no endpoints", "[upstreams.u]\nendpoints = []\n".into(), "d.toml:2:13: upstreams.u.endpoints: an upstream needs at least one endpoint"),
@@ -536,6 +604,62 @@ fn errors_name_file_line_column_and_key() {
         ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
         ("later implicit section", "[transforms.t]\nresponse = \".\"\n".into(), "d.toml:1:2: transforms: not supported yet: transforms"),
         ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
+        // TLS (issue 13): termination, https upstreams and their tls_* keys.
+        ("later server.tls", TLS.into(), "d.toml:1:9: server.tls: not supported yet: server.tls"),
+        ("later server.tls as dotted keys", "[server]\nworkers = 1\ntls.listen = [\"127.0.0.1:8443\"]\ntls.certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:3:1: server.tls: not supported yet: server.tls"),
+        ("later https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"),
+        ("later weighted https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\", { url = \"HTTPS://127.0.0.1:9444\", weight = 2 }]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"),
+        ("later https endpoint, url key", "[upstreams.u]\nendpoints = [{ url = \"https://127.0.0.1:9444\", weight = 2 }]\n".into(), "d.toml:2:16: upstreams.u.endpoints[0].url: not supported yet: upstreams.u.endpoints[0].url (https endpoints)"),
+        ("later tls_ca before endpoints", "[upstreams.u]\ntls_ca = \"ca.pem\"\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:1: upstreams.u.tls_ca: not supported yet: upstreams.u.tls_ca"),
+        ("later tls_server_name before endpoints", "[upstreams.u]\ntls_server_name = \"ledger.internal\"\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:1: upstreams.u.tls_server_name: not supported yet: upstreams.u.tls_server_name"),
+        ("later tls client pair before endpoints", "[upstreams.u]\ntls_client_key = \"g.key\"\ntls_client_cert = \"g.crt\"\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:1: upstreams.u.tls_client_key: not supported yet: upstreams.u.tls_client_key"),
+        // ... whose values are checked before that.
+        ("tls listen missing", "[server.tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:1:1: server.tls.listen: missing required key"),
+        ("tls certificates missing", "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\n".into(), "d.toml:1:1: server.tls.certificates: missing required key"),
+        ("tls unknown key", format!("{TLS}certificate = \"a.crt\"\n"), "d.toml:4:1: server.tls.certificate: unknown key \"certificate\" (did you mean \"certificates\"?)"),
+        ("tls empty listen", "[server.tls]\nlisten = []\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:2:10: server.tls.listen: must list at least one address"),
+        ("tls listen address", "[server.tls]\nlisten = [\"localhost:8443\"]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:2:11: server.tls.listen[0]: invalid address \"localhost:8443\": expected IP:PORT, as in \"127.0.0.1:8080\" or \"[::1]:8080\""),
+        ("tls listen duplicate", "[server.tls]\nlisten = [\"127.0.0.1:8443\", \"127.0.0.1:8443\"]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:2:29: server.tls.listen[1]: duplicate address \"127.0.0.1:8443\""),
+        ("tls listen on a plaintext port", format!("[server]\nlisten = [\"127.0.0.1:8443\"]\n{TLS}"), "d.toml:4:11: server.tls.listen[0]: \"127.0.0.1:8443\" is also in server.listen (one address serves either plaintext or TLS)"),
+        ("tls listen on the default plaintext port", "[server.tls]\nlisten = [\"127.0.0.1:8080\"]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:2:11: server.tls.listen[0]: \"127.0.0.1:8080\" is server.listen's default, served in plaintext: one address serves either plaintext or TLS"),
+        ("tls listen on the admin port", format!("{TLS}[admin]\nlisten = \"127.0.0.1:8443\"\n"), "d.toml:2:11: server.tls.listen[0]: \"127.0.0.1:8443\" is also admin.listen"),
+        ("tls no certificates", "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncertificates = []\n".into(), "d.toml:3:16: server.tls.certificates: must list at least one { cert, key } pair"),
+        ("tls certificate without key", "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncertificates = [{ cert = \"a.crt\" }]\n".into(), "d.toml:3:17: server.tls.certificates[0].key: missing required key"),
+        ("tls empty key path", "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }, { cert = \"b.crt\", key = \" \" }]\n".into(), "d.toml:3:76: server.tls.certificates[1].key: must not be empty: expected a file path"),
+        ("tls min_version", format!("{TLS}min_version = \"1.1\"\n"), "d.toml:4:15: server.tls.min_version: invalid value \"1.1\": expected one of \"1.2\", \"1.3\" (did you mean \"1.2\"?)"),
+        ("tls min_version as a number", format!("{TLS}min_version = 1.3\n"), "d.toml:4:15: server.tls.min_version: invalid type: number 1.3, expected the string \"1.2\" or \"1.3\" (in quotes)"),
+        ("tls empty alpn", format!("{TLS}alpn = []\n"), "d.toml:4:8: server.tls.alpn: must list at least one protocol, as in [\"http/1.1\"]"),
+        ("tls alpn id", format!("{TLS}alpn = [\"http/1.1\", \"http 1.1\"]\n"), "d.toml:4:21: server.tls.alpn[1]: invalid ALPN protocol ID \"http 1.1\": expected 1 to 255 printable ASCII characters, as in \"http/1.1\""),
+        ("tls alpn h2", format!("{TLS}alpn = [\"h2\", \"http/1.1\"]\n"), "d.toml:4:9: server.tls.alpn[0]: \"h2\" is not a protocol this gateway speaks: it serves HTTP/1.1 only, so offer \"http/1.1\" (or \"http/1.0\")"),
+        ("tls alpn duplicate", format!("{TLS}alpn = [\"http/1.1\", \"http/1.1\"]\n"), "d.toml:4:21: server.tls.alpn[1]: duplicate protocol \"http/1.1\""),
+        ("tls zero handshake timeout", format!("{TLS}handshake_timeout = \"0s\"\n"), "d.toml:4:21: server.tls.handshake_timeout: must be greater than zero"),
+        ("tls handshake timeout unit", format!("{TLS}handshake_timeout = \"10\"\n"), "d.toml:4:21: server.tls.handshake_timeout: invalid duration \"10\": expected a number followed by ms, s, m or h"),
+        ("tls empty client_ca", format!("{TLS}client_ca = \"\"\n"), "d.toml:4:13: server.tls.client_ca: must not be empty: expected a file path"),
+        ("https endpoint with a path", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443/api\"]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: invalid endpoint URL \"https://127.0.0.1:9443/api\": an endpoint has no path, query or fragment (a route's rewrite changes the path)"),
+        ("https endpoint, IPv6 unbracketed", "[upstreams.u]\nendpoints = [{ url = \"https://::1:9443\" }]\n".into(), "d.toml:2:22: upstreams.u.endpoints[0].url: invalid endpoint URL \"https://::1:9443\": write IPv6 addresses in brackets, as in \"https://[::1]:9443\""),
+        ("https endpoint port", "[upstreams.u]\nendpoints = [\"https://ledger.internal:0\"]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: invalid endpoint URL \"https://ledger.internal:0\": invalid port \"0\""),
+        ("https and http mixed", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\", \"http://127.0.0.1:9001\"]\n".into(), "d.toml:2:40: upstreams.u.endpoints[1]: \"http://127.0.0.1:9001\" mixes http:// and https:// endpoints in one upstream: a retry or the balancer would move a request between TLS and plaintext; use one scheme per upstream"),
+        ("http and https mixed", "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\", { url = \"https://127.0.0.1:9443\" }]\n".into(), "d.toml:2:47: upstreams.u.endpoints[1].url: \"https://127.0.0.1:9443\" mixes http:// and https:// endpoints in one upstream: a retry or the balancer would move a request between TLS and plaintext; use one scheme per upstream"),
+        ("tls_ca on an http upstream", format!("{UP}tls_ca = \"ca.pem\"\n"), "d.toml:3:1: upstreams.users.tls_ca: only applies to https:// endpoints, and this upstream has none"),
+        ("tls_server_name on an http upstream", format!("{UP}tls_server_name = \"users.internal\"\n"), "d.toml:3:1: upstreams.users.tls_server_name: only applies to https:// endpoints, and this upstream has none"),
+        ("empty tls_ca", format!("{UPS}tls_ca = \"\"\n"), "d.toml:3:10: upstreams.ledger.tls_ca: must not be empty: expected a file path"),
+        ("tls_server_name wildcard", format!("{UPS}tls_server_name = \"*.internal\"\n"), "d.toml:3:19: upstreams.ledger.tls_server_name: invalid server name \"*.internal\": expected a DNS name or an IP address"),
+        ("tls_client_cert without key", format!("{UPS}tls_client_cert = \"g.crt\"\n"), "d.toml:3:1: upstreams.ledger.tls_client_cert: needs tls_client_key: a client certificate is presented with its private key"),
+        ("tls_client_key without cert", format!("{UPS}tls_client_key = \"g.key\"\n"), "d.toml:3:1: upstreams.ledger.tls_client_key: needs tls_client_cert: a private key without its certificate presents nothing"),
+        ("empty tls_client_key", format!("{UPS}tls_client_cert = \"g.crt\"\ntls_client_key = \"\"\n"), "d.toml:4:18: upstreams.ledger.tls_client_key: must not be empty: expected a file path"),
+        ("upstream tls key typo", format!("{UPS}tls_ca_file = \"ca.pem\"\n"), "d.toml:3:1: upstreams.ledger.tls_ca_file: unknown key \"tls_ca_file\" (did you mean \"tls_ca\"?)"),
+        // Aggregate fan-out and conditions (issue 11): checked, then refused with [aggregates].
+        ("foreach path", format!("{AGG}foreach = \"order..ids\"\n"), "d.toml:11:11: aggregates.d.calls.items.foreach: invalid foreach \"order..ids\": expected a path like \"call.field\" (A-Z a-z 0-9 _ - between dots)"),
+        ("foreach unknown call", format!("{AGG}foreach = \"ordr.productIds\"\n"), "d.toml:11:11: aggregates.d.calls.items.foreach: no call named \"ordr\" (did you mean \"order\"?)"),
+        ("foreach own result", format!("{AGG}foreach = \"items.ids\"\n"), "d.toml:11:11: aggregates.d.calls.items.foreach: invalid foreach \"items.ids\": a call cannot iterate over its own result"),
+        ("foreach zero max_items", format!("{AGG}foreach = \"order.ids\"\nmax_items = 0\n"), "d.toml:12:13: aggregates.d.calls.items.max_items: must be at least 1"),
+        ("foreach zero concurrency", format!("{AGG}foreach = \"order.ids\"\nconcurrency = 0\n"), "d.toml:12:15: aggregates.d.calls.items.concurrency: must be at least 1"),
+        ("foreach negative max_items", format!("{AGG}foreach = \"order.ids\"\nmax_items = -1\n"), "d.toml:12:13: aggregates.d.calls.items.max_items: invalid value: integer `-1`, expected a non-negative integer"),
+        ("max_items without foreach", format!("{AGG}max_items = 5\n"), "d.toml:11:1: aggregates.d.calls.items.max_items: only valid with foreach"),
+        ("concurrency without foreach", format!("{AGG}concurrency = 2\n"), "d.toml:11:1: aggregates.d.calls.items.concurrency: only valid with foreach"),
+        ("empty when", format!("{AGG}when = '  '\n"), "d.toml:11:8: aggregates.d.calls.items.when: empty jq program"),
+        ("foreach key typo", format!("{AGG}for_each = \"order.ids\"\n"), "d.toml:11:1: aggregates.d.calls.items.for_each: unknown key \"for_each\" (did you mean \"foreach\"?)"),
+        ("later aggregate with fan-out", format!("{AGG}foreach = \"order.ids\"\nmax_items = 20\nconcurrency = 4\nwhen = '.order.open'\n"), "d.toml:3:2: aggregates: not supported yet: aggregates"),
         ("weight over the cap", "[upstreams.users]\nendpoints = [{ url = \"http://127.0.0.1:9001\", weight = 1001 }]\n".into(), "d.toml:2:56: upstreams.users.endpoints[0].weight: must be at most 1000"),
         ("fallback without a body", format!("{UP}[upstreams.users.breaker]\nfallback = {{ status = 204 }}\n"), "d.toml:4:23: upstreams.users.breaker.fallback.status: must be an HTTP status from 200 to 599 that carries a body (not 204 or 304)"),
         ("sticky without split", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nsticky = \"ip\"\n"), "d.toml:6:10: routes.r.sticky: only applies to a route with a split: add `split` or remove `sticky`"),

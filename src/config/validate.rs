@@ -459,28 +459,18 @@ pub fn check_weight(weight: u32) -> Result<(), String> {
 /// `http://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now: one endpoint per
 /// address (also used for endpoints registered through the admin API).
 pub fn endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
-    let invalid = |why: &str| format!("invalid endpoint URL {url:?}: {why}");
-    let expected = "expected http://HOST[:PORT]";
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid(expected))?;
-    if scheme.eq_ignore_ascii_case("https") {
-        return Err(invalid(
-            "https upstreams are not supported yet; use http://",
+    let parts = endpoint_url(url)?;
+    if parts.https {
+        return Err(format!(
+            "invalid endpoint URL {url:?}: https upstreams are not supported yet; use http://"
         ));
     }
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(invalid(expected));
-    }
-    // A bare trailing "/" is the root path, the same as none.
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '?', '#']) {
-        return Err(invalid(
-            "an endpoint has no path, query or fragment (a route's rewrite changes the path)",
-        ));
-    }
-    if authority.contains('@') {
-        return Err(invalid("user info is not supported"));
-    }
-    let (host, port) = split_host_port(authority).map_err(|why| invalid(&why))?;
+    let EndpointUrl {
+        authority,
+        host,
+        port,
+        ..
+    } = parts;
     let one = |addr, source, dns| model::Endpoint {
         url: url.to_string(),
         addr,
@@ -496,28 +486,67 @@ pub fn endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> 
             model::EndpointSource::Config,
             None,
         )]),
-        Err(_) => {
-            if !is_dns_name(host) {
-                return Err(invalid(&format!(
-                    "{host:?} is not an IP address or a host name"
-                )));
-            }
-            Ok(resolve(host, port)?
-                .into_iter()
-                .map(|addr| {
-                    one(
-                        addr,
-                        model::EndpointSource::Dns,
-                        Some((host.to_string(), port)),
-                    )
-                })
-                .collect())
-        }
+        Err(_) => Ok(resolve(host, port)?
+            .into_iter()
+            .map(|addr| {
+                one(
+                    addr,
+                    model::EndpointSource::Dns,
+                    Some((host.to_string(), port)),
+                )
+            })
+            .collect()),
     }
 }
 
-/// "host", "host:port", "[v6]" or "[v6]:port"; the port defaults to 80.
-fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
+/// The parts of an endpoint URL, read without resolving anything.
+pub(super) struct EndpointUrl<'a> {
+    /// `https://` (not supported yet: `later` refuses it in a file, [`endpoint`] elsewhere).
+    pub https: bool,
+    /// `HOST[:PORT]` as written: the Host header sent upstream.
+    pub authority: &'a str,
+    /// An IP address (brackets removed) or a DNS name.
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// `http[s]://HOST[:PORT][/]`, checked for its shape only: HOST an IP address or a DNS name,
+/// no user info, path, query or fragment.
+pub(super) fn endpoint_url(url: &str) -> Result<EndpointUrl<'_>, String> {
+    let invalid = |why: &str| format!("invalid endpoint URL {url:?}: {why}");
+    let expected = "expected http://HOST[:PORT]";
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid(expected))?;
+    let https = scheme.eq_ignore_ascii_case("https");
+    if !https && !scheme.eq_ignore_ascii_case("http") {
+        return Err(invalid(expected));
+    }
+    // A bare trailing "/" is the root path, the same as none.
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(invalid(
+            "an endpoint has no path, query or fragment (a route's rewrite changes the path)",
+        ));
+    }
+    if authority.contains('@') {
+        return Err(invalid("user info is not supported"));
+    }
+    let scheme = if https { "https" } else { "http" };
+    let (host, port) = split_host_port(authority, scheme).map_err(|why| invalid(&why))?;
+    if host.parse::<IpAddr>().is_err() && !is_dns_name(host) {
+        return Err(invalid(&format!(
+            "{host:?} is not an IP address or a host name"
+        )));
+    }
+    Ok(EndpointUrl {
+        https,
+        authority,
+        host,
+        port,
+    })
+}
+
+/// "host", "host:port", "[v6]" or "[v6]:port"; the port defaults to the scheme's (80, 443).
+fn split_host_port<'a>(authority: &'a str, scheme: &str) -> Result<(&'a str, u16), String> {
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         let (v6, rest) = bracketed.split_once(']').ok_or("unclosed '['")?;
         v6.parse::<Ipv6Addr>()
@@ -533,7 +562,7 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
         match authority.split_once(':') {
             Some((_, port)) if port.contains(':') => {
                 return Err(format!(
-                    "write IPv6 addresses in brackets, as in \"http://[::1]:{}\"",
+                    "write IPv6 addresses in brackets, as in \"{scheme}://[::1]:{}\"",
                     port.rsplit(':').next().unwrap_or("80")
                 ));
             }
@@ -545,6 +574,7 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
         return Err("missing host".to_string());
     }
     let port = match port {
+        None if scheme == "https" => 443,
         None => 80,
         Some(text) => match text.parse::<u16>() {
             Ok(port) if port > 0 => port,
@@ -938,7 +968,7 @@ pub(super) fn is_token(text: &str) -> bool {
 }
 
 /// Dot-separated labels of letters, digits, '-' and '_' (IPv4 addresses included).
-fn is_dns_name(text: &str) -> bool {
+pub(super) fn is_dns_name(text: &str) -> bool {
     !text.is_empty()
         && text.split('.').all(|label| {
             !label.is_empty()
@@ -953,7 +983,7 @@ fn is_env_name(text: &str) -> bool {
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+pub(super) fn listen_addr(text: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = text.parse().map_err(|_| {
         format!("invalid address {text:?}: expected IP:PORT, as in \"127.0.0.1:8080\" or \"[::1]:8080\"")
     })?;
