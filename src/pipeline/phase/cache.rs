@@ -413,6 +413,9 @@ pub fn lookup(cache: Cache<'_>, route: &Route, req: &Request<'_, '_>, id: Reques
                     }
                 };
             }
+            // RFC 9111 §5.2.1.4: a client's `no-cache` refuses a stored response that was not
+            // validated, so not even a stale one on an upstream failure.
+            _ if refresh => {}
             _ => stale = Some(found.entry),
         }
     }
