@@ -159,6 +159,16 @@ pub fn prepare(
     //    the breaker: a hit touches neither the upstream nor its breaker. (Client/BFF before
     //    route, and aggregate | transform after this, are rejected at config load until they
     //    land.)
+    // What the upstream phase reads of the request (and a background refresh, phase 9).
+    let req = upstream::Request {
+        head,
+        headers,
+        client_ip: peer.ip(),
+        identity: &who,
+        framing: &framing,
+        resource: &resource,
+        subject: &subject,
+    };
     let mut cached = None;
     let cache_phase = cfg.cache.as_ref().filter(|c| {
         to.route.cache.is_some() || c.rules.iter().any(|r| !r.invalidate_on.is_empty())
@@ -201,15 +211,6 @@ pub fn prepare(
                 return answer(framing.close_if_body(r));
             }
             cache::Lookup::Revalidate(mut r, leader, store) => {
-                let req = upstream::Request {
-                    head,
-                    headers,
-                    client_ip: peer.ip(),
-                    identity: &who,
-                    framing: &framing,
-                    resource: &resource,
-                    subject: &subject,
-                };
                 super::refresh::start(&req, &to, leader, store, worker, snap, &shard);
                 r.routed = Some(to.ids());
                 return answer(framing.close_if_body(r));
@@ -246,15 +247,6 @@ pub fn prepare(
     let permit = if waits { None } else { permit };
     // 11. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).
-    let req = upstream::Request {
-        head,
-        headers,
-        client_ip: peer.ip(),
-        identity: &who,
-        framing: &framing,
-        resource: &resource,
-        subject: &subject,
-    };
     let balance_key = next!(upstream::run(&req, &to, cfg.server.limits.max_body, ubuf));
 
     Prepared::Forward(RequestCtx {
