@@ -20,15 +20,17 @@
 //!    identity (request id and trace context), framing, target normalisation, route
 //!    ([`router`]: compiled trie), rate limits keyed on the client's address
 //!    ([`policy::ratelimit`]), auth ([`policy::auth`]), every other rate limit, the split
-//!    (canary) side, the breaker ([`upstream::breaker`]), then the upstream phase, which writes
-//!    the upstream head. Each returns `Continue` or `Respond(Response)`.
+//!    (canary) side, the cache lookup ([`cache`]: a hit, a 304 or a stale answer ends the
+//!    request here), the breaker ([`upstream::breaker`]), then the upstream phase, which
+//!    writes the upstream head. Each returns `Continue` or `Respond(Response)`.
 //! 3. [`pipeline::proxy`], the upstream stage, hands the request to [`upstream::call`], the one
 //!    way to call an upstream: it picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
 //!    (peeked at every reuse) or opens one ([`upstream::pool`], [`upstream::client`]), sends the
 //!    request (the proxy phase streams the body through the `Caller` seam), offers interim
 //!    responses back, reads the final head and retries within [`upstream::retry`]'s rules and
-//!    budget; the proxy phase then streams the body back re-framed.
+//!    budget; the proxy phase then streams the body back re-framed (copying it for the cache
+//!    when the response may be stored).
 //! 4. Answers the gateway makes itself are JSON errors or bodiless answers
 //!    ([`pipeline::Response`], `http::write`). Every answer, the gateway's or the upstream's,
 //!    gets the response phases' headers ([`pipeline::respond`]).
@@ -57,7 +59,8 @@
 //! - [`server`]: the accept loop and the client connection loop.
 //! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP today),
 //!   with timeouts, byte counts, the liveness peek and the lingering close.
-//! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write).
+//! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write), and response
+//!   compression's rules and encoders ([`http::encoding`], not wired yet).
 //! - [`router`]: the route trie and its predicates, and [`router::load_config`]: a config file
 //!   loaded, its route table and policies compiled (what `check`, `run`, `demo` and reload
 //!   call).
@@ -75,8 +78,10 @@
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core
 //!   state.
-//! - [`cache`]: the response cache's core: RFC 9111 rules as pure functions ([`cache::rules`]);
-//!   not wired to the request path yet.
+//! - [`cache`]: the response cache: RFC 9111 rules as pure functions ([`cache::rules`]), the
+//!   stored entry, one shard per worker with its coalescing table ([`cache::shard`]), and the
+//!   purge generations shared by every worker ([`cache::purge`]). The cache phase
+//!   (`pipeline::phase::cache`) reads it; the proxy phase and `pipeline::refresh` fill it.
 //! - [`admin`]: the admin API thread.
 //! - [`access_log`]: the JSON access log (per-worker batches, one writer thread).
 //! - [`otlp`]: span export to an OTLP/HTTP JSON collector (per-worker batches, one thread).

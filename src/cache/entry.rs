@@ -30,11 +30,7 @@ const NOT_KEPT: [&str; 8] = [
 pub struct EntryHead {
     status: u16,
     reason: Vec<u8>,
-    /// Field names, concatenated (ASCII tokens, so any range on a name boundary is a str).
-    names: String,
-    values: Vec<u8>,
-    /// (name end, value end) of each field, in order.
-    fields: Vec<(u32, u32)>,
+    fields: OwnedFields,
     /// The fields as a hit writes them (see [`Entry::block`]).
     block: Vec<u8>,
     freshness: Freshness,
@@ -53,9 +49,7 @@ impl EntryHead {
         vary: Vec<String>,
     ) -> EntryHead {
         let listed = connection_listed(&head.headers);
-        let mut names = String::new();
-        let mut values = Vec::new();
-        let mut fields = Vec::with_capacity(head.headers.len());
+        let mut fields = OwnedFields::default();
         let mut block = Vec::with_capacity(256);
         let mut via: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
         for h in head.headers.iter() {
@@ -68,9 +62,7 @@ impl EntryHead {
             {
                 continue;
             }
-            names.push_str(h.name);
-            values.extend_from_slice(h.value);
-            fields.push((names.len() as u32, values.len() as u32));
+            fields.push(h);
             // The relayed head's rules (`pipeline::headers::write_response_head`): earlier
             // hops' `Via` values are merged into one field, this gateway last.
             if h.name.eq_ignore_ascii_case("via") {
@@ -92,8 +84,6 @@ impl EntryHead {
         EntryHead {
             status: head.status,
             reason: head.reason.to_vec(),
-            names,
-            values,
             fields,
             block,
             freshness,
@@ -107,8 +97,6 @@ impl EntryHead {
         Entry {
             status: self.status,
             reason: self.reason,
-            names: self.names,
-            values: self.values,
             fields: self.fields,
             block: self.block,
             body,
@@ -129,9 +117,7 @@ impl EntryHead {
 pub struct Entry {
     pub status: u16,
     reason: Vec<u8>,
-    names: String,
-    values: Vec<u8>,
-    fields: Vec<(u32, u32)>,
+    fields: OwnedFields,
     block: Vec<u8>,
     pub body: Vec<u8>,
     pub freshness: Freshness,
@@ -146,17 +132,7 @@ pub struct Entry {
 impl Entry {
     /// The stored fields, borrowed, in the order received.
     pub fn headers(&self) -> http::Headers<'_> {
-        let mut out = http::Headers::new();
-        let (mut n0, mut v0) = (0usize, 0usize);
-        for &(n1, v1) in &self.fields {
-            let (n1, v1) = (n1 as usize, v1 as usize);
-            out.push(Header {
-                name: &self.names[n0..n1],
-                value: &self.values[v0..v1],
-            });
-            (n0, v0) = (n1, v1);
-        }
-        out
+        self.fields.headers()
     }
 
     pub fn reason(&self) -> &[u8] {
@@ -172,9 +148,7 @@ impl Entry {
     /// What the entry costs its shard: its bytes plus a fixed allowance for its bookkeeping.
     pub fn weight(&self) -> u64 {
         (self.reason.len()
-            + self.names.len()
-            + self.values.len()
-            + self.fields.len() * 8
+            + self.fields.bytes()
             + self.block.len()
             + self.body.len()
             + self.vary.iter().map(|v| v.len() + 24).sum::<usize>()
@@ -184,6 +158,48 @@ impl Entry {
 
 /// Bytes an entry costs beyond its heads and body (the struct, its `Rc`, the shard's slot).
 pub const ENTRY_OVERHEAD: usize = 256;
+
+/// Header fields copied out of a parse buffer: every name in one `String`, every value in
+/// one `Vec`, so a stored head (or a request's fields kept for its key) is three allocations
+/// whatever its number of fields, and is lent back as [`Header`]s.
+#[derive(Debug, Default)]
+pub struct OwnedFields {
+    /// Names, concatenated: ASCII tokens (httparse's, or the config's), so every range on a
+    /// name boundary is a `str`.
+    names: String,
+    values: Vec<u8>,
+    /// (name end, value end) of each field, in order.
+    ends: Vec<(u32, u32)>,
+}
+
+impl OwnedFields {
+    pub fn push(&mut self, h: &Header<'_>) {
+        self.names.push_str(h.name);
+        self.values.extend_from_slice(h.value);
+        self.ends
+            .push((self.names.len() as u32, self.values.len() as u32));
+    }
+
+    /// The fields, borrowed, in the order pushed.
+    pub fn headers(&self) -> http::Headers<'_> {
+        let mut out = http::Headers::new();
+        let (mut n0, mut v0) = (0usize, 0usize);
+        for &(n1, v1) in &self.ends {
+            let (n1, v1) = (n1 as usize, v1 as usize);
+            out.push(Header {
+                name: &self.names[n0..n1],
+                value: &self.values[v0..v1],
+            });
+            (n0, v0) = (n1, v1);
+        }
+        out
+    }
+
+    /// The bytes they hold.
+    pub fn bytes(&self) -> usize {
+        self.names.len() + self.values.len() + self.ends.len() * 8
+    }
+}
 
 /// The lower-case-insensitive names listed in the `Connection` fields.
 fn connection_listed<'h>(headers: &[Header<'h>]) -> smallvec::SmallVec<[&'h [u8]; 4]> {

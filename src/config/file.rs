@@ -528,8 +528,6 @@ pub struct Cache {
 }
 
 /// `[cache.rules.NAME]`
-// Fields without a check in `later` are first read by the capability itself.
-#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRule {

@@ -215,9 +215,14 @@ impl Shared {
 
     /// Publishes worker `worker`'s cache shard size for the metrics scrape.
     pub fn publish_cache_size(&self, worker: usize, shard: &crate::cache::Shard) {
-        if let Some((entries, bytes)) = self.cache_gauges.get(worker) {
-            entries.store(shard.entries() as u64, Ordering::Relaxed);
-            bytes.store(shard.bytes(), Ordering::Relaxed);
+        self.publish_cache_gauges(worker, shard.entries() as u64, shard.bytes());
+    }
+
+    /// Publishes worker `worker`'s cache gauges: `entries` slots holding `bytes`.
+    pub fn publish_cache_gauges(&self, worker: usize, entries: u64, bytes: u64) {
+        if let Some((e, b)) = self.cache_gauges.get(worker) {
+            e.store(entries, Ordering::Relaxed);
+            b.store(bytes, Ordering::Relaxed);
         }
     }
 

@@ -158,7 +158,7 @@ impl Worker {
         // A reload removed `[cache]`: the shard's memory goes back.
         if active.config.cache.is_none() {
             if slot.take().is_some() {
-                self.publish_cache_size(&crate::cache::Shard::new(0));
+                self.shared.publish_cache_gauges(self.id, 0, 0);
             }
             return;
         }

@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use smallvec::SmallVec;
 
+use crate::cache::entry::OwnedFields;
 use crate::cache::rules::{self, AgeClock, Key, KeyParts, RuleTimes, State, Vary};
 use crate::cache::shard::Flight;
 use crate::cache::{purge, Entry, EntryHead, Leader, Rules, Shard};
@@ -130,24 +131,13 @@ struct KeyRequest {
     path: Vec<u8>,
     query: Option<Vec<u8>>,
     rule_vary: Vec<String>,
-    names: String,
-    values: Vec<u8>,
-    fields: Vec<(u32, u32)>,
+    fields: OwnedFields,
     subject: Option<Vec<u8>>,
 }
 
 impl KeyRequest {
     fn key(&self, response_vary: &[String]) -> Key {
-        let mut headers: SmallVec<[Header<'_>; 32]> = SmallVec::new();
-        let (mut n0, mut v0) = (0usize, 0usize);
-        for &(n1, v1) in &self.fields {
-            let (n1, v1) = (n1 as usize, v1 as usize);
-            headers.push(Header {
-                name: &self.names[n0..n1],
-                value: &self.values[v0..v1],
-            });
-            (n0, v0) = (n1, v1);
-        }
+        let headers = self.fields.headers();
         rules::key(&KeyParts {
             scope: &self.scope,
             host: &self.host,
@@ -498,13 +488,9 @@ pub fn stale_answer(
 
 /// The request's key parts, owned.
 fn owned(parts: &KeyParts<'_>) -> KeyRequest {
-    let mut names = String::new();
-    let mut values = Vec::new();
-    let mut fields = Vec::with_capacity(parts.request_headers.len());
+    let mut fields = OwnedFields::default();
     for h in parts.request_headers {
-        names.push_str(h.name);
-        values.extend_from_slice(h.value);
-        fields.push((names.len() as u32, values.len() as u32));
+        fields.push(h);
     }
     KeyRequest {
         scope: parts.scope.to_vec(),
@@ -512,8 +498,6 @@ fn owned(parts: &KeyParts<'_>) -> KeyRequest {
         path: parts.path.to_vec(),
         query: parts.query.map(<[u8]>::to_vec),
         rule_vary: parts.rule_vary.to_vec(),
-        names,
-        values,
         fields,
         subject: parts.subject.map(<[u8]>::to_vec),
     }

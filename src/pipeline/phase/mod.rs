@@ -1,12 +1,13 @@
 //! The request phases, one module each, in the order [`super::stack`] calls them:
 //! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`ratelimit`] (limits keyed
 //! on the client's address), [`auth`], [`ratelimit`] again (every other limit), [`split`],
-//! [`breaker`], [`upstream`].
+//! [`cache`], [`breaker`], [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's
 //! [`Match`](crate::router::Match), [`Destination`], auth's [`auth::Subject`], the rate
-//! limits' [`ratelimit::Limited`], the breaker's permit, the upstream head's balance key). A phase that may answer the request returns a [`Flow`]: `Continue`
+//! limits' [`ratelimit::Limited`], the cache's [`cache::Pending`], the breaker's permit, the
+//! upstream head's balance key). A phase that may answer the request returns a [`Flow`]: `Continue`
 //! with its output, or `Respond` with the answer, never a flag for a later phase to check. A
 //! phase that cannot answer (untrusted, identity, split) returns its output directly.
 //!
