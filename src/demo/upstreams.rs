@@ -698,6 +698,9 @@ fn respond(endpoint: &Endpoint, request: &Request) -> Response {
         }
         _ => {}
     }
+    if let (Service::Accounts, ["v2", "transfers"]) = (endpoint.service, segments.as_slice()) {
+        return transfer_v2(endpoint, request);
+    }
     if !matches!(request.method.as_str(), "GET" | "HEAD") {
         return method_not_allowed(endpoint, "GET, HEAD");
     }
@@ -735,6 +738,23 @@ fn respond(endpoint: &Endpoint, request: &Request) -> Response {
             200,
             format!(
                 r#"{{"accountId":{},"currency":"USD","available":1250.5,"pending":20,"upstream":{up}}}"#,
+                json_str(id)
+            ),
+        ),
+        (Service::Users | Service::UsersV2, ["reviews", product]) => Response::json(
+            200,
+            format!(
+                r#"{{"productId":{},"rating":{},"count":{},"upstream":{up}}}"#,
+                json_str(product),
+                // A stable, product-dependent rating between 3.0 and 4.9.
+                3.0 + f64::from(product.bytes().map(u32::from).sum::<u32>() % 20) / 10.0,
+                product.len() * 7
+            ),
+        ),
+        (Service::Accounts, ["loyalty", id]) => Response::json(
+            200,
+            format!(
+                r#"{{"userId":{},"tier":"gold","points":1200,"upstream":{up}}}"#,
                 json_str(id)
             ),
         ),
@@ -778,6 +798,50 @@ fn respond(endpoint: &Endpoint, request: &Request) -> Response {
         ),
         _ => not_found(endpoint, &format!("no such path {path}")),
     }
+}
+
+/// `POST /v2/transfers` (accounts): the v2 transfer API a v1 route's transform talks to. Takes
+/// `{sourceAccountId, destinationAccountId, transferAmount: {value, currency}, initiatedAt}`
+/// and answers 201 with the transfer as v2 names it; a body that is not such JSON is a 400.
+fn transfer_v2(endpoint: &Endpoint, request: &Request) -> Response {
+    if request.method != "POST" {
+        return method_not_allowed(endpoint, "POST");
+    }
+    let bad = |why: &str| {
+        Response::json(
+            400,
+            format!(
+                r#"{{"error":{},"upstream":{}}}"#,
+                json_str(why),
+                json_str(&endpoint.name)
+            ),
+        )
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&request.body) else {
+        return bad("body is not JSON");
+    };
+    let text = |key: &str| body.get(key).and_then(|v| v.as_str());
+    let (Some(from), Some(to)) = (text("sourceAccountId"), text("destinationAccountId")) else {
+        return bad("sourceAccountId and destinationAccountId are required");
+    };
+    let Some(amount) = body
+        .get("transferAmount")
+        .filter(|a| a["value"].is_number())
+    else {
+        return bad("transferAmount.value must be a number");
+    };
+    let answer = serde_json::json!({
+        "transferId": format!("tr_{}", from.len() * 1000 + to.len()),
+        "sourceAccountId": from,
+        "destinationAccountId": to,
+        "transferAmount": amount,
+        "status": "completed",
+        "initiatedAt": body.get("initiatedAt"),
+        "completedAt": "2026-12-06T12:00:00Z",
+        "apiVersion": request.header("x-api-version"),
+        "upstream": endpoint.name,
+    });
+    Response::json(201, answer.to_string())
 }
 
 /// The identity headers a gateway in front may set (the demo config's `forward` tables).
@@ -1162,6 +1226,59 @@ mod tests {
             Some("close"),
             "HTTP/1.0 without keep-alive closes"
         );
+    }
+
+    #[test]
+    fn composition_endpoints_answer_reviews_loyalty_and_v2_transfers() {
+        let users = start(Service::Users, "users-1");
+        let mut stream = connect(&users);
+        let mut buf = Vec::new();
+        stream
+            .write_all(b"GET /reviews/p_1 HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        let review = read_response(&mut stream, &mut buf, false);
+        assert_eq!(review.status, 200);
+        assert!(
+            review.body.starts_with(r#"{"productId":"p_1","rating":"#),
+            "{}",
+            review.body
+        );
+
+        let accounts = start(Service::Accounts, "accounts-1");
+        let mut stream = connect(&accounts);
+        let mut buf = Vec::new();
+        stream
+            .write_all(b"GET /loyalty/u_1 HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        let loyalty = read_response(&mut stream, &mut buf, false);
+        assert!(
+            loyalty.body.starts_with(r#"{"userId":"u_1","tier":"gold""#),
+            "{}",
+            loyalty.body
+        );
+
+        let body = r#"{"sourceAccountId":"a_1","destinationAccountId":"a_2","transferAmount":{"value":25,"currency":"USD"},"initiatedAt":"2026-12-06T10:00:00Z"}"#;
+        let request = format!(
+            "POST /v2/transfers HTTP/1.1\r\nHost: demo\r\nX-Api-Version: 2\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let created = read_response(&mut stream, &mut buf, false);
+        assert_eq!(created.status, 201, "{}", created.body);
+        let v: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+        assert_eq!(v["sourceAccountId"], "a_1");
+        assert_eq!(v["transferAmount"]["value"], 25);
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["apiVersion"], "2");
+
+        stream
+            .write_all(b"POST /v2/transfers HTTP/1.1\r\nHost: demo\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap();
+        assert_eq!(read_response(&mut stream, &mut buf, false).status, 400);
+        stream
+            .write_all(b"GET /v2/transfers HTTP/1.1\r\nHost: demo\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut stream, &mut buf, false).status, 405);
     }
 
     #[test]
