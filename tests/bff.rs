@@ -324,7 +324,7 @@ rate_limits = ["own"]
             (Some("2"), Some(remaining))
         );
     }
-    assert_error(&get(gw.addr(), "/mobile/v1/open"), 429);
+    assert_error_retry_after(&get(gw.addr(), "/mobile/v1/open"), 429);
     let own = get(gw.addr(), "/mobile/v1/limited");
     assert_eq!(own.status, 200);
     assert_eq!(
