@@ -99,21 +99,39 @@ fn requests_belong_to_clients_by_prefix_or_header_and_reach_their_routes() {
     let gw = routing_gateway(&any, &web, &tv);
     let cases: [(Req, (&str, &str)); 9] = [
         // Mobile has no route of its own: the route without client serves it, prefix removed.
-        (Req::get("/mobile/v1/transactions?page=2"), ("any", "/transactions?page=2")),
+        (
+            Req::get("/mobile/v1/transactions?page=2"),
+            ("any", "/transactions?page=2"),
+        ),
         (Req::get("/web/v1/transactions"), ("web", "/transactions")),
-        (Req::get("/web/v1/transactions/42"), ("web", "/transactions/42")),
-        (Req::get("/transactions").header("X-Client-Type", "tv"), ("tv", "/transactions")),
+        (
+            Req::get("/web/v1/transactions/42"),
+            ("web", "/transactions/42"),
+        ),
+        (
+            Req::get("/transactions").header("X-Client-Type", "tv"),
+            ("tv", "/transactions"),
+        ),
         (Req::get("/transactions"), ("any", "/transactions")),
         // Names are compared exactly; an unknown one is no client.
-        (Req::get("/transactions").header("X-Client-Type", "TV"), ("any", "/transactions")),
-        (Req::get("/transactions").header("X-Client-Type", "watch"), ("any", "/transactions")),
+        (
+            Req::get("/transactions").header("X-Client-Type", "TV"),
+            ("any", "/transactions"),
+        ),
+        (
+            Req::get("/transactions").header("X-Client-Type", "watch"),
+            ("any", "/transactions"),
+        ),
         // The prefix wins over the header.
         (
             Req::get("/web/v1/transactions").header("X-Client-Type", "tv"),
             ("web", "/transactions"),
         ),
         // Segment boundary: `/mobile/v1x` is not under `/mobile/v1`, and keeps its path.
-        (Req::get("/mobile/v1x/transactions"), ("any", "/mobile/v1x/transactions")),
+        (
+            Req::get("/mobile/v1x/transactions"),
+            ("any", "/mobile/v1x/transactions"),
+        ),
     ];
     for (req, (tag, target)) in cases {
         let resp = send_request(gw.addr(), &req);
@@ -126,7 +144,10 @@ fn requests_belong_to_clients_by_prefix_or_header_and_reach_their_routes() {
         );
     }
     // The tv route is tv's only: by prefix the same path goes elsewhere.
-    assert_eq!(any.request_count() + web.request_count() + tv.request_count(), 9);
+    assert_eq!(
+        any.request_count() + web.request_count() + tv.request_count(),
+        9
+    );
 }
 
 /// Under a prefix, the route's `strip_prefix` and `rewrite` apply to the path that is left.
@@ -191,7 +212,10 @@ fn head_and_keep_alive_work_through_a_client_prefix() {
     assert!(head.body.is_empty(), "HEAD got a body");
     assert_eq!(head.header("x-upstream"), Some("web"));
     let last = c.request(&Req::get("/mobile/v1/transactions"));
-    assert_eq!(answered_by(&last), ("any".to_string(), "/transactions".to_string()));
+    assert_eq!(
+        answered_by(&last),
+        ("any".to_string(), "/transactions".to_string())
+    );
     assert_eq!(web.requests()[1].method, "HEAD");
     assert_eq!(web.requests()[1].path(), "/transactions");
     assert_eq!(any.connections() + web.connections() + tv.connections(), 2);
@@ -222,7 +246,10 @@ fn auth_gateway(dir: &TempDir, up: &Upstream) -> Gateway {
     for (file, key) in [("mobile.toml", "mobile-key"), ("route.toml", "route-key")] {
         dir.write(
             file,
-            &format!("[keys.\"{}\"]\nconsumer = \"c\"\n", sha256_hex(key.as_bytes())),
+            &format!(
+                "[keys.\"{}\"]\nconsumer = \"c\"\n",
+                sha256_hex(key.as_bytes())
+            ),
         );
     }
     let d = dir.path().display();
@@ -271,7 +298,10 @@ fn a_client_auth_is_the_default_that_a_route_auth_overrides() {
     let ok = send_request(gw.addr(), &key("/mobile/v1/open", "mobile-key"));
     assert_eq!(answered_by(&ok).1, "/open");
     assert_eq!(answered_by(&get(gw.addr(), "/open")).1, "/open");
-    assert_error(&send_request(gw.addr(), &key("/mobile/v1/own", "mobile-key")), 401);
+    assert_error(
+        &send_request(gw.addr(), &key("/mobile/v1/own", "mobile-key")),
+        401,
+    );
     let ok = send_request(gw.addr(), &key("/mobile/v1/own", "route-key"));
     assert_eq!(answered_by(&ok).1, "/own");
     assert_eq!(up.request_count(), 3);
@@ -320,7 +350,10 @@ rate_limits = ["own"]
         let resp = get(gw.addr(), "/mobile/v1/open");
         assert_eq!(resp.status, 200);
         assert_eq!(
-            (resp.header("ratelimit-limit"), resp.header("ratelimit-remaining")),
+            (
+                resp.header("ratelimit-limit"),
+                resp.header("ratelimit-remaining")
+            ),
             (Some("2"), Some(remaining))
         );
     }
@@ -328,7 +361,10 @@ rate_limits = ["own"]
     let own = get(gw.addr(), "/mobile/v1/limited");
     assert_eq!(own.status, 200);
     assert_eq!(
-        (own.header("ratelimit-limit"), own.header("ratelimit-remaining")),
+        (
+            own.header("ratelimit-limit"),
+            own.header("ratelimit-remaining")
+        ),
         (Some("5"), Some("4"))
     );
     let plain = get(gw.addr(), "/open");
@@ -368,7 +404,9 @@ fn check_lists_clients_and_refuses_an_unknown_one() {
     let out = check(&CHECKED.replace("client = \"mobile\"", "client = \"mobil\""));
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
-        out.all().contains(":14:10: routes.r.client: no bff client named \"mobil\" (did you mean \"mobile\"?)"),
+        out.all().contains(
+            ":14:10: routes.r.client: no bff client named \"mobil\" (did you mean \"mobile\"?)"
+        ),
         "{}",
         out.all()
     );

@@ -139,8 +139,7 @@ upstream = "u"
         let cfg = config(CONFIG);
         let router = router(&cfg);
         let h = head(raw);
-        let Flow::Continue(mut res) = target::run(&h, &h.headers, &router, &NO_BODY, &id())
-        else {
+        let Flow::Continue(mut res) = target::run(&h, &h.headers, &router, &NO_BODY, &id()) else {
             panic!("the target phase answered");
         };
         match run(cfg.bff.as_ref(), &h.headers, &mut res, &NO_BODY, &id()) {
@@ -159,19 +158,51 @@ upstream = "u"
     #[test]
     fn a_prefix_names_the_client_and_is_removed_on_segment_boundaries() {
         for (raw, want) in [
-            (&b"GET /mobile/v1/accounts/7?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..], (Some("mobile"), "/accounts/7")),
-            (b"GET /mobile/v1 HTTP/1.1\r\nHost: a\r\n\r\n", (Some("mobile"), "/")),
-            (b"GET /mobile/v1/ HTTP/1.1\r\nHost: a\r\n\r\n", (Some("mobile"), "/")),
-            (b"GET /mobile/v1x/a HTTP/1.1\r\nHost: a\r\n\r\n", (None, "/mobile/v1x/a")),
-            (b"GET /mobile HTTP/1.1\r\nHost: a\r\n\r\n", (None, "/mobile")),
-            (b"GET /web/x HTTP/1.1\r\nHost: a\r\n\r\n", (Some("web"), "/x")),
+            (
+                &b"GET /mobile/v1/accounts/7?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                (Some("mobile"), "/accounts/7"),
+            ),
+            (
+                b"GET /mobile/v1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                (Some("mobile"), "/"),
+            ),
+            (
+                b"GET /mobile/v1/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                (Some("mobile"), "/"),
+            ),
+            (
+                b"GET /mobile/v1x/a HTTP/1.1\r\nHost: a\r\n\r\n",
+                (None, "/mobile/v1x/a"),
+            ),
+            (
+                b"GET /mobile HTTP/1.1\r\nHost: a\r\n\r\n",
+                (None, "/mobile"),
+            ),
+            (
+                b"GET /web/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                (Some("web"), "/x"),
+            ),
             // The prefix is compared with the normalised path, and what is left stays so.
-            (b"GET /%6Dobile/./v1//a/../b HTTP/1.1\r\nHost: a\r\n\r\n", (Some("mobile"), "/b")),
-            (b"GET /%6Dobile/v1 HTTP/1.1\r\nHost: a\r\n\r\n", (Some("mobile"), "/")),
-            (b"GET http://h/web/y HTTP/1.1\r\nHost: a\r\n\r\n", (Some("web"), "/y")),
+            (
+                b"GET /%6Dobile/./v1//a/../b HTTP/1.1\r\nHost: a\r\n\r\n",
+                (Some("mobile"), "/b"),
+            ),
+            (
+                b"GET /%6Dobile/v1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                (Some("mobile"), "/"),
+            ),
+            (
+                b"GET http://h/web/y HTTP/1.1\r\nHost: a\r\n\r\n",
+                (Some("web"), "/y"),
+            ),
         ] {
             let (name, path) = ok(raw);
-            assert_eq!((name.as_deref(), path.as_str()), want, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                (name.as_deref(), path.as_str()),
+                want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
@@ -197,8 +228,10 @@ upstream = "u"
 
     #[test]
     fn two_header_fields_with_different_values_are_400() {
-        let r = client(b"GET /a HTTP/1.1\r\nHost: a\r\nX-Client-Type: tv\r\nX-Client-Type: mobile\r\n\r\n")
-            .expect_err("answered");
+        let r = client(
+            b"GET /a HTTP/1.1\r\nHost: a\r\nX-Client-Type: tv\r\nX-Client-Type: mobile\r\n\r\n",
+        )
+        .expect_err("answered");
         assert_eq!(
             (r.status, message(&r), r.close),
             (

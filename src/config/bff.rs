@@ -181,8 +181,14 @@ fn clean_prefix(text: &str) -> Result<(), String> {
     }
     for segment in text[1..].split('/') {
         match segment {
-            "" => return invalid("empty segment (\"//\"): request paths are normalised, so it could never match"),
-            "." | ".." => return invalid("\".\" and \"..\" segments are resolved in request paths, so it could never match"),
+            "" => {
+                return invalid(
+                    "empty segment (\"//\"): request paths are normalised, so it could never match",
+                )
+            }
+            "." | ".." => return invalid(
+                "\".\" and \"..\" segments are resolved in request paths, so it could never match",
+            ),
             _ => {}
         }
         let bytes = segment.as_bytes();
@@ -191,7 +197,9 @@ fn clean_prefix(text: &str) -> Result<(), String> {
             let b = bytes[i];
             match b {
                 b':' | b'*' => {
-                    return invalid("':' and '*' are route pattern syntax; a prefix is a literal path")
+                    return invalid(
+                        "':' and '*' are route pattern syntax; a prefix is a literal path",
+                    )
                 }
                 b'%' => {
                     let escape = bytes.get(i + 1..i + 3).filter(|h| {

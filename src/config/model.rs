@@ -386,7 +386,8 @@ pub struct Route {
 impl Route {
     /// The auth a request of `client` must pass here: the route's own, else the client's.
     pub fn effective_auth(&self, bff: Option<&Bff>, client: Option<ClientId>) -> Option<AuthId> {
-        self.auth.or_else(|| client_of(bff, client).and_then(|c| c.auth))
+        self.auth
+            .or_else(|| client_of(bff, client).and_then(|c| c.auth))
     }
 
     /// The limits a request of `client` is counted under here: the route's own list when it

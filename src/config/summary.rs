@@ -233,7 +233,10 @@ fn write_bff(out: &mut String, cfg: &Config) -> std::fmt::Result {
     let Some(bff) = &cfg.bff else {
         return Ok(());
     };
-    let header = bff.header.as_deref().map_or(String::new(), |h| format!(", header {h}"));
+    let header = bff
+        .header
+        .as_deref()
+        .map_or(String::new(), |h| format!(", header {h}"));
     let n = bff.clients.len();
     let plural = if n == 1 { "" } else { "s" };
     writeln!(out, "bff ({n} client{plural}{header}):")?;

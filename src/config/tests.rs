@@ -26,11 +26,11 @@ fn error(src: &str) -> String {
 /// The spec example with every section and route key of a capability not built yet removed,
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
-    const LATER_SECTIONS: [&str; 5] = ["bff", "transforms", "aggregates", "compression", "tracing"];
+    const LATER_SECTIONS: [&str; 4] = ["transforms", "aggregates", "compression", "tracing"];
     // Tables of capabilities not built yet inside supported sections: TLS termination, and
     // the one upstream whose endpoint is https:// (its tls_* keys go with it).
     const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
-    const LATER_ROUTE_KEYS: [&str; 3] = ["transform", "websocket", "client"];
+    const LATER_ROUTE_KEYS: [&str; 2] = ["transform", "websocket"];
     let mut out = String::new();
     let mut section = String::new();
     for line in SPEC_EXAMPLE.lines() {
@@ -44,15 +44,6 @@ fn spec_example_supported_part() -> String {
                 .any(|t| section == *t || section.starts_with(&format!("{t}.")));
         let key = line.split('=').next().unwrap().trim();
         let later_key = first == "routes" && LATER_ROUTE_KEYS.contains(&key);
-        if first == "routes" && key == "client" {
-            // Without BFF the two client-specific routes would be ambiguous; a header
-            // predicate keeps them apart the way `bff.header` will.
-            let client = line.split('"').nth(1).unwrap();
-            out.push_str(&format!(
-                "headers = {{ \"x-client-type\" = \"{client}\" }}\n"
-            ));
-            continue;
-        }
         if !later_section && !later_key {
             out.push_str(line);
             out.push('\n');
@@ -132,7 +123,6 @@ fn spec_example_is_rejected_at_its_first_later_capability() {
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
     for gone in [
-        "[bff]",
         "transform =",
         "websocket =",
         "[tracing]",
@@ -144,6 +134,42 @@ fn spec_example_without_later_capabilities_loads() {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
+
+    // BFF as written: the header, three clients with their defaults, two client routes.
+    let bff = cfg.bff.as_ref().expect("[bff]");
+    assert_eq!(bff.header.as_deref(), Some("x-client-type"));
+    let clients: Vec<(&str, Option<&str>, Option<&str>, usize)> = bff
+        .clients
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.prefix.as_deref(),
+                c.auth.map(|a| cfg.auth[a].name.as_str()),
+                c.rate_limits.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            ("mobile", Some("/mobile/v1"), Some("jwt"), 1),
+            ("web", Some("/web/v1"), Some("jwt"), 0),
+            ("admin", Some("/admin/v1"), Some("partners"), 0),
+        ]
+    );
+    let client_of = |route: &str| {
+        let r = cfg.routes.iter().find(|r| r.name == route).expect(route);
+        r.client.map(|c| bff.clients[c].name.as_str())
+    };
+    assert_eq!(
+        (
+            client_of("transactions_mobile"),
+            client_of("transactions_web"),
+            client_of("users")
+        ),
+        (Some("mobile"), Some("web"), None)
+    );
 
     assert_eq!(cfg.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
     assert!(cfg.server.workers >= 1);
@@ -923,8 +949,14 @@ upstream = "users"
         .map(|c| (c.name.as_str(), c.prefix.as_deref()))
         .collect();
     assert_eq!(names, [("mobile", Some("/mobile/v1")), ("tv", None)]);
-    assert_eq!((bff.clients[0].auth, &bff.clients[0].rate_limits[..]), (Some(0), &[0][..]));
-    assert_eq!((cfg.routes[0].client, cfg.routes[1].client), (Some(0), None));
+    assert_eq!(
+        (bff.clients[0].auth, &bff.clients[0].rate_limits[..]),
+        (Some(0), &[0][..])
+    );
+    assert_eq!(
+        (cfg.routes[0].client, cfg.routes[1].client),
+        (Some(0), None)
+    );
     // Per request: a route without auth takes its client's; its own list replaces the client's.
     let any = &cfg.routes[1];
     assert_eq!(any.effective_auth(Some(bff), Some(0)), Some(0));

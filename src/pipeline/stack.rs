@@ -84,10 +84,18 @@ pub fn prepare(
     let mut resource = next!(target::run(head, headers, router, &framing, id));
     // 3b. The BFF client on the normalised path, before routing: its prefix is removed, so
     //    routes match (and the upstream gets) the path under it.
-    let client = next!(bff::run(cfg.bff.as_ref(), headers, &mut resource, &framing, id));
+    let client = next!(bff::run(
+        cfg.bff.as_ref(),
+        headers,
+        &mut resource,
+        &framing,
+        id
+    ));
     // 4. Route: path, then method, host, headers, client (BEHAVIOR.md precedence);
     //    `Max-Forwards: 0` is answered once the resource is known (RFC 9110 §7.6.2).
-    let m = next!(route::run(head, headers, &resource, client, router, &framing, id));
+    let m = next!(route::run(
+        head, headers, &resource, client, router, &framing, id
+    ));
     // Answers before the split name the route's own upstream.
     let routed = split::routed(cfg, &m);
     let started = Instant::now();

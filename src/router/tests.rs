@@ -1315,7 +1315,10 @@ fn client_routes_match_their_client_only_and_rank_first() {
         ],
     );
     // The same client on one shape is ambiguous; a client against a method predicate too.
-    let twice = [for_client(route("a", &["/x"]), 0), for_client(route("b", &["/x"]), 0)];
+    let twice = [
+        for_client(route("a", &["/x"]), 0),
+        for_client(route("b", &["/x"]), 0),
+    ];
     assert_ambiguous_pair(&twice);
     let mixed = [
         for_client(route("a", &["/x"]), 0),
@@ -1334,5 +1337,8 @@ fn assert_ambiguous_pair(routes: &[Route]) {
     let RouteError::Ambiguous { reason, .. } = compile_err(routes) else {
         panic!("want Ambiguous");
     };
-    assert!(reason.ends_with("headers compatible; the same client"), "{reason}");
+    assert!(
+        reason.ends_with("headers compatible; the same client"),
+        "{reason}"
+    );
 }
