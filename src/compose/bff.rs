@@ -135,6 +135,7 @@ upstream = "u"
 
     /// Runs the target phase and this one on `raw`: the client's name and the path routed,
     /// or the answer.
+    #[allow(clippy::result_large_err)] // a test helper: the answer is inspected whole
     fn client(raw: &[u8]) -> Result<(Option<String>, String), Response> {
         let cfg = config(CONFIG);
         let router = router(&cfg);
