@@ -9,9 +9,9 @@
 //!   `*`, a leading `=`), or `/` alone (it would claim every request);
 //! - two clients with the same or nested prefixes (`/m` and `/m/x`): a request under both
 //!   would belong to either;
-//! - `bff.header` naming a field the gateway removes or replaces (hop-by-hop fields, `Host`,
-//!   `X-Request-Id`, `traceparent`, `X-Forwarded-*`, ...) or an identity header (removed
-//!   from every request before any phase reads it);
+//! - `bff.header` naming a field the gateway reads, removes or replaces (hop-by-hop fields,
+//!   `Host`, `X-Request-Id`, `traceparent`, `X-Forwarded-*`, ...) or an identity header
+//!   (removed from every request before any phase reads it);
 //! - a route `client` that names no client (with a suggestion), or any `client` without a
 //!   `[bff]` section.
 //!
@@ -31,10 +31,10 @@ use super::policy::{auth_ref, header_checks, identity_owner, limit_checks, rate_
 use super::source::{KeyPath, Source};
 use super::validate::{header_name, header_value, suggestion};
 
-/// Request fields the gateway removes or writes itself before forwarding (RFC 9110 §7.6.1
+/// Request fields the gateway reads, removes or writes itself before forwarding (RFC 9110 §7.6.1
 /// hop-by-hop fields, `Host`, framing, and the fields of BEHAVIOR.md "Proxying"): a client
 /// named in one would be named by a field whose meaning belongs to the gateway.
-const GATEWAY_FIELDS: [&str; 18] = [
+const GATEWAY_FIELDS: [&str; 17] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -52,7 +52,6 @@ const GATEWAY_FIELDS: [&str; 18] = [
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
-    "forwarded",
 ];
 
 /// `[bff]`, its references resolved into `auth` and `limits`.
@@ -149,7 +148,7 @@ fn client_header(
     if GATEWAY_FIELDS.contains(&lower.as_str()) {
         return Err(src.error(
             at,
-            format!("{name:?} is a field the gateway removes or sets itself: choose a header of your own, such as \"x-client-type\""),
+            format!("{name:?} is a field the gateway reads, removes or sets itself: choose a header of your own, such as \"x-client-type\""),
         ));
     }
     if let Some(owner) = identity_owner(auth, &lower) {
