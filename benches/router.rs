@@ -38,6 +38,7 @@ fn route(name: String, path: String) -> Route {
         rate_limits: Vec::new(),
         cache: None,
         location: Location::default(),
+        client: None,
     }
 }
 
@@ -115,6 +116,7 @@ fn request<'p>(
         method,
         host: Some(host.as_bytes()),
         headers: &HEADERS,
+        client: None,
     }
 }
 

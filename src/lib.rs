@@ -17,8 +17,9 @@
 //!    framing enforced here).
 //! 2. [`pipeline::stack`] runs the request phases ([`pipeline::phase`], one module each) in
 //!    their one declared order: untrusted fields dropped (names with `_`, identity headers),
-//!    identity (request id and trace context), framing, target normalisation, route
-//!    ([`router`]: compiled trie), rate limits keyed on the client's address
+//!    identity (request id and trace context), framing, target normalisation, the BFF client
+//!    ([`compose::bff`]: by path prefix, removed, or by header), route ([`router`]: compiled
+//!    trie), rate limits keyed on the client's address
 //!    ([`policy::ratelimit`]), auth ([`policy::auth`]), every other rate limit, the split
 //!    (canary) side, the cache lookup ([`cache`]: a hit, a 304 or a stale answer ends the
 //!    request here), the breaker ([`upstream::breaker`]), then the upstream phase, which
@@ -72,7 +73,8 @@
 //!   [`policy::ratelimit`]: the five rate-limit algorithms, exact across workers, over fixed
 //!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
 //!   built or carried over), held by the active config and driven by phases 5 to 7.
-//! - [`compose`]: composition; today the aggregate plan compiler ([`compose::aggregate`]:
+//! - [`compose`]: composition: backend-for-frontend client profiles ([`compose::bff`], a
+//!   request phase before routing), and the aggregate plan compiler ([`compose::aggregate`]:
 //!   call graph, start order, critical path, path templates), not wired yet.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint

@@ -345,15 +345,11 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     // wrong with it is that this milestone does not have the capability. The error must point
     // at the key (route and upstream keys, endpoints) or at the section header (sections).
     const R: &str = "[routes.r]\npaths = [\"/r\"]\nupstream = \"users\"\n";
-    const BFF: &str =
-        "\n[bff]\nheader = \"x-client-type\"\n\n[bff.clients.mobile]\nprefix = \"/mobile/v1\"\n";
     const TRANSFORM: &str = "\n[transforms.t]\nresponse = \".\"\n";
     let cases: Vec<(&str, String)> = vec![
         ("transform", format!("{R}transform = \"t\"\n{TRANSFORM}")),
         ("websocket", format!("{R}websocket = true\n")),
-        ("client", format!("{R}client = \"mobile\"\n{BFF}")),
         ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
-        ("bff", BFF.into()),
         ("transforms", TRANSFORM.into()),
         (
             "aggregates",

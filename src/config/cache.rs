@@ -151,8 +151,8 @@ fn invalidation(text: &str) -> Result<model::Invalidation, String> {
     })
 }
 
-/// A route's `cache = "NAME"` as an index into the rules; a `per_user` rule needs the route's
-/// own `auth`.
+/// A route's `cache = "NAME"` as an index into the rules; a `per_user` rule needs an auth
+/// every request on the route passes (`route_auth`: the route's own, or its client's).
 pub(super) fn rule_ref(
     name: &str,
     at: &KeyPath,

@@ -370,6 +370,7 @@ pub struct HealthCheck {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bff {
+    /// Default: none (clients are told apart by prefix only).
     pub header: Option<String>,
     #[serde(default)]
     pub clients: Named<BffClient>,
@@ -379,7 +380,8 @@ pub struct Bff {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BffClient {
-    pub prefix: String,
+    /// Default: none (the client is named by `bff.header` only; one of the two is required).
+    pub prefix: Option<String>,
     pub auth: Option<String>,
     pub rate_limits: Option<Vec<String>>,
 }

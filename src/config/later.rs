@@ -1,5 +1,5 @@
 //! Capabilities the config format describes but this build does not have yet: TLS (termination
-//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), BFF clients,
+//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys),
 //! transforms, aggregates, compression and websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
@@ -38,9 +38,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     }
     for (name, route) in file.routes.iter() {
         c.route(route, &KeyPath::of(&["routes", name]))?;
-    }
-    if let Some(bff) = &file.bff {
-        c.bff(bff)?;
     }
     for (name, transform) in named(&file.transforms) {
         c.transform(transform, &KeyPath::of(&["transforms", name]))?;
@@ -85,7 +82,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         for (key, present) in [
             ("transform", route.transform.is_some()),
             ("websocket", route.websocket.is_some()),
-            ("client", route.client.is_some()),
         ] {
             if present {
                 keys.push((at.key(key), None));
@@ -93,7 +89,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         }
     }
     for (key, present) in [
-        ("bff", file.bff.is_some()),
         ("transforms", file.transforms.is_some()),
         ("aggregates", file.aggregates.is_some()),
         ("compression", file.compression.is_some()),
@@ -316,33 +311,6 @@ impl Checker<'_> {
                 names(&self.file.transforms),
             )?;
         }
-        if let Some(name) = &r.client {
-            let clients = self.file.bff.iter().flat_map(|b| b.clients.names());
-            self.reference(&at.key("client"), name, "bff client", clients)?;
-        }
-        Ok(())
-    }
-
-    fn bff(&self, bff: &file::Bff) -> Result<(), ConfigError> {
-        let at = KeyPath::of(&["bff"]);
-        if let Some(header) = &bff.header {
-            header_name(header).map_err(|m| self.src.error(&at.key("header"), m))?;
-        }
-        for (name, client) in bff.clients.iter() {
-            let here = at.key("clients").key(name);
-            self.path(&here.key("prefix"), &client.prefix)?;
-            if let Some(auth) = &client.auth {
-                self.reference(
-                    &here.key("auth"),
-                    auth,
-                    "auth policy",
-                    names(&self.file.auth),
-                )?;
-            }
-            if let Some(names) = &client.rate_limits {
-                self.rate_limit_names(&here.key("rate_limits"), names)?;
-            }
-        }
         Ok(())
     }
 
@@ -463,24 +431,6 @@ impl Checker<'_> {
                     ),
                 ));
             }
-        }
-        Ok(())
-    }
-
-    fn rate_limit_names(&self, at: &KeyPath, list: &[String]) -> Result<(), ConfigError> {
-        if list.is_empty() {
-            return Err(self.src.error(
-                at,
-                "must name at least one rate limit; omit the key for none",
-            ));
-        }
-        for (i, name) in list.iter().enumerate() {
-            self.reference(
-                &at.index(i),
-                name,
-                "rate limit",
-                names(&self.file.rate_limits),
-            )?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@
 //! downstream checks them again (the router compiles the route table, which config leaves to it). Loading is off the request path (startup, or a reload building a
 //! new config beside the running one) and may block on DNS.
 
+mod bff;
 mod cache;
 pub mod error;
 mod file;

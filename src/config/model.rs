@@ -29,6 +29,8 @@ pub type AuthId = usize;
 pub type RateLimitId = usize;
 /// Index into [`Cache::rules`].
 pub type CacheRuleId = usize;
+/// Index into [`Bff::clients`].
+pub type ClientId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -61,6 +63,40 @@ pub struct Config {
     /// `[cache]` (None: no response cache).
     pub cache: Option<Cache>,
     pub tracing: Tracing,
+    /// `[bff]` (None: no client profiles; no route has `client`).
+    pub bff: Option<Bff>,
+}
+
+/// `[bff]`: backend-for-frontend client profiles (`compose::bff` reads them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bff {
+    /// `header` (lower-case): its value names the client of a request no prefix claimed.
+    pub header: Option<String>,
+    /// `[bff.clients.*]`, in file order.
+    pub clients: Vec<BffClient>,
+}
+
+/// `[bff.clients.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BffClient {
+    /// The config key: what `bff.header` must carry, exactly, and what routes name.
+    pub name: String,
+    /// A normalised path (no trailing `/`, not `/` alone) claiming the requests under it on
+    /// segment boundaries; removed before routing. None: named by `bff.header` only.
+    pub prefix: Option<String>,
+    /// The auth of the routes this client reaches that have none of their own.
+    pub auth: Option<AuthId>,
+    /// The limits of the routes this client reaches that list none (a route's own list
+    /// replaces these; the two are not merged).
+    pub rate_limits: Vec<RateLimitId>,
+    pub location: Location,
+}
+
+impl Bff {
+    /// The client by name (routes and the header name clients).
+    pub fn client(&self, name: &str) -> Option<ClientId> {
+        self.clients.iter().position(|c| c.name == name)
+    }
 }
 
 /// `[cache]`, defaults applied.
@@ -343,6 +379,33 @@ pub struct Route {
     /// The `[cache.rules.*]` its GET and HEAD answers are cached under.
     pub cache: Option<CacheRuleId>,
     pub location: Location,
+    /// `client`: only requests of this `[bff.clients.*]` match (None: every request does).
+    pub client: Option<ClientId>,
+}
+
+impl Route {
+    /// The auth a request of `client` must pass here: the route's own, else the client's.
+    pub fn effective_auth(&self, bff: Option<&Bff>, client: Option<ClientId>) -> Option<AuthId> {
+        self.auth
+            .or_else(|| client_of(bff, client).and_then(|c| c.auth))
+    }
+
+    /// The limits a request of `client` is counted under here: the route's own list when it
+    /// has one (it replaces the client's), else the client's.
+    pub fn effective_rate_limits<'a>(
+        &'a self,
+        bff: Option<&'a Bff>,
+        client: Option<ClientId>,
+    ) -> &'a [RateLimitId] {
+        match client_of(bff, client) {
+            Some(c) if self.rate_limits.is_empty() => &c.rate_limits,
+            _ => &self.rate_limits,
+        }
+    }
+}
+
+fn client_of(bff: Option<&Bff>, client: Option<ClientId>) -> Option<&BffClient> {
+    bff.zip(client).and_then(|(b, c)| b.clients.get(c))
 }
 
 /// `[auth.NAME]`: what the file says; `policy::compile` reads the key material.

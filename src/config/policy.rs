@@ -53,17 +53,11 @@ pub(super) fn identity_owner<'p>(policies: &'p [model::AuthPolicy], name: &str) 
         .map(|p| p.name.as_str())
 }
 
-/// What a route's policies need of each other: a limit keyed (or tiered) on a JWT claim needs
-/// the route's auth to be a JWT policy, one keyed on `consumer` an API-key policy (else every
-/// request would share the key `"<missing>"`); a header predicate cannot name an identity
-/// header (removed from every request before routing).
-pub(super) fn route_checks(
+/// A header predicate cannot name an identity header (removed before routing).
+pub(super) fn header_checks(
     at: &KeyPath,
     headers: &[(String, String)],
-    auth: Option<model::AuthId>,
-    rate_limits: &[model::RateLimitId],
     policies: &[model::AuthPolicy],
-    limits: &[model::RateLimit],
     src: &Source,
 ) -> Result<(), ConfigError> {
     for (name, _) in headers {
@@ -76,6 +70,23 @@ pub(super) fn route_checks(
             ));
         }
     }
+    Ok(())
+}
+
+/// What the limits `rate_limits` (listed at `limits_at`) need of the auth a request passes
+/// with them (`on`: where that auth comes from, for the message): a limit keyed (or tiered)
+/// on a JWT claim needs a JWT policy, one keyed on `consumer` an API-key policy, one on an
+/// identity header a policy that forwards it (else every request would share the key
+/// `"<missing>"`). `config::bff::route_checks` runs it on what each request is held to.
+pub(super) fn limit_checks(
+    limits_at: &KeyPath,
+    auth: Option<model::AuthId>,
+    rate_limits: &[model::RateLimitId],
+    policies: &[model::AuthPolicy],
+    limits: &[model::RateLimit],
+    src: &Source,
+    on: &str,
+) -> Result<(), ConfigError> {
     let kind = auth.map(|a| &policies[a].kind);
     for (i, &l) in rate_limits.iter().enumerate() {
         let limit = &limits[l];
@@ -97,9 +108,9 @@ pub(super) fn route_checks(
             };
             if let Some(needs) = needs {
                 return Err(src.error(
-                    &at.key("rate_limits").index(i),
+                    &limits_at.index(i),
                     format!(
-                        "rate limit {:?} counts by {key}, which needs {needs} on the route: without it every request would share the key \"<missing>\"",
+                        "rate limit {:?} counts by {key}, which needs {needs} {on}: without it every request would share the key \"<missing>\"",
                         limit.name
                     ),
                 ));

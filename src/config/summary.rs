@@ -133,6 +133,7 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
     }
 
     write_policies(out, cfg)?;
+    write_bff(out, cfg)?;
     writeln!(out, "routes ({}):", cfg.routes.len())?;
     for r in &cfg.routes {
         write_route(out, cfg, r)?;
@@ -227,6 +228,39 @@ fn write_policies(out: &mut String, cfg: &Config) -> std::fmt::Result {
     Ok(())
 }
 
+/// `[bff]`: the header, and each client's prefix and defaults.
+fn write_bff(out: &mut String, cfg: &Config) -> std::fmt::Result {
+    let Some(bff) = &cfg.bff else {
+        return Ok(());
+    };
+    let header = bff
+        .header
+        .as_deref()
+        .map_or(String::new(), |h| format!(", header {h}"));
+    let n = bff.clients.len();
+    let plural = if n == 1 { "" } else { "s" };
+    writeln!(out, "bff ({n} client{plural}{header}):")?;
+    for c in &bff.clients {
+        let mut parts = vec![match &c.prefix {
+            Some(p) => format!("prefix {p} (removed before routing)"),
+            None => "no prefix (header only)".to_string(),
+        }];
+        if let Some(a) = c.auth {
+            parts.push(format!("default auth {}", cfg.auth[a].name));
+        }
+        if !c.rate_limits.is_empty() {
+            let names: Vec<&str> = c
+                .rate_limits
+                .iter()
+                .map(|&l| cfg.rate_limits[l].name.as_str())
+                .collect();
+            parts.push(format!("default rate_limits {}", names.join(" + ")));
+        }
+        writeln!(out, "  {}: {}", c.name, parts.join(", "))?;
+    }
+    Ok(())
+}
+
 fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
     writeln!(out, "  {} -> {}", r.name, cfg.upstreams[r.upstream].name)?;
     writeln!(out, "    paths: {}", r.paths.join(", "))?;
@@ -234,6 +268,9 @@ fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
         |list: &Option<Vec<String>>| list.as_ref().map_or("any".to_string(), |l| l.join(", "));
     writeln!(out, "    methods: {}", any(&r.methods))?;
     writeln!(out, "    hosts: {}", any(&r.hosts))?;
+    if let (Some(c), Some(bff)) = (r.client, &cfg.bff) {
+        writeln!(out, "    client: {}", bff.clients[c].name)?;
+    }
     if !r.headers.is_empty() {
         let headers: Vec<String> = r
             .headers

@@ -26,11 +26,11 @@ fn error(src: &str) -> String {
 /// The spec example with every section and route key of a capability not built yet removed,
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
-    const LATER_SECTIONS: [&str; 5] = ["bff", "transforms", "aggregates", "compression", "tracing"];
+    const LATER_SECTIONS: [&str; 4] = ["transforms", "aggregates", "compression", "tracing"];
     // Tables of capabilities not built yet inside supported sections: TLS termination, and
     // the one upstream whose endpoint is https:// (its tls_* keys go with it).
     const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
-    const LATER_ROUTE_KEYS: [&str; 3] = ["transform", "websocket", "client"];
+    const LATER_ROUTE_KEYS: [&str; 2] = ["transform", "websocket"];
     let mut out = String::new();
     let mut section = String::new();
     for line in SPEC_EXAMPLE.lines() {
@@ -44,15 +44,6 @@ fn spec_example_supported_part() -> String {
                 .any(|t| section == *t || section.starts_with(&format!("{t}.")));
         let key = line.split('=').next().unwrap().trim();
         let later_key = first == "routes" && LATER_ROUTE_KEYS.contains(&key);
-        if first == "routes" && key == "client" {
-            // Without BFF the two client-specific routes would be ambiguous; a header
-            // predicate keeps them apart the way `bff.header` will.
-            let client = line.split('"').nth(1).unwrap();
-            out.push_str(&format!(
-                "headers = {{ \"x-client-type\" = \"{client}\" }}\n"
-            ));
-            continue;
-        }
         if !later_section && !later_key {
             out.push_str(line);
             out.push('\n');
@@ -132,7 +123,6 @@ fn spec_example_is_rejected_at_its_first_later_capability() {
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
     for gone in [
-        "[bff]",
         "transform =",
         "websocket =",
         "[tracing]",
@@ -144,6 +134,42 @@ fn spec_example_without_later_capabilities_loads() {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
+
+    // BFF as written: the header, three clients with their defaults, two client routes.
+    let bff = cfg.bff.as_ref().expect("[bff]");
+    assert_eq!(bff.header.as_deref(), Some("x-client-type"));
+    let clients: Vec<(&str, Option<&str>, Option<&str>, usize)> = bff
+        .clients
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.prefix.as_deref(),
+                c.auth.map(|a| cfg.auth[a].name.as_str()),
+                c.rate_limits.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            ("mobile", Some("/mobile/v1"), Some("jwt"), 1),
+            ("web", Some("/web/v1"), Some("jwt"), 0),
+            ("admin", Some("/admin/v1"), Some("partners"), 0),
+        ]
+    );
+    let client_of = |route: &str| {
+        let r = cfg.routes.iter().find(|r| r.name == route).expect(route);
+        r.client.map(|c| bff.clients[c].name.as_str())
+    };
+    assert_eq!(
+        (
+            client_of("transactions_mobile"),
+            client_of("transactions_web"),
+            client_of("users")
+        ),
+        (Some("mobile"), Some("web"), None)
+    );
 
     assert_eq!(cfg.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
     assert!(cfg.server.workers >= 1);
@@ -681,6 +707,25 @@ fn errors_name_file_line_column_and_key() {
         ("cache size", "[cache]\nmax_object = \"1MB\"\n".into(), "d.toml:2:14: cache.max_object: invalid size \"1MB\": ambiguous unit \"MB\"; sizes are 1024-based, write MiB (e.g. \"1MiB\")"),
         ("aggregate call", "[aggregates.d]\npath = \"/d\"\n[aggregates.d.calls.a]\nupstream = \"u\"\npath = \"/a\"\nrequried = true\n".into(), "d.toml:6:1: aggregates.d.calls.a.requried: unknown key \"requried\" (did you mean \"required\"?)"),
         ("compression algorithm", "[compression]\nalgorithms = [\"brotli\"]\n".into(), "d.toml:2:15: compression.algorithms[0]: invalid value \"brotli\": expected one of \"br\", \"gzip\""),
+        // BFF (issue 11): clients, prefixes, the header, routes' `client`, client defaults.
+        ("route client unknown", format!("{UP}[bff.clients.mobile]\nprefix = \"/m\"\n[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nclient = \"mobil\"\n"), "d.toml:8:10: routes.r.client: no bff client named \"mobil\" (did you mean \"mobile\"?)"),
+        ("route client without bff", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nclient = \"mobile\"\n"), "d.toml:6:10: routes.r.client: no bff client named \"mobile\": the config has no [bff] section"),
+        ("bff without clients", "[bff]\nheader = \"x-client-type\"\n".into(), "d.toml:1:1: bff: defines no client: add a [bff.clients.NAME] table, or remove [bff]"),
+        ("client without prefix or header", "[bff.clients.tv]\nauth = \"j\"\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\n".into(), "d.toml:1:1: bff.clients.tv: needs a prefix: without one (and without bff.header) no request can belong to this client"),
+        ("prefix with a trailing slash", "[bff.clients.mobile]\nprefix = \"/mobile/v1/\"\n".into(), "d.toml:2:10: bff.clients.mobile.prefix: invalid prefix \"/mobile/v1/\": no trailing \"/\": write \"/mobile/v1\" (a prefix matches on segment boundaries)"),
+        ("prefix with pattern syntax", "[bff.clients.mobile]\nprefix = \"/m/:version\"\n".into(), "d.toml:2:10: bff.clients.mobile.prefix: invalid prefix \"/m/:version\": ':' and '*' are route pattern syntax; a prefix is a literal path"),
+        ("nested prefixes", "[bff.clients.mobile]\nprefix = \"/m\"\n[bff.clients.tablet]\nprefix = \"/m/t\"\n".into(), "d.toml:4:10: bff.clients.tablet.prefix: prefix \"/m/t\" is nested with bff.clients.mobile's \"/m\": a request under both would belong to either"),
+        ("same prefixes", "[bff.clients.mobile]\nprefix = \"/m\"\n[bff.clients.tablet]\nprefix = \"/m\"\n".into(), "d.toml:4:10: bff.clients.tablet.prefix: prefix \"/m\" is the same prefix as bff.clients.mobile's \"/m\": a request under both would belong to either"),
+        ("bff header owned by the gateway", "[bff]\nheader = \"X-Forwarded-For\"\n[bff.clients.mobile]\nprefix = \"/m\"\n".into(), "d.toml:2:10: bff.header: \"X-Forwarded-For\" is a field the gateway reads, removes or sets itself: choose a header of your own, such as \"x-client-type\""),
+        ("bff header is an identity header", "[bff]\nheader = \"X-User-Id\"\n[bff.clients.mobile]\nprefix = \"/m\"\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\nforward = { sub = \"x-user-id\" }\n".into(), "d.toml:2:10: bff.header: \"X-User-Id\" is an identity header (auth.j forwards it): it is removed from every request before routing, so no client could be named in it"),
+        ("bff header with an underscore", "[bff]\nheader = \"x_client\"\n[bff.clients.mobile]\nprefix = \"/m\"\n".into(), "d.toml:2:10: bff.header: header name \"x_client\" holds '_': request fields with '_' in their name are dropped (as nginx's underscores_in_headers off), so it could never be read"),
+        ("client name the header cannot carry", "[bff]\nheader = \"x-client-type\"\n[bff.clients.\" tv\"]\n".into(), "d.toml:3:14: bff.clients.\" tv\": invalid header value \" tv\": leading or trailing whitespace never matches: a client name is the value x-client-type carries"),
+        ("client auth reference", "[bff.clients.mobile]\nprefix = \"/m\"\nauth = \"jtw\"\n[auth.jwt]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\n".into(), "d.toml:3:8: bff.clients.mobile.auth: no auth policy named \"jtw\" (did you mean \"jwt\"?)"),
+        ("client empty rate limits", "[bff.clients.mobile]\nprefix = \"/m\"\nrate_limits = []\n".into(), "d.toml:3:15: bff.clients.mobile.rate_limits: must name at least one rate limit; omit the key for none"),
+        ("client jwt limit on a route with api_key auth", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nauth = \"k\"\n[bff.clients.mobile]\nprefix = \"/m\"\nauth = \"j\"\nrate_limits = [\"u\"]\n[rate_limits.u]\nalgorithm = \"fixed_window\"\nkey = \"jwt:sub\"\nlimit = 1\nwindow = \"1s\"\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\n[auth.k]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"k.toml\"\n"), "d.toml:10:16: bff.clients.mobile.rate_limits[0]: rate limit \"u\" counts by jwt:sub, which needs a jwt auth policy on routes.r for client \"mobile\"'s requests (the route's auth, else the client's): without it every request would share the key \"<missing>\""),
+        ("route jwt limit for a client without auth", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nclient = \"mobile\"\nrate_limits = [\"u\"]\n[bff.clients.mobile]\nprefix = \"/m\"\n[rate_limits.u]\nalgorithm = \"fixed_window\"\nkey = \"jwt:sub\"\nlimit = 1\nwindow = \"1s\"\n"), "d.toml:7:16: routes.r.rate_limits[0]: rate limit \"u\" counts by jwt:sub, which needs a jwt auth policy on routes.r for client \"mobile\"'s requests (the route's auth, else the client's): without it every request would share the key \"<missing>\""),
+        ("cache per_user on a route any client reaches", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\n[cache.rules.c]\nttl = \"1s\"\nper_user = true\n[bff.clients.mobile]\nprefix = \"/m\"\nauth = \"j\"\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\n"), "d.toml:6:9: routes.r.cache: cache rule \"c\" is per_user: the route needs `auth` (without an authenticated subject one client's entry would answer another)"),
+        ("bff key typo", "[bff.clients.mobile]\nprefx = \"/m\"\n".into(), "d.toml:2:1: bff.clients.mobile.prefx: unknown key \"prefx\" (did you mean \"prefix\"?)"),
     ];
     let mut failures = Vec::new();
     for (name, src, expected) in &cases {
@@ -849,4 +894,81 @@ fn non_loopback_admin_without_a_token_is_refused() {
     );
     // Loopback needs no token; [::1] is loopback too.
     assert!(load("[admin]\nlisten = \"[::1]:9901\"\n").admin.is_some());
+}
+
+/// A client's defaults stand in for a route's missing auth and limits: a route of that client
+/// may rely on them (a jwt-keyed limit, a per_user cache), and the model keeps prefixes,
+/// the header (lower-cased) and the route's client.
+#[test]
+fn bff_clients_and_route_clients_load_with_their_defaults() {
+    let src = r#"
+[upstreams.users]
+endpoints = ["http://127.0.0.1:9001"]
+
+[auth.j]
+type = "jwt"
+algorithms = ["HS256"]
+secret_env = "S"
+
+[rate_limits.u]
+algorithm = "fixed_window"
+key = "jwt:sub"
+limit = 5
+window = "1s"
+
+[cache.rules.c]
+ttl = "1s"
+per_user = true
+
+[bff]
+header = "X-Client-Type"
+
+[bff.clients.mobile]
+prefix = "/mobile/v1"
+auth = "j"
+rate_limits = ["u"]
+
+[bff.clients.tv]
+
+[routes.m]
+client = "mobile"
+paths = ["/a"]
+upstream = "users"
+cache = "c"
+
+[routes.any]
+paths = ["/b"]
+upstream = "users"
+"#;
+    let cfg = load(src);
+    let bff = cfg.bff.as_ref().expect("[bff]");
+    assert_eq!(bff.header.as_deref(), Some("x-client-type"));
+    let names: Vec<(&str, Option<&str>)> = bff
+        .clients
+        .iter()
+        .map(|c| (c.name.as_str(), c.prefix.as_deref()))
+        .collect();
+    assert_eq!(names, [("mobile", Some("/mobile/v1")), ("tv", None)]);
+    assert_eq!(
+        (bff.clients[0].auth, &bff.clients[0].rate_limits[..]),
+        (Some(0), &[0][..])
+    );
+    assert_eq!(
+        (cfg.routes[0].client, cfg.routes[1].client),
+        (Some(0), None)
+    );
+    // Per request: a route without auth takes its client's; its own list replaces the client's.
+    let any = &cfg.routes[1];
+    assert_eq!(any.effective_auth(Some(bff), Some(0)), Some(0));
+    assert_eq!(any.effective_auth(Some(bff), Some(1)), None);
+    assert_eq!(any.effective_auth(Some(bff), None), None);
+    assert_eq!(any.effective_rate_limits(Some(bff), Some(0)), &[0]);
+    assert_eq!(any.effective_rate_limits(Some(bff), None), &[] as &[usize]);
+    let text = summary(&cfg);
+    for expected in [
+        "bff (2 clients, header x-client-type):\n  mobile: prefix /mobile/v1 (removed before routing), default auth j, default rate_limits u\n  tv: no prefix (header only)\n",
+        "  m -> users\n    paths: /a\n    methods: any\n    hosts: any\n    client: mobile\n",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
 }

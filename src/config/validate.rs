@@ -30,10 +30,12 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
     let auth = super::policy::auth_policies(&file.auth, src)?;
     let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
     let cache = super::cache::cache(&file.cache, src)?;
+    let bff = super::bff::bff(file.bff.as_ref(), &auth, &rate_limits, src)?;
     let policies = Policies {
         auth: &auth,
         rate_limits: &rate_limits,
         cache: cache.as_ref(),
+        bff: bff.as_ref(),
     };
     let routes = file
         .routes
@@ -73,6 +75,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
                 }
             },
         },
+        bff,
     })
 }
 
@@ -655,6 +658,7 @@ struct Policies<'a> {
     auth: &'a [model::AuthPolicy],
     rate_limits: &'a [model::RateLimit],
     cache: Option<&'a model::Cache>,
+    bff: Option<&'a model::Bff>,
 }
 
 fn route(
@@ -804,11 +808,22 @@ fn route(
             src,
         )?,
     };
-    super::policy::route_checks(
+    let client = match &route.client {
+        None => None,
+        Some(name) => Some(super::bff::client_ref(
+            name,
+            &at.key("client"),
+            policies.bff,
+            src,
+        )?),
+    };
+    super::bff::route_checks(
         &at,
         &headers,
         auth,
         &rate_limits,
+        client,
+        policies.bff,
         policies.auth,
         policies.rate_limits,
         src,
@@ -819,7 +834,7 @@ fn route(
             rule,
             &at.key("cache"),
             policies.cache,
-            auth,
+            super::bff::sure_auth(auth, client, policies.bff),
             src,
         )?),
     };
@@ -840,6 +855,7 @@ fn route(
         rate_limits,
         cache,
         location: src.location_of(&at),
+        client,
     })
 }
 

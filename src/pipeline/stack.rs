@@ -21,6 +21,7 @@ use super::phase::{
 use super::proxy::Served;
 use super::Response;
 use crate::clock;
+use crate::compose::bff;
 use crate::http::RequestHead;
 use crate::io::{Peek, Stream};
 use crate::state::worker::{Snapshot, Worker};
@@ -80,15 +81,27 @@ pub fn prepare(
     let framing = next!(framing::run(head.version, headers, id));
     // 3. Host and the target form before routing; the path is normalised once, so the path
     //    that is routed is the path that is forwarded.
-    let resource = next!(target::run(head, headers, router, &framing, id));
-    // 4. Route: path, then method, host, headers (BEHAVIOR.md precedence); `Max-Forwards: 0`
-    //    is answered once the resource is known (RFC 9110 §7.6.2).
-    let m = next!(route::run(head, headers, &resource, router, &framing, id));
+    let mut resource = next!(target::run(head, headers, router, &framing, id));
+    // 3b. The BFF client on the normalised path, before routing: its prefix is removed, so
+    //    routes match (and the upstream gets) the path under it.
+    let client = next!(bff::run(
+        cfg.bff.as_ref(),
+        headers,
+        &mut resource,
+        &framing,
+        id
+    ));
+    // 4. Route: path, then method, host, headers, client (BEHAVIOR.md precedence);
+    //    `Max-Forwards: 0` is answered once the resource is known (RFC 9110 §7.6.2).
+    let m = next!(route::run(
+        head, headers, &resource, client, router, &framing, id
+    ));
     // Answers before the split name the route's own upstream.
     let routed = split::routed(cfg, &m);
     let started = Instant::now();
     let now = clock::ms_at(started);
-    let limits = &routed.route.rate_limits;
+    // A client's auth and limits stand in for the route's missing ones (phases 5 to 7).
+    let limits = routed.route.effective_rate_limits(cfg.bff.as_ref(), client);
     let rejected = |limit: usize| snap.metrics.ratelimit_rejected(limit as u32);
     // 5. Rate limits keyed on the client's address before auth: a flood of bad credentials
     //    from one address is throttled before each costs a signature check.
@@ -111,7 +124,7 @@ pub fn prepare(
     rate.set(before.headers);
     // 6. Auth, once the route is known (it names the policy); a refused request takes no
     //    subject-keyed unit and no breaker permit.
-    let subject = match routed.route.auth {
+    let subject = match routed.route.effective_auth(cfg.bff.as_ref(), client) {
         None => auth::Subject::Anonymous,
         Some(policy) => next!(auth::run(
             &policies.auth[policy],
@@ -156,9 +169,8 @@ pub fn prepare(
     let to = split::run(cfg, &m, &fields, peer.ip(), || worker.rand());
     // 9. The cache after auth and the rate limits (a hit is authenticated and counted like
     //    any request) and after the split (a refresh goes where the request would go), before
-    //    the breaker: a hit touches neither the upstream nor its breaker. (Client/BFF before
-    //    route, and aggregate | transform after this, are rejected at config load until they
-    //    land.)
+    //    the breaker: a hit touches neither the upstream nor its breaker. (Aggregate |
+    //    transform after this are rejected at config load until they land.)
     // What the upstream phase reads of the request (and a background refresh, phase 9).
     let req = upstream::Request {
         head,

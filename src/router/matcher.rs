@@ -1,4 +1,4 @@
-//! Route predicates beyond the path: method, host and headers (client comes later).
+//! Route predicates beyond the path: method, host, headers and BFF client.
 //!
 //! Key types: [`Predicates`] (one per route, compiled), [`MethodTable`] (method name <-> bit),
 //! [`HostPattern`]. The one thing to know: everything the request contributes is prepared once
@@ -15,9 +15,11 @@
 //!   without one trailing '.'. `*.example.com` needs at least one label before `.example.com`.
 //!   A request without Host (or with an empty one) matches only routes without `hosts`.
 //! - Headers compare by exact value bytes; the name is looked up lower-case.
+//! - A route with `client` matches only requests the BFF phase gave that client; two routes
+//!   with different clients never match one request.
 
 use super::HeaderLookup;
-use crate::config::model::Route;
+use crate::config::model::{ClientId, Route};
 
 /// Standard methods in `Allow` order; bit i of a [`MethodSet`] is `STANDARD[i]`.
 const STANDARD: [&str; 9] = [
@@ -259,6 +261,8 @@ pub(crate) struct Prepared<'a, H: ?Sized> {
     /// The raw Host value: normalized only when a candidate has `hosts`, since most don't.
     pub host: Option<&'a [u8]>,
     pub headers: &'a H,
+    /// The BFF client the request belongs to.
+    pub client: Option<ClientId>,
 }
 
 /// Result of checking one candidate route.
@@ -280,6 +284,8 @@ pub(crate) struct Predicates {
     /// None: any host (and requests without Host).
     pub hosts: Option<Box<[HostPattern]>>,
     pub headers: Box<[HeaderRule]>,
+    /// None: any request, of any client or none.
+    pub client: Option<ClientId>,
 }
 
 impl Predicates {
@@ -301,13 +307,17 @@ impl Predicates {
                 .iter()
                 .map(|(n, v)| (n.to_ascii_lowercase().into(), v.as_bytes().into()))
                 .collect(),
+            client: route.client,
         })
     }
 
     /// Precedence weight among routes of one path shape: 1 for methods, 1 for hosts, 1 per
-    /// header (1 for client, when it exists).
+    /// header, 1 for client.
     pub fn count(&self) -> usize {
-        usize::from(!self.methods.is_any()) + usize::from(self.hosts.is_some()) + self.headers.len()
+        usize::from(!self.methods.is_any())
+            + usize::from(self.hosts.is_some())
+            + self.headers.len()
+            + usize::from(self.client.is_some())
     }
 
     #[inline]
@@ -315,7 +325,8 @@ impl Predicates {
         // Host and headers decide whether the route matched the request at all; the method then
         // decides between a match and a contribution to a 405's `Allow`.
         let method_ok = self.methods.0 & req.method != 0;
-        if !(self.host_ok(req.host) && self.headers_ok(req.headers)) {
+        let client_ok = self.client.is_none() || self.client == req.client;
+        if !(client_ok && self.host_ok(req.host) && self.headers_ok(req.headers)) {
             return Check::No;
         }
         if method_ok {
@@ -350,6 +361,13 @@ impl Predicates {
         if common == 0 {
             return None;
         }
+        // A request belongs to one client at most.
+        let client_why = match (self.client, other.client) {
+            (Some(a), Some(b)) if a != b => return None,
+            (Some(_), Some(_)) => "; the same client",
+            (Some(_), None) | (None, Some(_)) => "; a client on one of them",
+            (None, None) => "",
+        };
         let methods_why = if common == u64::MAX {
             "any method".to_string()
         } else {
@@ -378,7 +396,7 @@ impl Predicates {
             }
         }
         Some(format!(
-            "methods: {methods_why}; hosts: {hosts_why}; headers compatible"
+            "methods: {methods_why}; hosts: {hosts_why}; headers compatible{client_why}"
         ))
     }
 }

@@ -36,7 +36,7 @@
 //!    `/api/v1/users/7`, `/api/v1/users` beats `/api`).
 //! 3. Then no wildcard beats wildcard (`/x` before `/x/*`).
 //! 4. On the same path shape: more predicates first, counting 1 for `methods`, 1 for `hosts`,
-//!    1 per header (and 1 for `client`, once routes have it).
+//!    1 per header, 1 for `client`.
 //!
 //! Predicates filter: a route whose method, host or headers do not match is skipped and the
 //! next candidate in this order is tried. The answer is 405 (with `Allow` listing, deduplicated
@@ -47,7 +47,8 @@
 //! Two routes are a config error ([`RouteError::Ambiguous`]) when they have the same shape
 //! (same literals, parameters at the same positions, same exact / wildcard form; parameter
 //! names do not count), the same predicate count, and a request could satisfy both: methods
-//! overlap, hosts overlap, and no header is required with two different values. A route that
+//! overlap, hosts overlap, no header is required with two different values, and they do not
+//! name two different clients. A route that
 //! lists two patterns of the same shape is an error too.
 
 mod load;
@@ -63,7 +64,7 @@ use std::fmt;
 
 use smallvec::SmallVec;
 
-use crate::config::model::{Route, RouteId};
+use crate::config::model::{ClientId, Route, RouteId};
 pub use load::{compile_config, load_config, load_config_str};
 use matcher::{Check, MethodTable, Predicates, Prepared};
 use pattern::{Pattern, Segment};
@@ -98,6 +99,8 @@ pub struct RequestView<'p, H: ?Sized> {
     /// The raw `Host` value: may carry a port and any case. None: no Host header.
     pub host: Option<&'p [u8]>,
     pub headers: &'p H,
+    /// The BFF client the request belongs to (`compose::bff`); None: no client.
+    pub client: Option<ClientId>,
 }
 
 /// Route parameters as (name, value); four fit inline.
@@ -150,6 +153,8 @@ pub struct RouteRow {
     /// Lower-case; None: any host.
     pub hosts: Option<Vec<String>>,
     pub headers: Vec<(String, String)>,
+    /// The route's BFF client (its name is the config's: `bff.clients[client]`).
+    pub client: Option<ClientId>,
 }
 
 impl fmt::Display for RouteRow {
@@ -163,6 +168,9 @@ impl fmt::Display for RouteRow {
         }
         for (n, v) in &self.headers {
             write!(f, "  {n}: {v}")?;
+        }
+        if let Some(c) = self.client {
+            write!(f, "  client=#{c}")?;
         }
         Ok(())
     }
@@ -360,6 +368,7 @@ impl Router {
             method: self.methods.bit(req.method),
             host: req.host,
             headers: req.headers,
+            client: req.client,
         };
         let mut allow = 0u64;
         let mut any = false;
@@ -388,6 +397,7 @@ impl Router {
             method: self.methods.bit(req.method),
             host: req.host,
             headers: req.headers,
+            client: req.client,
         };
         // Methods of routes that matched all but the method: the 405's `Allow`.
         let mut allow = 0u64;
@@ -553,6 +563,7 @@ fn table_rows(
                     .as_ref()
                     .map(|h| h.iter().map(ToString::to_string).collect()),
                 headers: routes[route].headers.clone(),
+                client: routes[route].client,
             }
         })
         .collect()

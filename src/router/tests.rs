@@ -20,6 +20,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         rate_limits: Vec::new(),
         cache: None,
         location: Location::default(),
+        client: None,
     }
 }
 
@@ -44,18 +45,21 @@ impl With for Route {
     }
 }
 
-/// Runs one request written as `"METHOD /path [host=H] [name=value]..."` and returns the
-/// matched route's name, `"405 <Allow>"` or `"404"`.
+/// Runs one request written as `"METHOD /path [host=H] [client=N] [name=value]..."` and
+/// returns the matched route's name, `"405 <Allow>"` or `"404"`.
 fn outcome(routes: &[Route], router: &Router, request: &str) -> String {
     let mut words = request.split_whitespace();
     let method = words.next().unwrap();
     let path = words.next().unwrap();
     let mut host = None;
+    let mut client = None;
     let mut headers: Vec<(&str, &[u8])> = Vec::new();
     for w in words {
         let (k, v) = w.split_once('=').unwrap();
         if k == "host" {
             host = Some(v.as_bytes());
+        } else if k == "client" {
+            client = Some(v.parse().unwrap());
         } else {
             headers.push((k, v.as_bytes()));
         }
@@ -65,6 +69,7 @@ fn outcome(routes: &[Route], router: &Router, request: &str) -> String {
         method,
         host,
         headers: headers.as_slice(),
+        client,
     };
     let got = match router.lookup(&req) {
         Lookup::Found(m) => routes[m.route].name.clone(),
@@ -93,6 +98,7 @@ fn get<'r, 'p>(router: &'r Router, path: &'p str) -> Match<'r, 'p> {
         method: "GET",
         host: None,
         headers: &[],
+        client: None,
     };
     match router.lookup(&req) {
         Lookup::Found(m) => m,
@@ -207,6 +213,7 @@ fn match_reports_prefix_len_and_params() {
         method: "GET",
         host: None,
         headers: &[],
+        client: None,
     };
     assert_eq!(router.lookup(&empty), Lookup::NotFound);
 
@@ -1177,6 +1184,7 @@ fn trie_agrees_with_the_rules_on_random_tables() {
                 method,
                 host: host.map(str::as_bytes),
                 headers: headers.as_slice(),
+                client: None,
             };
             let got = match router.lookup(&req) {
                 Lookup::Found(m) => {
@@ -1256,6 +1264,7 @@ fn allow_for_options() {
         method: "OPTIONS",
         host: None,
         headers,
+        client: None,
     };
     assert_eq!(
         router.allowed(&view("/a/1", &[])).as_deref(),
@@ -1275,5 +1284,61 @@ fn allow_for_options() {
     assert_eq!(
         any.allowed(&view("/z", &[])).as_deref(),
         Some("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
+    );
+}
+
+fn for_client(mut r: Route, client: usize) -> Route {
+    r.client = Some(client);
+    r
+}
+
+/// A route with `client` matches only that client's requests and outranks a route without
+/// one on the same path (one more predicate); routes of two clients never overlap.
+#[test]
+fn client_routes_match_their_client_only_and_rank_first() {
+    let routes = [
+        route("any", &["/tx"]),
+        for_client(route("mobile", &["/tx"]), 0),
+        for_client(route("web", &["/tx"]), 1),
+        for_client(route("mobile_only", &["/m"]), 0),
+    ];
+    table(
+        &routes,
+        &[
+            ("GET /tx client=0", "mobile"),
+            ("GET /tx/7 client=1", "web"),
+            ("GET /tx client=2", "any"),
+            ("GET /tx", "any"),
+            ("GET /m client=0", "mobile_only"),
+            ("GET /m client=1", "404"),
+            ("GET /m", "404"),
+        ],
+    );
+    // The same client on one shape is ambiguous; a client against a method predicate too.
+    let twice = [
+        for_client(route("a", &["/x"]), 0),
+        for_client(route("b", &["/x"]), 0),
+    ];
+    assert_ambiguous_pair(&twice);
+    let mixed = [
+        for_client(route("a", &["/x"]), 0),
+        route("b", &["/x"]).methods(&["GET"]),
+    ];
+    let RouteError::Ambiguous { reason, .. } = compile_err(&mixed) else {
+        panic!("want Ambiguous");
+    };
+    assert_eq!(
+        reason,
+        "same pattern, 1 predicate(s) each; methods: GET,HEAD; hosts: any host; headers compatible; a client on one of them"
+    );
+}
+
+fn assert_ambiguous_pair(routes: &[Route]) {
+    let RouteError::Ambiguous { reason, .. } = compile_err(routes) else {
+        panic!("want Ambiguous");
+    };
+    assert!(
+        reason.ends_with("headers compatible; the same client"),
+        "{reason}"
     );
 }

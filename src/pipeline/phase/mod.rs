@@ -1,7 +1,8 @@
 //! The request phases, one module each, in the order [`super::stack`] calls them:
-//! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`ratelimit`] (limits keyed
-//! on the client's address), [`auth`], [`ratelimit`] again (every other limit), [`split`],
-//! [`cache`], [`breaker`], [`upstream`].
+//! [`untrusted`], [`identity`], [`framing`], [`target`], the BFF client
+//! ([`crate::compose::bff`]), [`route`], [`ratelimit`] (limits keyed on the client's address;
+//! a route's own, else its BFF client's), [`auth`] (likewise), [`ratelimit`] again (every
+//! other limit), [`split`], [`cache`], [`breaker`], [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's

@@ -1,10 +1,11 @@
-//! Phase 4: which route serves the request: path, then method, host, headers (BEHAVIOR.md
-//! precedence), by the compiled [`Router`]. No route is a 404; a route for the path but not
+//! Phase 4: which route serves the request: path, then method, host, headers and BFF client
+//! (BEHAVIOR.md precedence), by the compiled [`Router`]. No route is a 404; a route for the path but not
 //! the method is a 405 with `Allow`.
 //!
 //! `Max-Forwards: 0` on an OPTIONS or TRACE is answered here, once the resource is known:
 //! the gateway is then the last hop (RFC 9110 §7.6.2).
 
+use crate::config::model::ClientId;
 use crate::http::{Header, RequestHead};
 use crate::pipeline::ctx::RequestId;
 use crate::pipeline::Response;
@@ -14,12 +15,15 @@ use super::framing::Framing;
 use super::target::Resource;
 use super::Flow;
 
-/// `headers`: the request's fields after phase 0, for header predicates.
+/// `headers`: the request's fields after phase 0, for header predicates; `client`: the BFF
+/// phase's.
 #[inline]
+#[allow(clippy::too_many_arguments)] // the phase's narrow context, spelled out
 pub fn run<'r, 'p>(
     head: &'p RequestHead<'_>,
     headers: &'p [Header<'_>],
     resource: &'p Resource<'_>,
+    client: Option<ClientId>,
     router: &'r Router,
     framing: &Framing,
     id: &RequestId,
@@ -29,6 +33,7 @@ pub fn run<'r, 'p>(
         method: head.method,
         host: resource.host,
         headers,
+        client,
     };
     if resource.max_forwards == Some(0) {
         return Flow::Respond(framing.close_if_body(last_hop(&view, router, id)));
@@ -113,7 +118,7 @@ upstream = "users"
         let Flow::Continue(res) = target::run(&h, &h.headers, &router, framing, &id()) else {
             panic!("the target phase answered");
         };
-        let out = match run(&h, &h.headers, &res, &router, framing, &id()) {
+        let out = match run(&h, &h.headers, &res, None, &router, framing, &id()) {
             Flow::Continue(m) => Ok((cfg.routes[m.route].name.clone(), m.prefix_len)),
             Flow::Respond(r) => Err(r),
         };
