@@ -150,6 +150,34 @@ fn requests_belong_to_clients_by_prefix_or_header_and_reach_their_routes() {
     );
 }
 
+/// The client decided is the client forwarded: the upstream's `X-Client-Type` names the
+/// client the gateway served the request as (a prefix's, over a conflicting header), and is
+/// absent when the request has none (a value naming no client is not passed on).
+#[test]
+fn the_bff_header_upstream_names_the_client_the_gateway_decided() {
+    let (any, web, tv) = (tagged("any"), tagged("web"), tagged("tv"));
+    let gw = routing_gateway(&any, &web, &tv);
+    for (req, want) in [
+        (
+            Req::get("/web/v1/transactions").header("X-Client-Type", "tv"),
+            Some("web"),
+        ),
+        (Req::get("/mobile/v1/transactions"), Some("mobile")),
+        (
+            Req::get("/transactions").header("x-client-type", "tv"),
+            Some("tv"),
+        ),
+        (
+            Req::get("/transactions").header("X-Client-Type", "admin"),
+            None,
+        ),
+        (Req::get("/transactions"), None),
+    ] {
+        let resp = send_request(gw.addr(), &req);
+        assert_eq!(seen(&resp).one("x-client-type"), want, "{}", req.target);
+    }
+}
+
 /// Under a prefix, the route's `strip_prefix` and `rewrite` apply to the path that is left.
 #[test]
 fn strip_prefix_and_rewrite_apply_to_the_path_under_the_client_prefix() {

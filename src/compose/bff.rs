@@ -11,7 +11,11 @@
 //!   config keys). A value that names no client leaves the request without a client (routes
 //!   without `client` still serve it); two fields with different values are a 400, since
 //!   which one names the client would be a guess. A prefix match wins over the header, which
-//!   is then not read. The header is forwarded upstream like any other field.
+//!   is then not read.
+//! - The client decided is the client forwarded: the incoming `bff.header` is removed (phase 0
+//!   drops it like an identity header) and, when the request has a client, set to its name
+//!   ([`forwarded`]), so an upstream never sees `x-client-type: admin` on a request the
+//!   gateway served as `web`.
 //!
 //! What the client means downstream: routes with `client = "C"` match only C's requests (the
 //! router's client predicate), and a route reached by C's request that has no `auth`, or
@@ -79,6 +83,16 @@ pub fn run(
         }
     }
     Flow::Continue(value.and_then(|v| bff.clients.iter().position(|c| c.name.as_bytes() == v)))
+}
+
+/// The BFF header and the name of the request's client, as sent upstream (None: no header
+/// configured, or no client).
+pub fn forwarded(bff: Option<&Bff>, client: Option<ClientId>) -> Option<(&str, &str)> {
+    let bff = bff?;
+    Some((
+        bff.header.as_deref()?,
+        bff.clients.get(client?)?.name.as_str(),
+    ))
 }
 
 /// The length of what follows `prefix` in `path` when `path` is under it on a segment

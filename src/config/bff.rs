@@ -249,6 +249,44 @@ fn nested(a: &str, b: &str) -> bool {
     under(a, b) || under(b, a)
 }
 
+/// Refuses a route path under a client's prefix: the prefix is removed from every request
+/// under it before routing, so such a path could only be reached by a request that repeats
+/// the prefix (`/mobile/v1/mobile/v1/...`). Only the literal segments before the first
+/// `:name` or `*` are compared: `/mobile/:v` is reachable beside a `/mobile/v1` prefix.
+pub(super) fn reachable(
+    path: &str,
+    at: &KeyPath,
+    bff: Option<&model::Bff>,
+    src: &Source,
+) -> Result<(), ConfigError> {
+    let pattern = path.strip_prefix('=').unwrap_or(path);
+    let literal_end = pattern
+        .match_indices('/')
+        .map(|(i, _)| i)
+        .find(|&i| matches!(pattern.as_bytes().get(i + 1), Some(b':' | b'*')))
+        .unwrap_or(pattern.len());
+    let literal = pattern[..literal_end].trim_end_matches('/');
+    let clients = bff.iter().flat_map(|b| b.clients.iter());
+    for c in clients {
+        let Some(prefix) = c.prefix.as_deref() else {
+            continue;
+        };
+        let under = literal
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if under {
+            return Err(src.error(
+                at,
+                format!(
+                    "{path:?} is under bff.clients.{}'s prefix {prefix:?}, which is removed before routing: no request can reach it; write the path without the prefix (and client = {:?} to keep it that client's)",
+                    c.name, c.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A route's `client = "NAME"` as an index into the clients.
 pub(super) fn client_ref(
     name: &str,

@@ -684,6 +684,7 @@ fn route(
         if route.paths[..i].contains(path) {
             return Err(src.error(&here, format!("duplicate path {path:?}")));
         }
+        super::bff::reachable(path, &here, policies.bff, src)?;
     }
 
     let methods = match &route.methods {

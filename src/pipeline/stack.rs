@@ -83,10 +83,12 @@ pub fn prepare(
     //    that is routed is the path that is forwarded.
     let mut resource = next!(target::run(head, headers, router, &framing, id));
     // 3b. The BFF client on the normalised path, before routing: its prefix is removed, so
-    //    routes match (and the upstream gets) the path under it.
+    //    routes match (and the upstream gets) the path under it. The BFF header is read as
+    //    sent: phase 0 removed it, as it is set again below to the client decided here (a
+    //    prefix wins over it, and a value naming no client is dropped).
     let client = next!(bff::run(
         cfg.bff.as_ref(),
-        headers,
+        &head.headers,
         &mut resource,
         &framing,
         id
@@ -139,8 +141,12 @@ pub fn prepare(
             id,
         )),
     };
-    // From here on, the identity headers read are the verified ones.
-    let identity = subject.forwarded();
+    // From here on, the identity headers read are the verified ones, and the BFF header names
+    // the client the gateway decided (none: absent), whatever the request said.
+    let mut identity = subject.forwarded();
+    if let Some((name, c)) = bff::forwarded(cfg.bff.as_ref(), client) {
+        identity.push((name, c));
+    }
     let fields = Fields {
         headers,
         identity: &identity,
@@ -180,6 +186,7 @@ pub fn prepare(
         framing: &framing,
         resource: &resource,
         subject: &subject,
+        forwarded: &identity,
     };
     let mut cached = None;
     let cache_phase = cfg.cache.as_ref().filter(|c| {

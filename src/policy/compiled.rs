@@ -46,9 +46,10 @@ pub struct RateLimit {
 pub struct Policies {
     pub auth: Vec<Verifier>,
     pub rate_limits: Vec<RateLimit>,
-    /// The header names any policy sets (lower-case, each once): removed from every incoming
-    /// request on every route, so no client can supply an identity (BEHAVIOR.md
-    /// "Authentication").
+    /// The header names any policy sets (lower-case, each once), and `bff.header`: removed
+    /// from every incoming request on every route, so no client can supply an identity
+    /// (BEHAVIOR.md "Authentication"); the BFF header is set again to the client the gateway
+    /// decided (`pipeline::stack`), so the upstream never sees another one.
     pub identity_headers: Box<[Box<str>]>,
 }
 
@@ -70,6 +71,10 @@ pub fn compile(cfg: &Config, previous: Option<&Policies>) -> Result<Policies, Co
                 identity_headers.push(name.into());
             }
         }
+    }
+    if let Some(name) = cfg.bff.as_ref().and_then(|b| b.header.as_deref()) {
+        // Config refuses a BFF header that a policy forwards: no duplicate here.
+        identity_headers.push(name.into());
     }
     let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
     for r in &cfg.rate_limits {

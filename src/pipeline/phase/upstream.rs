@@ -32,6 +32,9 @@ pub struct Request<'a, 'h> {
     pub resource: &'a Resource<'h>,
     /// Who the auth phase found the client to be.
     pub subject: &'a Subject<'a>,
+    /// The identity fields set upstream: the subject's forwarded claims and the BFF client
+    /// (`pipeline::stack` assembles them once).
+    pub forwarded: &'a [(&'a str, &'a str)],
 }
 
 /// Writes the upstream request head into `ubuf` (cleared first). Continue: the balance key.
@@ -49,11 +52,11 @@ pub fn run(
             return Flow::Respond(r);
         }
     }
-    let identity = req.subject.forwarded();
+    let identity = req.forwarded;
     let balance_key = match &to.upstream.balance {
         Balance::HashHeader(name) => Fields {
             headers: req.headers,
-            identity: &identity,
+            identity,
         }
         .get(name)
         .map_or(Key::None, |v| Key::Hash(hash_key(v))),
@@ -91,7 +94,7 @@ pub fn run(
             body: req.framing.body,
             trace: req.identity.trace.as_ref(),
             max_forwards: resource.max_forwards.map(|n| n - 1),
-            identity: &identity,
+            identity,
             strip_authorization: req.subject.strips_authorization(),
         },
     );
@@ -164,6 +167,7 @@ strip_prefix = true
             framing: &framing,
             resource: &resource,
             subject: &crate::pipeline::phase::auth::Subject::Anonymous,
+            forwarded: &[],
         };
         let mut ubuf = b"stale bytes".to_vec();
         match run(&req, &to, cfg.server.limits.max_body, &mut ubuf) {
