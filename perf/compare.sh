@@ -116,7 +116,7 @@
 #   WARMUP=3s           length of the warm-up run per proxy (not recorded)
 #   CONNECTIONS=64      wrk -c (SCENARIO=aggregate: seqload -c);  THREADS=1: wrk -t
 #   PROXIES="dispatch nginx haproxy"   which proxies to measure, in round-1 order (SCENARIO=cache:
-#                       "dispatch nginx varnish")
+#                       "dispatch nginx varnish"; SCENARIO=aggregate: set from AGGREGATE_RUNS)
 #   SCENARIO=proxy      Dispatch config: perf/peers/dispatch.toml for "proxy", otherwise
 #                       perf/peers/dispatch-$SCENARIO.toml (DISPATCH_CONFIG=path overrides both);
 #                       HAProxy's: perf/peers/haproxy-$SCENARIO.cfg if there is one, else
