@@ -70,6 +70,43 @@
 #   against the issue's bars (at most 0.7x nginx's, at most 1.0x Varnish's). A measured run in
 #   which more than 1% of requests reached the upstream is flagged INVALID (exit status 2).
 #
+# SCENARIO=aggregate (issue 11: aggregation) measures one composite request, the reference's
+# dashboard (profile, balance, recentTransactions: three upstream calls), made by Dispatch for
+# the client, against the client making the same three calls itself, one after another on one
+# keep-alive connection, through nginx. wrk times single requests, so every run here is driven by
+# perf/tools/seqload (a closed-loop generator built by this script with `cargo build --release
+# --manifest-path perf/tools/seqload/Cargo.toml`): C connections, each sending its composite's
+# GETs in turn and timing the whole sequence; nothing but 200 with the expected body counts.
+#   - the upstream answers /users/u_1 (the ~300-byte profile), /accounts/u_1/balance and
+#     /transactions?userId=u_1&limit=5 (five items; any other query is a 400) with fixed JSON
+#     (perf/peers/nginx-upstream.conf);
+#   - Dispatch: perf/peers/dispatch-aggregate.toml, the reference's [aggregates.dashboard] over
+#     the three upstreams `users`, `accounts`, `transactions` (all the one upstream nginx),
+#     without its `auth` (what is measured is the composition: planning, three pooled upstream
+#     exchanges, JSON parsing, `select`, the composite body; SCENARIO=edge measures JWTs), and
+#     plain routes to the same three paths;
+#   - nginx: perf/peers/nginx-proxy.conf (it proxies every path).
+#   The runs (AGGREGATE_RUNS), interleaved in rounds like the proxies of the other scenarios:
+#     composite     Dispatch, one GET /api/v1/dashboard/u_1 per composite
+#     nginx-seq     nginx, the three upstream paths in turn per composite (the client doing it)
+#     single        Dispatch, one proxied GET /users/u_1 per composite: the baseline, Dispatch's
+#                   CPU per single proxied request
+#     dispatch-seq  Dispatch, the three paths in turn through its plain routes (for reference)
+#   Before measuring: Dispatch's composite answer must be 200 JSON with `profile`, `balance`,
+#   `recentTransactions` (an array of the upstream's 5 items) and `_meta.partial` false, and
+#   Dispatch (plain routes) and nginx must answer each of the three paths 200 with the
+#   upstream's body. During the runs seqload checks every body too (the composite's must say
+#   "partial":false: a call that timed out under load gives a 200 with a default, cheaper and
+#   wrong); any other answer, failed check or socket error marks the run INVALID (exit status 2).
+#   Per run: composites/s, p50 and p99 of the composite's latency, the proxy's CPU per composite
+#   (user and system, from /proc/PID/stat as above) and per client request. The summary checks
+#   the issue's bars: Dispatch's composite p99 at most nginx-seq's, and Dispatch's CPU per
+#   composite at most 2.5x its CPU per single proxied request (the ratio is printed).
+#   Latency in a closed loop follows throughput (Little's law: mean latency = connections /
+#   composites per second), so at CONNECTIONS=64 on a saturated machine the p99 bar compares
+#   capacity as much as the critical path; CONNECTIONS=1 or 4 shows the unloaded latency, where
+#   Dispatch's three parallel calls face nginx-seq's three round trips.
+#
 # Everything runs as child processes of this script with pid, log and temp files in one temp
 # dir; all of them are stopped on exit. Nothing is pinned to a core.
 #
@@ -77,9 +114,9 @@
 #   ROUNDS=2            measured rounds per proxy
 #   DURATION=10s        length of each measured wrk run
 #   WARMUP=3s           length of the warm-up run per proxy (not recorded)
-#   CONNECTIONS=64      wrk -c;  THREADS=1: wrk -t
+#   CONNECTIONS=64      wrk -c (SCENARIO=aggregate: seqload -c);  THREADS=1: wrk -t
 #   PROXIES="dispatch nginx haproxy"   which proxies to measure, in round-1 order (SCENARIO=cache:
-#                       "dispatch nginx varnish")
+#                       "dispatch nginx varnish"; SCENARIO=aggregate: set from AGGREGATE_RUNS)
 #   SCENARIO=proxy      Dispatch config: perf/peers/dispatch.toml for "proxy", otherwise
 #                       perf/peers/dispatch-$SCENARIO.toml (DISPATCH_CONFIG=path overrides both);
 #                       HAProxy's: perf/peers/haproxy-$SCENARIO.cfg if there is one, else
@@ -92,6 +129,9 @@
 #   KEEP_TMP=1          keep the temp dir (logs, raw wrk output, results.tsv) after the run
 #   RELOAD_EVERY=1      while Dispatch is measured, POST /reload to its admin API every this
 #                       many seconds (hot reload under load; the count is printed per run)
+#   AGGREGATE_RUNS="composite nginx-seq single dispatch-seq"   SCENARIO=aggregate only: the runs,
+#                       in round-1 order (PROXIES is then what they need: dispatch, nginx)
+#   SEQLOAD=path        SCENARIO=aggregate: this seqload binary instead of building perf/tools/seqload
 #   DISPATCH_B=path     a second Dispatch binary, measured as "dispatch-b" on 127.0.0.1:18084
 #                       with the same config (ports rewritten); it is added to PROXIES right
 #                       after "dispatch", so rounds alternate A B / B A. Summary: B/A ratios.
@@ -101,7 +141,8 @@
 #
 # Smoke test: DURATION=2s ROUNDS=1 WARMUP=1s perf/compare.sh
 #   (edge: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=edge perf/compare.sh;
-#    cache: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=cache perf/compare.sh)
+#    cache: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=cache perf/compare.sh;
+#    aggregate: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=aggregate perf/compare.sh)
 set -euo pipefail
 
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -114,6 +155,7 @@ WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 SCENARIO=${SCENARIO:-proxy}
+PROXIES_GIVEN=${PROXIES:-}
 if [[ $SCENARIO == cache ]]; then
     PROXIES=${PROXIES:-dispatch nginx varnish}
     REQUEST_PATH=${REQUEST_PATH:-/cache/catalog/42}
@@ -125,6 +167,8 @@ REQUEST_PATH=${REQUEST_PATH:-/users/1}
 KEEP_TMP=${KEEP_TMP:-0}
 RELOAD_EVERY=${RELOAD_EVERY:-0}
 EDGE_TOKENS=${EDGE_TOKENS:-1 10000}
+AGGREGATE_RUNS=${AGGREGATE_RUNS:-composite nginx-seq single dispatch-seq}
+SEQLOAD=${SEQLOAD:-}
 
 # Fixed loopback ports: the files in perf/peers/ name them too.
 UPSTREAM_PORT=18000
@@ -156,6 +200,9 @@ ensure_tools() {
     fi
     if [[ $SCENARIO == cache ]] && want varnish; then
         command -v varnishd >/dev/null || missing+=(varnish)
+    fi
+    if [[ $SCENARIO == aggregate ]]; then
+        command -v jq >/dev/null || missing+=(jq)
     fi
     if ((${#missing[@]})); then
         log "installing: ${missing[*]}"
@@ -276,11 +323,17 @@ cleanup() {
 
 # run_wrk OUT ARGS...: wrk in the background and `wait` for it, so a signal to this script is
 # handled at once instead of after the run; it is still this shell's child for `times`.
+# run_load OUT COMMAND ARGS...: the same for any load generator (seqload).
 WRK_PID=""
 run_wrk() {
+    local out=$1
+    shift
+    run_load "$out" wrk "$@"
+}
+run_load() {
     local out=$1 rc=0
     shift
-    wrk "$@" >"$out" 2>&1 &
+    "$@" >"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || rc=$?
     WRK_PID=""
@@ -530,6 +583,299 @@ check_cache() {
         *) die "no cache check for '$name'" ;;
     esac
     log "cache: $name answers the upstream's 2 KiB body; first answer: $first; second: $second"
+}
+
+# --------------------------------------------------------------------------------------------
+# SCENARIO=aggregate: the runs, seqload, and proof that every answer is the whole composite
+# --------------------------------------------------------------------------------------------
+AGG_COMPOSITE_PATH=/api/v1/dashboard/u_1
+# The dashboard's three calls as a client makes them itself, and what each of the upstream's
+# answers (perf/peers/nginx-upstream.conf) contains, which every body of that step is checked for.
+AGG_PATHS=(/users/u_1 /accounts/u_1/balance "/transactions?userId=u_1&limit=5")
+AGG_EXPECT=('"Ada Lovelace"' '"available":1250.5' '"t_101"')
+# The composite's body must hold the three results and say that none took its default.
+AGG_COMPOSITE_EXPECT=('"partial":false' '"Ada Lovelace"' '"available":1250.5' '"t_101"')
+# Which proxy serves each run (and whose CPU it is charged).
+declare -A RUN_PROXY=([composite]=dispatch [nginx-seq]=nginx [single]=dispatch [dispatch-seq]=dispatch)
+AGG_INVALID=0
+
+want_run() { [[ " $AGGREGATE_RUNS " == *" $1 "* ]]; }
+
+# aggregate_proxies: PROXIES = the proxies the runs need, in the order the runs first name them.
+aggregate_proxies() {
+    [[ $SCENARIO == aggregate ]] || return 0
+    [[ -z $DISPATCH_B ]] || die "DISPATCH_B is not supported with SCENARIO=aggregate"
+    [[ $RELOAD_EVERY == 0 ]] || die "RELOAD_EVERY is not supported with SCENARIO=aggregate"
+    [[ -n ${AGGREGATE_RUNS// /} ]] || die "AGGREGATE_RUNS is empty"
+    local run proxies=""
+    for run in $AGGREGATE_RUNS; do
+        [[ -n ${RUN_PROXY[$run]:-} ]] || die "AGGREGATE_RUNS: unknown run '$run' (known: composite nginx-seq single dispatch-seq)"
+        [[ " $proxies " == *" ${RUN_PROXY[$run]} "* ]] || proxies="$proxies ${RUN_PROXY[$run]}"
+    done
+    proxies=$(xargs <<<"$proxies")
+    if [[ -n $PROXIES_GIVEN && $PROXIES_GIVEN != "$proxies" ]]; then
+        log "SCENARIO=aggregate: PROXIES=\"$PROXIES_GIVEN\" is ignored; AGGREGATE_RUNS needs \"$proxies\""
+    fi
+    PROXIES=$proxies
+}
+
+# aggregate_runs: after pick_dispatch, leave out the runs of a proxy that is not measured (no
+# Dispatch binary), and build seqload.
+aggregate_runs() {
+    [[ $SCENARIO == aggregate ]] || return 0
+    local run kept=""
+    for run in $AGGREGATE_RUNS; do
+        if want "${RUN_PROXY[$run]}"; then
+            kept="$kept $run"
+        else
+            log "*** SCENARIO=aggregate: run '$run' left out (${RUN_PROXY[$run]} is not measured)"
+        fi
+    done
+    AGGREGATE_RUNS=$(xargs <<<"$kept")
+    [[ -n $AGGREGATE_RUNS ]] || die "nothing to measure"
+    if [[ -n $SEQLOAD ]]; then
+        [[ -x $SEQLOAD ]] || die "SEQLOAD=$SEQLOAD is not an executable file"
+        return 0
+    fi
+    command -v cargo >/dev/null \
+        || die "SCENARIO=aggregate builds perf/tools/seqload with cargo, which is not on PATH (or set SEQLOAD=/path/to/seqload)"
+    log "building perf/tools/seqload: cargo build --release"
+    cargo build --release --quiet --manifest-path "$PERF_DIR/tools/seqload/Cargo.toml" \
+        --target-dir "$PERF_DIR/tools/seqload/target" || die "perf/tools/seqload did not build"
+    SEQLOAD=$PERF_DIR/tools/seqload/target/release/seqload
+}
+
+# check_aggregate: before anything is measured, Dispatch's composite is the whole dashboard, and
+# every proxy answers each of the three paths 200 with the upstream's body.
+check_aggregate() {
+    local dir=$TMP/aggregate-check status ctype meta text proxy i
+    mkdir -p "$dir"
+    if want_run composite; then
+        status=$(curl -s --max-time 5 -D "$dir/composite.headers" -o "$dir/composite.body" -w '%{http_code}' \
+            "http://127.0.0.1:${PORT[dispatch]}$AGG_COMPOSITE_PATH") || true
+        [[ $status == 200 ]] || die "dispatch answered $status, not 200, to GET $AGG_COMPOSITE_PATH (does $DISPATCH_BIN have aggregates?): $(head -c 400 "$dir/composite.body" 2>/dev/null)"
+        ctype=$(header_value "$dir/composite.headers" content-type)
+        [[ ${ctype,,} == application/json* ]] || die "dispatch's composite answer has Content-Type '$ctype', not application/json"
+        jq -e '(.profile | type) == "object" and .profile.name == "Ada Lovelace"
+               and (.balance | type) == "object" and .balance.available == 1250.5
+               and (.recentTransactions | type) == "array" and (.recentTransactions | length) == 5
+               and .recentTransactions[4].id == "t_101"
+               and (._meta | type) == "object" and ._meta.partial == false' "$dir/composite.body" >/dev/null \
+            || die "dispatch's composite answer is not the whole dashboard (profile, balance, 5 recentTransactions, _meta.partial false): $(head -c 600 "$dir/composite.body")"
+        for text in "${AGG_COMPOSITE_EXPECT[@]}"; do
+            grep -qF -- "$text" "$dir/composite.body" \
+                || die "dispatch's composite answer is right but does not contain $text, which seqload looks for in every answer (AGG_COMPOSITE_EXPECT in perf/compare.sh): $(head -c 600 "$dir/composite.body")"
+        done
+        meta=$(jq -c '._meta' "$dir/composite.body")
+        log "aggregate: dispatch's composite is 200 JSON with profile, balance and 5 recentTransactions; _meta $meta"
+    fi
+    for proxy in $PROXIES; do
+        for i in 0 1 2; do
+            status=$(curl -s --max-time 3 -o "$dir/$proxy-$i.body" -w '%{http_code}' \
+                "http://127.0.0.1:${PORT[$proxy]}${AGG_PATHS[i]}") || true
+            [[ $status == 200 ]] || die "$proxy answered $status, not 200, to GET ${AGG_PATHS[i]}: $(head -c 300 "$dir/$proxy-$i.body" 2>/dev/null)"
+            grep -qF -- "${AGG_EXPECT[i]}" "$dir/$proxy-$i.body" \
+                || die "$proxy's answer to GET ${AGG_PATHS[i]} is not the upstream's (no ${AGG_EXPECT[i]}): $(head -c 300 "$dir/$proxy-$i.body")"
+        done
+        log "aggregate: $proxy answers 200 with the upstream's body to each of ${AGG_PATHS[*]}"
+    done
+}
+
+# seqload_args RUN: SEQ_ARGS = RUN's URLs and the body checks of each step.
+SEQ_ARGS=()
+seqload_args() {
+    local run=$1 base=http://127.0.0.1:${PORT[${RUN_PROXY[$1]}]} text i
+    SEQ_ARGS=()
+    case $run in
+        composite)
+            for text in "${AGG_COMPOSITE_EXPECT[@]}"; do SEQ_ARGS+=(--expect "1:$text"); done
+            SEQ_ARGS+=("$base$AGG_COMPOSITE_PATH")
+            ;;
+        single)
+            SEQ_ARGS=(--expect "1:${AGG_EXPECT[0]}" "$base${AGG_PATHS[0]}")
+            ;;
+        nginx-seq | dispatch-seq)
+            for i in 0 1 2; do SEQ_ARGS+=(--expect "$((i + 1)):${AGG_EXPECT[i]}"); done
+            SEQ_ARGS+=("$base${AGG_PATHS[0]}" "${AGG_PATHS[1]}" "${AGG_PATHS[2]}")
+            ;;
+        *) die "no seqload arguments for run '$run'" ;;
+    esac
+}
+
+# seqload_field FILE KEY: one value of seqload's summary line.
+seqload_field() {
+    awk -v k="$2" '$1 == "seqload:" && $2 ~ /^connections=/ {
+        for (i = 2; i <= NF; i++) { j = index($i, "="); if (j && substr($i, 1, j - 1) == k) print substr($i, j + 1) } }' "$1"
+}
+
+# describe_run RUN: what one composite of RUN is.
+describe_run() {
+    case $1 in
+        composite) echo "Dispatch: GET $AGG_COMPOSITE_PATH (the dashboard aggregate: 3 upstream calls)" ;;
+        nginx-seq) echo "nginx: GET ${AGG_PATHS[*]}, one after another on one connection" ;;
+        single) echo "Dispatch: GET ${AGG_PATHS[0]} (one proxied request: the baseline)" ;;
+        dispatch-seq) echo "Dispatch: GET ${AGG_PATHS[*]}, one after another on one connection" ;;
+    esac
+}
+
+# measure_seq ROUND RUN: one seqload run, one row in results.tsv, one line of the table.
+# results.tsv columns as measure's, rate = composites/s and CPU per composite; then
+# 16 requests and 17 CPU us per client request.
+measure_seq() {
+    local round=$1 run=$2 proxy=${RUN_PROXY[$2]}
+    local out=$TMP/seqload-$round-$run.txt
+    local u_before s_before u_after s_after up_before up_after before after
+    seqload_args "$run"
+    read -r u_before s_before <<<"$(cpu_ticks "${ROOT_PID[$proxy]}")"
+    up_before=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
+    # `times` must run in this shell, not in a $(...) subshell, to see seqload as its child.
+    times >"$TMP/times.before"
+    run_load "$out" "$SEQLOAD" -c "$CONNECTIONS" -d "$DURATION" "${SEQ_ARGS[@]}" \
+        || { cat "$out" >&2; die "seqload failed against $run"; }
+    times >"$TMP/times.after"
+    read -r u_after s_after <<<"$(cpu_ticks "${ROOT_PID[$proxy]}")"
+    up_after=$(cpu_ticks "${ROOT_PID[upstream]}" | awk '{ print $1 + $2 }')
+    before=$((u_before + s_before))
+    after=$((u_after + s_after))
+
+    local composites requests rate p50 p99 errors secs
+    composites=$(seqload_field "$out" composites)
+    requests=$(seqload_field "$out" requests)
+    rate=$(seqload_field "$out" composites_per_s)
+    p50=$(awk -v v="$(seqload_field "$out" p50_us)" 'BEGIN { printf "%.3f", v / 1000 }')
+    p99=$(awk -v v="$(seqload_field "$out" p99_us)" 'BEGIN { printf "%.3f", v / 1000 }')
+    secs=$(seqload_field "$out" duration_s)
+    [[ -n $composites && $composites -gt 0 && -n $secs ]] || { cat "$out" >&2; die "seqload completed no composite against $run"; }
+    # Answers other than 200, bodies without what they must hold, socket errors: all invalid.
+    errors=$(($(seqload_field "$out" non200) + $(seqload_field "$out" check_failures) + $(seqload_field "$out" errors)))
+
+    local cpu_us user_us sys_us req_us cpu_pct up_pct load_pct
+    load_pct=$(awk -v s="$secs" 'FNR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] }
+                                   if (NR == FNR) b = t; else e = t }
+                       END { printf "%.0f", (e - b) / s * 100 }' "$TMP/times.before" "$TMP/times.after")
+    cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$composites" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    user_us=$(awk -v d=$((u_after - u_before)) -v hz="$CLK_TCK" -v n="$composites" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    sys_us=$(awk -v d=$((s_after - s_before)) -v hz="$CLK_TCK" -v n="$composites" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    req_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    cpu_pct=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
+    up_pct=$(awk -v d=$((up_after - up_before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.0f", d / hz / s * 100 }')
+
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$round" "$run" "$rate" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$up_pct" "$load_pct" "$errors" "$user_us" "$sys_us" \
+        "$LOAD" "$composites" 0 "$requests" "$req_us" >>"$RESULTS"
+    printf '| %5s | %-12s | %-8s | %12s | %7s | %7s | %10s | %7s | %6s | %10s | %8s%% | %11s%% | %10s%% | %6s |\n' \
+        "$round" "$run" "$proxy" "$rate" "$p50" "$p99" "$cpu_us" "$user_us" "$sys_us" "$req_us" "$cpu_pct" "$up_pct" "$load_pct" "$errors"
+    if ((errors != 0)); then
+        AGG_INVALID=1
+        log "*** INVALID RUN: $run (round $round): $(seqload_field "$out" non200) answers not 200, $(seqload_field "$out" check_failures) bodies without what they must hold, $(seqload_field "$out" errors) socket errors; $(grep '^seqload: step=' "$out" | sed 's/^seqload: //' | paste -sd ';' -); see $out"
+    fi
+    if ((up_pct >= 90)); then
+        log "WARNING: the upstream nginx worker used ${up_pct}% of a core during this run: it may be the bottleneck"
+    fi
+}
+
+# verdict RATIO BAR: "met (N% under the bar)" or "NOT met: N% over the bar".
+verdict() {
+    awk -v r="$1" -v b="$2" 'BEGIN {
+        if (r == "n/a") print "no ratio"
+        else if (r + 0 <= b + 0) printf "met (%.0f%% under the bar)", (1 - r / b) * 100
+        else printf "NOT met: %.0f%% over the bar", (r / b - 1) * 100 }'
+}
+
+# aggregate_rounds: warm-up per run, the interleaved rounds, the summary with issue 11's bars.
+aggregate_rounds() {
+    local run out round order
+    for run in $AGGREGATE_RUNS; do
+        seqload_args "$run"
+        out=$TMP/seqload-warmup-$run.txt
+        run_load "$out" "$SEQLOAD" -c "$CONNECTIONS" -d "$WARMUP" "${SEQ_ARGS[@]}" \
+            || { cat "$out" >&2; die "seqload failed against $run during the warm-up"; }
+        if (($(seqload_field "$out" non200) + $(seqload_field "$out" check_failures) + $(seqload_field "$out" errors))); then
+            log "WARNING: the warm-up of $run had failures: $(head -n 1 "$out")"
+        fi
+    done
+    echo "- warmed: $AGGREGATE_RUNS ($WARMUP each)"
+    echo
+    echo "### Runs"
+    echo
+    echo "| round | run          | proxy    | composites/s |  p50 ms |  p99 ms | CPU us/cmp | user us | sys us | CPU us/req | proxy CPU | upstream CPU | seqload CPU | errors |"
+    echo "| ----: | ------------ | -------- | -----------: | ------: | ------: | ---------: | ------: | -----: | ---------: | --------: | -----------: | ----------: | -----: |"
+    for round in $(seq "$ROUNDS"); do
+        if ((round % 2)); then order=$AGGREGATE_RUNS; else order=$(tr ' ' '\n' <<<"$AGGREGATE_RUNS" | tac | xargs); fi
+        for run in $order; do
+            measure_seq "$round" "$run"
+        done
+    done
+    aggregate_summary
+}
+
+aggregate_summary() {
+    local run
+    declare -A rate p50 p99 cpu usr sys req
+    echo
+    echo "### Summary: median of $ROUNDS round(s), $DURATION each, $CONNECTIONS connections"
+    echo
+    echo "| run          | proxy    | composites/s |  p50 ms |  p99 ms | CPU us/cmp | user us | sys us | CPU us/req |"
+    echo "| ------------ | -------- | -----------: | ------: | ------: | ---------: | ------: | -----: | ---------: |"
+    for run in $AGGREGATE_RUNS; do
+        rate[$run]=$(median 3 "$run")
+        p50[$run]=$(median 4 "$run")
+        p99[$run]=$(median 5 "$run")
+        cpu[$run]=$(median 6 "$run")
+        usr[$run]=$(median 11 "$run")
+        sys[$run]=$(median 12 "$run")
+        req[$run]=$(median 17 "$run")
+        printf '| %-12s | %-8s | %12.0f | %7.3f | %7.3f | %10.2f | %7.2f | %6.2f | %10.2f |\n' \
+            "$run" "${RUN_PROXY[$run]}" "${rate[$run]}" "${p50[$run]}" "${p99[$run]}" "${cpu[$run]}" "${usr[$run]}" "${sys[$run]}" "${req[$run]}"
+    done
+    echo
+    echo "Issue 11's bars (medians):"
+    echo
+    local r
+    if want_run composite && want_run nginx-seq; then
+        r=$(ratio "${p99[composite]}" "${p99[nginx-seq]}")
+        printf -- '- p99: Dispatch composite %s ms / nginx sequential %s ms = %s; bar: at most 1.00x: %s\n' \
+            "${p99[composite]}" "${p99[nginx-seq]}" "$r" "$(verdict "$r" 1.00)"
+    else
+        echo "- p99: not measured (needs the runs composite and nginx-seq)"
+    fi
+    if want_run composite && want_run single; then
+        r=$(ratio "${cpu[composite]}" "${cpu[single]}")
+        printf -- '- CPU: Dispatch per composite %s us / per single proxied request %s us = %s (user %s, system %s); bar: at most 2.50x: %s\n' \
+            "${cpu[composite]}" "${cpu[single]}" "$r" \
+            "$(ratio "${usr[composite]}" "${usr[single]}")" "$(ratio "${sys[composite]}" "${sys[single]}")" \
+            "$(verdict "$r" 2.50)"
+    else
+        echo "- CPU: not measured (needs the runs composite and single)"
+    fi
+    echo
+    echo "Other ratios (per composite):"
+    echo
+    local any=0
+    if want_run composite && want_run nginx-seq; then
+        printf -- '- Dispatch composite / nginx sequential: CPU %s (user %s, system %s), composites/s %s\n' \
+            "$(ratio "${cpu[composite]}" "${cpu[nginx-seq]}")" "$(ratio "${usr[composite]}" "${usr[nginx-seq]}")" \
+            "$(ratio "${sys[composite]}" "${sys[nginx-seq]}")" "$(ratio "${rate[composite]}" "${rate[nginx-seq]}")"
+        any=1
+    fi
+    if want_run composite && want_run dispatch-seq; then
+        printf -- '- Dispatch composite / Dispatch sequential: CPU %s (user %s, system %s), p99 %s, composites/s %s\n' \
+            "$(ratio "${cpu[composite]}" "${cpu[dispatch-seq]}")" "$(ratio "${usr[composite]}" "${usr[dispatch-seq]}")" \
+            "$(ratio "${sys[composite]}" "${sys[dispatch-seq]}")" "$(ratio "${p99[composite]}" "${p99[dispatch-seq]}")" \
+            "$(ratio "${rate[composite]}" "${rate[dispatch-seq]}")"
+        any=1
+    fi
+    if want_run dispatch-seq && want_run nginx-seq; then
+        printf -- '- Dispatch sequential / nginx sequential: CPU %s (user %s, system %s), p99 %s\n' \
+            "$(ratio "${cpu[dispatch-seq]}" "${cpu[nginx-seq]}")" "$(ratio "${usr[dispatch-seq]}" "${usr[nginx-seq]}")" \
+            "$(ratio "${sys[dispatch-seq]}" "${sys[nginx-seq]}")" "$(ratio "${p99[dispatch-seq]}" "${p99[nginx-seq]}")"
+        any=1
+    fi
+    ((any)) || echo "- (none for these runs)"
+    if ((AGG_INVALID)); then
+        echo
+        echo "**INVALID: some run had answers other than 200, bodies without what they must hold (a partial composite) or socket errors; see the log.**"
+    fi
 }
 
 # The load of a sub-run: "-" (plain: wrk's own request), or a number of edge tokens.
@@ -889,8 +1235,10 @@ edge_miss_estimate() {
 # --------------------------------------------------------------------------------------------
 main() {
     edge_proxies
+    aggregate_proxies
     ensure_tools
     pick_dispatch
+    aggregate_runs
     # Every server inherits this: take the whole hard limit on open files.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     [[ -n $PROXIES ]] || die "nothing to measure"
@@ -919,16 +1267,22 @@ main() {
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     if [[ $SCENARIO == edge ]]; then
         echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO EDGE_TOKENS=\"$EDGE_TOKENS\" PROXIES=\"$PROXIES\" perf/compare.sh"
+    elif [[ $SCENARIO == aggregate ]]; then
+        echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SCENARIO=$SCENARIO AGGREGATE_RUNS=\"$AGGREGATE_RUNS\" perf/compare.sh"
     else
         echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO PROXIES=\"$PROXIES\" RELOAD_EVERY=$RELOAD_EVERY perf/compare.sh"
     fi
     echo "- machine: $cores cores (${model:-unknown cpu}), kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
-    if [[ $SCENARIO == edge ]]; then
+    if [[ $SCENARIO == aggregate ]]; then
+        echo "- load: perf/tools/seqload -c$CONNECTIONS -d$DURATION, closed loop: each connection sends its composite's GETs one after another on one keep-alive connection and times the whole; every body checked"
+    elif [[ $SCENARIO == edge ]]; then
         echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -s perf/edge.lua http://127.0.0.1:PORT$REQUEST_PATH -- tokens.txt N, N in: $EDGE_TOKENS"
     else
         echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
     fi
-    if [[ $SCENARIO == cache ]]; then
+    if [[ $SCENARIO == aggregate ]]; then
+        echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), seqload $(git -C "$REPO" log -1 --format=%h -- perf/tools/seqload 2>/dev/null || echo "(uncommitted)")"
+    elif [[ $SCENARIO == cache ]]; then
         echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), $(if want varnish; then varnishd -V 2>&1 | awk 'NR == 1 { gsub(/[()]/, ""); print $2 }'; else echo "no Varnish"; fi),$(! want haproxy || haproxy -v | awk 'NR == 1 { print " HAProxy", $3 "," }') $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     else
         echo "- peers: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
@@ -951,9 +1305,26 @@ main() {
             echo "- haproxy: not measured (name it in PROXIES to add it: perf/peers/haproxy-cache.cfg)"
         fi
     fi
+    if [[ $SCENARIO == aggregate ]]; then
+        echo "- upstream: /users/u_1, /accounts/u_1/balance and /transactions?userId=u_1&limit=5 answer fixed JSON (perf/peers/nginx-upstream.conf)"
+        echo "- nginx: $NGINX_CONFIG (2 workers, upstream keepalive 256), proxying the three paths"
+        if want_run composite; then
+            echo "- dispatch aggregate: the reference's [aggregates.dashboard] without auth (composition is what is measured; SCENARIO=edge measures JWTs)"
+        fi
+        echo "- runs (one composite each):"
+        local run
+        for run in $AGGREGATE_RUNS; do echo "  - $run: $(describe_run "$run")"; done
+        echo "- note: nothing is pinned. seqload ($CONNECTIONS threads), the upstream (1 nginx worker) and the proxy"
+        echo "  (2 workers) share these $cores cores, so absolute numbers understate every proxy; compare the ratios,"
+        echo "  which come from one run on one machine. CPU us/cmp counts only the proxy's own processes per"
+        echo "  composite (CPU us/req: per client request, 3 per composite for the sequential runs). In a closed"
+        echo "  loop latency follows throughput (mean latency = connections / composites per second)."
+        echo
+    fi
     if want dispatch-b; then
         echo "- dispatch-b: $DISPATCH_B, same config on port ${PORT[dispatch-b]}"
     fi
+    if [[ $SCENARIO != aggregate ]]; then
     echo "- note: nothing is pinned. wrk (1 thread), the upstream (1 nginx worker) and the proxy under"
     echo "  test (2 workers/threads) share these $cores cores, so absolute numbers understate every proxy;"
     echo "  compare the ratios, which come from one run on one machine. CPU us/req counts only the"
@@ -961,6 +1332,7 @@ main() {
     echo "  wrk's CPU % shows when the load generator itself is the limit (near 100%: req/s is wrk's"
     echo "  ceiling, not the proxy's; CPU per request and latency stay comparable)."
     echo
+    fi
 
     start_nginx upstream "$PEERS/nginx-upstream.conf"
     wait_ready upstream "$UPSTREAM_PORT"
@@ -975,6 +1347,22 @@ main() {
         [[ $SCENARIO != cache ]] || check_cache "$p" "${PORT[$p]}"
         UP_SETUP[$p]=$(($(upstream_count) - up0))
     done
+    if [[ $SCENARIO == aggregate ]]; then
+        check_aggregate
+        # The upstream alone, driven by the same seqload: its ceiling must sit well above any run's.
+        seqload_args nginx-seq
+        local base=http://127.0.0.1:${PORT[nginx]}
+        run_load "$TMP/seqload-upstream.txt" "$SEQLOAD" -c "$CONNECTIONS" -d "$WARMUP" \
+            "${SEQ_ARGS[@]/#$base/http://127.0.0.1:$UPSTREAM_PORT}" \
+            || { cat "$TMP/seqload-upstream.txt" >&2; die "seqload failed against the upstream"; }
+        echo "- upstream alone (nginx, 1 worker, no proxy, the three GETs in turn): $(seqload_field "$TMP/seqload-upstream.txt" composites_per_s) composites/s"
+        aggregate_rounds
+        if ((AGG_INVALID)); then
+            log "compare.sh: some aggregate run had answers other than 200, failed body checks or socket errors: the run is INVALID (exit status 2)"
+            exit 2
+        fi
+        return 0
+    fi
 
     # The upstream alone, driven by the same wrk: its ceiling must sit well above any proxy's rate.
     run_wrk "$TMP/wrk-upstream.txt" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
