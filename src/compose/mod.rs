@@ -1,5 +1,8 @@
 //! Composition (issue 11): answering one client request by calling several upstreams.
 //!
+//! [`jq`] is the jq engine (jaq) that transforms and aggregates share: programs compiled once at
+//! load, run per request.
+//!
 //! Today this holds the core of aggregation: [`aggregate`], the plain-data specs of an
 //! aggregate's calls and the compiler that turns them into a [`aggregate::Plan`] (dependency
 //! graph, start order, critical path, path templates). Like `policy::ratelimit` before its
@@ -7,3 +10,4 @@
 //! ("not supported yet"), and the executor that runs a plan through `upstream::call` comes next.
 
 pub mod aggregate;
+pub mod jq;
