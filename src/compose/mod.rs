@@ -3,11 +3,10 @@
 //! [`jq`] is the jq engine (jaq) that transforms and aggregates share: programs compiled once at
 //! load, run per request.
 //!
-//! Today this holds the core of aggregation: [`aggregate`], the plain-data specs of an
-//! aggregate's calls and the compiler that turns them into a [`aggregate::Plan`] (dependency
-//! graph, start order, critical path, path templates). Like `policy::ratelimit` before its
-//! wiring, nothing reads it yet: the config keys `[aggregates.*]` are still refused at load
-//! ("not supported yet"), and the executor that runs a plan through `upstream::call` comes next.
+//! [`aggregate`] is aggregation: the specs of an aggregate's calls, the compiler that turns
+//! them into a [`aggregate::Plan`] (dependency graph, start order, critical path, path
+//! templates) at load, and the executor ([`aggregate::run`]) that runs a plan for a request
+//! through a transport (the pipeline's is `upstream::call`: `pipeline::aggregate`).
 
 pub mod aggregate;
 pub mod jq;

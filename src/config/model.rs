@@ -29,6 +29,8 @@ pub type AuthId = usize;
 pub type RateLimitId = usize;
 /// Index into [`Cache::rules`].
 pub type CacheRuleId = usize;
+/// Index into [`Config::aggregates`].
+pub type AggregateId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -61,6 +63,18 @@ pub struct Config {
     /// `[cache]` (None: no response cache).
     pub cache: Option<Cache>,
     pub tracing: Tracing,
+    /// `[aggregates.*]`, in file order. Each is also a route (see [`Route::aggregate`]).
+    pub aggregates: Vec<Aggregate>,
+}
+
+/// `[aggregates.NAME]`, compiled: its call graph and jq programs, ready to run.
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    pub name: String,
+    /// Its entry in [`Config::routes`] (path, methods, auth, rate limits).
+    pub route: RouteId,
+    pub compiled: std::sync::Arc<crate::compose::aggregate::Compiled>,
+    pub location: Location,
 }
 
 /// `[cache]`, defaults applied.
@@ -343,6 +357,20 @@ pub struct Route {
     /// The `[cache.rules.*]` its GET and HEAD answers are cached under.
     pub cache: Option<CacheRuleId>,
     pub location: Location,
+    /// Set for an aggregate's entry: the aggregate phase answers its requests (its `upstream`
+    /// is its first call's, shown by the route table and never called as such).
+    pub aggregate: Option<AggregateId>,
+}
+
+impl Route {
+    /// The config section the route comes from: `routes` or `aggregates` (error messages).
+    pub fn section(&self) -> &'static str {
+        if self.aggregate.is_some() {
+            "aggregates"
+        } else {
+            "routes"
+        }
+    }
 }
 
 /// `[auth.NAME]`: what the file says; `policy::compile` reads the key material.

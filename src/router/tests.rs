@@ -20,6 +20,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         rate_limits: Vec::new(),
         cache: None,
         location: Location::default(),
+        aggregate: None,
     }
 }
 
@@ -568,6 +569,7 @@ fn invalid_patterns_are_rejected() {
                 name,
                 path,
                 reason: got,
+                ..
             } => {
                 assert_eq!((route, name.as_str(), path.as_str()), (1, "bad", *pattern));
                 assert!(

@@ -1,7 +1,8 @@
 //! The request phases, one module each, in the order [`super::stack`] calls them:
 //! [`untrusted`], [`identity`], [`framing`], [`target`], [`route`], [`ratelimit`] (limits keyed
-//! on the client's address), [`auth`], [`ratelimit`] again (every other limit), [`split`],
-//! [`cache`], [`breaker`], [`upstream`].
+//! on the client's address), [`auth`], [`ratelimit`] again (every other limit), [`aggregate`]
+//! (an aggregate's request leaves the list here), [`split`], [`cache`], [`breaker`],
+//! [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's
@@ -17,6 +18,7 @@
 //! each is unit-tested in-process without sockets. Phases are plain static calls on the hot
 //! path: no boxing, no dynamic dispatch, no allocation beyond what the work itself needs.
 
+pub mod aggregate;
 pub mod auth;
 pub mod breaker;
 pub mod cache;
