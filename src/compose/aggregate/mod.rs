@@ -98,3 +98,22 @@ pub struct CallRun {
     /// `when`, over the object of the results so far.
     pub when: Option<Program>,
 }
+
+/// What `dispatch explain AGGREGATE` prints for `cfg`'s aggregate `name` ([`Plan::explain`]).
+/// Err: there is no such aggregate; the message lists the names there are.
+pub fn explain(cfg: &crate::config::model::Config, name: &str) -> Result<String, String> {
+    match cfg.aggregates.iter().find(|a| a.name == name) {
+        Some(a) => Ok(a.compiled.plan.explain()),
+        None if cfg.aggregates.is_empty() => Err(format!(
+            "no aggregate named {name:?}: {} has no [aggregates.*]",
+            cfg.path.display()
+        )),
+        None => {
+            let names: Vec<&str> = cfg.aggregates.iter().map(|a| a.name.as_str()).collect();
+            Err(format!(
+                "no aggregate named {name:?}; the aggregates are: {}",
+                names.join(", ")
+            ))
+        }
+    }
+}
