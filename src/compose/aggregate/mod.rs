@@ -19,6 +19,8 @@ pub mod plan;
 pub mod run;
 
 #[cfg(test)]
+mod run_tests;
+#[cfg(test)]
 mod tests;
 
 pub use plan::{Call, Foreach, Plan, PlanError, RenderError, Segment, Values};
