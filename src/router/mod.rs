@@ -204,18 +204,27 @@ pub enum RouteError {
     },
     /// Two routes (or one route twice) that can match one request with equal precedence.
     /// `path` is `a`'s pattern.
-    #[error("{a_section}.{a_name} and {b_section}.{b_name} can match the same request with equal precedence (path {path:?}): {reason}")]
+    #[error("{}.{a_name} and {}.{b_name} can match the same request with equal precedence (path {path:?}): {reason}", section(*.a_aggregate), section(*.b_aggregate))]
     Ambiguous {
         a: RouteId,
         a_name: String,
-        /// `routes` or `aggregates` ([`Route::section`]).
-        a_section: &'static str,
+        /// `a` is an aggregate's route (`aggregates.NAME`, not `routes.NAME`).
+        a_aggregate: bool,
         b: RouteId,
         b_name: String,
-        b_section: &'static str,
+        b_aggregate: bool,
         path: String,
         reason: String,
     },
+}
+
+/// The config section of a route (`aggregates` for an aggregate's), for error messages.
+fn section(aggregate: bool) -> &'static str {
+    if aggregate {
+        "aggregates"
+    } else {
+        "routes"
+    }
 }
 
 /// One (route, pattern) pair: what the trie's candidates point at.
@@ -497,10 +506,10 @@ fn check_group(
             return Err(RouteError::Ambiguous {
                 a,
                 a_name: routes[a].name.clone(),
-                a_section: routes[a].section(),
+                a_aggregate: routes[a].aggregate.is_some(),
                 b,
                 b_name: routes[b].name.clone(),
-                b_section: routes[b].section(),
+                b_aggregate: routes[b].aggregate.is_some(),
                 path: px.to_string(),
                 reason,
             });

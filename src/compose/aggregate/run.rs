@@ -545,7 +545,15 @@ fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64)
     meta.insert("errors".into(), Value::Object(errors));
     meta.insert("skipped".into(), Value::Array(skipped));
     meta.insert("truncated".into(), Value::Array(cut));
-    let results = results(plan, &states);
+    // The values move into the composite: nothing reads the states after this.
+    let mut results = Map::new();
+    for (call, state) in plan.calls.iter().zip(states) {
+        let value = match state {
+            State::Done(v) => v,
+            _ => call.default.clone().unwrap_or(Value::Null),
+        };
+        results.insert(call.name.clone(), value);
+    }
     let mut out = match &c.shape {
         None => Value::Object(results),
         Some(shape) => match shape.run(Value::Object(results), &[]) {
