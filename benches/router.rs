@@ -39,6 +39,7 @@ fn route(name: String, path: String) -> Route {
         cache: None,
         location: Location::default(),
         client: None,
+        aggregate: None,
     }
 }
 

@@ -20,7 +20,10 @@
 //!    identity (request id and trace context), framing, target normalisation, the BFF client
 //!    ([`compose::bff`]: by path prefix, removed, or by header), route ([`router`]: compiled
 //!    trie), rate limits keyed on the client's address
-//!    ([`policy::ratelimit`]), auth ([`policy::auth`]), every other rate limit, the split
+//!    ([`policy::ratelimit`]), auth ([`policy::auth`]), every other rate limit, the aggregate
+//!    phase (a route that is an aggregate leaves here: [`pipeline::aggregate`] runs its calls
+//!    through [`upstream::call`] as futures inside the request's own and answers with the
+//!    composite, [`compose::aggregate`]), the split
 //!    (canary) side, the cache lookup ([`cache`]: a hit, a 304 or a stale answer ends the
 //!    request here), the breaker ([`upstream::breaker`]), then the upstream phase, which
 //!    writes the upstream head. Each returns `Continue` or `Respond(Response)`.
@@ -74,8 +77,9 @@
 //!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
 //!   built or carried over), held by the active config and driven by phases 5 to 7.
 //! - [`compose`]: composition: backend-for-frontend client profiles ([`compose::bff`], a
-//!   request phase before routing), and the aggregate plan compiler ([`compose::aggregate`]:
-//!   call graph, start order, critical path, path templates), not wired yet.
+//!   request phase before routing), the jq engine ([`compose::jq`]) and aggregation
+//!   ([`compose::aggregate`]: the call graph compiled at load, start order, critical path,
+//!   path templates, and the executor over a transport seam).
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core

@@ -31,6 +31,14 @@ enum Command {
         #[arg(long, default_value = "config/dispatch.toml")]
         config: PathBuf,
     },
+    /// Print an aggregate's compiled plan: its calls in the order they can start, what each
+    /// waits for, the critical path and the worst-case time its timeouts allow.
+    Explain {
+        #[arg(long, default_value = "config/dispatch.toml")]
+        config: PathBuf,
+        /// The aggregate's name (`[aggregates.NAME]`).
+        aggregate: String,
+    },
     /// Run the gateway on config/demo.toml with sample upstreams on loopback, and print a
     /// token, an API key and curl commands to try.
     Demo {
@@ -47,6 +55,16 @@ fn main() -> ExitCode {
                 print!("{}", dispatch::config::summary(&cfg));
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(e),
+        },
+        Command::Explain { config, aggregate } => match dispatch::router::load_config(&config) {
+            Ok(cfg) => match dispatch::compose::aggregate::explain(&cfg, &aggregate) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
             Err(e) => fail(e),
         },
         Command::Run { config } => match dispatch::router::load_config(&config) {

@@ -352,10 +352,6 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
         ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
         ("transforms", TRANSFORM.into()),
         (
-            "aggregates",
-            "[aggregates.a]\npath = \"/d/:id\"\n\n[aggregates.a.calls.c]\nupstream = \"users\"\npath = \"/users/{id}\"\n".into(),
-        ),
-        (
             "server.tls",
             "[server.tls]\nlisten = [\"[::1]:8443\"]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\nmin_version = \"1.3\"\n".into(),
         ),

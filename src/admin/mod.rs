@@ -394,7 +394,9 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "methods": row.methods,
                 "hosts": row.hosts,
                 "headers": row.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "upstream": cfg.upstreams[r.upstream].name,
+                // An aggregate's calls name their upstreams; the route itself calls none.
+                "upstream": r.aggregate.is_none().then(|| cfg.upstreams[r.upstream].name.as_str()),
+                "aggregate": r.aggregate.map(|a| aggregate(cfg, a)),
                 "split": r.split.iter().map(|s| json!({"upstream": cfg.upstreams[s.upstream].name, "weight": s.weight})).collect::<Vec<_>>(),
                 "sticky": r.sticky.as_ref().map(|s| match s {
                     crate::config::model::Sticky::Header(n) => format!("header:{n}"),
@@ -412,6 +414,37 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     json!({"generation": active.generation, "routes": rows})
+}
+
+/// An aggregate's row details: its calls in start order and its critical path.
+fn aggregate(cfg: &crate::config::model::Config, id: usize) -> serde_json::Value {
+    let plan = &cfg.aggregates[id].compiled.plan;
+    let calls: Vec<_> = plan
+        .calls
+        .iter()
+        .map(|c| {
+            let waits: Vec<&str> = plan
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(d, _)| c.deps & (1 << d) != 0)
+                .map(|(_, d)| d.name.as_str())
+                .collect();
+            json!({
+                "call": c.name,
+                "upstream": c.upstream,
+                "required": c.required,
+                "timeout_ms": c.timeout.as_millis() as u64,
+                "waits_for": waits,
+            })
+        })
+        .collect();
+    json!({
+        "timeout_ms": plan.timeout.as_millis() as u64,
+        "calls": calls,
+        "critical_path": plan.critical_path.iter().map(|&i| plan.calls[i].name.as_str()).collect::<Vec<_>>(),
+        "worst_case_ms": plan.worst_case().as_millis() as u64,
+    })
 }
 
 /// `GET /upstreams`: each upstream's policy and endpoints, with their health and the

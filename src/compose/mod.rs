@@ -4,11 +4,14 @@
 //! [`bff`]: the backend-for-frontend request phase (which `[bff.clients.*]` a request belongs
 //! to, by prefix or header; the prefix removed before routing), wired in `pipeline::stack`.
 //!
-//! Aggregation: [`aggregate`], the plain-data specs of an
-//! aggregate's calls and the compiler that turns them into a [`aggregate::Plan`] (dependency
-//! graph, start order, critical path, path templates). Like `policy::ratelimit` before its
-//! wiring, nothing reads it yet: the config keys `[aggregates.*]` are still refused at load
-//! ("not supported yet"), and the executor that runs a plan through `upstream::call` comes next.
+//! [`jq`] is the jq engine (jaq) that transforms and aggregates share: programs compiled once at
+//! load, run per request.
+//!
+//! [`aggregate`] is aggregation: the specs of an aggregate's calls, the compiler that turns
+//! them into a [`aggregate::Plan`] (dependency graph, start order, critical path, path
+//! templates) at load, and the executor ([`aggregate::run`]) that runs a plan for a request
+//! through a transport (the pipeline's is `upstream::call`: `pipeline::aggregate`).
 
 pub mod aggregate;
 pub mod bff;
+pub mod jq;

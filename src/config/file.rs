@@ -78,6 +78,7 @@ pub struct File {
     // Capabilities not built yet: parsed and checked, then rejected by `later`.
     pub bff: Option<Bff>,
     pub transforms: Option<Named<Transform>>,
+    /// Compiled by `config::aggregate`.
     pub aggregates: Option<Named<Aggregate>>,
     pub auth: Option<Named<AuthPolicy>>,
     pub rate_limits: Option<Named<RateLimit>>,
@@ -413,11 +414,13 @@ pub struct Aggregate {
     pub timeout: Option<Duration>,
     pub shape: Option<String>,
     pub calls: Named<AggregateCall>,
+    /// The `[rate_limits.*]` that must all admit a request, as a route's.
+    pub rate_limits: Option<Vec<String>>,
+    /// The BFF client whose requests it matches (not supported yet: `later` refuses it).
+    pub client: Option<String>,
 }
 
 /// `[aggregates.NAME.calls.CALL]`
-// Fields without a check in `later` are first read by the capability itself.
-#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateCall {

@@ -1,6 +1,6 @@
 //! Capabilities the config format describes but this build does not have yet: TLS (termination
-//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys),
-//! transforms, aggregates, compression and websockets.
+//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), transforms,
+//! compression and websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -18,8 +18,8 @@ use super::file::{self, default, Named};
 use super::source::{KeyPath, Source};
 use super::units::Duration;
 use super::validate::{
-    endpoint_url, header_name, header_value, is_dns_name, is_token, listen_addr, methods,
-    suggestion, Section,
+    endpoint_url, header_name, header_value, is_dns_name, is_token, listen_addr, suggestion,
+    Section,
 };
 
 /// ALPN protocol IDs (RFC 7301 §6, IANA registry) of the HTTP versions this gateway speaks.
@@ -41,9 +41,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     }
     for (name, transform) in named(&file.transforms) {
         c.transform(transform, &KeyPath::of(&["transforms", name]))?;
-    }
-    for (name, aggregate) in named(&file.aggregates) {
-        c.aggregate(aggregate, &KeyPath::of(&["aggregates", name]))?;
     }
     if let Some(compression) = &file.compression {
         c.compression(compression)?;
@@ -90,7 +87,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     }
     for (key, present) in [
         ("transforms", file.transforms.is_some()),
-        ("aggregates", file.aggregates.is_some()),
         ("compression", file.compression.is_some()),
     ] {
         if present {
@@ -335,82 +331,6 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn aggregate(&self, a: &file::Aggregate, at: &KeyPath) -> Result<(), ConfigError> {
-        self.path(&at.key("path"), &a.path)?;
-        if let Some(list) = &a.methods {
-            methods(list, &at.key("methods"), self.src)?;
-        }
-        if let Some(name) = &a.auth {
-            self.reference(&at.key("auth"), name, "auth policy", names(&self.file.auth))?;
-        }
-        self.positive(at, "timeout", a.timeout)?;
-        self.program(&at.key("shape"), a.shape.as_deref())?;
-        if a.calls.0.is_empty() {
-            return Err(self
-                .src
-                .error(&at.key("calls"), "an aggregate needs at least one call"));
-        }
-        for (name, call) in a.calls.iter() {
-            let here = at.key("calls").key(name);
-            self.reference(
-                &here.key("upstream"),
-                &call.upstream,
-                "upstream",
-                self.file.upstreams.names(),
-            )?;
-            self.path(&here.key("path"), &call.path)?;
-            self.positive(&here, "timeout", call.timeout)?;
-            self.program(&here.key("select"), call.select.as_deref())?;
-            self.fan_out(a, name, call, &here)?;
-            self.program(&here.key("when"), call.when.as_deref())?;
-        }
-        Ok(())
-    }
-
-    /// `foreach` and the keys that only mean something with it.
-    fn fan_out(
-        &self,
-        a: &file::Aggregate,
-        name: &str,
-        call: &file::AggregateCall,
-        at: &KeyPath,
-    ) -> Result<(), ConfigError> {
-        let s = Section::new(self.src, at);
-        for (key, value) in [
-            ("max_items", call.max_items),
-            ("concurrency", call.concurrency),
-        ] {
-            if value.is_some() && call.foreach.is_none() {
-                return Err(self.src.key_error(&at.key(key), "only valid with foreach"));
-            }
-            s.nonzero(key, value)?;
-        }
-        let Some(source) = &call.foreach else {
-            return Ok(());
-        };
-        let here = at.key("foreach");
-        // The same characters as a call name, since the head is one (placeholders name calls).
-        let name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-        if source
-            .split('.')
-            .any(|part| part.is_empty() || !part.bytes().all(name_char))
-        {
-            return Err(self.src.error(
-                &here,
-                format!("invalid foreach {source:?}: expected a path like \"call.field\" (A-Z a-z 0-9 _ - between dots)"),
-            ));
-        }
-        let head = source.split('.').next().unwrap_or_default();
-        if head == name {
-            return Err(self.src.error(
-                &here,
-                format!("invalid foreach {source:?}: a call cannot iterate over its own result"),
-            ));
-        }
-        let others = a.calls.names().filter(|other| *other != name);
-        self.reference(&here, head, "call", others)
-    }
-
     fn compression(&self, c: &file::Compression) -> Result<(), ConfigError> {
         let at = KeyPath::of(&["compression"]);
         if c.algorithms.as_ref().is_some_and(Vec::is_empty) {
@@ -469,16 +389,6 @@ impl Checker<'_> {
                 .error(at, "must not be empty: expected a file path"))
         } else {
             Ok(())
-        }
-    }
-
-    fn path(&self, at: &KeyPath, path: &str) -> Result<(), ConfigError> {
-        if path.starts_with('/') {
-            Ok(())
-        } else {
-            Err(self
-                .src
-                .error(at, format!("invalid path {path:?}: must start with \"/\"")))
         }
     }
 

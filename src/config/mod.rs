@@ -8,7 +8,8 @@
 //! 3. `later`: values of the sections whose capabilities are not built yet, then the rejection
 //!    of the first such key (`not supported yet: ...`).
 //! 4. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
-//!    endpoint hosts resolved, references turned into indices).
+//!    endpoint hosts resolved, references turned into indices; `aggregate`: each aggregate's
+//!    call graph and jq programs compiled, and its route).
 //!
 //! The route table's own check (patterns, two routes of equal precedence) is the router's:
 //! the router's `load_config` runs [`load`] and then compiles the routes, reporting their
@@ -18,6 +19,7 @@
 //! downstream checks them again (the router compiles the route table, which config leaves to it). Loading is off the request path (startup, or a reload building a
 //! new config beside the running one) and may block on DNS.
 
+mod aggregate;
 mod bff;
 mod cache;
 pub mod error;
@@ -84,7 +86,8 @@ pub fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, Strin
 }
 
 /// An error about one key of a route, located at the route's table header, with key path
-/// `routes.<name>.<key>` (for checks made after loading, such as the router's).
+/// `routes.<name>.<key>` (for checks made after loading, such as the router's). An aggregate's
+/// route is `aggregates.<name>`, whose one pattern is its `path`.
 pub fn route_error(
     cfg: &model::Config,
     route: model::RouteId,
@@ -92,9 +95,13 @@ pub fn route_error(
     message: String,
 ) -> ConfigError {
     let route = &cfg.routes[route];
+    let key = match key {
+        "paths" if route.aggregate.is_some() => "path",
+        other => other,
+    };
     ConfigError::Invalid {
         location: route.location.clone(),
-        key: KeyPath::of(&["routes", &route.name, key]).to_string(),
+        key: KeyPath::of(&[route.section(), &route.name, key]).to_string(),
         message,
     }
 }

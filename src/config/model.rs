@@ -31,6 +31,8 @@ pub type RateLimitId = usize;
 pub type CacheRuleId = usize;
 /// Index into [`Bff::clients`].
 pub type ClientId = usize;
+/// Index into [`Config::aggregates`].
+pub type AggregateId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -65,6 +67,8 @@ pub struct Config {
     pub tracing: Tracing,
     /// `[bff]` (None: no client profiles; no route has `client`).
     pub bff: Option<Bff>,
+    /// `[aggregates.*]`, in file order. Each is also a route (see [`Route::aggregate`]).
+    pub aggregates: Vec<Aggregate>,
 }
 
 /// `[bff]`: backend-for-frontend client profiles (`compose::bff` reads them).
@@ -97,6 +101,16 @@ impl Bff {
     pub fn client(&self, name: &str) -> Option<ClientId> {
         self.clients.iter().position(|c| c.name == name)
     }
+}
+
+/// `[aggregates.NAME]`, compiled: its call graph and jq programs, ready to run.
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    pub name: String,
+    /// Its entry in [`Config::routes`] (path, methods, auth, rate limits).
+    pub route: RouteId,
+    pub compiled: std::sync::Arc<crate::compose::aggregate::Compiled>,
+    pub location: Location,
 }
 
 /// `[cache]`, defaults applied.
@@ -381,9 +395,21 @@ pub struct Route {
     pub location: Location,
     /// `client`: only requests of this `[bff.clients.*]` match (None: every request does).
     pub client: Option<ClientId>,
+    /// Set for an aggregate's entry: the aggregate phase answers its requests (its `upstream`
+    /// is its first call's, shown by the route table and never called as such).
+    pub aggregate: Option<AggregateId>,
 }
 
 impl Route {
+    /// The config section the route comes from: `routes` or `aggregates` (error messages).
+    pub fn section(&self) -> &'static str {
+        if self.aggregate.is_some() {
+            "aggregates"
+        } else {
+            "routes"
+        }
+    }
+
     /// The auth a request of `client` must pass here: the route's own, else the client's.
     pub fn effective_auth(&self, bff: Option<&Bff>, client: Option<ClientId>) -> Option<AuthId> {
         self.auth

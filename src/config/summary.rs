@@ -134,11 +134,68 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
 
     write_policies(out, cfg)?;
     write_bff(out, cfg)?;
-    writeln!(out, "routes ({}):", cfg.routes.len())?;
-    for r in &cfg.routes {
+    let routes: Vec<&Route> = cfg
+        .routes
+        .iter()
+        .filter(|r| r.aggregate.is_none())
+        .collect();
+    writeln!(out, "routes ({}):", routes.len())?;
+    for r in routes {
         write_route(out, cfg, r)?;
     }
+    if !cfg.aggregates.is_empty() {
+        writeln!(out, "aggregates ({}):", cfg.aggregates.len())?;
+    }
+    for a in &cfg.aggregates {
+        write_aggregate(out, cfg, a)?;
+    }
     Ok(())
+}
+
+fn write_aggregate(
+    out: &mut String,
+    cfg: &Config,
+    a: &super::model::Aggregate,
+) -> std::fmt::Result {
+    let r = &cfg.routes[a.route];
+    let plan = &a.compiled.plan;
+    writeln!(
+        out,
+        "  {}: {} call{}, timeout {}",
+        a.name,
+        plan.calls.len(),
+        if plan.calls.len() == 1 { "" } else { "s" },
+        dur(plan.timeout)
+    )?;
+    writeln!(out, "    paths: {}", r.paths.join(", "))?;
+    writeln!(
+        out,
+        "    methods: {}",
+        r.methods
+            .as_ref()
+            .map_or("any".to_string(), |l| l.join(", "))
+    )?;
+    let mut policies = Vec::new();
+    if let Some(p) = r.auth {
+        policies.push(format!("auth {}", cfg.auth[p].name));
+    }
+    if !r.rate_limits.is_empty() {
+        let names: Vec<&str> = r
+            .rate_limits
+            .iter()
+            .map(|&l| cfg.rate_limits[l].name.as_str())
+            .collect();
+        policies.push(format!("rate_limits {}", names.join(" + ")));
+    }
+    if !policies.is_empty() {
+        writeln!(out, "    policies: {}", policies.join(", "))?;
+    }
+    writeln!(
+        out,
+        "    critical path: {} (worst case {})",
+        plan.critical_path_text(),
+        dur(plan.worst_case())
+    )
 }
 
 fn write_policies(out: &mut String, cfg: &Config) -> std::fmt::Result {

@@ -674,7 +674,7 @@ fn errors_name_file_line_column_and_key() {
         ("tls_client_key without cert", format!("{UPS}tls_client_key = \"g.key\"\n"), "d.toml:3:1: upstreams.ledger.tls_client_key: needs tls_client_cert: a private key without its certificate presents nothing"),
         ("empty tls_client_key", format!("{UPS}tls_client_cert = \"g.crt\"\ntls_client_key = \"\"\n"), "d.toml:4:18: upstreams.ledger.tls_client_key: must not be empty: expected a file path"),
         ("upstream tls key typo", format!("{UPS}tls_ca_file = \"ca.pem\"\n"), "d.toml:3:1: upstreams.ledger.tls_ca_file: unknown key \"tls_ca_file\" (did you mean \"tls_ca\"?)"),
-        // Aggregate fan-out and conditions (issue 11): checked, then refused with [aggregates].
+        // Aggregate fan-out and conditions (issue 11).
         ("foreach path", format!("{AGG}foreach = \"order..ids\"\n"), "d.toml:11:11: aggregates.d.calls.items.foreach: invalid foreach \"order..ids\": expected a path like \"call.field\" (A-Z a-z 0-9 _ - between dots)"),
         ("foreach unknown call", format!("{AGG}foreach = \"ordr.productIds\"\n"), "d.toml:11:11: aggregates.d.calls.items.foreach: no call named \"ordr\" (did you mean \"order\"?)"),
         ("foreach own result", format!("{AGG}foreach = \"items.ids\"\n"), "d.toml:11:11: aggregates.d.calls.items.foreach: invalid foreach \"items.ids\": a call cannot iterate over its own result"),
@@ -685,7 +685,6 @@ fn errors_name_file_line_column_and_key() {
         ("concurrency without foreach", format!("{AGG}concurrency = 2\n"), "d.toml:11:1: aggregates.d.calls.items.concurrency: only valid with foreach"),
         ("empty when", format!("{AGG}when = '  '\n"), "d.toml:11:8: aggregates.d.calls.items.when: empty jq program"),
         ("foreach key typo", format!("{AGG}for_each = \"order.ids\"\n"), "d.toml:11:1: aggregates.d.calls.items.for_each: unknown key \"for_each\" (did you mean \"foreach\"?)"),
-        ("later aggregate with fan-out", format!("{AGG}foreach = \"order.ids\"\nmax_items = 20\nconcurrency = 4\nwhen = '.order.open'\n"), "d.toml:3:2: aggregates: not supported yet: aggregates"),
         ("weight over the cap", "[upstreams.users]\nendpoints = [{ url = \"http://127.0.0.1:9001\", weight = 1001 }]\n".into(), "d.toml:2:56: upstreams.users.endpoints[0].weight: must be at most 1000"),
         ("fallback without a body", format!("{UP}[upstreams.users.breaker]\nfallback = {{ status = 204 }}\n"), "d.toml:4:23: upstreams.users.breaker.fallback.status: must be an HTTP status from 200 to 599 that carries a body (not 204 or 304)"),
         ("sticky without split", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nsticky = \"ip\"\n"), "d.toml:6:10: routes.r.sticky: only applies to a route with a split: add `split` or remove `sticky`"),
@@ -728,6 +727,15 @@ fn errors_name_file_line_column_and_key() {
         ("route path under a client prefix", format!("{UP}[routes.r]\npaths = [\"/x\", \"/m/v1/a\"]\nupstream = \"users\"\n[bff.clients.mobile]\nprefix = \"/m/v1\"\n"), "d.toml:4:16: routes.r.paths[1]: \"/m/v1/a\" is under bff.clients.mobile's prefix \"/m/v1\", which is removed before routing: no request can reach it; write the path without the prefix (and client = \"mobile\" to keep it that client's)"),
         ("exact route path at a client prefix", format!("{UP}[routes.r]\npaths = [\"=/m/v1\"]\nupstream = \"users\"\n[bff.clients.mobile]\nprefix = \"/m/v1\"\n"), "d.toml:4:10: routes.r.paths[0]: \"=/m/v1\" is under bff.clients.mobile's prefix \"/m/v1\", which is removed before routing: no request can reach it; write the path without the prefix (and client = \"mobile\" to keep it that client's)"),
         ("bff key typo", "[bff.clients.mobile]\nprefx = \"/m\"\n".into(), "d.toml:2:1: bff.clients.mobile.prefx: unknown key \"prefx\" (did you mean \"prefix\"?)"),
+        // Aggregates' call graphs and programs (issue 11), at the key they are about.
+        ("aggregate cycle", AGG.replace("path = \"/o\"", "path = \"/o/{items.id}\"").replace("/i/{each}", "/i/{order.id}"), "d.toml:5:1: aggregates.d.calls.order: dependency cycle order -> items -> order"),
+        ("aggregate unknown call in a path", AGG.replace("/i/{each}", "/i/{ordr.id}"), "d.toml:10:8: aggregates.d.calls.items.path: \"ordr\" is not a call of this aggregate"),
+        ("aggregate unknown call in when", AGG.replace("/i/{each}", "/i") + "when = '.ordr.open'\n", "d.toml:11:8: aggregates.d.calls.items.when: byte 0: .ordr is not a call (a condition reads results as .call.field from the root)"),
+        ("aggregate bad select", AGG.replace("/i/{each}", "/i") + "select = '.items | map('\n", "d.toml:11:10: aggregates.d.calls.items.select: jq program does not compile at byte 13: expected closing parenthesis"),
+        ("aggregate bad shape", AGG.replace("path = \"/d\"\n", "path = \"/d\"\nshape = '{a: }'\n"), "d.toml:5:9: aggregates.d.shape: jq program does not compile at byte 4: expected term, found \"}\""),
+        ("aggregate call timeout over the aggregate's", AGG.replace("path = \"/d\"\n", "path = \"/d\"\ntimeout = \"1s\"\n").replace("/i/{each}", "/i") + "timeout = \"2s\"\n", "d.toml:12:11: aggregates.d.calls.items.timeout: 2s is longer than the aggregate's timeout (1s): the aggregate's deadline would always cut it first"),
+        ("aggregate call named _meta", AGG.replace("calls.items]", "calls._meta]").replace("/i/{each}", "/i"), "d.toml:8:21: aggregates.d.calls._meta: invalid call name \"_meta\": is reserved for the composite's metadata (_meta)"),
+        ("aggregate unknown upstream", AGG.replace("upstream = \"users\"\npath = \"/i", "upstream = \"user\"\npath = \"/i"), "d.toml:9:12: aggregates.d.calls.items.upstream: no upstream named \"user\" (did you mean \"users\"?)"),
     ];
     let mut failures = Vec::new();
     for (name, src, expected) in &cases {

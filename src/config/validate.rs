@@ -37,11 +37,22 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         cache: cache.as_ref(),
         bff: bff.as_ref(),
     };
-    let routes = file
+    let mut routes = file
         .routes
         .iter()
         .map(|(name, written)| route(name, written, &upstreams, &policies, src))
         .collect::<Result<Vec<_>, _>>()?;
+    // Aggregates are routes too, after the file's routes.
+    let refs = super::aggregate::Refs {
+        upstreams: &upstreams,
+        auth: &auth,
+        rate_limits: &rate_limits,
+        limits: &server.limits,
+        bff: bff.as_ref(),
+    };
+    let (aggregate_routes, aggregates) =
+        super::aggregate::aggregates(&file.aggregates, &refs, routes.len(), src)?;
+    routes.extend(aggregate_routes);
     Ok(model::Config {
         path: src.path.to_path_buf(),
         server,
@@ -52,6 +63,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         auth,
         rate_limits,
         cache,
+        aggregates,
         tracing: model::Tracing {
             propagate: file
                 .tracing
@@ -857,6 +869,7 @@ fn route(
         cache,
         location: src.location_of(&at),
         client,
+        aggregate: None,
     })
 }
 

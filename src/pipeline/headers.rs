@@ -98,7 +98,6 @@ pub struct ForwardHead<'a, 'h> {
 
 /// Writes the upstream request head into `out`.
 pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
-    let tokens = connection_tokens(f.headers);
     out.extend_from_slice(f.method.as_bytes());
     out.push(b' ');
     super::target::upstream_target(
@@ -111,7 +110,16 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
     push_header(out, b"Host", f.host.unwrap_or(f.fallback_host.as_bytes()));
+    write_forward_fields(out, f);
+    out.extend_from_slice(b"\r\n");
+}
 
+/// Writes the fields of the upstream request head after `Host`, without the blank line that
+/// ends the head: the client's end-to-end fields less hop-by-hop ones, the identity headers,
+/// `X-Forwarded-*`, `X-Request-Id`, `traceparent`, `Max-Forwards`, `Via` and the body's
+/// framing. An aggregate's calls share these (`f.headers` holding only what they forward).
+pub fn write_forward_fields(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
+    let tokens = connection_tokens(f.headers);
     let mut xff: SmallVec<[&[u8]; 2]> = SmallVec::new();
     let mut via: SmallVec<[&[u8]; 2]> = SmallVec::new();
     for h in f.headers {
@@ -175,7 +183,6 @@ pub fn write_request_head(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
         }
         _ => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 fn write_via(out: &mut Vec<u8>, earlier: &[&[u8]]) {

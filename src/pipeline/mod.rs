@@ -6,6 +6,7 @@
 //! connection and the two head buffers); [`target`] normalises the request target; [`trace`]
 //! continues W3C trace context; [`headers`] rewrites heads both ways; [`proxy`] is the proxy
 //! phase's side of [`crate::upstream::call`] (the request body up, the response body down);
+//! [`aggregate`] runs an aggregate's calls and answers with the composite;
 //! [`respond`] holds the response phases every answer passes, the gateway's and the
 //! upstream's alike; [`log`] is the logging phase every answered request passes once.
 //!
@@ -13,6 +14,7 @@
 //! BEHAVIOR.md is one kind of it) in [`phase::Flow::Respond`]; it never sets a flag for a
 //! later phase to check.
 
+pub mod aggregate;
 pub mod client;
 pub mod ctx;
 pub mod headers;

@@ -15,8 +15,8 @@ use std::time::Instant;
 use super::client::ClientIo;
 use super::ctx::{MethodInfo, RequestCtx};
 use super::phase::{
-    auth, breaker, cache, framing, identity, ratelimit, route, split, target, untrusted, upstream,
-    Destination, Fields, Flow,
+    aggregate, auth, breaker, cache, framing, identity, ratelimit, route, split, target, untrusted,
+    upstream, Destination, Fields, Flow,
 };
 use super::proxy::Served;
 use super::Response;
@@ -33,6 +33,8 @@ pub enum Prepared {
     Forward(RequestCtx),
     /// A phase answered the request itself.
     Answer(Response),
+    /// An aggregate answers it: [`super::aggregate::serve`] runs its calls.
+    Aggregate(Box<aggregate::Pending>),
 }
 
 /// Runs the synchronous phases on a parsed head and writes the upstream request head into
@@ -171,13 +173,39 @@ pub fn prepare(
     ));
     let limited = before.and(after);
     rate.set(limited.headers);
-    // 8. The split side after auth, so a sticky key on an identity header is the verified one.
+    // 8. An aggregate leaves here, after auth and its rate limits, before the split, the
+    //    cache and the breaker: it has no side, no cache rule and no upstream of its own
+    //    (each of its calls goes through its upstream's breaker, pool and retries).
+    let agg = aggregate::Request {
+        headers,
+        resource: &resource,
+        framing: &framing,
+        subject: &subject,
+        forwarded: &identity,
+        client_ip: peer.ip(),
+        id: who.id,
+        trace: who.trace,
+        version: head.version,
+        is_head: head.method == "HEAD",
+    };
+    if let Some(pending) = aggregate::run(
+        cfg,
+        routed.route,
+        m.route,
+        &m,
+        &agg,
+        limited.headers,
+        started,
+    ) {
+        return Prepared::Aggregate(pending);
+    }
+    // 9. The split side after auth, so a sticky key on an identity header is the verified one.
     let to = split::run(cfg, &m, &fields, peer.ip(), || worker.rand());
-    // 9. The cache after auth and the rate limits (a hit is authenticated and counted like
+    // 10. The cache after auth and the rate limits (a hit is authenticated and counted like
     //    any request) and after the split (a refresh goes where the request would go), before
-    //    the breaker: a hit touches neither the upstream nor its breaker. (Aggregate |
-    //    transform after this are rejected at config load until they land.)
-    // What the upstream phase reads of the request (and a background refresh, phase 9).
+    //    the breaker: a hit touches neither the upstream nor its breaker. (Transform after
+    //    this is rejected at config load until it lands.)
+    // What the upstream phase reads of the request (and a background refresh, phase 10).
     let req = upstream::Request {
         head,
         headers,
@@ -236,7 +264,7 @@ pub fn prepare(
             }
         }
     }
-    // 10. The breaker, last before the upstream, so a request answered earlier takes no
+    // 11. The breaker, last before the upstream, so a request answered earlier takes no
     //    permit (a permit dropped unused, as by a later 413, frees its probe slot). A request a
     //    leaky bucket delays is answered now if the breaker is open (its place goes back),
     //    else takes its permit after the wait (`run`): no probe slot is held while it waits;
@@ -264,7 +292,7 @@ pub fn prepare(
     };
     let waits = limited.delay.is_some() || cached.as_ref().is_some_and(|p| p.wait.is_some());
     let permit = if waits { None } else { permit };
-    // 11. Upstream: body limit, balance key, the upstream request head with the identity
+    // 12. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).
     let balance_key = next!(upstream::run(&req, &to, cfg.server.limits.max_body, ubuf));
 
@@ -495,7 +523,7 @@ async fn send(
 }
 
 /// What watching a waiting request's client found.
-enum Client {
+pub(super) enum Client {
     /// It closed its side, or the connection failed.
     Left,
     /// It sent more bytes, or the stream cannot be watched: it is taken to be there.
@@ -503,7 +531,7 @@ enum Client {
 }
 
 /// Resolves once the client closes or sends more bytes. A poll and a peek: no byte is taken.
-async fn watch(client: &Stream) -> Client {
+pub(super) async fn watch(client: &Stream) -> Client {
     loop {
         if client.readable().await.is_err() {
             return Client::Stays;

@@ -57,6 +57,19 @@ impl TraceContext {
         }
     }
 
+    /// A child span of this one (an aggregate's call): the same trace and flags, a new span
+    /// id drawn from `rand`, and this span as its parent.
+    pub fn child(&self, rand: u64) -> TraceContext {
+        let mut span_id = [0u8; 16];
+        hex_into(&mut span_id, rand.max(1));
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id,
+            flags: self.flags,
+            parent: Some(self.span_id),
+        }
+    }
+
     pub fn trace_id_bytes(&self) -> [u8; 16] {
         unhex(&self.trace_id)
     }

@@ -181,40 +181,58 @@ impl fmt::Display for RouteRow {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// A path pattern that does not parse.
-    #[error("routes.{name}: invalid path pattern {path:?}: {reason}")]
+    #[error("{section}.{name}: invalid path pattern {path:?}: {reason}")]
     InvalidPattern {
         route: RouteId,
         name: String,
+        /// `routes` or `aggregates` ([`Route::section`]).
+        section: &'static str,
         path: String,
         reason: String,
     },
     /// A `hosts` entry that can never match (a port, a misplaced '*', ...).
-    #[error("routes.{name}: invalid host {host:?}: {reason}")]
+    #[error("{section}.{name}: invalid host {host:?}: {reason}")]
     InvalidHost {
         route: RouteId,
         name: String,
+        /// `routes` or `aggregates` ([`Route::section`]).
+        section: &'static str,
         host: String,
         reason: String,
     },
     /// A `methods` entry that is not a method token, or too many distinct extension methods.
-    #[error("routes.{name}: invalid method {method:?}: {reason}")]
+    #[error("{section}.{name}: invalid method {method:?}: {reason}")]
     InvalidMethod {
         route: RouteId,
         name: String,
+        /// `routes` or `aggregates` ([`Route::section`]).
+        section: &'static str,
         method: String,
         reason: String,
     },
     /// Two routes (or one route twice) that can match one request with equal precedence.
     /// `path` is `a`'s pattern.
-    #[error("routes.{a_name} and routes.{b_name} can match the same request with equal precedence (path {path:?}): {reason}")]
+    #[error("{}.{a_name} and {}.{b_name} can match the same request with equal precedence (path {path:?}): {reason}", section(*.a_aggregate), section(*.b_aggregate))]
     Ambiguous {
         a: RouteId,
         a_name: String,
+        /// `a` is an aggregate's route (`aggregates.NAME`, not `routes.NAME`).
+        a_aggregate: bool,
         b: RouteId,
         b_name: String,
+        b_aggregate: bool,
         path: String,
         reason: String,
     },
+}
+
+/// The config section of a route (`aggregates` for an aggregate's), for error messages.
+fn section(aggregate: bool) -> &'static str {
+    if aggregate {
+        "aggregates"
+    } else {
+        "routes"
+    }
 }
 
 /// One (route, pattern) pair: what the trie's candidates point at.
@@ -262,6 +280,7 @@ impl Router {
             RouteError::InvalidMethod {
                 route,
                 name: routes[route].name.clone(),
+                section: routes[route].section(),
                 method,
                 reason,
             }
@@ -273,6 +292,7 @@ impl Router {
                 Predicates::compile(r, &methods).map_err(|(host, reason)| RouteError::InvalidHost {
                     route,
                     name: r.name.clone(),
+                    section: r.section(),
                     host,
                     reason,
                 })
@@ -290,6 +310,7 @@ impl Router {
                     pattern::parse(path).map_err(|reason| RouteError::InvalidPattern {
                         route,
                         name: r.name.clone(),
+                        section: r.section(),
                         path: path.clone(),
                         reason,
                     })?;
@@ -495,8 +516,10 @@ fn check_group(
             return Err(RouteError::Ambiguous {
                 a,
                 a_name: routes[a].name.clone(),
+                a_aggregate: routes[a].aggregate.is_some(),
                 b,
                 b_name: routes[b].name.clone(),
+                b_aggregate: routes[b].aggregate.is_some(),
                 path: px.to_string(),
                 reason,
             });

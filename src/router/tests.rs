@@ -21,6 +21,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         cache: None,
         location: Location::default(),
         client: None,
+        aggregate: None,
     }
 }
 
@@ -575,6 +576,7 @@ fn invalid_patterns_are_rejected() {
                 name,
                 path,
                 reason: got,
+                ..
             } => {
                 assert_eq!((route, name.as_str(), path.as_str()), (1, "bad", *pattern));
                 assert!(

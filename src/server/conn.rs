@@ -94,6 +94,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         let (id, trace) = match &prepared {
             pipeline::stack::Prepared::Forward(ctx) => (ctx.id, ctx.trace),
             pipeline::stack::Prepared::Answer(r) => (r.id, r.trace),
+            pipeline::stack::Prepared::Aggregate(p) => (p.id, p.trace),
         };
         let (keep, route, status, started, upstream, attempt, cache) = match prepared {
             pipeline::stack::Prepared::Forward(ctx) => {
@@ -107,6 +108,19 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     Some(upstream),
                     served.upstream,
                     served.cache,
+                )
+            }
+            pipeline::stack::Prepared::Aggregate(p) => {
+                let (route, started) = (p.route, p.started);
+                let served = pipeline::aggregate::serve(p, &mut conn, &worker, &snap).await;
+                (
+                    served.keep,
+                    Some(route),
+                    served.status,
+                    started,
+                    None,
+                    None,
+                    None,
                 )
             }
             pipeline::stack::Prepared::Answer(answer) => {

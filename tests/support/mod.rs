@@ -12,6 +12,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod aggregate;
 pub mod auth;
 pub mod cache;
 pub mod client;

@@ -1,9 +1,11 @@
 //! Aggregates (BEHAVIOR.md "Aggregation"): the specs of an aggregate's calls, as the config
-//! layer will fill them, and [`plan`], their compiled form.
+//! layer fills them, [`plan`], their compiled form, and [`run`], the executor.
 //!
 //! Key types: [`AggregateSpec`] and [`CallSpec`] (plain data, durations already parsed),
 //! [`Plan`] (compiled once at load: the calls in start order, each with its dependencies as a
-//! `u64` bitset, its parsed path template, its fan-out), [`PlanError`] (what a bad spec gets).
+//! `u64` bitset, its parsed path template, its fan-out), [`PlanError`] (what a bad spec gets),
+//! [`Compiled`] (a plan with its jq programs and upstream ids: what a config holds and the
+//! executor runs), [`run::Transport`] (the one seam between the executor and the network).
 //!
 //! The one thing to know: an aggregate has at most [`MAX_CALLS`] (64) calls, so a set of calls
 //! (done, started, failed) is one `u64` and the executor's "what may start now" is
@@ -14,11 +16,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod plan;
+pub mod run;
 
+#[cfg(test)]
+mod run_tests;
 #[cfg(test)]
 mod tests;
 
 pub use plan::{Call, Foreach, Plan, PlanError, RenderError, Segment, Values};
+
+use super::jq::Program;
 
 /// At most this many calls in one aggregate: a set of calls is one `u64` bitset.
 pub const MAX_CALLS: usize = 64;
@@ -64,4 +71,51 @@ pub struct CallSpec {
     /// A jq condition over the results so far; false skips the call. Carried as text, read
     /// only for the calls it names (see [`plan`]).
     pub when: Option<String>,
+}
+
+/// An aggregate ready to run: its plan, and per call (by index in [`Plan::calls`], start
+/// order) what the executor needs besides the plan. Built once at load by the config layer.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub plan: Plan,
+    /// By index in [`Plan::calls`].
+    pub calls: Vec<CallRun>,
+    /// `shape`: applied to the object of results.
+    pub shape: Option<Program>,
+    /// The largest body a call's answer may have (`server.limits.max_body`); a larger one is
+    /// that call's failure (`too large`).
+    pub max_body: usize,
+}
+
+/// What one call needs at run time besides its [`Call`].
+#[derive(Debug, Clone)]
+pub struct CallRun {
+    /// The upstream's index in the config.
+    pub upstream: usize,
+    /// `Host` for a client request without one (HTTP/1.0): the upstream's first endpoint's
+    /// authority, as the upstream phase sends it.
+    pub fallback_host: String,
+    /// `select`, applied to each JSON result (each item's, for a `foreach` call).
+    pub select: Option<Program>,
+    /// `when`, over the object of the results so far.
+    pub when: Option<Program>,
+}
+
+/// What `dispatch explain AGGREGATE` prints for `cfg`'s aggregate `name` ([`Plan::explain`]).
+/// Err: there is no such aggregate; the message lists the names there are.
+pub fn explain(cfg: &crate::config::model::Config, name: &str) -> Result<String, String> {
+    match cfg.aggregates.iter().find(|a| a.name == name) {
+        Some(a) => Ok(a.compiled.plan.explain()),
+        None if cfg.aggregates.is_empty() => Err(format!(
+            "no aggregate named {name:?}: {} has no [aggregates.*]",
+            cfg.path.display()
+        )),
+        None => {
+            let names: Vec<&str> = cfg.aggregates.iter().map(|a| a.name.as_str()).collect();
+            Err(format!(
+                "no aggregate named {name:?}; the aggregates are: {}",
+                names.join(", ")
+            ))
+        }
+    }
 }

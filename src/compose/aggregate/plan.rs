@@ -198,6 +198,8 @@ pub trait Values {
 }
 
 const EACH: &str = "each";
+/// The key of the composite's metadata: no call may take it.
+const META: &str = "_meta";
 
 /// A set of calls with the bits of `0..n` set.
 fn all(n: usize) -> u64 {
@@ -652,6 +654,8 @@ fn check_call_name(aggregate: &str, name: &str) -> Result<(), PlanError> {
         Some("may only hold A-Z a-z 0-9 _ - (placeholders name calls by it)")
     } else if name == EACH {
         Some("is reserved for the foreach element ({each})")
+    } else if name == META {
+        Some("is reserved for the composite's metadata (_meta)")
     } else {
         None
     };

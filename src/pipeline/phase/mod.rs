@@ -2,7 +2,8 @@
 //! [`untrusted`], [`identity`], [`framing`], [`target`], the BFF client
 //! ([`crate::compose::bff`]), [`route`], [`ratelimit`] (limits keyed on the client's address;
 //! a route's own, else its BFF client's), [`auth`] (likewise), [`ratelimit`] again (every
-//! other limit), [`split`], [`cache`], [`breaker`], [`upstream`].
+//! other limit), [`aggregate`] (an aggregate's request leaves the list here), [`split`],
+//! [`cache`], [`breaker`], [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's
@@ -18,6 +19,7 @@
 //! each is unit-tested in-process without sockets. Phases are plain static calls on the hot
 //! path: no boxing, no dynamic dispatch, no allocation beyond what the work itself needs.
 
+pub mod aggregate;
 pub mod auth;
 pub mod breaker;
 pub mod cache;

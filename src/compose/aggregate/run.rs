@@ -1,0 +1,579 @@
+//! The executor: runs a [`Compiled`] aggregate for one request and composes the answer
+//! (BEHAVIOR.md "Aggregation").
+//!
+//! Key items: [`execute`] (one request's run), [`Transport`] (the one seam to the network: an
+//! upstream id, a request head and a deadline in, a status and a body out, or a
+//! [`CallError`]), [`Request`] (what the executor reads of the client's request), [`Answer`].
+//!
+//! How a run goes: every call whose dependencies are done ([`Plan::ready`]) starts at once,
+//! as a future in one [`FuturesUnordered`] polled by the request's own future: no task is
+//! spawned and nothing needs `'static`, so dropping the request's future (the client left, the
+//! connection's deadline) drops every call in flight, and the transport closes their
+//! connections. A call starts the moment its last dependency ends. Before it starts:
+//! - a dependency that failed, or was skipped, skips it (`_meta.skipped`); a required call
+//!   skipped because a call it waits on failed fails the aggregate (503 naming it);
+//! - its `when` (jq over the object of the results so far) false or null skips it; a `when`
+//!   that fails at run time is the call's failure (`when: <message>`);
+//! - its path (each item's, for `foreach`) is rendered; a missing value is its failure.
+//!
+//! Deadlines: a call must end by its own `timeout` from its start, and by the aggregate's
+//! `timeout` from the request's start, whichever comes first; the transport gets that instant
+//! (retries included) and the executor holds the call to it. A required call that fails (its
+//! own timeout included) ends the run at once with 503 naming it, dropping the calls still in
+//! flight; one cut by the aggregate's deadline gives 504. An optional call that fails takes its
+//! `default` (null without one).
+//!
+//! A result is a call's answer when its status is 2xx and its body JSON (else `status N`,
+//! `not json`), after `select`. A `foreach` call sends one request per element of its source
+//! array (at most `max_items`, at most `concurrency` in flight), in the array's order; `select`
+//! applies to each item's result; a failed item is null; when every item failed, the call
+//! failed (with the first item's reason). An empty source array is an empty result, no request.
+//!
+//! The composite: the object of every call's value by name (a skipped call's is its `default`,
+//! or null), `shape` applied when present, and `_meta` added to it when it is an object:
+//! `partial` (an optional call failed), `available` (per call: whether the value is the
+//! call's own result), `ms` (per call that ran: whole milliseconds from its start to its end),
+//! `errors` (per failed call: its reason), `skipped` and `truncated` (call names, start
+//! order). `errors`, `skipped` and `truncated` are always present, empty or not, so a client
+//! reads one shape. A `shape` that fails or gives no output is a 502.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::{Map, Value};
+
+use super::{Call, Compiled, Plan, Values};
+
+/// An upstream's answer to one call's request: its status and its whole body (decoded from
+/// its framing, at most [`Compiled::max_body`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Why a call's request got no answer. The text is what `_meta.errors` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// No connection could be made (refused, unreachable, connect timeout).
+    Connect,
+    /// The call's deadline passed (its own `timeout` or the aggregate's).
+    Timeout,
+    /// The connection was reset or closed before a complete answer.
+    Reset,
+    /// An answer that cannot be framed.
+    BadResponse,
+    /// A body over [`Compiled::max_body`].
+    TooLarge,
+    /// The upstream's circuit breaker is open.
+    BreakerOpen,
+    /// A final status the transport reports without a body (its retries spent on 502-504).
+    Status(u16),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CallError::Connect => "connect",
+            CallError::Timeout => "timeout",
+            CallError::Reset => "reset",
+            CallError::BadResponse => "bad response",
+            CallError::TooLarge => "too large",
+            CallError::BreakerOpen => "breaker open",
+            CallError::Status(status) => return write!(f, "status {status}"),
+        })
+    }
+}
+
+/// Which call a request is for: what a transport may want to know besides the head (its
+/// metrics and spans).
+#[derive(Debug, Clone, Copy)]
+pub struct CallInfo<'a> {
+    /// The call's index in [`Plan::calls`].
+    pub index: usize,
+    /// The call's name.
+    pub name: &'a str,
+    /// The upstream's index in the config.
+    pub upstream: usize,
+}
+
+/// The network, as the executor sees it.
+// The runtime is single-threaded (monoio): these futures never cross threads.
+#[allow(async_fn_in_trait)]
+pub trait Transport {
+    /// Sends one GET to `call.upstream` and reads its whole answer, all of it (retries
+    /// included) by `deadline`. `head` is the request line and its header fields, each line
+    /// ending in CRLF, without the blank line that ends the head: the transport adds its own
+    /// fields (`traceparent` of the call's span) and that line.
+    async fn call(
+        &self,
+        call: CallInfo<'_>,
+        head: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Reply, CallError>;
+}
+
+/// What the executor reads of the client's request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Parameters by name: the route's first, then the query's (decoded); the first pair
+    /// with a name is its value.
+    pub params: &'a [(String, String)],
+    /// The client's `Host` (None: each upstream's fallback, [`super::CallRun::fallback_host`]).
+    pub host: Option<&'a [u8]>,
+    /// The header fields every call carries after `Host`, each line ending in CRLF (the
+    /// client's identity, the forwarded fields, `X-Request-Id`, `Via`, `Accept`).
+    pub fields: &'a [u8],
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 with this JSON body.
+    Composite(String),
+    /// The gateway's error answer: its status (503, 504, 502) and message.
+    Error { status: u16, message: String },
+}
+
+/// A call's state during a run.
+#[derive(Debug, Clone)]
+enum State {
+    Waiting,
+    Running,
+    Done(Value),
+    Failed(String),
+    Skipped,
+}
+
+/// What a call's future brings back.
+enum Fetched {
+    One(Result<Reply, CallError>),
+    /// Per item, in the source's order: the reply, or why there is none.
+    Items(Vec<Result<Reply, String>>),
+}
+
+/// A call's requests, rendered before it starts.
+enum Work {
+    One(Vec<u8>),
+    /// Per item: its head, or why its path could not be rendered.
+    Items(Vec<Result<Vec<u8>, String>>, usize),
+}
+
+/// The results so far, for rendering paths.
+struct Seen<'a> {
+    params: &'a [(String, String)],
+    states: &'a [State],
+}
+
+impl Values for Seen<'_> {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn result(&self, call: usize) -> Option<&Value> {
+        match &self.states[call] {
+            State::Done(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `c` for one request through `transport` and composes the answer.
+pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &T) -> Answer {
+    let plan = &c.plan;
+    let n = plan.calls.len();
+    let begun = Instant::now();
+    let deadline = begun + plan.timeout;
+    let mut states: Vec<State> = vec![State::Waiting; n];
+    let mut ms: Vec<Option<u64>> = vec![None; n];
+    let mut truncated = 0u64;
+    // Calls that ended (any way), calls started (or decided), calls whose dependents skip,
+    // and among those the ones that failed (directly, or skipped for a failed dependency).
+    let (mut done, mut started, mut blocked, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut pending = FuturesUnordered::new();
+    loop {
+        // Start what may start; a call decided without running (skipped, failed) may free
+        // others, so look again until nothing more is ready.
+        loop {
+            let ready: Vec<usize> = plan.ready(done, started).collect();
+            if ready.is_empty() {
+                break;
+            }
+            for i in ready {
+                started |= 1 << i;
+                let call = &plan.calls[i];
+                let decided = if call.deps & failed != 0 {
+                    if call.required {
+                        let dep = first_bit(call.deps & failed);
+                        return failure(
+                            503,
+                            call,
+                            &format!("it waits for {:?}, which failed", plan.calls[dep].name),
+                        );
+                    }
+                    Some(State::Skipped)
+                } else if call.deps & blocked != 0 {
+                    Some(State::Skipped)
+                } else {
+                    match admit(c, i, &states) {
+                        Ok(true) => None,
+                        Ok(false) => Some(State::Skipped),
+                        Err(reason) => Some(State::Failed(reason)),
+                    }
+                };
+                let work = match decided {
+                    Some(state) => Err(state),
+                    None => render(c, i, req, &states, &mut truncated).map_err(State::Failed),
+                };
+                match work {
+                    Ok(work) => {
+                        states[i] = State::Running;
+                        let own = Instant::now() + call.timeout;
+                        let info = CallInfo {
+                            index: i,
+                            name: &call.name,
+                            upstream: c.calls[i].upstream,
+                        };
+                        pending.push(run_call(
+                            transport,
+                            info,
+                            i,
+                            work,
+                            own.min(deadline),
+                            own > deadline,
+                        ));
+                    }
+                    Err(state) => {
+                        if let State::Failed(reason) = &state {
+                            if call.required {
+                                return failure(503, call, reason);
+                            }
+                            failed |= 1 << i;
+                        }
+                        if matches!(state, State::Skipped) && call.deps & failed != 0 {
+                            failed |= 1 << i;
+                        }
+                        states[i] = state;
+                        done |= 1 << i;
+                        blocked |= 1 << i;
+                    }
+                }
+            }
+        }
+        if done == plan.all() {
+            break;
+        }
+        let Some((i, fetched, took, cut)) = pending.next().await else {
+            // Every call is decided or in flight, and none is in flight: all are done.
+            break;
+        };
+        let call = &plan.calls[i];
+        ms[i] = Some(took.as_millis() as u64);
+        done |= 1 << i;
+        match result_of(c, i, fetched) {
+            Ok(value) => states[i] = State::Done(value),
+            Err(reason) => {
+                if call.required {
+                    let status = if cut && reason == "timeout" { 504 } else { 503 };
+                    return failure(status, call, &reason);
+                }
+                states[i] = State::Failed(reason);
+                failed |= 1 << i;
+                blocked |= 1 << i;
+            }
+        }
+    }
+    compose(c, states, &ms, truncated)
+}
+
+/// The request's answer when a required call fails: 503 naming it, or 504 when the
+/// aggregate's deadline cut it.
+fn failure(status: u16, call: &Call, reason: &str) -> Answer {
+    let message = if status == 504 {
+        format!(
+            "Aggregate timed out waiting for required call {:?}",
+            call.name
+        )
+    } else {
+        format!("Required call {:?} failed: {reason}", call.name)
+    };
+    Answer::Error { status, message }
+}
+
+fn first_bit(set: u64) -> usize {
+    set.trailing_zeros() as usize
+}
+
+/// The object of the values of the calls that ended so far (start order; a failed or
+/// skipped call's is its default or null), what `when` and `shape` read.
+fn results(plan: &Plan, states: &[State]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (call, state) in plan.calls.iter().zip(states) {
+        let value = match state {
+            State::Done(v) => v.clone(),
+            State::Failed(_) | State::Skipped => call.default.clone().unwrap_or(Value::Null),
+            State::Waiting | State::Running => continue,
+        };
+        out.insert(call.name.clone(), value);
+    }
+    out
+}
+
+/// Whether call `i` runs: its `when` over the results so far (jq truthiness: anything but
+/// false and null, and no output at all is false). Err: the program failed.
+fn admit(c: &Compiled, i: usize, states: &[State]) -> Result<bool, String> {
+    let Some(when) = &c.calls[i].when else {
+        return Ok(true);
+    };
+    let input = Value::Object(results(&c.plan, states));
+    match when.run(input, &[]) {
+        Ok(Some(Value::Bool(false) | Value::Null) | None) => Ok(false),
+        Ok(Some(_)) => Ok(true),
+        Err(message) => Err(format!("when: {message}")),
+    }
+}
+
+/// Renders call `i`'s request heads. Err: why it cannot be sent (its failure).
+fn render(
+    c: &Compiled,
+    i: usize,
+    req: &Request<'_>,
+    states: &[State],
+    truncated: &mut u64,
+) -> Result<Work, String> {
+    let call = &c.plan.calls[i];
+    let run = &c.calls[i];
+    let seen = Seen {
+        params: req.params,
+        states,
+    };
+    let head = |path: &str| {
+        let host = req.host.unwrap_or(run.fallback_host.as_bytes());
+        let mut h = Vec::with_capacity(32 + path.len() + host.len() + req.fields.len());
+        h.extend_from_slice(b"GET ");
+        h.extend_from_slice(path.as_bytes());
+        h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        h.extend_from_slice(host);
+        h.extend_from_slice(b"\r\n");
+        h.extend_from_slice(req.fields);
+        h
+    };
+    match call.items(&seen, &c.plan) {
+        None => {
+            let path = call.render_path(&seen, None).map_err(|e| e.to_string())?;
+            Ok(Work::One(head(&path)))
+        }
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok((items, cut))) => {
+            if cut {
+                *truncated |= 1 << i;
+            }
+            let heads = items
+                .iter()
+                .map(|item| {
+                    call.render_path(&seen, Some(item))
+                        .map(|p| head(&p))
+                        .map_err(|e| e.to_string())
+                })
+                .collect();
+            let concurrency = call.foreach.as_ref().map_or(1, |f| f.concurrency);
+            Ok(Work::Items(heads, concurrency))
+        }
+    }
+}
+
+/// One call's requests, all of them done by `deadline` (`cut`: that deadline is the
+/// aggregate's, not the call's own). Yields the call's index, what came back, how long it
+/// took, and `cut`.
+async fn run_call<T: Transport>(
+    transport: &T,
+    info: CallInfo<'_>,
+    i: usize,
+    work: Work,
+    deadline: Instant,
+    cut: bool,
+) -> (usize, Fetched, Duration, bool) {
+    let begun = Instant::now();
+    let until = monoio::time::Instant::from_std(deadline);
+    let fetched = match work {
+        Work::One(head) => {
+            let call = transport.call(info, head, deadline);
+            Fetched::One(match monoio::time::timeout_at(until, call).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::Timeout),
+            })
+        }
+        Work::Items(heads, concurrency) => {
+            let items = fan_out(transport, info, heads, concurrency, deadline);
+            match monoio::time::timeout_at(until, items).await {
+                Ok(items) => Fetched::Items(items),
+                Err(_) => Fetched::One(Err(CallError::Timeout)),
+            }
+        }
+    };
+    (i, fetched, begun.elapsed(), cut)
+}
+
+/// A `foreach` call's item requests, at most `concurrency` in flight, results in order.
+async fn fan_out<T: Transport>(
+    transport: &T,
+    info: CallInfo<'_>,
+    heads: Vec<Result<Vec<u8>, String>>,
+    concurrency: usize,
+    deadline: Instant,
+) -> Vec<Result<Reply, String>> {
+    let mut out: Vec<Result<Reply, String>> = Vec::with_capacity(heads.len());
+    let mut queue = Vec::with_capacity(heads.len());
+    for (k, head) in heads.into_iter().enumerate() {
+        match head {
+            Ok(head) => {
+                out.push(Err(String::new()));
+                queue.push((k, head));
+            }
+            Err(reason) => out.push(Err(reason)),
+        }
+    }
+    let mut queue = queue.into_iter();
+    let mut flight = FuturesUnordered::new();
+    let item = |(k, head): (usize, Vec<u8>)| async move {
+        (
+            k,
+            transport
+                .call(info, head, deadline)
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    };
+    for next in queue.by_ref().take(concurrency) {
+        flight.push(item(next));
+    }
+    while let Some((k, r)) = flight.next().await {
+        out[k] = r;
+        if let Some(next) = queue.next() {
+            flight.push(item(next));
+        }
+    }
+    out
+}
+
+/// A call's value from what came back. Err: its failure's reason.
+fn result_of(c: &Compiled, i: usize, fetched: Fetched) -> Result<Value, String> {
+    let select = c.calls[i].select.as_ref();
+    match fetched {
+        Fetched::One(r) => value_of(r.map_err(|e| e.to_string())?, select),
+        Fetched::Items(items) => {
+            let mut first_error = None;
+            let mut any = items.is_empty();
+            let values = items
+                .into_iter()
+                .map(|r| match r.and_then(|reply| value_of(reply, select)) {
+                    Ok(v) => {
+                        any = true;
+                        v
+                    }
+                    Err(reason) => {
+                        first_error.get_or_insert(reason);
+                        Value::Null
+                    }
+                })
+                .collect();
+            if any {
+                Ok(Value::Array(values))
+            } else {
+                Err(format!(
+                    "every item failed: {}",
+                    first_error.unwrap_or_default()
+                ))
+            }
+        }
+    }
+}
+
+/// A reply's JSON value after `select`. Err: a non-2xx status, a body that is not JSON, or
+/// `select` failing.
+fn value_of(reply: Reply, select: Option<&crate::compose::jq::Program>) -> Result<Value, String> {
+    if !(200..300).contains(&reply.status) {
+        return Err(format!("status {}", reply.status));
+    }
+    let value: Value = serde_json::from_slice(&reply.body).map_err(|_| "not json".to_string())?;
+    match select {
+        None => Ok(value),
+        Some(p) => match p.run(value, &[]) {
+            Ok(v) => Ok(v.unwrap_or(Value::Null)),
+            Err(message) => Err(format!("select: {message}")),
+        },
+    }
+}
+
+/// The composite answer (module doc).
+fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64) -> Answer {
+    let plan = &c.plan;
+    let mut available = Map::new();
+    let mut times = Map::new();
+    let mut errors = Map::new();
+    let mut skipped = Vec::new();
+    let mut cut = Vec::new();
+    let mut partial = false;
+    for (i, (call, state)) in plan.calls.iter().zip(&states).enumerate() {
+        let name = || Value::String(call.name.clone());
+        available.insert(
+            call.name.clone(),
+            Value::Bool(matches!(state, State::Done(_))),
+        );
+        if let Some(ms) = ms[i] {
+            times.insert(call.name.clone(), Value::from(ms));
+        }
+        match state {
+            State::Failed(reason) => {
+                partial = true;
+                errors.insert(call.name.clone(), Value::String(reason.clone()));
+            }
+            State::Skipped => skipped.push(name()),
+            _ => {}
+        }
+        if truncated & (1 << i) != 0 {
+            cut.push(name());
+        }
+    }
+    let mut meta = Map::new();
+    meta.insert("partial".into(), Value::Bool(partial));
+    meta.insert("available".into(), Value::Object(available));
+    meta.insert("ms".into(), Value::Object(times));
+    meta.insert("errors".into(), Value::Object(errors));
+    meta.insert("skipped".into(), Value::Array(skipped));
+    meta.insert("truncated".into(), Value::Array(cut));
+    // The values move into the composite: nothing reads the states after this.
+    let mut results = Map::new();
+    for (call, state) in plan.calls.iter().zip(states) {
+        let value = match state {
+            State::Done(v) => v,
+            _ => call.default.clone().unwrap_or(Value::Null),
+        };
+        results.insert(call.name.clone(), value);
+    }
+    let mut out = match &c.shape {
+        None => Value::Object(results),
+        Some(shape) => match shape.run(Value::Object(results), &[]) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Answer::Error {
+                    status: 502,
+                    message: "Aggregate shape gave no output".into(),
+                }
+            }
+            Err(message) => {
+                return Answer::Error {
+                    status: 502,
+                    message: format!("Aggregate shape failed: {message}"),
+                }
+            }
+        },
+    };
+    if let Value::Object(map) = &mut out {
+        map.insert("_meta".into(), Value::Object(meta));
+    }
+    Answer::Composite(out.to_string())
+}

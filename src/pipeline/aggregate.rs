@@ -1,0 +1,264 @@
+//! The aggregate stage: answers a request that phase 8 ([`super::phase::aggregate`]) took off
+//! the phase list, by running its aggregate ([`crate::compose::aggregate::run::execute`])
+//! over [`Upstreams`], the executor's transport through [`upstream::call`](crate::upstream::call)
+//! (balancer, pool, retries and retry budget, breaker, outlier detection, the upstream
+//! metrics), and sending the composite (or the 503/504/502) through the one response path.
+//!
+//! The one thing to know: the calls are futures inside this request's future, on this
+//! worker; while they run the client connection is watched, and a client that closes it ends
+//! the request (499) and drops every call in flight, whose connections close.
+
+use std::net::IpAddr;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{select, Either};
+
+use super::client::ClientIo;
+use super::phase::aggregate::Pending;
+use super::proxy::Served;
+use super::trace::TraceContext;
+use super::Response;
+use crate::clock;
+use crate::compose::aggregate::run::{self, CallError, CallInfo, Reply, Transport};
+use crate::http::{BodyKind, ResponseHead};
+use crate::state::worker::{Snapshot, Worker};
+use crate::upstream::balance::Key;
+use crate::upstream::breaker::Outcome;
+use crate::upstream::call::{self, Caller};
+use crate::upstream::client::UpConn;
+use crate::upstream::UpstreamError;
+
+/// Runs `p`'s aggregate and sends its answer.
+pub async fn serve(
+    p: Box<Pending>,
+    conn: &mut ClientIo,
+    worker: &Worker,
+    snap: &Snapshot,
+) -> Served {
+    let cfg = &*snap.active.config;
+    let aggregate = &cfg.aggregates[p.aggregate];
+    let transport = Upstreams {
+        snap,
+        worker,
+        trace: p.trace,
+        route: &aggregate.name,
+        client_ip: p.client_ip,
+        balance: &p.balance,
+        started: p.started,
+        limit: aggregate.compiled.max_body,
+    };
+    let request = run::Request {
+        params: &p.params,
+        host: p.host.as_deref(),
+        fields: &p.fields,
+    };
+    let answer = {
+        let execute = pin!(run::execute(&aggregate.compiled, &request, &transport));
+        let watched = pin!(super::stack::watch(&conn.io.stream));
+        match select(execute, watched).await {
+            Either::Left((answer, _)) => answer,
+            Either::Right((super::stack::Client::Stays, execute)) => execute.await,
+            // The client left: its calls are dropped with this future.
+            Either::Right((super::stack::Client::Left, _)) => {
+                return Served {
+                    keep: false,
+                    status: 0,
+                    upstream: None,
+                    verdict: Outcome::Ignored,
+                    cache: None,
+                }
+            }
+        }
+    };
+    let mut r = match answer {
+        run::Answer::Composite(body) => Response::json(200, body, p.id),
+        run::Answer::Error { status, message } => Response::error(status, message, p.id),
+    };
+    r.head_only = p.is_head;
+    r.trace = p.trace;
+    r.rate = p.rate;
+    r.http10 = p.version == crate::http::Version::Http10;
+    r.close = !p.keep_alive || worker.drain.is_fired();
+    let sent = conn
+        .send_response(&r, cfg.server.limits.body_timeout)
+        .await
+        .is_ok();
+    Served {
+        keep: sent && !r.close,
+        status: r.status,
+        upstream: None,
+        verdict: Outcome::Ignored,
+        cache: None,
+    }
+}
+
+/// The executor's transport on a worker: each call through `upstream::call`, with a child span
+/// of the request's (sent as `traceparent`, exported when OTLP export is on).
+pub struct Upstreams<'a> {
+    snap: &'a Snapshot,
+    worker: &'a Worker,
+    trace: Option<TraceContext>,
+    /// The aggregate's name (the spans' route).
+    route: &'a str,
+    client_ip: IpAddr,
+    /// Per call (plan index): its upstream's balance key for this request.
+    balance: &'a [Key],
+    /// When the request arrived: endpoint rotation is read as of then.
+    started: Instant,
+    /// The largest body a call's answer may have.
+    limit: usize,
+}
+
+impl Transport for Upstreams<'_> {
+    async fn call(
+        &self,
+        call: CallInfo<'_>,
+        mut head: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let span = self.trace.map(|t| t.child(self.worker.rand()));
+        if let Some(span) = &span {
+            span.write_header(&mut head);
+        }
+        head.extend_from_slice(b"\r\n");
+        let begun = Instant::now();
+        let result = self.exchange(&call, head, deadline).await;
+        if let (Some(spans), Some(span)) = (&self.worker.spans, span) {
+            let status = match &result {
+                Ok(reply) => reply.status,
+                Err(CallError::Timeout) => 504,
+                Err(CallError::BreakerOpen) => 503,
+                Err(CallError::Status(status)) => *status,
+                Err(_) => 502,
+            };
+            let cfg = &self.snap.active.config;
+            spans.borrow_mut().record(crate::otlp::Span {
+                trace_id: span.trace_id_bytes(),
+                span_id: span.span_id_bytes(),
+                parent_span_id: span.parent_span_id_bytes(),
+                name: format!("GET {}", call.name),
+                start_unix_nanos: clock::unix_nanos(begun),
+                end_unix_nanos: clock::unix_nanos(Instant::now()),
+                method: "GET".into(),
+                path: String::new(),
+                route: Some(self.route.into()),
+                status,
+                client: self.client_ip,
+                upstream: Some(cfg.upstreams[call.upstream].name.as_str().into()),
+                worker: self.worker.id as u32,
+            });
+        }
+        result
+    }
+}
+
+impl Upstreams<'_> {
+    async fn exchange(
+        &self,
+        call: &CallInfo<'_>,
+        head: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let snap = self.snap;
+        let config = &snap.active.config.upstreams[call.upstream];
+        let state = &snap.upstreams.list[call.upstream];
+        let permit = {
+            let s = state.borrow();
+            call::admit(s.breaker.as_ref(), clock::now_ms())
+        }
+        .map_err(|_| CallError::BreakerOpen)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CallError::Timeout);
+        }
+        // The call's deadline bounds every attempt; the executor holds the whole call to it.
+        let policy = call::Policy {
+            retries: config.retries,
+            idempotent: true,
+            head: false,
+            balance_key: self.balance.get(call.index).copied().unwrap_or(Key::None),
+            connect_timeout: config.connect_timeout.min(left),
+            read_timeout: config.read_timeout.min(left),
+            started: self.started,
+        };
+        let now_sec = || self.worker.shared.now_sec();
+        let env = call::Env {
+            metrics: &snap.metrics,
+            worker: self.worker.id,
+            now_sec: &now_sec,
+        };
+        let target = call::Target {
+            id: call.upstream,
+            config,
+            state,
+        };
+        let mut held = Held { request: head };
+        let mut resp = call::call(target, env, &policy, permit, &mut held)
+            .await
+            .map_err(|f| error_of(&f.error))?;
+        let limit = self.limit;
+        let status = resp.status;
+        if matches!(resp.body, BodyKind::Length(n) if n > limit as u64) {
+            // The upstream answered: the breaker learns its status; the connection closes.
+            resp.settle();
+            return Err(CallError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let body = resp
+            .collect(
+                limit,
+                policy.read_timeout.min(left.max(Duration::from_millis(1))),
+            )
+            .await
+            .map_err(|f| error_of(&f.error))?;
+        Ok(Reply { status, body })
+    }
+}
+
+/// The executor's reading of an upstream failure.
+fn error_of(e: &UpstreamError) -> CallError {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => CallError::Connect,
+        UpstreamError::ReadTimeout { .. } => CallError::Timeout,
+        UpstreamError::Reset { .. } | UpstreamError::ClientAborted { .. } => CallError::Reset,
+        // `collect`'s limit is the caller's: its failure names the limit.
+        UpstreamError::BadResponse { detail, .. } if detail.contains("-byte limit") => {
+            CallError::TooLarge
+        }
+        UpstreamError::BadResponse { .. } => CallError::BadResponse,
+        UpstreamError::Status { status, .. } => CallError::Status(*status),
+        UpstreamError::BreakerOpen { .. } => CallError::BreakerOpen,
+    }
+}
+
+/// A call's side of the exchange: the whole request held, no client.
+struct Held {
+    request: Vec<u8>,
+}
+
+impl Caller for Held {
+    fn held(&mut self) -> &mut Vec<u8> {
+        &mut self.request
+    }
+    fn complete(&self) -> bool {
+        true
+    }
+    fn streamed(&self) -> bool {
+        false
+    }
+    fn lose_held(&mut self) {}
+    async fn send_rest(&mut self, _: &mut UpConn) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+    fn abandoned(&self) -> bool {
+        false
+    }
+    async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+    fn interim_relayed(&self) -> bool {
+        false
+    }
+    fn final_head(&mut self, _: &ResponseHead<'_>, _: BodyKind) {}
+}
