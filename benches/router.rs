@@ -38,6 +38,7 @@ fn route(name: String, path: String) -> Route {
         rate_limits: Vec::new(),
         cache: None,
         location: Location::default(),
+        transform: None,
     }
 }
 

@@ -72,8 +72,10 @@
 //!   [`policy::ratelimit`]: the five rate-limit algorithms, exact across workers, over fixed
 //!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
 //!   built or carried over), held by the active config and driven by phases 5 to 7.
-//! - [`compose`]: composition; today the aggregate plan compiler ([`compose::aggregate`]:
-//!   call graph, start order, critical path, path templates), not wired yet.
+//! - [`compose`]: composition: the jq engine ([`compose::jq`]), a route's transform
+//!   ([`compose::transform`]: JSON bodies through jq programs, header edits; the proxy stage
+//!   runs it), and the aggregate plan compiler ([`compose::aggregate`]: call graph, start
+//!   order, critical path, path templates), not wired yet.
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core

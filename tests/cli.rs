@@ -347,14 +347,11 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     const R: &str = "[routes.r]\npaths = [\"/r\"]\nupstream = \"users\"\n";
     const BFF: &str =
         "\n[bff]\nheader = \"x-client-type\"\n\n[bff.clients.mobile]\nprefix = \"/mobile/v1\"\n";
-    const TRANSFORM: &str = "\n[transforms.t]\nresponse = \".\"\n";
     let cases: Vec<(&str, String)> = vec![
-        ("transform", format!("{R}transform = \"t\"\n{TRANSFORM}")),
         ("websocket", format!("{R}websocket = true\n")),
         ("client", format!("{R}client = \"mobile\"\n{BFF}")),
         ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
         ("bff", BFF.into()),
-        ("transforms", TRANSFORM.into()),
         (
             "aggregates",
             "[aggregates.a]\npath = \"/d/:id\"\n\n[aggregates.a.calls.c]\nupstream = \"users\"\npath = \"/users/{id}\"\n".into(),

@@ -1,7 +1,8 @@
 //! Composition (issue 11): answering one client request by calling several upstreams.
 //!
 //! [`jq`] is the jq engine (jaq) that transforms and aggregates share: programs compiled once at
-//! load, run per request.
+//! load, run per request. [`transform`] is the logic of a route's `transform` (bodies through
+//! jq, header edits), which the proxy stage drives.
 //!
 //! Today this holds the core of aggregation: [`aggregate`], the plain-data specs of an
 //! aggregate's calls and the compiler that turns them into a [`aggregate::Plan`] (dependency
@@ -11,3 +12,4 @@
 
 pub mod aggregate;
 pub mod jq;
+pub mod transform;

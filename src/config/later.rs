@@ -1,6 +1,6 @@
 //! Capabilities the config format describes but this build does not have yet: TLS (termination
 //! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), BFF clients,
-//! transforms, aggregates, compression and websockets.
+//! aggregates, compression and websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -18,8 +18,7 @@ use super::file::{self, default, Named};
 use super::source::{KeyPath, Source};
 use super::units::Duration;
 use super::validate::{
-    endpoint_url, header_name, header_value, is_dns_name, is_token, listen_addr, methods,
-    suggestion, Section,
+    endpoint_url, header_name, is_dns_name, is_token, listen_addr, methods, suggestion, Section,
 };
 
 /// ALPN protocol IDs (RFC 7301 §6, IANA registry) of the HTTP versions this gateway speaks.
@@ -41,9 +40,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     }
     if let Some(bff) = &file.bff {
         c.bff(bff)?;
-    }
-    for (name, transform) in named(&file.transforms) {
-        c.transform(transform, &KeyPath::of(&["transforms", name]))?;
     }
     for (name, aggregate) in named(&file.aggregates) {
         c.aggregate(aggregate, &KeyPath::of(&["aggregates", name]))?;
@@ -83,7 +79,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     for (name, route) in file.routes.iter() {
         let at = KeyPath::of(&["routes", name]);
         for (key, present) in [
-            ("transform", route.transform.is_some()),
             ("websocket", route.websocket.is_some()),
             ("client", route.client.is_some()),
         ] {
@@ -94,7 +89,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     }
     for (key, present) in [
         ("bff", file.bff.is_some()),
-        ("transforms", file.transforms.is_some()),
         ("aggregates", file.aggregates.is_some()),
         ("compression", file.compression.is_some()),
     ] {
@@ -308,14 +302,6 @@ impl Checker<'_> {
     }
 
     fn route(&self, r: &file::Route, at: &KeyPath) -> Result<(), ConfigError> {
-        if let Some(name) = &r.transform {
-            self.reference(
-                &at.key("transform"),
-                name,
-                "transform",
-                names(&self.file.transforms),
-            )?;
-        }
         if let Some(name) = &r.client {
             let clients = self.file.bff.iter().flat_map(|b| b.clients.names());
             self.reference(&at.key("client"), name, "bff client", clients)?;
@@ -341,27 +327,6 @@ impl Checker<'_> {
             }
             if let Some(names) = &client.rate_limits {
                 self.rate_limit_names(&here.key("rate_limits"), names)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn transform(&self, t: &file::Transform, at: &KeyPath) -> Result<(), ConfigError> {
-        self.program(&at.key("request"), t.request.as_deref())?;
-        self.program(&at.key("response"), t.response.as_deref())?;
-        for (key, edits) in [
-            ("request_headers", &t.request_headers),
-            ("response_headers", &t.response_headers),
-        ] {
-            let Some(edits) = edits else { continue };
-            let here = at.key(key);
-            for (name, value) in edits.set.iter().flat_map(|s| s.iter()) {
-                let path = here.key("set").key(name);
-                header_name(name).map_err(|m| self.src.key_error(&path, m))?;
-                header_value(value).map_err(|m| self.src.error(&path, m))?;
-            }
-            for (i, name) in edits.remove.iter().flatten().enumerate() {
-                header_name(name).map_err(|m| self.src.error(&here.key("remove").index(i), m))?;
             }
         }
         Ok(())

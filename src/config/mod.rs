@@ -26,6 +26,7 @@ pub mod model;
 mod policy;
 mod source;
 mod summary;
+mod transform;
 mod units;
 mod validate;
 

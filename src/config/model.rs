@@ -29,6 +29,8 @@ pub type AuthId = usize;
 pub type RateLimitId = usize;
 /// Index into [`Cache::rules`].
 pub type CacheRuleId = usize;
+/// Index into [`Config::transforms`].
+pub type TransformId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -61,6 +63,8 @@ pub struct Config {
     /// `[cache]` (None: no response cache).
     pub cache: Option<Cache>,
     pub tracing: Tracing,
+    /// `[transforms.*]`, in file order.
+    pub transforms: Vec<Transform>,
 }
 
 /// `[cache]`, defaults applied.
@@ -343,6 +347,8 @@ pub struct Route {
     /// The `[cache.rules.*]` its GET and HEAD answers are cached under.
     pub cache: Option<CacheRuleId>,
     pub location: Location,
+    /// The `[transforms.*]` its requests and responses go through.
+    pub transform: Option<TransformId>,
 }
 
 /// `[auth.NAME]`: what the file says; `policy::compile` reads the key material.
@@ -483,4 +489,30 @@ pub struct RateTier {
     pub limit: u64,
     pub window: Duration,
     pub location: Location,
+}
+
+/// `[transforms.NAME]`: jq programs compiled at load, and header edits (names lowercased).
+#[derive(Debug, Clone)]
+pub struct Transform {
+    pub name: String,
+    /// Runs on the JSON request body, with `$now`.
+    pub request: Option<crate::compose::jq::Program>,
+    /// Runs on a 2xx JSON response body, with `$now`.
+    pub response: Option<crate::compose::jq::Program>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub location: Location,
+}
+
+/// `{ set = {...}, remove = [...] }`: lower-case names; `set` replaces every field of its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }

@@ -30,10 +30,16 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
     let auth = super::policy::auth_policies(&file.auth, src)?;
     let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
     let cache = super::cache::cache(&file.cache, src)?;
+    let identity: Vec<String> = auth
+        .iter()
+        .flat_map(|p| p.forward.iter().map(|(_, header)| header.clone()))
+        .collect();
+    let transforms = super::transform::transforms(&file.transforms, &identity, src)?;
     let policies = Policies {
         auth: &auth,
         rate_limits: &rate_limits,
         cache: cache.as_ref(),
+        transforms: &transforms,
     };
     let routes = file
         .routes
@@ -73,6 +79,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
                 }
             },
         },
+        transforms,
     })
 }
 
@@ -655,6 +662,7 @@ struct Policies<'a> {
     auth: &'a [model::AuthPolicy],
     rate_limits: &'a [model::RateLimit],
     cache: Option<&'a model::Cache>,
+    transforms: &'a [model::Transform],
 }
 
 fn route(
@@ -824,6 +832,18 @@ fn route(
         )?),
     };
 
+    let transform = match &route.transform {
+        None => None,
+        Some(wanted) => Some(super::transform::route_ref(
+            wanted,
+            &at.key("transform"),
+            route,
+            policies.transforms,
+            cache,
+            src,
+        )?),
+    };
+
     Ok(model::Route {
         name: name.to_string(),
         paths: route.paths.clone(),
@@ -840,6 +860,7 @@ fn route(
         rate_limits,
         cache,
         location: src.location_of(&at),
+        transform,
     })
 }
 

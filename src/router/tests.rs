@@ -20,6 +20,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         rate_limits: Vec::new(),
         cache: None,
         location: Location::default(),
+        transform: None,
     }
 }
 
