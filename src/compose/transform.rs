@@ -253,12 +253,15 @@ pub fn response_head(head: &[u8], edits: &HeaderEdits, body: Body) -> Vec<u8> {
 /// also narrows `Accept-Encoding` to what it can decode.
 pub fn edit_upstream_head(t: &Transform, ubuf: &mut Vec<u8>) {
     if t.request.is_none() && (!t.request_headers.is_empty() || t.response.is_some()) {
-        *ubuf = request_head(
+        let edited = request_head(
             ubuf,
             &t.request_headers,
             Body::Unchanged,
             t.response.is_some(),
         );
+        // The buffer is the connection's: its capacity is kept for the next request.
+        ubuf.clear();
+        ubuf.extend_from_slice(&edited);
     }
 }
 

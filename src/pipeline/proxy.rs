@@ -538,7 +538,8 @@ impl Caller for Downstream<'_> {
             if changed != transform::Body::Unchanged || !t.response_headers.is_empty() {
                 let edited =
                     transform::response_head(&self.conn.wbuf, &t.response_headers, changed);
-                self.conn.wbuf = edited;
+                self.conn.wbuf.clear();
+                self.conn.wbuf.extend_from_slice(&edited);
             }
         }
     }
