@@ -40,6 +40,7 @@ fn route(name: String, path: String) -> Route {
         location: Location::default(),
         client: None,
         aggregate: None,
+        transform: None,
     }
 }
 

@@ -77,9 +77,10 @@
 //!   memory), and [`policy::compile`]: a config generation's policies (key files read, limits
 //!   built or carried over), held by the active config and driven by phases 5 to 7.
 //! - [`compose`]: composition: backend-for-frontend client profiles ([`compose::bff`], a
-//!   request phase before routing), the jq engine ([`compose::jq`]) and aggregation
-//!   ([`compose::aggregate`]: the call graph compiled at load, start order, critical path,
-//!   path templates, and the executor over a transport seam).
+//!   request phase before routing), the jq engine ([`compose::jq`]), a route's transform
+//!   ([`compose::transform`]: JSON bodies through jq programs, header edits; the proxy stage
+//!   runs it) and aggregation ([`compose::aggregate`]: the call graph compiled at load, start
+//!   order, critical path, path templates, and the executor over a transport seam).
 //! - [`upstream`]: [`upstream::call`] (the one way to call an upstream), balancing, pools, the
 //!   upstream connection, retries, breakers, endpoint
 //!   health, discovery (admin registrations, DNS answers), and each upstream's cross-core

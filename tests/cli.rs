@@ -345,12 +345,9 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     // wrong with it is that this milestone does not have the capability. The error must point
     // at the key (route and upstream keys, endpoints) or at the section header (sections).
     const R: &str = "[routes.r]\npaths = [\"/r\"]\nupstream = \"users\"\n";
-    const TRANSFORM: &str = "\n[transforms.t]\nresponse = \".\"\n";
     let cases: Vec<(&str, String)> = vec![
-        ("transform", format!("{R}transform = \"t\"\n{TRANSFORM}")),
         ("websocket", format!("{R}websocket = true\n")),
         ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
-        ("transforms", TRANSFORM.into()),
         (
             "server.tls",
             "[server.tls]\nlisten = [\"[::1]:8443\"]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\nmin_version = \"1.3\"\n".into(),

@@ -410,6 +410,7 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "rate_limits": r.rate_limits.iter().map(|&l| cfg.rate_limits[l].name.as_str()).collect::<Vec<_>>(),
                 "cache": r.cache.and_then(|c| cfg.cache.as_ref().map(|cache| cache.rules[c].name.as_str())),
                 "client": r.client.and_then(|c| cfg.bff.as_ref().map(|b| b.clients[c].name.as_str())),
+                "transform": r.transform.map(|t| cfg.transforms[t].name.as_str()),
             })
         })
         .collect();

@@ -5,7 +5,8 @@
 //! to, by prefix or header; the prefix removed before routing), wired in `pipeline::stack`.
 //!
 //! [`jq`] is the jq engine (jaq) that transforms and aggregates share: programs compiled once at
-//! load, run per request.
+//! load, run per request. [`transform`] is the logic of a route's `transform` (bodies through
+//! jq, header edits), which the proxy stage drives.
 //!
 //! [`aggregate`] is aggregation: the specs of an aggregate's calls, the compiler that turns
 //! them into a [`aggregate::Plan`] (dependency graph, start order, critical path, path
@@ -15,3 +16,4 @@
 pub mod aggregate;
 pub mod bff;
 pub mod jq;
+pub mod transform;

@@ -246,6 +246,7 @@ fn aggregate(
         location: src.location_of(&at),
         client,
         aggregate: None,
+        transform: None,
     };
     let compiled = Compiled {
         plan,

@@ -1,6 +1,6 @@
 //! Capabilities the config format describes but this build does not have yet: TLS (termination
-//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), transforms,
-//! compression and websockets.
+//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), compression and
+//! websockets.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -14,13 +14,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::error::ConfigError;
-use super::file::{self, default, Named};
+use super::file::{self, default};
 use super::source::{KeyPath, Source};
 use super::units::Duration;
-use super::validate::{
-    endpoint_url, header_name, header_value, is_dns_name, is_token, listen_addr, suggestion,
-    Section,
-};
+use super::validate::{endpoint_url, is_dns_name, is_token, listen_addr, Section};
 
 /// ALPN protocol IDs (RFC 7301 §6, IANA registry) of the HTTP versions this gateway speaks.
 /// Offering another one (`h2`) would have a client that picks it send a protocol the
@@ -35,12 +32,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     }
     for (name, upstream) in file.upstreams.iter() {
         c.upstream_tls(upstream, &KeyPath::of(&["upstreams", name]))?;
-    }
-    for (name, route) in file.routes.iter() {
-        c.route(route, &KeyPath::of(&["routes", name]))?;
-    }
-    for (name, transform) in named(&file.transforms) {
-        c.transform(transform, &KeyPath::of(&["transforms", name]))?;
     }
     if let Some(compression) = &file.compression {
         c.compression(compression)?;
@@ -76,19 +67,13 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     }
     for (name, route) in file.routes.iter() {
         let at = KeyPath::of(&["routes", name]);
-        for (key, present) in [
-            ("transform", route.transform.is_some()),
-            ("websocket", route.websocket.is_some()),
-        ] {
+        for (key, present) in [("websocket", route.websocket.is_some())] {
             if present {
                 keys.push((at.key(key), None));
             }
         }
     }
-    for (key, present) in [
-        ("transforms", file.transforms.is_some()),
-        ("compression", file.compression.is_some()),
-    ] {
+    for (key, present) in [("compression", file.compression.is_some())] {
         if present {
             keys.push((KeyPath::of(&[key]), None));
         }
@@ -122,15 +107,6 @@ fn mixed_schemes(url: &str) -> String {
         "{url:?} mixes http:// and https:// endpoints in one upstream: a retry or the balancer \
          would move a request between TLS and plaintext; use one scheme per upstream"
     )
-}
-
-/// The entries of an optional section such as `[auth.*]`.
-fn named<T>(table: &Option<Named<T>>) -> impl Iterator<Item = (&str, &T)> {
-    table.iter().flat_map(|t| t.iter())
-}
-
-fn names<T>(table: &Option<Named<T>>) -> impl Iterator<Item = &str> {
-    named(table).map(|(name, _)| name)
 }
 
 struct Checker<'a> {
@@ -298,39 +274,6 @@ impl Checker<'_> {
         }
     }
 
-    fn route(&self, r: &file::Route, at: &KeyPath) -> Result<(), ConfigError> {
-        if let Some(name) = &r.transform {
-            self.reference(
-                &at.key("transform"),
-                name,
-                "transform",
-                names(&self.file.transforms),
-            )?;
-        }
-        Ok(())
-    }
-
-    fn transform(&self, t: &file::Transform, at: &KeyPath) -> Result<(), ConfigError> {
-        self.program(&at.key("request"), t.request.as_deref())?;
-        self.program(&at.key("response"), t.response.as_deref())?;
-        for (key, edits) in [
-            ("request_headers", &t.request_headers),
-            ("response_headers", &t.response_headers),
-        ] {
-            let Some(edits) = edits else { continue };
-            let here = at.key(key);
-            for (name, value) in edits.set.iter().flat_map(|s| s.iter()) {
-                let path = here.key("set").key(name);
-                header_name(name).map_err(|m| self.src.key_error(&path, m))?;
-                header_value(value).map_err(|m| self.src.error(&path, m))?;
-            }
-            for (i, name) in edits.remove.iter().flatten().enumerate() {
-                header_name(name).map_err(|m| self.src.error(&here.key("remove").index(i), m))?;
-            }
-        }
-        Ok(())
-    }
-
     fn compression(&self, c: &file::Compression) -> Result<(), ConfigError> {
         let at = KeyPath::of(&["compression"]);
         if c.algorithms.as_ref().is_some_and(Vec::is_empty) {
@@ -353,32 +296,6 @@ impl Checker<'_> {
             }
         }
         Ok(())
-    }
-
-    fn reference<'n>(
-        &self,
-        at: &KeyPath,
-        name: &str,
-        kind: &str,
-        defined: impl IntoIterator<Item = &'n str>,
-    ) -> Result<(), ConfigError> {
-        let defined: Vec<&str> = defined.into_iter().collect();
-        if defined.contains(&name) {
-            Ok(())
-        } else {
-            Err(self.src.error(
-                at,
-                format!("no {kind} named {name:?}{}", suggestion(name, defined)),
-            ))
-        }
-    }
-
-    /// A jq program; compiling it is the transform capability's job.
-    fn program(&self, at: &KeyPath, program: Option<&str>) -> Result<(), ConfigError> {
-        match program {
-            Some(p) if p.trim().is_empty() => Err(self.src.error(at, "empty jq program")),
-            _ => Ok(()),
-        }
     }
 
     /// A file the capability reads (certificates, keys, CA bundles); only its presence here.

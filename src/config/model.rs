@@ -33,6 +33,8 @@ pub type CacheRuleId = usize;
 pub type ClientId = usize;
 /// Index into [`Config::aggregates`].
 pub type AggregateId = usize;
+/// Index into [`Config::transforms`].
+pub type TransformId = usize;
 
 /// A position in the config file, for error messages and `dispatch check`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -69,6 +71,8 @@ pub struct Config {
     pub bff: Option<Bff>,
     /// `[aggregates.*]`, in file order. Each is also a route (see [`Route::aggregate`]).
     pub aggregates: Vec<Aggregate>,
+    /// `[transforms.*]`, in file order.
+    pub transforms: Vec<Transform>,
 }
 
 /// `[bff]`: backend-for-frontend client profiles (`compose::bff` reads them).
@@ -398,6 +402,8 @@ pub struct Route {
     /// Set for an aggregate's entry: the aggregate phase answers its requests (its `upstream`
     /// is its first call's, shown by the route table and never called as such).
     pub aggregate: Option<AggregateId>,
+    /// The `[transforms.*]` its requests and responses go through.
+    pub transform: Option<TransformId>,
 }
 
 impl Route {
@@ -572,4 +578,30 @@ pub struct RateTier {
     pub limit: u64,
     pub window: Duration,
     pub location: Location,
+}
+
+/// `[transforms.NAME]`: jq programs compiled at load, and header edits (names lowercased).
+#[derive(Debug, Clone)]
+pub struct Transform {
+    pub name: String,
+    /// Runs on the JSON request body, with `$now`.
+    pub request: Option<crate::compose::jq::Program>,
+    /// Runs on a 2xx JSON response body, with `$now`.
+    pub response: Option<crate::compose::jq::Program>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub location: Location,
+}
+
+/// `{ set = {...}, remove = [...] }`: lower-case names; `set` replaces every field of its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }

@@ -149,6 +149,40 @@ impl<'a> Source<'a> {
         self.error_at(self.resolve(path).key, path, message)
     }
 
+    /// An error `offset` bytes into the text of the string value at `path` (a jq program's
+    /// failing token): located at that character when the string is written on one line as
+    /// its own text (a literal string, or a basic string without escapes); otherwise at the
+    /// value, with the offset in the message.
+    pub fn error_in_string(
+        &self,
+        path: &KeyPath,
+        offset: usize,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let start = self.resolve(path).value;
+        let raw = &self.text[start..];
+        let message = message.into();
+        let content = if raw.starts_with("'''") || raw.starts_with("\"\"\"") {
+            None
+        } else if let Some(rest) = raw.strip_prefix('\'') {
+            rest.find(['\'', '\n']).map(|end| &rest[..end])
+        } else if let Some(rest) = raw.strip_prefix('"') {
+            rest.find(['"', '\\', '\n'])
+                .filter(|&end| rest[end..].starts_with('"'))
+                .map(|end| &rest[..end])
+        } else {
+            None
+        };
+        match content {
+            Some(text) if offset <= text.len() => self.error_at(start + 1 + offset, path, message),
+            _ => self.error_at(
+                start,
+                path,
+                format!("{message} (at byte {offset} of the program)"),
+            ),
+        }
+    }
+
     /// Where the value at `path` starts (a table: its header), as for [`Source::error`].
     pub fn location_of(&self, path: &KeyPath) -> Location {
         self.location(self.resolve(path).value)

@@ -372,6 +372,23 @@ fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
     if let Some(rewrite) = &r.rewrite {
         policies.push(format!("rewrite {rewrite}"));
     }
+    if let Some(t) = r.transform {
+        let t = &cfg.transforms[t];
+        let sides: Vec<&str> = [
+            (
+                "request",
+                t.request.is_some() || !t.request_headers.is_empty(),
+            ),
+            (
+                "response",
+                t.response.is_some() || !t.response_headers.is_empty(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(side, present)| present.then_some(side))
+        .collect();
+        policies.push(format!("transform {} ({})", t.name, sides.join(" + ")));
+    }
     let timeout = r.timeout.unwrap_or(cfg.upstreams[r.upstream].read_timeout);
     let source = if r.timeout.is_some() {
         "route"

@@ -26,11 +26,11 @@ fn error(src: &str) -> String {
 /// The spec example with every section and route key of a capability not built yet removed,
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
-    const LATER_SECTIONS: [&str; 4] = ["transforms", "aggregates", "compression", "tracing"];
+    const LATER_SECTIONS: [&str; 2] = ["compression", "tracing"];
     // Tables of capabilities not built yet inside supported sections: TLS termination, and
     // the one upstream whose endpoint is https:// (its tls_* keys go with it).
     const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
-    const LATER_ROUTE_KEYS: [&str; 2] = ["transform", "websocket"];
+    const LATER_ROUTE_KEYS: [&str; 1] = ["websocket"];
     let mut out = String::new();
     let mut section = String::new();
     for line in SPEC_EXAMPLE.lines() {
@@ -110,12 +110,16 @@ fn spec_example_is_rejected_at_its_first_later_capability() {
         error(&plain),
         "d.toml:83:1: upstreams.ledger.tls_ca: only applies to https:// endpoints, and this upstream has none"
     );
-    // Without both, the first route key of a later capability.
+    // Without both, the first route key of a later capability (transforms are built: the
+    // websocket route's key comes next).
     let text = comment_out(SPEC_EXAMPLE, &["server.tls", "upstreams.ledger"]);
-    let line = line_of(&text, "transform = \"transfer_v1_to_v2\"");
+    let line = line_of(
+        &text,
+        "websocket = true                # allow Upgrade: websocket and pipe both directions",
+    );
     assert_eq!(
         error(&text),
-        format!("d.toml:{line}:1: routes.transfers_v1.transform: not supported yet: routes.transfers_v1.transform")
+        format!("d.toml:{line}:1: routes.live.websocket: not supported yet: routes.live.websocket")
     );
 }
 
@@ -123,13 +127,11 @@ fn spec_example_is_rejected_at_its_first_later_capability() {
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
     for gone in [
-        "transform =",
         "websocket =",
         "[tracing]",
         "[server.tls]",
         "https://",
         "tls_",
-        "foreach",
     ] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
@@ -205,6 +207,24 @@ fn spec_example_without_later_capabilities_loads() {
 
     let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["users", "accounts", "transactions", "users_v2"]);
+
+    // The spec's transforms compile, and the routes name them.
+    let transforms: Vec<&str> = cfg.transforms.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(transforms, ["transactions_compact", "transfer_v1_to_v2"]);
+    let v1 = &cfg.transforms[1];
+    assert!(v1.request.is_some() && v1.response.is_some());
+    assert_eq!(
+        v1.request_headers.set,
+        [("x-api-version".to_string(), "2".to_string())]
+    );
+    assert_eq!(v1.request_headers.remove, ["x-debug"]);
+    assert_eq!(
+        cfg.transforms[0].response_headers.remove,
+        ["x-internal-trace"]
+    );
+    let route = |name: &str| cfg.routes.iter().find(|r| r.name == name).expect(name);
+    assert_eq!(route("transfers_v1").transform, Some(1));
+    assert_eq!(route("transactions_mobile").transform, Some(0));
 
     // Auth and rate limits as written; key paths relative to the file's directory.
     let auth: Vec<&str> = cfg.auth.iter().map(|a| a.name.as_str()).collect();
@@ -356,7 +376,28 @@ fn spec_example_without_later_capabilities_loads() {
             "transfers_v1",
             "live",
             "transactions_mobile",
-            "transactions_web"
+            "transactions_web",
+            "dashboard",
+            "order_details"
+        ]
+    );
+    // The aggregates as written: routes of their own, after the file's routes.
+    let aggregates: Vec<(&str, usize, &str)> = cfg
+        .aggregates
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.compiled.plan.calls.len(),
+                cfg.routes[a.route].paths[0].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        aggregates,
+        [
+            ("dashboard", 3, "/api/v1/dashboard/:userId"),
+            ("order_details", 6, "/api/v1/orders/:orderId/details")
         ]
     );
     let r = &cfg.routes[0];
@@ -608,7 +649,6 @@ fn errors_name_file_line_column_and_key() {
         ("bad rewrite", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nrewrite = \"v2\"\n"), "d.toml:6:11: routes.r.rewrite: invalid rewrite \"v2\": must start with \"/\""),
         ("rewrite with strip_prefix", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nstrip_prefix = true\nrewrite = \"/v2\"\n"), "d.toml:7:11: routes.r.rewrite: cannot be combined with strip_prefix = true: rewrite already replaces the matched prefix"),
         // Capabilities not built yet: parsed and checked, then rejected at their first key.
-        ("later route key", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ntransform = \"t\"\n\n[transforms.t]\nrequest = \".\"\n"), "d.toml:6:1: routes.r.transform: not supported yet: routes.r.transform"),
         // The cache: sizes, times, references, and per_user needing auth.
         ("cache unknown rule", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"catalgo\"\n\n[cache.rules.catalog]\nttl = \"1s\"\n"), "d.toml:6:9: routes.r.cache: no cache rule named \"catalgo\" (did you mean \"catalog\"?)"),
         ("cache per_user without auth", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\n\n[cache.rules.c]\nttl = \"1s\"\nper_user = true\n"), "d.toml:6:9: routes.r.cache: cache rule \"c\" is per_user: the route needs `auth` (without an authenticated subject one client's entry would answer another)"),
@@ -628,7 +668,6 @@ fn errors_name_file_line_column_and_key() {
         ("leaky bucket without burst", "[rate_limits.l]\nalgorithm = \"leaky_bucket\"\nkey = \"ip\"\nrate = 5\n".into(), "d.toml:1:1: rate_limits.l.burst: missing required key"),
         ("api key query spelled encoded", "[auth.k]\ntype = \"api_key\"\nquery = \"api%5Fkey\"\nkeys_file = \"k.toml\"\n".into(), "d.toml:3:9: auth.k.query: invalid query parameter name \"api%5Fkey\""),
         ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
-        ("later implicit section", "[transforms.t]\nresponse = \".\"\n".into(), "d.toml:1:2: transforms: not supported yet: transforms"),
         ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
         // TLS (issue 13): termination, https upstreams and their tls_* keys.
         ("later server.tls", TLS.into(), "d.toml:1:9: server.tls: not supported yet: server.tls"),
@@ -736,6 +775,19 @@ fn errors_name_file_line_column_and_key() {
         ("aggregate call timeout over the aggregate's", AGG.replace("path = \"/d\"\n", "path = \"/d\"\ntimeout = \"1s\"\n").replace("/i/{each}", "/i") + "timeout = \"2s\"\n", "d.toml:12:11: aggregates.d.calls.items.timeout: 2s is longer than the aggregate's timeout (1s): the aggregate's deadline would always cut it first"),
         ("aggregate call named _meta", AGG.replace("calls.items]", "calls._meta]").replace("/i/{each}", "/i"), "d.toml:8:21: aggregates.d.calls._meta: invalid call name \"_meta\": is reserved for the composite's metadata (_meta)"),
         ("aggregate unknown upstream", AGG.replace("upstream = \"users\"\npath = \"/i", "upstream = \"user\"\npath = \"/i"), "d.toml:9:12: aggregates.d.calls.items.upstream: no upstream named \"user\" (did you mean \"users\"?)"),
+        // Transforms (issue 11): programs compiled at load, errors inside the program.
+        ("transform parse error in a literal string", "[transforms.t]\nresponse = '{a: .b, c: }'\n".into(), "d.toml:2:24: transforms.t.response: transform \"t\": the response program does not compile: expected term, found \"}\""),
+        ("transform unknown filter", "[transforms.t]\nresponse = 'map(.x) | lenght'\n".into(), "d.toml:2:23: transforms.t.response: transform \"t\": the response program does not compile: undefined filter \"lenght/0\""),
+        ("transform unknown variable", "[transforms.t]\nrequest = \"{at: $then}\"\n".into(), "d.toml:2:17: transforms.t.request: transform \"t\": the request program does not compile: undefined variable \"$then\""),
+        ("transform error in an escaped string", "[transforms.t]\nrequest = \"{a: \\\"x\\\", b: }\"\n".into(), "d.toml:2:11: transforms.t.request: transform \"t\": the request program does not compile: expected term, found \"}\" (at byte 12 of the program)"),
+        ("transform empty program", "[transforms.t]\nrequest = \" \"\n".into(), "d.toml:2:11: transforms.t.request: empty jq program"),
+        ("transform sets a framing header", "[transforms.t]\nrequest_headers = { set = { \"Content-Length\" = \"5\" } }\n".into(), "d.toml:2:29: transforms.t.request_headers.set.Content-Length: \"content-length\" is written by the gateway on every request: a transform cannot edit it"),
+        ("transform removes a hop-by-hop header", "[transforms.t]\nresponse_headers = { remove = [\"Connection\"] }\n".into(), "d.toml:2:32: transforms.t.response_headers.remove[0]: \"connection\" is a hop-by-hop field (RFC 9110 §7.6.1): the gateway sets it per connection"),
+        ("transform sets an identity header", "[transforms.t]\nrequest_headers = { set = { \"x-user-id\" = \"1\" } }\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = \"k.pem\"\nforward = { sub = \"x-user-id\" }\n".into(), "d.toml:2:29: transforms.t.request_headers.set.x-user-id: \"x-user-id\" is an identity header an auth policy sets: only a verified credential may set it"),
+        ("transform sets the type its program decides", "[transforms.t]\nresponse = \".\"\nresponse_headers = { set = { \"content-type\" = \"text/plain\" } }\n".into(), "d.toml:3:30: transforms.t.response_headers.set.content-type: \"content-type\" is decided by the response program (its output is identity-encoded application/json)"),
+        ("transform sets and removes one header", "[transforms.t]\nrequest_headers = { set = { \"x-a\" = \"1\" }, remove = [\"X-A\"] }\n".into(), "d.toml:2:54: transforms.t.request_headers.remove[0]: \"X-A\" is both set and removed: set already replaces it"),
+        ("route transform reference", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ntransform = \"compct\"\n[transforms.compact]\nresponse = \".\"\n"), "d.toml:6:13: routes.r.transform: no transform named \"compct\" (did you mean \"compact\"?)"),
+        ("route transform with cache", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\ntransform = \"t\"\n[cache.rules.c]\nttl = \"1s\"\n[transforms.t]\nresponse = \".\"\n"), "d.toml:7:13: routes.r.transform: transform \"t\" changes responses and the route has `cache`: cache hits skip the transform, so refused; cache the upstream route the transformed one calls, or drop one of the two"),
     ];
     let mut failures = Vec::new();
     for (name, src, expected) in &cases {
@@ -792,11 +844,11 @@ fn unresolvable_endpoint_host_is_an_error_at_its_value() {
 
 #[test]
 fn later_capabilities_are_rejected_in_file_order() {
-    // Whichever comes first in the file is reported: the `[transforms]` section here, the
-    // route's `transform` key once the section is moved after the route.
+    // Whichever comes first in the file is reported: the `[compression]` section here, the
+    // route's `websocket` key once the section is moved after the route.
     let src = "\
-[transforms.t]
-request = \".\"
+[compression]
+min_size = \"1KiB\"
 
 [upstreams.u]
 endpoints = [\"http://127.0.0.1:1\"]
@@ -804,11 +856,11 @@ endpoints = [\"http://127.0.0.1:1\"]
 [routes.r]
 paths = [\"/\"]
 upstream = \"u\"
-transform = \"t\"
+websocket = true
 ";
     assert_eq!(
         error(src),
-        "d.toml:1:2: transforms: not supported yet: transforms"
+        "d.toml:1:2: compression: not supported yet: compression"
     );
     let moved = format!(
         "{}\n{}",
@@ -817,7 +869,7 @@ transform = \"t\"
     );
     assert_eq!(
         error(&moved),
-        "d.toml:7:1: routes.r.transform: not supported yet: routes.r.transform"
+        "d.toml:7:1: routes.r.websocket: not supported yet: routes.r.websocket"
     );
 }
 
@@ -878,7 +930,7 @@ fn summary_lists_workers_listeners_upstreams_and_routes() {
         "    outlier ejection: after 5 consecutive failures, for 30s (doubling, at most 5m)\n",
         "  users_canary -> users_v2\n    paths: /api/v1/users\n    methods: any\n    hosts: any\n    headers: x-canary: \"1\"\n",
         "  payments -> accounts\n    paths: /api/v1/payments/*\n    methods: any\n    hosts: any\n    policies: timeout 5s (route)\n",
-        "    policies: rewrite /v2/transfers, timeout 30s (upstream)\n",
+        "    policies: rewrite /v2/transfers, transform transfer_v1_to_v2 (request + response), timeout 30s (upstream)\n",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

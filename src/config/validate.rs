@@ -31,11 +31,17 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
     let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
     let cache = super::cache::cache(&file.cache, src)?;
     let bff = super::bff::bff(file.bff.as_ref(), &auth, &rate_limits, src)?;
+    let identity: Vec<String> = auth
+        .iter()
+        .flat_map(|p| p.forward.iter().map(|(_, header)| header.clone()))
+        .collect();
+    let transforms = super::transform::transforms(&file.transforms, &identity, src)?;
     let policies = Policies {
         auth: &auth,
         rate_limits: &rate_limits,
         cache: cache.as_ref(),
         bff: bff.as_ref(),
+        transforms: &transforms,
     };
     let mut routes = file
         .routes
@@ -88,6 +94,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
             },
         },
         bff,
+        transforms,
     })
 }
 
@@ -671,6 +678,7 @@ struct Policies<'a> {
     rate_limits: &'a [model::RateLimit],
     cache: Option<&'a model::Cache>,
     bff: Option<&'a model::Bff>,
+    transforms: &'a [model::Transform],
 }
 
 fn route(
@@ -852,6 +860,18 @@ fn route(
         )?),
     };
 
+    let transform = match &route.transform {
+        None => None,
+        Some(wanted) => Some(super::transform::route_ref(
+            wanted,
+            &at.key("transform"),
+            route,
+            policies.transforms,
+            cache,
+            src,
+        )?),
+    };
+
     Ok(model::Route {
         name: name.to_string(),
         paths: route.paths.clone(),
@@ -870,6 +890,7 @@ fn route(
         location: src.location_of(&at),
         client,
         aggregate: None,
+        transform,
     })
 }
 

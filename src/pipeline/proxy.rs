@@ -7,6 +7,11 @@
 //! `upstream::call`'s; this module answers its [`Caller`] questions from the client connection
 //! and streams the body of the response it hands back.
 //!
+//! A route's transform ([`crate::compose::transform`]) is the exception to streaming: with a
+//! request program the body is read whole (up to `max_body`) and the transformed bytes are
+//! held as the request; with a response program a 2xx body is collected whole, transformed, and
+//! sent under its edited head.
+//!
 //! Invariant: no byte of the answer leaves before [`UpstreamResponse::settle`]; a body that
 //! fails before its first byte left is still answered with the gateway's 502 or 504.
 
@@ -14,6 +19,8 @@ use std::time::Duration;
 
 use super::client::ClientIo;
 use crate::cache::Entry;
+use crate::compose::transform::{self, Encoding, Refusal};
+use crate::config::model::Transform;
 use crate::http::{self, BodyKind, ChunkedDecoder, ResponseHead, Version};
 use crate::io::ReadEnd;
 use crate::metrics::CacheResult;
@@ -173,6 +180,66 @@ impl RequestBody {
         Ok(())
     }
 
+    /// Reads the whole body (decoded from its framing) for a request transform, at most
+    /// `max_body` bytes (413 beyond). The body is then complete: nothing is left to pump.
+    async fn read_whole(
+        &mut self,
+        ctx: &RequestCtx,
+        conn: &mut ClientIo,
+        max_body: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientFail> {
+        let too_large = ClientFail {
+            status: Some(413),
+            message: "Request body too large",
+        };
+        let mut out = Vec::new();
+        match self.kind {
+            BodyKind::None | BodyKind::UntilClose => {}
+            BodyKind::Length(n) => {
+                if n > max_body {
+                    return Err(too_large);
+                }
+                out.reserve(n as usize);
+                loop {
+                    let take = (self.remaining as usize).min(conn.data().len());
+                    out.extend_from_slice(&conn.data()[..take]);
+                    conn.consume(take);
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        break;
+                    }
+                    self.need_more(ctx, conn, timeout).await?;
+                }
+            }
+            BodyKind::Chunked => loop {
+                let start = conn.io.rpos;
+                let (consumed, data, done) = reframe_chunked(
+                    &mut self.decoder,
+                    &conn.io.rbuf[start..],
+                    &mut out,
+                    false,
+                    None,
+                )
+                .map_err(|_| ClientFail {
+                    status: Some(400),
+                    message: "Invalid chunked request body",
+                })?;
+                conn.consume(consumed);
+                self.total += data;
+                if self.total > max_body {
+                    return Err(too_large);
+                }
+                if done {
+                    break;
+                }
+                self.need_more(ctx, conn, timeout).await?;
+            },
+        }
+        self.complete = true;
+        Ok(out)
+    }
+
     /// Decodes the chunked bytes in the read buffer, re-encoding them into `ubuf`.
     fn decode_available(&mut self, conn: &mut ClientIo, max_body: u64) -> Result<(), ClientFail> {
         let start = conn.io.rpos;
@@ -264,6 +331,9 @@ enum PumpFail {
 struct ClientHead {
     out: OutFraming,
     keep: bool,
+    /// The response is transformed: its body is read whole (in this coding) before the head
+    /// written for it leaves.
+    collect: Option<Encoding>,
 }
 
 /// The client's side of the exchange, as [`call::call`] sees it: the held request in
@@ -281,8 +351,9 @@ struct Downstream<'c> {
     head: ClientHead,
     /// The cache's part of the request (a cached route, or one that may purge).
     cache: Option<&'c mut Pending>,
-    /// The purge generations `invalidate_on` bumps.
-    rules: &'c crate::cache::Rules,
+    /// The request's config generation: the purge generations `invalidate_on` bumps, the
+    /// route's transform.
+    snap: &'c Snapshot,
     /// The copy of the body the cache stores (boxed: the request's future stays small).
     tee: Option<Box<Tee>>,
     /// The upstream answered 5xx and a stale entry answers instead (`stale_if_error`).
@@ -383,7 +454,7 @@ impl Caller for Downstream<'_> {
             // A successful `invalidate_on` request purges its rules on every worker.
             if (200..300).contains(&head.status) {
                 for &rule in &pending.purge {
-                    self.rules.purge(rule);
+                    self.snap.active.cache.purge(rule);
                 }
             }
             // RFC 5861 §4: a 5xx is answered with the stale entry while its window allows.
@@ -417,7 +488,11 @@ impl Caller for Downstream<'_> {
             && !self.worker.drain.is_fired()
             && !self.body.abandoned
             && out != OutFraming::UntilClose;
-        self.head = ClientHead { out, keep };
+        self.head = ClientHead {
+            out,
+            keep,
+            collect: None,
+        };
         self.conn.wbuf.clear();
         let rate = ctx.rate.map(|h| h.text());
         let cache = mark.map(|m| m.text());
@@ -443,6 +518,30 @@ impl Caller for Downstream<'_> {
                 },
             },
         );
+        if let Some(t) = route_transform(self.snap, ctx) {
+            let success = (200..300).contains(&head.status);
+            if t.response.is_some() && success && body != BodyKind::None && !ctx.method.is_head {
+                // The head is edited once the transformed body is known (relay_transformed).
+                let codings = head
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+                    .map(|h| h.value);
+                self.head.collect = Some(Encoding::of(codings));
+                return;
+            }
+            let changed = if t.response.is_some() && success && ctx.method.is_head {
+                transform::Body::Unknown
+            } else {
+                transform::Body::Unchanged
+            };
+            if changed != transform::Body::Unchanged || !t.response_headers.is_empty() {
+                let edited =
+                    transform::response_head(&self.conn.wbuf, &t.response_headers, changed);
+                self.conn.wbuf.clear();
+                self.conn.wbuf.extend_from_slice(&edited);
+            }
+        }
     }
 }
 
@@ -460,9 +559,28 @@ pub async fn forward(
     let io_timeout = limits.body_timeout;
 
     let mut body = RequestBody::new(ctx);
-    if let Err(f) = body.buffer(ctx, conn, limits.max_body, io_timeout).await {
+    // A request program reads the body whole (boxed: the rare path must not grow every
+    // request's future); otherwise the part that fits REPLAY_LIMIT is held.
+    let read = match route_transform(snap, ctx).filter(|t| t.request.is_some()) {
+        Some(t) => {
+            Box::pin(transform_request(
+                &mut body,
+                t,
+                ctx,
+                conn,
+                limits.max_body,
+                io_timeout,
+            ))
+            .await
+        }
+        None => body
+            .buffer(ctx, conn, limits.max_body, io_timeout)
+            .await
+            .map_err(Refused::Client),
+    };
+    if let Err(refused) = read {
         let mark = cache.as_deref().and_then(Pending::mark);
-        return Box::pin(client_failed(conn, ctx, f, mark, io_timeout)).await;
+        return Box::pin(refused.send(conn, ctx, mark, worker, io_timeout)).await;
     }
     let target = call::Target {
         id: ctx.upstream,
@@ -499,9 +617,10 @@ pub async fn forward(
         head: ClientHead {
             out: OutFraming::NoBody,
             keep: false,
+            collect: None,
         },
         cache,
-        rules: &snap.active.cache,
+        snap,
         tee: None,
         stale: None,
     };
@@ -511,6 +630,25 @@ pub async fn forward(
             resp.cut();
             let stale = down.stale.take();
             Box::pin(answer_stale(down.conn, ctx, stale, worker, io_timeout)).await
+        }
+        Ok(resp) if down.head.collect.is_some() => {
+            let t = route_transform(snap, ctx).expect("collect is set on transform routes only");
+            let encoding = down.head.collect.unwrap_or(Encoding::Identity);
+            let head = down.head;
+            // Built inside the box: a future bound to a local first would keep its storage in
+            // this one.
+            Box::pin(relay_transformed(
+                resp,
+                head,
+                ctx,
+                down.conn,
+                t,
+                encoding,
+                limits.max_body,
+                worker,
+                io_timeout,
+            ))
+            .await
         }
         Ok(resp) => {
             let mut tee = down.tee.take();
@@ -611,6 +749,183 @@ async fn answer_stale(
         upstream: None,
         verdict: Outcome::Ignored,
         cache: Some(CacheResult::Stale),
+    }
+}
+
+/// The transform of the request's route, in the request's config generation.
+fn route_transform<'s>(snap: &'s Snapshot, ctx: &RequestCtx) -> Option<&'s Transform> {
+    let cfg = &snap.active.config;
+    cfg.routes[ctx.route].transform.map(|t| &cfg.transforms[t])
+}
+
+/// What ends a request the transform refused (or whose body failed while being read whole).
+enum Refused {
+    Client(ClientFail),
+    Transform(Refusal),
+}
+
+impl Refused {
+    async fn send(
+        self,
+        conn: &mut ClientIo,
+        ctx: &RequestCtx,
+        mark: Option<super::respond::CacheMark>,
+        worker: &Worker,
+        timeout: Duration,
+    ) -> Served {
+        match self {
+            Refused::Client(f) => client_failed(conn, ctx, f, mark, timeout).await,
+            Refused::Transform(refusal) => {
+                // The whole body was read: the connection can carry the next request.
+                let keep = ctx.keep_alive && !worker.drain.is_fired();
+                let served = answer_refusal(conn, ctx, refusal, keep, timeout).await;
+                Served {
+                    upstream: None,
+                    verdict: Outcome::Ignored,
+                    cache: mark.map(|m| m.result),
+                    ..served
+                }
+            }
+        }
+    }
+}
+
+/// The request side of a transform: the body read whole, run through the `request` program,
+/// and held behind the edited upstream head (in `conn.ubuf`), replayable for retries.
+async fn transform_request(
+    body: &mut RequestBody,
+    t: &Transform,
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    max_body: u64,
+    timeout: Duration,
+) -> Result<(), Refused> {
+    let Some(program) = &t.request else {
+        return Ok(());
+    };
+    let raw = body
+        .read_whole(ctx, conn, max_body, timeout)
+        .await
+        .map_err(Refused::Client)?;
+    let out = transform::request_body(program, &raw).map_err(Refused::Transform)?;
+    let head = transform::request_head(
+        &conn.ubuf[..ctx.upstream_head_len],
+        &t.request_headers,
+        transform::Body::Json(out.len()),
+        t.response.is_some(),
+    );
+    conn.ubuf.clear();
+    conn.ubuf.extend_from_slice(&head);
+    conn.ubuf.extend_from_slice(&out);
+    Ok(())
+}
+
+/// The gateway's JSON error for a refused body; `keep`: the connection stays open after it.
+async fn answer_refusal(
+    conn: &mut ClientIo,
+    ctx: &RequestCtx,
+    refusal: Refusal,
+    keep: bool,
+    timeout: Duration,
+) -> Served {
+    conn.wbuf.clear();
+    let mut r = Response::error(refusal.status, refusal.message, ctx.id);
+    r.head_only = ctx.method.is_head;
+    r.rate = ctx.rate;
+    r.close = !keep;
+    let sent = conn.send_response(&r, timeout).await.is_ok();
+    Served {
+        keep: keep && sent,
+        status: r.status,
+        upstream: None,
+        verdict: Outcome::Ignored,
+        cache: None,
+    }
+}
+
+/// A transformed response: the body read whole (up to `max_body`), decoded, run through the
+/// `response` program, and sent under the head written for it (`conn.wbuf`), edited. A failure
+/// before a byte left is the gateway's 502; the upstream's exchange itself went well (its
+/// status is what the breaker learns), so its connection is reused.
+#[allow(clippy::too_many_arguments)]
+async fn relay_transformed(
+    resp: UpstreamResponse<'_>,
+    head: ClientHead,
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    t: &Transform,
+    encoding: Encoding,
+    max_body: u64,
+    worker: &Worker,
+    timeout: Duration,
+) -> Served {
+    static FAILED: crate::logging::Limiter = crate::logging::Limiter::new();
+    let (status, verdict, addr, began) = (resp.status, resp.verdict(), resp.addr, resp.began);
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let raw = match resp.collect(limit, ctx.read_timeout).await {
+        Ok(raw) => raw,
+        Err(failure) => {
+            let over = matches!(&failure.error, UpstreamError::BadResponse { detail, .. } if detail.starts_with("body over"));
+            if !over {
+                return upstream_failed(conn, ctx, failure, None, worker, timeout).await;
+            }
+            // Over the limit: the rest of the body is unread, so the upstream connection
+            // closed (collect), and the client's is fine.
+            let refusal = Refusal {
+                status: 502,
+                message: "Upstream response too large to transform".into(),
+            };
+            let served = answer_refusal(conn, ctx, refusal, head.keep, timeout).await;
+            return Served {
+                upstream: Some((addr, began.elapsed())),
+                verdict,
+                ..served
+            };
+        }
+    };
+    let upstream = Some((addr, began.elapsed()));
+    let program = t
+        .response
+        .as_ref()
+        .expect("collect is set with a response program only");
+    let out = transform::decode(&encoding, raw, limit).and_then(|decoded| {
+        transform::response_body(program, &decoded).map_err(|(refusal, detail)| {
+            crate::warn_limited!(
+                FAILED,
+                "transform {:?}: response of upstream {addr} refused ({}): {detail}",
+                t.name,
+                refusal.message
+            );
+            refusal
+        })
+    });
+    match out {
+        Ok(body) => {
+            let edited = transform::response_head(
+                &conn.wbuf,
+                &t.response_headers,
+                transform::Body::Json(body.len()),
+            );
+            conn.wbuf.clear();
+            conn.wbuf.extend_from_slice(&edited);
+            conn.wbuf.extend_from_slice(&body);
+            let sent = conn.flush(timeout).await.is_ok();
+            Served {
+                keep: head.keep && sent,
+                status,
+                upstream,
+                verdict,
+                cache: None,
+            }
+        }
+        Err(refusal) => {
+            let served = answer_refusal(conn, ctx, refusal, head.keep, timeout).await;
+            Served {
+                upstream,
+                verdict,
+                ..served
+            }
+        }
     }
 }
 

@@ -203,8 +203,7 @@ pub fn prepare(
     let to = split::run(cfg, &m, &fields, peer.ip(), || worker.rand());
     // 10. The cache after auth and the rate limits (a hit is authenticated and counted like
     //    any request) and after the split (a refresh goes where the request would go), before
-    //    the breaker: a hit touches neither the upstream nor its breaker. (Transform after
-    //    this is rejected at config load until it lands.)
+    //    the breaker: a hit touches neither the upstream nor its breaker.
     // What the upstream phase reads of the request (and a background refresh, phase 10).
     let req = upstream::Request {
         head,
@@ -295,6 +294,12 @@ pub fn prepare(
     // 12. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).
     let balance_key = next!(upstream::run(&req, &to, cfg.server.limits.max_body, ubuf));
+    // 12. The transform's request-side header edits, on the head the gateway wrote (the
+    //    fields it owns cannot be edited: refused at load). With a request program the body
+    //    decides the framing, so the proxy stage edits the head once it has run.
+    if let Some(t) = to.route.transform.map(|t| &cfg.transforms[t]) {
+        crate::compose::transform::edit_upstream_head(t, ubuf);
+    }
 
     Prepared::Forward(RequestCtx {
         id: who.id,

@@ -22,6 +22,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         location: Location::default(),
         client: None,
         aggregate: None,
+        transform: None,
     }
 }
 
