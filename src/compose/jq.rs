@@ -12,6 +12,11 @@
 //!   cross as JSON: integers stay exact (no `f64` round trip for `i64` / `u64`), object keys keep
 //!   their order. A number jq computes as a float that is not finite becomes what jq prints:
 //!   NaN is `null`, infinities are `±f64::MAX`.
+//! - A program that is a path alone (`.`, `.a.b`, `.a[0]`, `.["k"]`: an aggregate's usual
+//!   `select`) is answered by [`Program::run`] on the `serde_json::Value` itself, moving the
+//!   selected part out without converting anything (~100x cheaper than through jaq). It answers
+//!   only where jq's answer is a part of the input or null (a missing key or index, anything of
+//!   null); a type error or a too-deep output goes through jaq, for jaq's own message.
 //! - The whole jq builtin library is available except that `halt` / `halt_error` (which would
 //!   end a jq process) end the run with an error instead, and `input` / `inputs` do not exist
 //!   (one input per run).
