@@ -8,6 +8,14 @@
 //! - `transform/run_10k`: the program run alone on an already-parsed `serde_json::Value`
 //!   (`Program::run`: the value crosses into jq's value and back; no text parsed or written;
 //!   the input is cloned each iteration, since `run` takes it by value).
+//! - `transform/select_10k`: an aggregate's `select = ".transactions"` on the parsed body: a
+//!   path-only program, which `Program::run` walks on the `serde_json::Value` itself; and
+//!   `transform/select_10k_jaq`, the same path written `(.transactions)`, which jaq runs (what
+//!   every `select` cost before the fast path). Both clone the input each iteration, as
+//!   `run_10k` does; `transform/clone_10k` is that clone alone.
+//!
+//! The gateway's binary runs on mimalloc (src/main.rs); so does this bench, or the numbers
+//! would be glibc malloc's (half of jaq's time is allocation).
 //!
 //! Nothing here does I/O: reading the body and writing the answer are the proxy stage's, which
 //! perf/compare.sh measures.
@@ -18,6 +26,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dispatch::compose::jq::{now_rfc3339, Program};
 use dispatch::compose::transform::response_body;
 use serde_json::{json, Value};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const COMPACT: &str =
     "{transactions: [.transactions[] | {id, amount, merchant: .merchantName, date: .createdAt}]}";
@@ -55,6 +66,19 @@ fn transform(c: &mut Criterion) {
     g.bench_function("run_10k", |b| {
         b.iter(|| program.run(black_box(value.clone()), &now).expect("runs"))
     });
+    let select = Program::compile(".transactions", &[]).expect("compiles");
+    let select_jaq = Program::compile("(.transactions)", &[]).expect("compiles");
+    assert_eq!(
+        select.run(value.clone(), &[]),
+        select_jaq.run(value.clone(), &[])
+    );
+    g.bench_function("select_10k", |b| {
+        b.iter(|| select.run(black_box(value.clone()), &[]).expect("runs"))
+    });
+    g.bench_function("select_10k_jaq", |b| {
+        b.iter(|| select_jaq.run(black_box(value.clone()), &[]).expect("runs"))
+    });
+    g.bench_function("clone_10k", |b| b.iter(|| black_box(value.clone())));
     g.finish();
 }
 

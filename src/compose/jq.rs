@@ -12,6 +12,11 @@
 //!   cross as JSON: integers stay exact (no `f64` round trip for `i64` / `u64`), object keys keep
 //!   their order. A number jq computes as a float that is not finite becomes what jq prints:
 //!   NaN is `null`, infinities are `±f64::MAX`.
+//! - A program that is a path alone (`.`, `.a.b`, `.a[0]`, `.["k"]`: an aggregate's usual
+//!   `select`) is answered by [`Program::run`] on the `serde_json::Value` itself, moving the
+//!   selected part out without converting anything (~100x cheaper than through jaq). It answers
+//!   only where jq's answer is a part of the input or null (a missing key or index, anything of
+//!   null); a type error or a too-deep output goes through jaq, for jaq's own message.
 //! - The whole jq builtin library is available except that `halt` / `halt_error` (which would
 //!   end a jq process) end the run with an error instead, and `input` / `inputs` do not exist
 //!   (one input per run).
@@ -42,15 +47,23 @@ pub const MAX_MESSAGE: usize = 240;
 /// A compiled jq program. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct Program {
-    filter: Arc<Filter>,
+    compiled: Arc<Compiled>,
+}
+
+struct Compiled {
+    filter: Filter,
     /// How many global variables `run` expects, in the order given to `compile`.
     vars: usize,
+    /// The program's steps when it is a path alone (`.`, `.a.b`, `.a[0]`): [`Program::run`]
+    /// then walks the `serde_json::Value` itself (see [`path`]).
+    path: Option<Vec<Step>>,
 }
 
 impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Program")
-            .field("vars", &self.vars)
+            .field("vars", &self.compiled.vars)
+            .field("path", &self.compiled.path.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -120,14 +133,29 @@ impl Program {
                 }
             })?;
         Ok(Program {
-            filter: Arc::new(filter),
-            vars: vars.len(),
+            compiled: Arc::new(Compiled {
+                filter,
+                vars: vars.len(),
+                path: path(text),
+            }),
         })
     }
 
     /// Runs on one input; the FIRST output is the result (jq's `first(...)`): none -> `Ok(None)`;
     /// an error -> `Err(message)`. `vars` values in the order given at compile.
     pub fn run(&self, input: Value, vars: &[Value]) -> Result<Option<Value>, String> {
+        if let (Some(steps), true) = (&self.compiled.path, vars.len() == self.compiled.vars) {
+            // The fast path answers only where jq's answer is a value of the input; anything
+            // else (a type error, an output too deep) is left to jaq, for jaq's own message.
+            if lookup(&input, steps).is_some_and(|out| fits(out, 0)) {
+                let mut input = input;
+                return Ok(Some(
+                    lookup_mut(&mut input, steps)
+                        .map(std::mem::take)
+                        .unwrap_or_default(),
+                ));
+            }
+        }
         let vars = vars.iter().map(value_to_val).collect::<Vec<_>>();
         match self.first(value_to_val(&input), vars)? {
             None => Ok(None),
@@ -161,16 +189,17 @@ impl Program {
 
     /// The first output of the program on `input`, or the first error.
     fn first(&self, input: Val, vars: Vec<Val>) -> Result<Option<Val>, String> {
-        if vars.len() != self.vars {
+        let compiled = &*self.compiled;
+        if vars.len() != compiled.vars {
             // A caller bug, not a request's fault: say so rather than run with unbound names.
             return Err(format!(
                 "the program takes {} variable(s), {} given",
-                self.vars,
+                compiled.vars,
                 vars.len()
             ));
         }
-        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new(vars));
-        let mut outputs = self.filter.id.run((ctx, input));
+        let ctx = Ctx::<Data>::new(&compiled.filter.lut, Vars::new(vars));
+        let mut outputs = compiled.filter.id.run((ctx, input));
         match outputs.next() {
             None => Ok(None),
             Some(Ok(v)) => Ok(Some(v)),
@@ -183,6 +212,134 @@ impl Program {
                 },
             }),
         }
+    }
+}
+
+/// One step of a path-only program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// `.name` or `."name"` / `.["name"]`: an object's value, null where the key is missing.
+    Key(String),
+    /// `.[n]`: an array's element, counted from the end when negative, null out of range.
+    Index(i64),
+}
+
+/// The steps of `text` when it is a path alone: `.` followed by `.name`, `."name"`, `[n]`,
+/// `["name"]` (each `[...]` optionally after a `.`), no spaces, no escapes in a name. Anything
+/// else (`?`, slices, pipes, variables) is `None`: jaq runs it. Called after jaq compiled
+/// `text`, so a name that jq reads otherwise never gets here as a path.
+fn path(text: &str) -> Option<Vec<Step>> {
+    let t = text.trim().as_bytes();
+    if t.first() != Some(&b'.') {
+        return None;
+    }
+    let mut steps = Vec::new();
+    let mut i = 0;
+    // `.` alone: the identity, no steps.
+    if t.len() == 1 {
+        return Some(steps);
+    }
+    while i < t.len() {
+        let dot = t[i] == b'.';
+        if dot {
+            i += 1;
+        }
+        match t.get(i) {
+            Some(b'[') => {
+                let close = i + t[i..].iter().position(|&b| b == b']')?;
+                let inner = &t[i + 1..close];
+                steps.push(match inner.first() {
+                    Some(b'"') => Step::Key(quoted(inner)?),
+                    _ => Step::Index(integer(inner)?),
+                });
+                i = close + 1;
+            }
+            Some(b'"') if dot => {
+                let close = i + 1 + t[i + 1..].iter().position(|&b| b == b'"')?;
+                steps.push(Step::Key(quoted(&t[i..=close])?));
+                i = close + 1;
+            }
+            Some(&b) if dot && (b.is_ascii_alphabetic() || b == b'_') => {
+                let end = t[i..]
+                    .iter()
+                    .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                    .map_or(t.len(), |n| i + n);
+                steps.push(Step::Key(std::str::from_utf8(&t[i..end]).ok()?.to_string()));
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    Some(steps)
+}
+
+/// A `"..."` name without escapes or interpolation (jq's strings have both: jaq runs those).
+fn quoted(b: &[u8]) -> Option<String> {
+    let inner = b.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(inner).ok().map(str::to_string)
+}
+
+/// A decimal integer index, `-` allowed, no leading `+`, spaces or leading zeros.
+fn integer(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') || digits.len() > 15 {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// `steps` on `v` as jq walks them, where the answer is a value of `v` (null for a missing key
+/// or index, and on null); `None` where jq raises an error (a key of an array, an index of an
+/// object, anything of a string, number or boolean).
+fn lookup<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+    static NULL: Value = Value::Null;
+    for step in steps {
+        v = match (v, step) {
+            (Value::Null, _) => &NULL,
+            (Value::Object(map), Step::Key(k)) => map.get(k).unwrap_or(&NULL),
+            (Value::Array(items), Step::Index(n)) => element(items.len(), *n)
+                .and_then(|i| items.get(i))
+                .unwrap_or(&NULL),
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// [`lookup`] for a value to take out; `None` also where the answer is a null not in `v`.
+fn lookup_mut<'v>(mut v: &'v mut Value, steps: &[Step]) -> Option<&'v mut Value> {
+    for step in steps {
+        v = match (v, step) {
+            (Value::Object(map), Step::Key(k)) => map.get_mut(k)?,
+            (Value::Array(items), Step::Index(n)) => {
+                let i = element(items.len(), *n)?;
+                items.get_mut(i)?
+            }
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// The position of jq's index `n` in an array of `len`: negative counts from the end.
+fn element(len: usize, n: i64) -> Option<usize> {
+    if n >= 0 {
+        usize::try_from(n).ok()
+    } else {
+        len.checked_sub(usize::try_from(n.unsigned_abs()).ok()?)
+    }
+}
+
+/// Whether `v` nests within [`MAX_DEPTH`] as [`val_to_value`] counts (a container at depth
+/// `MAX_DEPTH` is too deep).
+fn fits(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::Array(items) => depth < MAX_DEPTH && items.iter().all(|i| fits(i, depth + 1)),
+        Value::Object(map) => depth < MAX_DEPTH && map.values().all(|i| fits(i, depth + 1)),
+        _ => true,
     }
 }
 

@@ -270,3 +270,134 @@ fn the_jq_standard_library_is_there() {
         Ok(Some(json!(["a", "b"])))
     );
 }
+
+/// jaq's own answer for `program` on `input`, bypassing the path fast path.
+fn by_jaq(program: &Program, input: &Value) -> Result<Option<Value>, String> {
+    match program.first(super::value_to_val(input), Vec::new())? {
+        None => Ok(None),
+        Some(out) => super::val_to_value(&out, 0).map(Some),
+    }
+}
+
+/// Path-only programs walk the `serde_json::Value` themselves: every answer (values, nulls for
+/// missing keys and indexes, errors) is jaq's, bit for bit.
+#[test]
+fn path_programs_answer_exactly_as_jaq_does() {
+    let inputs = [
+        json!({"a": {"b": [1, {"c": "x"}, [2, 3]], "n": null}, "transactions": [{"id": 1}],
+               "k-y": true, "if": 4, "_u1": 1.5, "big": 18446744073709551615u64}),
+        json!([10, [20, 21], {"a": 1}]),
+        json!(null),
+        json!("text"),
+        json!(12),
+        json!(true),
+        json!({}),
+        json!([]),
+    ];
+    let programs = [
+        ".",
+        " . ",
+        ".a",
+        ".a.b",
+        ".a.b[0]",
+        ".a.b[1].c",
+        ".a.b[2][1]",
+        ".a.b[-1]",
+        ".a.b[-3]",
+        ".a.b[-4]",
+        ".a.b[3]",
+        ".a.b[99]",
+        ".a.n",
+        ".a.n.x",
+        ".a.n[3]",
+        ".missing",
+        ".missing.deeper[2]",
+        ".transactions",
+        ".transactions[0].id",
+        ".[0]",
+        ".[1][0]",
+        ".[-1]",
+        ".[2].a",
+        ".[0].a",
+        ".a[0]",
+        ".[\"k-y\"]",
+        ".\"k-y\"",
+        ".[\"a\"].b",
+        ".if",
+        "._u1",
+        ".big",
+        ".a.b.c",
+        ".a.b[1].c.d",
+        ".a.b[1].c[0]",
+        ".[-0]",
+        ".a.[0]",
+        ".a.b.[1]",
+    ];
+    let mut fast = 0;
+    for text in programs {
+        let Ok(p) = Program::compile(text, &[]) else {
+            continue;
+        };
+        if p.compiled.path.is_some() {
+            fast += 1;
+        }
+        for input in &inputs {
+            assert_eq!(
+                p.run(input.clone(), &[]),
+                by_jaq(&p, input),
+                "{text} on {input}"
+            );
+        }
+    }
+    assert!(fast >= 30, "only {fast} programs took the fast path");
+}
+
+/// Only a path alone takes the fast path: anything jq computes (iteration, `?`, pipes,
+/// slices, strings with escapes) is jaq's.
+#[test]
+fn only_paths_take_the_fast_path() {
+    for text in [".", ".a", ".a.b[0]", ".[\"x y\"]", ".[-2]", ".\"q\""] {
+        let p = Program::compile(text, &[]).unwrap();
+        assert!(p.compiled.path.is_some(), "{text}");
+    }
+    for text in [
+        ".[]",
+        ".a?",
+        ".a | .b",
+        ".[1:2]",
+        ".[\"a\\\"b\"]",
+        "..",
+        ".a[]",
+        ".a.b?",
+        ".[\"\\(1)\"]",
+        ".[1.5]",
+        ".[+1]",
+        ".[01]",
+        ". a",
+        ".a as $x | $x",
+        "(.a)",
+        ".a,.b",
+        "length",
+    ] {
+        if let Ok(p) = Program::compile(text, &[]) {
+            assert!(p.compiled.path.is_none(), "{text}");
+        }
+    }
+}
+
+/// A path's output too deep for [`super::MAX_DEPTH`] is the same error as through jaq.
+#[test]
+fn a_path_output_too_deep_is_jaqs_error() {
+    let mut deep = json!(1);
+    for _ in 0..=super::MAX_DEPTH {
+        deep = json!([deep]);
+    }
+    let p = Program::compile(".a", &[]).unwrap();
+    let input = json!({"a": deep});
+    let out = p.run(input.clone(), &[]);
+    assert!(out.is_err(), "{out:?}");
+    assert_eq!(out, by_jaq(&p, &input));
+    // One level less fits.
+    let p = Program::compile(".a[0]", &[]).unwrap();
+    assert!(p.run(input, &[]).unwrap().is_some());
+}
