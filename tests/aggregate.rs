@@ -679,3 +679,49 @@ path = "/one"
         out.stderr
     );
 }
+
+/// Regression: a leaky bucket on an aggregate never delayed or rejected (phase 8 dropped the
+/// `Delay`, whose drop gave its place back): now queued requests leave at the rate and those
+/// beyond the queue get 429.
+#[test]
+fn leaky_bucket_on_an_aggregate_delays_and_rejects() {
+    // One a second, one may wait: of a burst of 4, one goes at once, one a turn later.
+    const T_MS: f64 = 1000.0;
+    let arrivals = Arrivals::default();
+    let up = recording(&arrivals, |_| Reply::json(200, &json!({"ok": true})));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+[rate_limits.shape]
+algorithm = "leaky_bucket"
+key = "global"
+rate = 1
+burst = 1
+[aggregates.a]
+path = "/a"
+rate_limits = ["shape"]
+[aggregates.a.calls.main]
+upstream = "up"
+path = "/main"
+"#,
+        up.url()
+    ));
+    let shots = support::ratelimit::burst(gw.addr(), 4, "lb", |_| Req::get("/a"));
+    let ok = shots.iter().filter(|s| s.resp.status == 200).count();
+    let rejected = shots.iter().filter(|s| s.resp.status == 429).count();
+    assert_eq!(ok + rejected, 4, "only 200 or 429");
+    assert!(rejected >= 1, "nothing rejected beyond rate + burst");
+    assert!(ok >= 2, "the queued request was not admitted");
+    let first = shots.iter().map(|s| s.sent).min().expect("shots");
+    let mut at: Vec<Instant> = arrivals.instants();
+    at.sort();
+    assert_eq!(at.len(), ok, "every admitted request's call went on");
+    for (k, a) in at.iter().enumerate() {
+        let after = a.saturating_duration_since(first).as_secs_f64() * 1000.0;
+        assert!(
+            after >= k as f64 * T_MS - 50.0,
+            "call {k} arrived {after:.0} ms after the burst: not delayed to the rate"
+        );
+    }
+}
