@@ -725,3 +725,101 @@ path = "/main"
         );
     }
 }
+
+/// Regression: a call cut by the aggregate's deadline was dropped mid-exchange, so its
+/// timeout never reached the breaker: now the call's own read timeout fires first, and a
+/// breaker on timeouts opens after `failure_threshold` aggregate requests.
+#[test]
+fn calls_cut_at_the_aggregate_deadline_count_as_timeouts_for_the_breaker() {
+    let hang = Upstream::start(|_| Reply::json(200, &json!({})).delay(Duration::from_secs(5)));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.hang]
+endpoints = ["{}"]
+retries = 0
+[upstreams.hang.breaker]
+failure_threshold = 2
+recovery_timeout = "30s"
+failure_on = ["timeout"]
+[aggregates.a]
+path = "/a"
+timeout = "300ms"
+[aggregates.a.calls.slow]
+upstream = "hang"
+path = "/slow"
+"#,
+        hang.url()
+    ));
+    for _ in 0..2 {
+        let v = get(gw.addr(), "/a").json();
+        assert_eq!(v["_meta"]["errors"]["slow"], json!("timeout"), "{v}");
+    }
+    let v = get(gw.addr(), "/a").json();
+    assert_eq!(v["_meta"]["errors"]["slow"], json!("breaker open"), "{v}");
+    assert_eq!(hang.request_count(), 2, "the open breaker sent nothing");
+}
+
+/// Regression: a required call without its own `timeout` whose upstream's read timeout
+/// passed was answered 504 (as if the aggregate's deadline had cut it): it is 503.
+#[test]
+fn an_upstream_read_timeout_on_a_required_call_is_503_not_504() {
+    let hang = Upstream::start(|_| Reply::json(200, &json!({})).delay(Duration::from_secs(5)));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.hang]
+endpoints = ["{}"]
+retries = 0
+read_timeout = "200ms"
+[aggregates.a]
+path = "/a"
+timeout = "3s"
+[aggregates.a.calls.main]
+upstream = "hang"
+path = "/main"
+required = true
+"#,
+        hang.url()
+    ));
+    let r = get(gw.addr(), "/a");
+    assert_error(&r, 503);
+    assert!(
+        r.text()
+            .contains("Required call \\\"main\\\" failed: timeout"),
+        "{r:?}"
+    );
+}
+
+/// Regression: a required call skipped because its optional dependency was cut at the
+/// aggregate's deadline was answered 503: the aggregate timed out, 504.
+#[test]
+fn a_required_call_after_a_dependency_cut_by_the_aggregate_deadline_is_504() {
+    let arrivals = Arrivals::default();
+    let up = recording(&arrivals, |req| {
+        if req.path() == "/first" {
+            Reply::json(200, &json!({"id": 1})).delay(Duration::from_secs(5))
+        } else {
+            Reply::json(200, &json!({}))
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+retries = 0
+[aggregates.a]
+path = "/a"
+timeout = "300ms"
+[aggregates.a.calls.first]
+upstream = "up"
+path = "/first"
+[aggregates.a.calls.second]
+upstream = "up"
+path = "/second/{{first.id}}"
+required = true
+"#,
+        up.url()
+    ));
+    let r = get(gw.addr(), "/a");
+    assert_error(&r, 504);
+    assert_eq!(arrivals.targets(), ["/first"]);
+}
