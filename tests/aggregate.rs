@@ -823,3 +823,30 @@ required = true
     assert_error(&r, 504);
     assert_eq!(arrivals.targets(), ["/first"]);
 }
+
+/// Regression: a parameter of `..` (or `%2E%2E`; the query's, the client's path is normalized
+/// first) rendered `/users/..`, a path traversal upstream: the call fails naming the
+/// placeholder, and nothing is sent.
+#[test]
+fn a_dot_segment_placeholder_value_fails_the_call_and_sends_nothing() {
+    let arrivals = Arrivals::default();
+    let up = recording(&arrivals, |_| Reply::json(200, &json!({})));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+[aggregates.a]
+path = "/a"
+[aggregates.a.calls.user]
+upstream = "up"
+path = "/users/{{id}}"
+"#,
+        up.url()
+    ));
+    for target in ["/a?id=..", "/a?id=%2E%2E", "/a?id=."] {
+        let v = get(gw.addr(), target).json();
+        let error = v["_meta"]["errors"]["user"].as_str().unwrap_or_default();
+        assert!(error.starts_with("bad value for {id}"), "{target}: {v}");
+    }
+    assert!(arrivals.targets().is_empty(), "{:?}", arrivals.targets());
+}
