@@ -679,3 +679,174 @@ path = "/one"
         out.stderr
     );
 }
+
+/// Regression: a leaky bucket on an aggregate never delayed or rejected (phase 8 dropped the
+/// `Delay`, whose drop gave its place back): now queued requests leave at the rate and those
+/// beyond the queue get 429.
+#[test]
+fn leaky_bucket_on_an_aggregate_delays_and_rejects() {
+    // One a second, one may wait: of a burst of 4, one goes at once, one a turn later.
+    const T_MS: f64 = 1000.0;
+    let arrivals = Arrivals::default();
+    let up = recording(&arrivals, |_| Reply::json(200, &json!({"ok": true})));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+[rate_limits.shape]
+algorithm = "leaky_bucket"
+key = "global"
+rate = 1
+burst = 1
+[aggregates.a]
+path = "/a"
+rate_limits = ["shape"]
+[aggregates.a.calls.main]
+upstream = "up"
+path = "/main"
+"#,
+        up.url()
+    ));
+    let shots = support::ratelimit::burst(gw.addr(), 4, "lb", |_| Req::get("/a"));
+    let ok = shots.iter().filter(|s| s.resp.status == 200).count();
+    let rejected = shots.iter().filter(|s| s.resp.status == 429).count();
+    assert_eq!(ok + rejected, 4, "only 200 or 429");
+    assert!(rejected >= 1, "nothing rejected beyond rate + burst");
+    assert!(ok >= 2, "the queued request was not admitted");
+    let first = shots.iter().map(|s| s.sent).min().expect("shots");
+    let mut at: Vec<Instant> = arrivals.instants();
+    at.sort();
+    assert_eq!(at.len(), ok, "every admitted request's call went on");
+    for (k, a) in at.iter().enumerate() {
+        let after = a.saturating_duration_since(first).as_secs_f64() * 1000.0;
+        assert!(
+            after >= k as f64 * T_MS - 50.0,
+            "call {k} arrived {after:.0} ms after the burst: not delayed to the rate"
+        );
+    }
+}
+
+/// Regression: a call cut by the aggregate's deadline was dropped mid-exchange, so its
+/// timeout never reached the breaker: now the call's own read timeout fires first, and a
+/// breaker on timeouts opens after `failure_threshold` aggregate requests.
+#[test]
+fn calls_cut_at_the_aggregate_deadline_count_as_timeouts_for_the_breaker() {
+    let hang = Upstream::start(|_| Reply::json(200, &json!({})).delay(Duration::from_secs(5)));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.hang]
+endpoints = ["{}"]
+retries = 0
+[upstreams.hang.breaker]
+failure_threshold = 2
+recovery_timeout = "30s"
+failure_on = ["timeout"]
+[aggregates.a]
+path = "/a"
+timeout = "300ms"
+[aggregates.a.calls.slow]
+upstream = "hang"
+path = "/slow"
+"#,
+        hang.url()
+    ));
+    for _ in 0..2 {
+        let v = get(gw.addr(), "/a").json();
+        assert_eq!(v["_meta"]["errors"]["slow"], json!("timeout"), "{v}");
+    }
+    let v = get(gw.addr(), "/a").json();
+    assert_eq!(v["_meta"]["errors"]["slow"], json!("breaker open"), "{v}");
+    assert_eq!(hang.request_count(), 2, "the open breaker sent nothing");
+}
+
+/// Regression: a required call without its own `timeout` whose upstream's read timeout
+/// passed was answered 504 (as if the aggregate's deadline had cut it): it is 503.
+#[test]
+fn an_upstream_read_timeout_on_a_required_call_is_503_not_504() {
+    let hang = Upstream::start(|_| Reply::json(200, &json!({})).delay(Duration::from_secs(5)));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.hang]
+endpoints = ["{}"]
+retries = 0
+read_timeout = "200ms"
+[aggregates.a]
+path = "/a"
+timeout = "3s"
+[aggregates.a.calls.main]
+upstream = "hang"
+path = "/main"
+required = true
+"#,
+        hang.url()
+    ));
+    let r = get(gw.addr(), "/a");
+    assert_error(&r, 503);
+    assert!(
+        r.text()
+            .contains("Required call \\\"main\\\" failed: timeout"),
+        "{r:?}"
+    );
+}
+
+/// Regression: a required call skipped because its optional dependency was cut at the
+/// aggregate's deadline was answered 503: the aggregate timed out, 504.
+#[test]
+fn a_required_call_after_a_dependency_cut_by_the_aggregate_deadline_is_504() {
+    let arrivals = Arrivals::default();
+    let up = recording(&arrivals, |req| {
+        if req.path() == "/first" {
+            Reply::json(200, &json!({"id": 1})).delay(Duration::from_secs(5))
+        } else {
+            Reply::json(200, &json!({}))
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+retries = 0
+[aggregates.a]
+path = "/a"
+timeout = "300ms"
+[aggregates.a.calls.first]
+upstream = "up"
+path = "/first"
+[aggregates.a.calls.second]
+upstream = "up"
+path = "/second/{{first.id}}"
+required = true
+"#,
+        up.url()
+    ));
+    let r = get(gw.addr(), "/a");
+    assert_error(&r, 504);
+    assert_eq!(arrivals.targets(), ["/first"]);
+}
+
+/// Regression: a parameter of `..` (or `%2E%2E`; the query's, the client's path is normalized
+/// first) rendered `/users/..`, a path traversal upstream: the call fails naming the
+/// placeholder, and nothing is sent.
+#[test]
+fn a_dot_segment_placeholder_value_fails_the_call_and_sends_nothing() {
+    let arrivals = Arrivals::default();
+    let up = recording(&arrivals, |_| Reply::json(200, &json!({})));
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+[aggregates.a]
+path = "/a"
+[aggregates.a.calls.user]
+upstream = "up"
+path = "/users/{{id}}"
+"#,
+        up.url()
+    ));
+    for target in ["/a?id=..", "/a?id=%2E%2E", "/a?id=."] {
+        let v = get(gw.addr(), target).json();
+        let error = v["_meta"]["errors"]["user"].as_str().unwrap_or_default();
+        assert!(error.starts_with("bad value for {id}"), "{target}: {v}");
+    }
+    assert!(arrivals.targets().is_empty(), "{:?}", arrivals.targets());
+}

@@ -41,6 +41,8 @@ pub(super) struct Refs<'a> {
     pub rate_limits: &'a [model::RateLimit],
     pub limits: &'a model::Limits,
     pub bff: Option<&'a model::Bff>,
+    /// The file's `[routes.*]`: an aggregate may not take a route's name.
+    pub routes: &'a [model::Route],
 }
 
 /// Every `[aggregates.*]`, in file order, with its route; `first_route` is the id its first
@@ -78,6 +80,20 @@ fn aggregate(
 ) -> Result<(model::Route, Compiled), ConfigError> {
     let at = KeyPath::of(&["aggregates", name]);
     let section = Section::new(src, &at);
+    // The aggregate's name is its route's: in metric labels, the access log and `key =
+    // "route"` rate-limit buckets, a route of the same name would be indistinguishable.
+    if let Some(route) = refs.routes.iter().find(|r| r.name == name) {
+        return Err(src.key_error(
+            &at,
+            format!(
+                "aggregate {name:?} has the name of route {:?} (line {}); aggregates and \
+                 routes share one namespace (metric labels, access log, rate-limit keys): \
+                 rename one",
+                route.name,
+                src.location_of(&KeyPath::of(&["routes", &route.name])).line
+            ),
+        ));
+    }
     if !(a.path.starts_with('/') || a.path.starts_with("=/")) {
         return Err(section.error(
             "path",

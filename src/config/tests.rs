@@ -744,6 +744,8 @@ fn errors_name_file_line_column_and_key() {
         ("cache ttl", "[cache.rules.catalog]\nttl = \"5 m\"\n".into(), "d.toml:2:7: cache.rules.catalog.ttl: invalid duration \"5 m\": expected a number followed by ms, s, m or h"),
         ("cache size", "[cache]\nmax_object = \"1MB\"\n".into(), "d.toml:2:14: cache.max_object: invalid size \"1MB\": ambiguous unit \"MB\"; sizes are 1024-based, write MiB (e.g. \"1MiB\")"),
         ("aggregate call", "[aggregates.d]\npath = \"/d\"\n[aggregates.d.calls.a]\nupstream = \"u\"\npath = \"/a\"\nrequried = true\n".into(), "d.toml:6:1: aggregates.d.calls.a.requried: unknown key \"requried\" (did you mean \"required\"?)"),
+        // Regression: an aggregate and a route of one name shared labels, log lines and buckets.
+        ("aggregate named as a route", format!("{UP}[routes.d]\npaths = [\"/r\"]\nupstream = \"users\"\n[aggregates.d]\npath = \"/d\"\n[aggregates.d.calls.a]\nupstream = \"users\"\npath = \"/a\"\n"), "d.toml:6:13: aggregates.d: aggregate \"d\" has the name of route \"d\" (line 3); aggregates and routes share one namespace (metric labels, access log, rate-limit keys): rename one"),
         ("compression algorithm", "[compression]\nalgorithms = [\"brotli\"]\n".into(), "d.toml:2:15: compression.algorithms[0]: invalid value \"brotli\": expected one of \"br\", \"gzip\""),
         // BFF (issue 11): clients, prefixes, the header, routes' `client`, client defaults.
         ("route client unknown", format!("{UP}[bff.clients.mobile]\nprefix = \"/m\"\n[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nclient = \"mobil\"\n"), "d.toml:8:10: routes.r.client: no bff client named \"mobil\" (did you mean \"mobile\"?)"),

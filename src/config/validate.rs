@@ -55,6 +55,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         rate_limits: &rate_limits,
         limits: &server.limits,
         bff: bff.as_ref(),
+        routes: &routes,
     };
     let (aggregate_routes, aggregates) =
         super::aggregate::aggregates(&file.aggregates, &refs, routes.len(), src)?;

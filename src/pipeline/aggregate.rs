@@ -16,6 +16,7 @@ use futures_util::future::{select, Either};
 
 use super::client::ClientIo;
 use super::phase::aggregate::Pending;
+use super::phase::ratelimit;
 use super::proxy::Served;
 use super::trace::TraceContext;
 use super::Response;
@@ -36,6 +37,14 @@ pub async fn serve(
     worker: &Worker,
     snap: &Snapshot,
 ) -> Served {
+    let mut p = p;
+    // A leaky bucket's delay: the calls leave at its place's time, unless the client leaves
+    // first (its place goes back with the `Delay`, as in `stack::shaped`).
+    if let Some(delay) = p.delay.take() {
+        if let Some(left) = Box::pin(shaped(delay, conn)).await {
+            return left;
+        }
+    }
     let cfg = &*snap.active.config;
     let aggregate = &cfg.aggregates[p.aggregate];
     let transport = Upstreams {
@@ -91,6 +100,30 @@ pub async fn serve(
         verdict: Outcome::Ignored,
         cache: None,
     }
+}
+
+/// Waits until a leaky bucket's `until_ms` while watching the client (the wait of
+/// `stack::shaped`, without a breaker phase: each call takes its own permit). Some: the client
+/// left while it waited (499; the places go back when `delay` drops).
+async fn shaped(mut delay: Box<ratelimit::Delay>, conn: &mut ClientIo) -> Option<Served> {
+    let left =
+        |d: &ratelimit::Delay| Duration::from_millis(d.until_ms.saturating_sub(clock::now_ms()));
+    let watched = super::stack::watch(&conn.io.stream);
+    if let Ok(super::stack::Client::Left) = monoio::time::timeout(left(&delay), watched).await {
+        return Some(Served {
+            keep: false,
+            status: 0,
+            upstream: None,
+            verdict: Outcome::Ignored,
+            cache: None,
+        });
+    }
+    let rest = left(&delay);
+    if !rest.is_zero() {
+        monoio::time::sleep(rest).await;
+    }
+    delay.admit();
+    None
 }
 
 /// The executor's transport on a worker: each call through `upstream::call`, with a child span

@@ -197,6 +197,10 @@ pub fn prepare(
         limited.headers,
         started,
     ) {
+        // A leaky bucket shapes an aggregate like any request: it waits for its place in
+        // `aggregate::serve` (holding it until then).
+        let mut pending = pending;
+        pending.delay = limited.delay;
         return Prepared::Aggregate(pending);
     }
     // 9. The split side after auth, so a sticky key on an identity header is the verified one.

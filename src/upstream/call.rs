@@ -488,14 +488,14 @@ pub async fn call<'a, C: Caller>(
             },
         };
         metrics.pool(id as u32, up.reused);
-        {
-            let mut s = state.borrow_mut();
-            s.balancer.start(ep);
-            s.health[ep].inflight_add(env.worker, 1);
-        }
+        // Undone when the attempt ends, and when this future is dropped mid-exchange (an
+        // aggregate's deadline, a client that left): else the endpoint stays "in flight".
+        let flight = InFlight::start(state, ep, env.worker);
         let retry_status = |e: &UpstreamError, caller: &C| retry(e, caller, attempts + 1);
         let miss = match exchange(&mut up, caller, policy, &retry_status).await {
             Ok(facts) => {
+                // The attempt undoes it from here (its drop).
+                flight.hand_over();
                 return Ok(UpstreamResponse {
                     status: facts.status,
                     body: facts.body,
@@ -514,15 +514,11 @@ pub async fn call<'a, C: Caller>(
                         settled: false,
                         failed: None,
                     },
-                })
+                });
             }
             Err(miss) => miss,
         };
-        {
-            let mut s = state.borrow_mut();
-            s.balancer.finish(ep);
-            s.health[ep].inflight_add(env.worker, -1);
-        }
+        drop(flight);
         let last = Some((addr, began.elapsed()));
         match miss {
             Miss::Client(e) => {
@@ -565,6 +561,36 @@ pub async fn call<'a, C: Caller>(
                 crate::debug!("retrying after: {e}");
             }
         }
+    }
+}
+
+/// An attempt counted in flight on its endpoint (balancer, least-request, health) until it
+/// drops, or until [`InFlight::hand_over`] gives the count to the [`Attempt`].
+struct InFlight<'a> {
+    state: &'a RefCell<UpstreamState>,
+    ep: usize,
+    worker: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(state: &'a RefCell<UpstreamState>, ep: usize, worker: usize) -> Self {
+        let mut s = state.borrow_mut();
+        s.balancer.start(ep);
+        s.health[ep].inflight_add(worker, 1);
+        InFlight { state, ep, worker }
+    }
+
+    /// The response's [`Attempt`] ends the count (its drop).
+    fn hand_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut s = self.state.borrow_mut();
+        s.balancer.finish(self.ep);
+        s.health[self.ep].inflight_add(self.worker, -1);
     }
 }
 

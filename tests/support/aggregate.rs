@@ -31,6 +31,12 @@ impl Arrivals {
             .unwrap_or_else(|| panic!("no request for {prefix}: {:?}", *list))
     }
 
+    /// When each request arrived, in arrival order.
+    pub fn instants(&self) -> Vec<Instant> {
+        let list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().map(|(_, at)| *at).collect()
+    }
+
     pub fn targets(&self) -> Vec<String> {
         let list = self.0.lock().unwrap_or_else(|e| e.into_inner());
         list.iter().map(|(t, _)| t.clone()).collect()

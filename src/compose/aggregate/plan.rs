@@ -187,6 +187,10 @@ pub enum RenderError {
     /// A `foreach` source that is not an array.
     #[error("foreach {path} is not an array")]
     NotArray { path: String },
+    /// In the path, a value that is exactly `.` or `..` (RFC 3986 §3.3 dot segments): sent,
+    /// the upstream (or anything between) would resolve it to another resource (§5.2.4).
+    #[error("bad value for {{{placeholder}}}: {value:?} is a dot segment")]
+    DotSegment { placeholder: String, value: String },
 }
 
 /// What rendering reads: the request's parameters and the results so far.
@@ -483,6 +487,9 @@ impl Call {
     ) -> Result<String, RenderError> {
         let mut out = String::new();
         for s in &self.segments {
+            // Values are encoded, so a `?` can only be a literal's: after it, the query.
+            let in_path = !out.contains('?');
+            let from = out.len();
             match s {
                 Segment::Literal(text) => out.push_str(text),
                 Segment::Param(name) => match values.param(name) {
@@ -501,6 +508,15 @@ impl Call {
                     let v = each.and_then(|v| walk(v, fields));
                     render_value(&mut out, v, || self.placeholder_text(s))?;
                 }
+            }
+            // `encode_into` keeps `.`, so a value of `.` or `..` (decoded `%2E` too) renders as
+            // itself. In the query it is harmless.
+            let value = &out[from..];
+            if in_path && !matches!(s, Segment::Literal(_)) && matches!(value, "." | "..") {
+                return Err(RenderError::DotSegment {
+                    placeholder: self.placeholder_text(s),
+                    value: value.to_string(),
+                });
             }
         }
         Ok(out)

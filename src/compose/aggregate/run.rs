@@ -208,8 +208,9 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
                 let decided = if call.deps & failed != 0 {
                     if call.required {
                         let dep = first_bit(call.deps & failed);
+                        // A dependency cut by the aggregate's deadline: the aggregate timed out.
                         return failure(
-                            503,
+                            status_at(deadline),
                             call,
                             &format!("it waits for {:?}, which failed", plan.calls[dep].name),
                         );
@@ -243,7 +244,7 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
                             i,
                             work,
                             own.min(deadline),
-                            own > deadline,
+                            deadline,
                         ));
                     }
                     Err(state) => {
@@ -288,6 +289,21 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
     }
     compose(c, states, &ms, truncated)
 }
+
+/// A required call's failure status: 504 once the aggregate's `deadline` has passed (it cut
+/// the run), else 503.
+fn status_at(deadline: Instant) -> u16 {
+    if Instant::now() >= deadline {
+        504
+    } else {
+        503
+    }
+}
+
+/// How long after a call's deadline the executor drops it: the transport's own timeout, set
+/// to the same instant, fires first and is recorded as one (breaker, metrics) rather than the
+/// call being dropped mid-exchange.
+const GRACE: Duration = Duration::from_millis(20);
 
 /// The request's answer when a required call fails: 503 naming it, or 504 when the
 /// aggregate's deadline cut it.
@@ -385,19 +401,20 @@ fn render(
     }
 }
 
-/// One call's requests, all of them done by `deadline` (`cut`: that deadline is the
-/// aggregate's, not the call's own). Yields the call's index, what came back, how long it
-/// took, and `cut`.
+/// One call's requests, all of them done by `deadline` (the transport's; the executor drops
+/// them [`GRACE`] later). Yields the call's index, what came back, how long it took, and
+/// `cut`: it ended after `aggregate`'s deadline (the aggregate's timeout, not the call's own,
+/// ended it).
 async fn run_call<T: Transport>(
     transport: &T,
     info: CallInfo<'_>,
     i: usize,
     work: Work,
     deadline: Instant,
-    cut: bool,
+    aggregate: Instant,
 ) -> (usize, Fetched, Duration, bool) {
     let begun = Instant::now();
-    let until = monoio::time::Instant::from_std(deadline);
+    let until = monoio::time::Instant::from_std(deadline + GRACE);
     let fetched = match work {
         Work::One(head) => {
             let call = transport.call(info, head, deadline);
@@ -414,7 +431,7 @@ async fn run_call<T: Transport>(
             }
         }
     };
-    (i, fetched, begun.elapsed(), cut)
+    (i, fetched, begun.elapsed(), Instant::now() >= aggregate)
 }
 
 /// A `foreach` call's item requests, at most `concurrency` in flight, results in order.

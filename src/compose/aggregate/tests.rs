@@ -726,3 +726,47 @@ worst case: 3s (the aggregate's timeout caps the path's 9s)
         "{text}"
     );
 }
+
+/// Regression: a placeholder value of `.` or `..` rendered `/users/..`, a path traversal
+/// upstream; now it fails the call in the path, and is kept in the query.
+#[test]
+fn dot_segment_placeholder_values_fail_in_the_path_only() {
+    let spec = agg(vec![
+        call("order", "/o"),
+        call("p", "/users/{id}/x?q={id}"),
+        call("q", "/users?q={id}"),
+        call("r", "/r/{order.up}"),
+        call("a", "/a/{order.list}"),
+        call("s", "/s/{id}x"),
+    ]);
+    let plan = Plan::compile(&spec).unwrap();
+    let with = |id: &'static str| Vals {
+        params: HashMap::from([("id", id)]),
+        results: vec![Some(json!({"up": "..", "list": ["."]}))],
+    };
+    let render =
+        |name: &str, vals: &Vals| plan.calls[plan.index_of(name).unwrap()].render_path(vals, None);
+    for dots in [".", ".."] {
+        let vals = with(dots);
+        assert_eq!(
+            render("p", &vals),
+            Err(RenderError::DotSegment {
+                placeholder: "id".into(),
+                value: dots.into()
+            })
+        );
+        assert_eq!(render("q", &vals).unwrap(), format!("/users?q={dots}"));
+        // The value is judged, not the segment: `..x` would be harmless, but refusing it is.
+        assert!(render("s", &vals).is_err());
+    }
+    let vals = with("...");
+    assert_eq!(render("p", &vals).unwrap(), "/users/.../x?q=...");
+    assert_eq!(
+        render("r", &vals).unwrap_err().to_string(),
+        "bad value for {order.up}: \"..\" is a dot segment"
+    );
+    assert!(matches!(
+        render("a", &vals),
+        Err(RenderError::DotSegment { .. })
+    ));
+}

@@ -61,6 +61,16 @@ pub struct Pending {
     pub client_ip: IpAddr,
     /// Per call (index in the plan): its upstream's balance key (`hash_header`, `hash_ip`).
     pub balance: Vec<Key>,
+    /// A leaky bucket's place: the calls start at its time (`pipeline::aggregate::serve`).
+    pub delay: Option<Box<super::ratelimit::Delay>>,
+}
+
+impl std::fmt::Debug for super::ratelimit::Delay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delay")
+            .field("until_ms", &self.until_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the phase reads of the request.
@@ -180,6 +190,7 @@ pub fn run(
         fields,
         client_ip: req.client_ip,
         balance,
+        delay: None,
     }))
 }
 
