@@ -215,3 +215,146 @@ fn the_cached_route_hits_after_a_miss_and_the_admin_purge_empties_it() {
     let again = client.request(&Req::get("/api/v1/catalog"));
     assert_eq!(again.header("x-cache"), Some("MISS"), "{:?}", again.headers);
 }
+
+/// The tour's aggregates: the dashboard is one composite of its three calls with `_meta`
+/// (errors, skipped and truncated present though empty); the order graph follows the order to
+/// its user, products, shipment and reviews (one per product id, in the ids' order), and calls
+/// loyalty because u_1's plan is business. The tour prints `dispatch explain` for the graph.
+#[test]
+fn the_tours_aggregates_answer_composites_with_meta() {
+    let demo = DemoRun::start();
+    assert_eq!(demo.commands_with(&["/api/v1/dashboard/u_1"]).len(), 1);
+    assert_eq!(demo.commands_with(&["/api/v1/orders/o_1/details"]).len(), 1);
+    assert!(demo
+        .stdout()
+        .contains("dispatch explain --config config/demo.toml order_details"));
+
+    let dashboard = get(demo.gateway, "/api/v1/dashboard/u_1");
+    assert_eq!(dashboard.status, 200, "{}", dashboard.text());
+    let v = dashboard.json();
+    assert_eq!(v["profile"]["name"], "Ada Lovelace", "{v}");
+    assert_eq!(v["balance"]["available"], 1250.5, "{v}");
+    let recent = v["recentTransactions"]
+        .as_array()
+        .expect("select .transactions");
+    assert_eq!(recent.len(), 3, "limit=3: {v}");
+    assert_eq!(recent[0]["id"], "t_1", "{v}");
+    assert_eq!(v["_meta"]["partial"], false, "{v}");
+    assert_eq!(v["_meta"]["errors"], serde_json::json!({}), "{v}");
+    assert_eq!(v["_meta"]["skipped"], serde_json::json!([]), "{v}");
+    assert_eq!(v["_meta"]["truncated"], serde_json::json!([]), "{v}");
+
+    let order = get(demo.gateway, "/api/v1/orders/o_1/details");
+    assert_eq!(order.status, 200, "{}", order.text());
+    let v = order.json();
+    assert_eq!(v["order"]["id"], "o_1", "{v}");
+    assert_eq!(v["user"]["id"], "u_1", "{v}");
+    assert_eq!(v["products"][1]["id"], "p_2", "{v}");
+    assert_eq!(v["shipment"]["orderId"], "o_1", "{v}");
+    let reviews: Vec<&serde_json::Value> = v["reviews"]
+        .as_array()
+        .expect("reviews is an array")
+        .iter()
+        .map(|r| &r["productId"])
+        .collect();
+    assert_eq!(reviews, ["p_1", "p_2"], "in the ids' order: {v}");
+    assert_eq!(v["loyalty"]["userId"], "u_1", "business plan: {v}");
+    assert_eq!(v["loyalty"]["tier"], "gold", "{v}");
+    assert_eq!(v["_meta"]["skipped"], serde_json::json!([]), "{v}");
+}
+
+/// The tour's BFF clients: under /mobile/v1 a request is the mobile client's and needs the
+/// token (401 without), and its answer is compacted by the response transform (and loses
+/// X-Internal-Trace); `x-client-type: web` reaches the web route's full answer; a request of
+/// no client reaches neither route.
+#[test]
+fn the_tours_bff_clients_by_prefix_and_header() {
+    let demo = DemoRun::start();
+    let token = demo.line_after("JWT (ES256");
+    let with_token = demo.commands_with(&["Authorization: Bearer", "/mobile/v1/transactions"]);
+    assert_eq!(with_token.len(), 1, "{with_token:?}");
+    assert_eq!(
+        quoted_after(&with_token[0], "Authorization: Bearer "),
+        token
+    );
+    assert_eq!(demo.commands_with(&["x-client-type: web"]).len(), 1);
+
+    let missing = get(demo.gateway, "/mobile/v1/transactions");
+    assert_error(&missing, 401);
+
+    let mobile = send_request(
+        demo.gateway,
+        &Req::get("/mobile/v1/transactions").header("Authorization", &format!("Bearer {token}")),
+    );
+    assert_eq!(mobile.status, 200, "{}", mobile.text());
+    assert_eq!(
+        mobile.header("x-internal-trace"),
+        None,
+        "{:?}",
+        mobile.headers
+    );
+    let v = mobile.json();
+    assert_eq!(
+        v["transactions"][0],
+        serde_json::json!({"id": "t_1", "amount": 42.5, "merchant": "Coffee Lab", "date": "2026-11-20T09:15:00Z"}),
+        "{v}"
+    );
+    assert_eq!(v.as_object().unwrap().len(), 1, "compact: {v}");
+
+    let web = send_request(
+        demo.gateway,
+        &Req::get("/transactions").header("x-client-type", "web"),
+    );
+    assert_eq!(web.status, 200, "{}", web.text());
+    let v = web.json();
+    assert_eq!(v["transactions"][0]["merchantName"], "Coffee Lab", "{v}");
+    assert_eq!(v["upstream"], "transactions-1", "{v}");
+    assert!(
+        web.header("x-internal-trace").is_some(),
+        "{:?}",
+        web.headers
+    );
+
+    assert_error(&get(demo.gateway, "/transactions"), 404);
+}
+
+/// The tour's v1 transfer: the request transform renames the body for the v2 API and stamps
+/// `initiatedAt` (the sample v2 service answers 400 without it, so its 201 shows it came), and
+/// the response transform renames the answer back; a body that is not JSON is the gateway's
+/// 400.
+#[test]
+fn the_tours_v1_transfer_is_transformed_both_ways_and_non_json_is_400() {
+    let demo = DemoRun::start();
+    let tour = demo.commands_with(&["/api/v1/transfers"]);
+    assert_eq!(tour.len(), 2, "{tour:?}");
+    let body = quoted_after(&tour[0], "-d '");
+    let created = send_request(
+        demo.gateway,
+        &Req::post("/api/v1/transfers", body.as_bytes()).header("Content-Type", "application/json"),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.header("x-seen-path"), Some("/v2/transfers"));
+    assert_eq!(
+        created.json(),
+        serde_json::json!({
+            "id": "tr_3003",
+            "from_account": "a_1",
+            "to_account": "a_2",
+            "amount": 25,
+            "status": "completed",
+            "completed_at": "2026-12-06T12:00:00Z"
+        })
+    );
+
+    let not_json = quoted_after(&tour[1], "-d '");
+    let refused = send_request(
+        demo.gateway,
+        &Req::post("/api/v1/transfers", not_json.as_bytes()),
+    );
+    assert_error(&refused, 400);
+    assert_eq!(
+        refused.header("x-upstream"),
+        None,
+        "never reached the upstream"
+    );
+}

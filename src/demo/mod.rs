@@ -297,7 +297,7 @@ pub fn curl_lines(
     let token = &credentials.token;
     let key = &credentials.api_key;
     let canary = format!("http://127.0.0.1:{}", ports.users_v2);
-    let steps: [(&str, String); 28] = [
+    let steps: [(&str, String); 36] = [
         (
             "Routing by path: /users goes to upstream `users` (users-1 or users-2)",
             format!("curl -i {gw}/users/u_1"),
@@ -395,6 +395,38 @@ pub fn curl_lines(
         (
             "Canary split 80/20, sticky on x-session-id: a session always lands on the same side",
             format!("for s in 1 2 3 4 5 6 7 8; do curl -s -H \"x-session-id: s$s\" {gw}/split/users/u_1; echo; done"),
+        ),
+        (
+            "Aggregate: one request, three upstream calls in parallel (profile required; balance and transactions fall back to defaults); _meta says what each call did",
+            format!("curl -s {gw}/api/v1/dashboard/u_1"),
+        ),
+        (
+            "Aggregate with a call graph: order first, then user, products and reviews (one call per product, in order), then loyalty (only for a business plan)",
+            format!("curl -s {gw}/api/v1/orders/o_1/details"),
+        ),
+        (
+            "... the order the calls start in, and the worst case under the deadline",
+            format!("dispatch explain --config {CONFIG_PATH} order_details"),
+        ),
+        (
+            "BFF client by prefix: /mobile/v1 is the mobile client, which needs a token -> 401 without one",
+            format!("curl -i {gw}/mobile/v1/transactions"),
+        ),
+        (
+            "... with this run's token: the mobile route's response transform compacts each transaction (and drops X-Internal-Trace)",
+            format!("curl -si -H 'Authorization: Bearer {token}' {gw}/mobile/v1/transactions"),
+        ),
+        (
+            "BFF client by header: x-client-type: web reaches the web route, the full upstream answer",
+            format!("curl -s -H 'x-client-type: web' {gw}/transactions"),
+        ),
+        (
+            "Request and response transforms: a v1 transfer is sent to the v2 API (renamed, stamped with initiatedAt), its answer renamed back to v1",
+            format!("curl -s -H 'Content-Type: application/json' -d '{{\"from_account\":\"a_1\",\"to_account\":\"a_2\",\"amount\":25}}' {gw}/api/v1/transfers"),
+        ),
+        (
+            "... a body that is not JSON -> 400 from the gateway; the upstream never sees it",
+            format!("curl -i -d 'amount=25' {gw}/api/v1/transfers"),
         ),
         (
             "Service discovery: register users-v2 as a third endpoint of `users`, then list it",
@@ -528,6 +560,11 @@ mod tests {
             "curl -s -H 'x-api-key: {}' http://127.0.0.1:8080/partner/v1/me",
             creds.api_key
         )));
+        assert!(text.contains(&format!(
+            "curl -si -H 'Authorization: Bearer {}' http://127.0.0.1:8080/mobile/v1/transactions",
+            creds.token
+        )));
+        assert!(text.contains("dispatch explain --config config/demo.toml order_details"));
         assert!(text.contains("\"url\": \"http://127.0.0.1:9103\""));
         assert!(!text.contains("0.0.0.0"));
     }

@@ -802,7 +802,8 @@ fn respond(endpoint: &Endpoint, request: &Request) -> Response {
 
 /// `POST /v2/transfers` (accounts): the v2 transfer API a v1 route's transform talks to. Takes
 /// `{sourceAccountId, destinationAccountId, transferAmount: {value, currency}, initiatedAt}`
-/// and answers 201 with the transfer as v2 names it; a body that is not such JSON is a 400.
+/// (all required) and answers 201 with the transfer as v2 names it; a body that is not such
+/// JSON is a 400.
 fn transfer_v2(endpoint: &Endpoint, request: &Request) -> Response {
     if request.method != "POST" {
         return method_not_allowed(endpoint, "POST");
@@ -830,6 +831,11 @@ fn transfer_v2(endpoint: &Endpoint, request: &Request) -> Response {
     else {
         return bad("transferAmount.value must be a number");
     };
+    // The v2 API stamps each transfer with when the client initiated it; a v1 body passed on
+    // untransformed lacks it, so a 201 through the gateway shows the request transform ran.
+    if !body.get("initiatedAt").is_some_and(|v| v.is_string()) {
+        return bad("initiatedAt is required");
+    }
     let answer = serde_json::json!({
         "transferId": format!("tr_{}", from.len() * 1000 + to.len()),
         "sourceAccountId": from,
