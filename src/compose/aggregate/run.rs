@@ -18,7 +18,8 @@
 //!
 //! Deadlines: a call must end by its own `timeout` from its start, and by the aggregate's
 //! `timeout` from the request's start, whichever comes first; the transport gets that instant
-//! (retries included) and the executor holds the call to it. A required call that fails (its
+//! (retries included) and the executor drops the call 20 ms after it, so the transport's
+//! own timeout fires first and is recorded as one (breaker, metrics). A required call that fails (its
 //! own timeout included) ends the run at once with 503 naming it, dropping the calls still in
 //! flight; one cut by the aggregate's deadline gives 504. An optional call that fails takes its
 //! `default` (null without one).
