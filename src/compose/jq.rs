@@ -17,7 +17,8 @@
 //!   selected part out without converting anything (~100x cheaper than through jaq). It answers
 //!   only where jq's answer is a part of the input or null (a missing key or index, anything of
 //!   null); a type error or a too-deep output goes through jaq, for jaq's own message.
-//! - The whole jq builtin library is available except that `halt` / `halt_error` (which would
+//! - The whole jq builtin library is available except `env` (the gateway's environment holds
+//!   its secrets: a program that names it does not compile) and that `halt` / `halt_error` (which would
 //!   end a jq process) end the run with an error instead, and `input` / `inputs` do not exist
 //!   (one input per run).
 //! - A program's output nests at most [`MAX_DEPTH`] levels deep (serde_json's own parse limit),
@@ -349,6 +350,9 @@ fn funs() -> impl Iterator<Item = jaq_core::native::Fun<Data>> {
     jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
+        // `env` would hand a program the gateway's environment (the admin token, JWT secrets
+        // named by `secret_env`): a body transform must never be one line from echoing them.
+        .filter(|f| f.0 != "env")
 }
 
 /// The message of a load (lex, parse, module) error, at the failing token.

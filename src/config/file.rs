@@ -75,8 +75,9 @@ pub struct File {
     #[serde(default)]
     pub routes: Named<Route>,
 
-    // Capabilities not built yet: parsed and checked, then rejected by `later`.
+    /// Loaded by `config::bff`.
     pub bff: Option<Bff>,
+    /// Compiled by `config::transform`.
     pub transforms: Option<Named<Transform>>,
     /// Compiled by `config::aggregate`.
     pub aggregates: Option<Named<Aggregate>>,
@@ -196,7 +197,7 @@ pub struct Admin {
 pub struct Log {
     /// Default: `"info"`.
     pub level: Option<LogLevel>,
-    /// Default: `"off"`. `"json"` is not supported yet.
+    /// Default: `"off"`; `"json"`: one line per request on stdout.
     pub access: Option<AccessLog>,
 }
 
@@ -308,13 +309,17 @@ pub struct Route {
     /// `"header:NAME" | "cookie:NAME" | "ip"`: keeps a caller on one side of `split`.
     pub sticky: Option<String>,
 
-    // Not supported yet.
+    /// An `[auth.*]` policy (default: none, or the BFF client's).
     pub auth: Option<String>,
+    /// `[rate_limits.*]` that must all admit a request (default: none, or the client's).
     pub rate_limits: Option<Vec<String>>,
+    /// A `[cache.rules.*]` rule.
     pub cache: Option<String>,
-
+    /// A `[transforms.*]` its bodies go through.
     pub transform: Option<String>,
+    /// Not supported yet: `later` refuses it.
     pub websocket: Option<bool>,
+    /// The `[bff.clients.*]` whose requests alone it matches.
     pub client: Option<String>,
 }
 
@@ -416,7 +421,7 @@ pub struct Aggregate {
     pub calls: Named<AggregateCall>,
     /// The `[rate_limits.*]` that must all admit a request, as a route's.
     pub rate_limits: Option<Vec<String>>,
-    /// The BFF client whose requests it matches (not supported yet: `later` refuses it).
+    /// The BFF client whose requests alone it matches.
     pub client: Option<String>,
 }
 

@@ -401,3 +401,11 @@ fn a_path_output_too_deep_is_jaqs_error() {
     let p = Program::compile(".a[0]", &[]).unwrap();
     assert!(p.run(input, &[]).unwrap().is_some());
 }
+
+/// `env` would expose the gateway's environment (admin token, JWT secrets) to a body transform.
+#[test]
+fn env_is_not_available_to_programs() {
+    let err = Program::compile("{secret: env.HOME}", &[]).unwrap_err();
+    assert!(err.message.contains("env"), "{err:?}");
+    assert!(Program::compile("{secret: $ENV}", &[]).is_err());
+}
