@@ -599,10 +599,14 @@ path = "/one"
     let mut c = Client::connect(gw.addr());
     let got = c.request(&Req::get("/a"));
     assert_eq!(got.status, 200);
-    let length = got.header("content-length").map(str::to_string);
+    let length = |r: &Response| -> usize { r.header("content-length").unwrap().parse().unwrap() };
     let head = c.request(&Req::head("/a"));
     assert_eq!(head.status, 200, "{head:?}");
-    assert_eq!(head.header("content-length").map(str::to_string), length);
+    // The composite's own length (`_meta.ms` may take one more digit on a slow machine).
+    assert!(
+        length(&head).abs_diff(length(&got)) <= 2,
+        "{head:?} {got:?}"
+    );
     assert!(head.body.is_empty());
     let again = c.request(&Req::get("/a"));
     assert_eq!(again.status, 200);

@@ -26,8 +26,7 @@ use crate::http::{BodyKind, ResponseHead};
 use crate::state::worker::{Snapshot, Worker};
 use crate::upstream::balance::Key;
 use crate::upstream::breaker::Outcome;
-use crate::upstream::call::{self, Caller};
-use crate::upstream::client::UpConn;
+use crate::upstream::call;
 use crate::upstream::UpstreamError;
 
 /// Runs `p`'s aggregate and sends its answer.
@@ -226,7 +225,10 @@ impl Upstreams<'_> {
             config,
             state,
         };
-        let mut held = Held { request: head };
+        let mut held = call::Held {
+            request: head,
+            on_head: |_: &ResponseHead<'_>, _: BodyKind| {},
+        };
         let mut resp = call::call(target, env, &policy, permit, &mut held)
             .await
             .map_err(|f| error_of(&f.error))?;
@@ -263,35 +265,4 @@ fn error_of(e: &UpstreamError) -> CallError {
         UpstreamError::Status { status, .. } => CallError::Status(*status),
         UpstreamError::BreakerOpen { .. } => CallError::BreakerOpen,
     }
-}
-
-/// A call's side of the exchange: the whole request held, no client.
-struct Held {
-    request: Vec<u8>,
-}
-
-impl Caller for Held {
-    fn held(&mut self) -> &mut Vec<u8> {
-        &mut self.request
-    }
-    fn complete(&self) -> bool {
-        true
-    }
-    fn streamed(&self) -> bool {
-        false
-    }
-    fn lose_held(&mut self) {}
-    async fn send_rest(&mut self, _: &mut UpConn) -> Result<(), UpstreamError> {
-        Ok(())
-    }
-    fn abandoned(&self) -> bool {
-        false
-    }
-    async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
-        Ok(())
-    }
-    fn interim_relayed(&self) -> bool {
-        false
-    }
-    fn final_head(&mut self, _: &ResponseHead<'_>, _: BodyKind) {}
 }

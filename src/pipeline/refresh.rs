@@ -24,9 +24,7 @@ use crate::config::model::UpstreamId;
 use crate::http::{BodyKind, Header, RequestHead, ResponseHead};
 use crate::state::shared::Shared;
 use crate::state::worker::{Snapshot, Worker};
-use crate::upstream::call::{self, Caller};
-use crate::upstream::client::UpConn;
-use crate::upstream::UpstreamError;
+use crate::upstream::call;
 
 /// Request fields a refresh does not send: the client's conditionals and ranges (the
 /// refresh wants the whole current response, not a `304` or a part of it).
@@ -131,16 +129,21 @@ async fn run(r: Refresh) {
         worker: r.worker,
         now_sec: &now_sec,
     };
-    let mut caller = Held {
+    // The final head, when it may be stored.
+    let mut stored: Option<EntryHead> = None;
+    let mut caller = call::Held {
         request: r.request,
-        store: &r.store,
-        head: None,
+        on_head: |head: &ResponseHead<'_>, body: BodyKind| {
+            stored = r.store.admit(head, body, clock::unix_now());
+        },
     };
-    let Ok(resp) = call::call(target, env, &r.policy, permit, &mut caller).await else {
+    let called = call::call(target, env, &r.policy, permit, &mut caller).await;
+    drop(caller);
+    let Ok(resp) = called else {
         return;
     };
     let limit = r.store.max_object() as usize;
-    match caller.head.take() {
+    match stored {
         Some(head) => {
             if let Ok(body) = resp.collect(limit, r.policy.read_timeout).await {
                 let mut shard = r.shard.borrow_mut();
@@ -152,40 +155,4 @@ async fn run(r: Refresh) {
         None => drop(resp.collect(limit, r.policy.read_timeout).await),
     }
     drop(r.leader);
-}
-
-/// The refresh's side of the call: the whole request held, no client.
-struct Held<'s> {
-    request: Vec<u8>,
-    store: &'s Store,
-    /// The final head, when it may be stored.
-    head: Option<EntryHead>,
-}
-
-impl Caller for Held<'_> {
-    fn held(&mut self) -> &mut Vec<u8> {
-        &mut self.request
-    }
-    fn complete(&self) -> bool {
-        true
-    }
-    fn streamed(&self) -> bool {
-        false
-    }
-    fn lose_held(&mut self) {}
-    async fn send_rest(&mut self, _: &mut UpConn) -> Result<(), UpstreamError> {
-        Ok(())
-    }
-    fn abandoned(&self) -> bool {
-        false
-    }
-    async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
-        Ok(())
-    }
-    fn interim_relayed(&self) -> bool {
-        false
-    }
-    fn final_head(&mut self, head: &ResponseHead<'_>, body: BodyKind) {
-        self.head = self.store.admit(head, body, clock::unix_now());
-    }
 }

@@ -128,6 +128,42 @@ pub trait Caller {
     fn final_head(&mut self, head: &ResponseHead<'_>, body: BodyKind);
 }
 
+/// The [`Caller`] of a request held whole with no client behind it (an aggregate's call, the
+/// cache's background refresh): nothing streamed, no interim response relayed; `on_head` sees
+/// the final head while it is still borrowed from the connection's buffer.
+pub struct Held<F: FnMut(&ResponseHead<'_>, BodyKind)> {
+    pub request: Vec<u8>,
+    pub on_head: F,
+}
+
+impl<F: FnMut(&ResponseHead<'_>, BodyKind)> Caller for Held<F> {
+    fn held(&mut self) -> &mut Vec<u8> {
+        &mut self.request
+    }
+    fn complete(&self) -> bool {
+        true
+    }
+    fn streamed(&self) -> bool {
+        false
+    }
+    fn lose_held(&mut self) {}
+    async fn send_rest(&mut self, _: &mut UpConn) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+    fn abandoned(&self) -> bool {
+        false
+    }
+    async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+    fn interim_relayed(&self) -> bool {
+        false
+    }
+    fn final_head(&mut self, head: &ResponseHead<'_>, body: BodyKind) {
+        (self.on_head)(head, body);
+    }
+}
+
 /// A call that ended without a response for the caller.
 #[derive(Debug)]
 pub struct CallFailure {
