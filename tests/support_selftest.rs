@@ -593,3 +593,47 @@ fn rfc3339_utc_millis_parses_utc_timestamps() {
     let now = now_millis();
     assert!(now > 1_700_000_000_000, "{now}");
 }
+
+/// The test authority's certificates chain to it, carry the names asked for, and its files
+/// exist: the TLS tests' fixtures are what they say.
+#[test]
+fn test_pki_issues_certificates_that_verify_for_their_names() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{ServerName, UnixTime};
+    let pki = support::tls::Pki::new("selftest");
+    let leaf = pki.server("api", &["api.example.com", "*.example.net"], 30);
+    assert!(std::fs::read_to_string(&leaf.cert_path)
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    assert!(std::fs::read_to_string(&leaf.key_path)
+        .unwrap()
+        .contains("PRIVATE KEY"));
+    let config = pki.client_config(&["http/1.1"], None, &[]);
+    assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(
+        rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes())
+            .map(|c| c.unwrap()),
+    );
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .build()
+    .unwrap();
+    for (name, ok) in [
+        ("api.example.com", true),
+        ("x.example.net", true),
+        ("example.net", false),
+    ] {
+        let res = verifier.verify_server_cert(
+            &leaf.cert_der,
+            &[],
+            &ServerName::try_from(name).unwrap(),
+            &[],
+            UnixTime::now(),
+        );
+        assert_eq!(res.is_ok(), ok, "{name}: {res:?}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The stream layer: how bytes move on a connection, whichever side it faces.
 //!
-//! [`Stream`] is the transport (plain TCP today; TLS is one more variant, so nothing above
-//! this layer changes when it lands). [`BufConn`] is the one buffered connection type that the
+//! [`Stream`] is the transport: plain TCP, or TLS ([`tls`]: rustls over the same sockets,
+//! one variant per side, so nothing above this layer depends on which). [`BufConn`] is the one buffered connection type that the
 //! client side (`server::conn`) and the upstream side (`upstream::client`) are built on: its
 //! read buffer (parsed zero-copy by the codec), reads and writes bounded by a timeout, byte
 //! counts, the lingering close, and the non-blocking liveness peek that the upstream pool asks
@@ -14,6 +14,7 @@
 
 mod conn;
 mod stream;
+pub mod tls;
 
 pub use conn::{BufConn, ReadEnd};
 pub use stream::{Peek, Stream};

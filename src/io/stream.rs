@@ -1,5 +1,12 @@
 //! [`Stream`]: the transport under a connection, one enum so the hot path dispatches by a
-//! match instead of a vtable, and so TLS (a second variant) changes no caller.
+//! match instead of a vtable, and so TLS (one variant per side) changes no caller.
+//!
+//! The TLS variants are boxed: a rustls connection with its buffers is over a kilobyte, and a
+//! plain TCP stream (the common case, moved with every `BufConn`) should not carry that size.
+//! Under TLS, readiness and the liveness peek first ask the TLS layer for bytes it already
+//! holds, then look at the socket, where "bytes are waiting" may be a TLS record that carries
+//! no application data (a session ticket, a close_notify): a pooled connection with anything
+//! unread is not reused, which is the safe answer.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -9,9 +16,15 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
+use super::tls::{ClientTls, ServerTls};
+
 /// A connected byte stream.
 pub enum Stream {
     Tcp(TcpStream),
+    /// A client connection the gateway terminates TLS for.
+    TlsServer(Box<ServerTls>),
+    /// A connection to an `https://` upstream endpoint.
+    TlsClient(Box<ClientTls>),
 }
 
 /// What a non-blocking look at a stream found, without taking any byte.
@@ -44,6 +57,8 @@ impl Stream {
     pub async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
         match self {
             Stream::Tcp(s) => s.read(buf).await,
+            Stream::TlsServer(s) => s.read(buf).await,
+            Stream::TlsClient(s) => s.read(buf).await,
         }
     }
 
@@ -51,6 +66,8 @@ impl Stream {
     pub async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
         match self {
             Stream::Tcp(s) => s.write(buf).await,
+            Stream::TlsServer(s) => s.write(buf).await,
+            Stream::TlsClient(s) => s.write(buf).await,
         }
     }
 
@@ -58,6 +75,8 @@ impl Stream {
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown().await,
+            Stream::TlsServer(s) => s.shutdown().await,
+            Stream::TlsClient(s) => s.shutdown().await,
         }
     }
 
@@ -67,6 +86,10 @@ impl Stream {
     pub async fn readable(&self) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await,
+            Stream::TlsServer(s) if s.has_buffered() => Ok(()),
+            Stream::TlsClient(s) if s.has_buffered() => Ok(()),
+            Stream::TlsServer(s) => s.tcp().readable(false).await,
+            Stream::TlsClient(s) => s.tcp().readable(false).await,
         }
     }
 
@@ -74,6 +97,10 @@ impl Stream {
     pub fn peek(&self) -> Peek {
         match self {
             Stream::Tcp(s) => peek_fd(s.as_raw_fd()),
+            Stream::TlsServer(s) if s.has_buffered() => Peek::Data,
+            Stream::TlsClient(s) if s.has_buffered() => Peek::Data,
+            Stream::TlsServer(s) => peek_fd(s.as_raw_fd()),
+            Stream::TlsClient(s) => peek_fd(s.as_raw_fd()),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod gateway;
 pub mod ports;
 pub mod ratelimit;
+pub mod tls;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;
