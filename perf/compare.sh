@@ -107,6 +107,17 @@
 #   capacity as much as the critical path; CONNECTIONS=1 or 4 shows the unloaded latency, where
 #   Dispatch's three parallel calls face nginx-seq's three round trips.
 #
+# SCENARIO=tls (issue 13: TLS termination) measures the plain proxy path over HTTPS: Dispatch,
+# nginx and HAProxy terminate TLS with the same ECDSA P-256 certificate (made for the run with
+# openssl, SANs localhost and 127.0.0.1), TLS 1.3 only, ALPN http/1.1, and forward in plaintext
+# to the same upstream. Two sub-runs (TLS_RUNS): "keepalive" (wrk's connections stay open: the
+# cost is record encryption, one handshake per connection for the whole run) and "close" (every
+# request carries `Connection: close`, so every request is a new TCP connection and a full TLS
+# 1.3 handshake: wrk does not resume sessions; CPU per request is then CPU per new TLS
+# connection). Each proxy's readiness check fetches over HTTPS trusting only the run's
+# certificate, so a proxy that serves another certificate fails the check. The summary checks
+# the issue's bars: Dispatch's CPU per request at most nginx's in both sub-runs.
+#
 # Everything runs as child processes of this script with pid, log and temp files in one temp
 # dir; all of them are stopped on exit. Nothing is pinned to a core.
 #
@@ -132,6 +143,7 @@
 #   AGGREGATE_RUNS="composite nginx-seq single dispatch-seq"   SCENARIO=aggregate only: the runs,
 #                       in round-1 order (PROXIES is then what they need: dispatch, nginx)
 #   SEQLOAD=path        SCENARIO=aggregate: this seqload binary instead of building perf/tools/seqload
+#   TLS_RUNS="keepalive close"   SCENARIO=tls only: the sub-runs, in order
 #   DISPATCH_B=path     a second Dispatch binary, measured as "dispatch-b" on 127.0.0.1:18084
 #                       with the same config (ports rewritten); it is added to PROXIES right
 #                       after "dispatch", so rounds alternate A B / B A. Summary: B/A ratios.
@@ -142,7 +154,8 @@
 # Smoke test: DURATION=2s ROUNDS=1 WARMUP=1s perf/compare.sh
 #   (edge: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=edge perf/compare.sh;
 #    cache: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=cache perf/compare.sh;
-#    aggregate: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=aggregate perf/compare.sh)
+#    aggregate: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=aggregate perf/compare.sh;
+#    tls: DURATION=2s ROUNDS=1 WARMUP=1s SCENARIO=tls perf/compare.sh)
 set -euo pipefail
 
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -169,12 +182,19 @@ RELOAD_EVERY=${RELOAD_EVERY:-0}
 EDGE_TOKENS=${EDGE_TOKENS:-1 10000}
 AGGREGATE_RUNS=${AGGREGATE_RUNS:-composite nginx-seq single dispatch-seq}
 SEQLOAD=${SEQLOAD:-}
+TLS_RUNS=${TLS_RUNS:-keepalive close}
+# The scheme the proxies are measured over (the upstream is always plain HTTP).
+SCHEME=http
+[[ $SCENARIO != tls ]] || SCHEME=https
 
 # Fixed loopback ports: the files in perf/peers/ name them too.
 UPSTREAM_PORT=18000
 declare -A PORT=([dispatch]=18081 [nginx]=18082 [haproxy]=18083 [dispatch-b]=18084 [varnish]=18085)
 DISPATCH_ADMIN_PORT=18091
 DISPATCH_B_ADMIN_PORT=18092
+# SCENARIO=tls: Dispatch's TLS listener is PORT[dispatch]; its plaintext `server.listen` is here.
+DISPATCH_PLAIN_PORT=18093
+DISPATCH_B_PLAIN_PORT=18094
 DISPATCH_B=${DISPATCH_B:-}
 
 # nginx and haproxy live in /usr/sbin, which a non-login shell may not have on PATH.
@@ -342,19 +362,22 @@ run_load() {
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
 
-# Extra curl arguments of every readiness check (edge: a valid token, which the upstream ignores).
+# Extra curl arguments of every readiness check (edge: a valid token, which the upstream ignores;
+# tls: trust only the run's certificate).
 CURL_AUTH=()
 
 # wait_ready NAME PORT: the server answers 200 with the upstream's body, or we stop here.
 wait_ready() {
-    local name=$1 port=$2 pid=${ROOT_PID[$1]} body
+    local name=$1 port=$2 pid=${ROOT_PID[$1]} body scheme=$SCHEME
+    # The upstream is plain HTTP in every scenario.
+    [[ $name != upstream ]] || scheme=http
     for _ in $(seq 100); do
         if ! kill -0 "$pid" 2>/dev/null; then
             log "--- $name exited during start-up; its log:"
             tail -n 30 "$TMP/$name"/logs/*.log >&2 2>/dev/null || true
             die "$name did not start"
         fi
-        if body=$(curl -fsS --max-time 1 "${CURL_AUTH[@]}" "http://127.0.0.1:$port$REQUEST_PATH" 2>/dev/null); then
+        if body=$(curl -fsS --max-time 1 "${CURL_AUTH[@]}" "$scheme://127.0.0.1:$port$REQUEST_PATH" 2>/dev/null); then
             [[ $body == *'"Ada Lovelace"'* ]] || die "$name answered 200 but not with the upstream's body: $body"
             return 0
         fi
@@ -424,6 +447,7 @@ start_dispatch_b() {
     B_CONFIG=$config
     sed -e "s/127\.0\.0\.1:${PORT[dispatch]}/127.0.0.1:${PORT[dispatch-b]}/" \
         -e "s/127\.0\.0\.1:$DISPATCH_ADMIN_PORT/127.0.0.1:$DISPATCH_B_ADMIN_PORT/" \
+        -e "s/127\.0\.0\.1:$DISPATCH_PLAIN_PORT/127.0.0.1:$DISPATCH_B_PLAIN_PORT/" \
         "$DISPATCH_CONFIG" >"$config"
     start_dispatch dispatch-b "$DISPATCH_B" "$config"
     # The binary has read it by the time it answers; remove it at once so no copy is left.
@@ -507,6 +531,49 @@ check_edge() {
         checked=$((checked + 1))
     done < <(head -n 1 "$EDGE_DIR/tokens.txt"; tail -n 1 "$EDGE_DIR/tokens.txt"; shuf -n 20 "$EDGE_DIR/tokens.txt")
     log "edge: $name answers 200 to $checked valid tokens and 401 without a token and to the $(find "$EDGE_DIR" -name 'bad-*.jwt' | wc -l) bad ones ($(cd "$EDGE_DIR" && echo bad-*.jwt | sed 's/bad-//g; s/\.jwt//g'))"
+}
+
+# --------------------------------------------------------------------------------------------
+# SCENARIO=tls: one certificate for all three proxies, configs that point at it
+# --------------------------------------------------------------------------------------------
+TLS_DIR=""
+
+# prepare_tls: an ECDSA P-256 key and a self-signed certificate made for this run (never
+# committed), and the three configs rewritten to use them from the temp dir.
+prepare_tls() {
+    TLS_DIR=$TMP/tls
+    mkdir -p "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" \
+        || { cat "$TLS_DIR/openssl.log" >&2; die "openssl could not make the certificate"; }
+    # HAProxy takes the chain and the key in one file.
+    cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
+    log "tls: ECDSA P-256 certificate for localhost/127.0.0.1 in $TLS_DIR"
+    # Dispatch's `cert = "tls/cert.pem"` is relative to its config file's directory, so the
+    # config runs from a copy in the temp dir; nginx's and HAProxy's name the absolute path.
+    if want dispatch; then
+        DISPATCH_CONFIG_SHOWN="$DISPATCH_CONFIG (run from a copy beside the generated certificate)"
+        cp "$DISPATCH_CONFIG" "$TMP/dispatch-tls.toml"
+        DISPATCH_CONFIG=$TMP/dispatch-tls.toml
+    fi
+    sed "s#@TLS_DIR@#$TLS_DIR#g" "$NGINX_CONFIG" >"$TMP/nginx-tls.conf"
+    NGINX_CONFIG=$TMP/nginx-tls.conf
+    sed "s#@TLS_DIR@#$TLS_DIR#g" "$HAPROXY_CONFIG" >"$TMP/haproxy-tls.cfg"
+    HAPROXY_CONFIG=$TMP/haproxy-tls.cfg
+    CURL_AUTH=(--cacert "$TLS_DIR/cert.pem" --tlsv1.3)
+}
+
+# check_tls NAME PORT: the proxy serves the run's certificate over TLS 1.3 with ALPN http/1.1.
+check_tls() {
+    local name=$1 port=$2 info
+    info=$(openssl s_client -connect "127.0.0.1:$port" -servername localhost -alpn http/1.1 \
+        -CAfile "$TLS_DIR/cert.pem" </dev/null 2>/dev/null) || true
+    [[ $info == *"Protocol: TLSv1.3"* || $info == *"New, TLSv1.3"* ]] \
+        || die "$name does not speak TLS 1.3 on 127.0.0.1:$port"
+    [[ $info == *"ALPN protocol: http/1.1"* ]] || die "$name did not choose ALPN http/1.1"
+    [[ $info == *"Verify return code: 0 (ok)"* ]] || die "$name does not serve the run's certificate"
+    log "tls: $name serves the run's certificate over TLS 1.3 with ALPN http/1.1"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -884,7 +951,12 @@ WRK_SCRIPT=()
 WRK_SCRIPT_ARGS=()
 set_load() {
     LOAD=$1
-    if [[ $LOAD == - ]]; then
+    if [[ $SCENARIO == tls ]]; then
+        WRK_SCRIPT=()
+        WRK_SCRIPT_ARGS=()
+        # Headers go before the URL, so they ride in WRK_SCRIPT (wrk's options).
+        [[ $LOAD != close ]] || WRK_SCRIPT=(-H "Connection: close")
+    elif [[ $LOAD == - ]]; then
         WRK_SCRIPT=()
         WRK_SCRIPT_ARGS=()
     else
@@ -894,7 +966,11 @@ set_load() {
 }
 
 load_title() {
-    if [[ $1 == 1 ]]; then
+    if [[ $1 == keepalive ]]; then
+        echo "tls, keep-alive: TLS 1.3, one handshake per connection for the whole run"
+    elif [[ $1 == close ]]; then
+        echo "tls, handshake-heavy: Connection: close on every request, so one full TLS 1.3 handshake per request"
+    elif [[ $1 == 1 ]]; then
         echo "edge, warm: 1 token on every request"
     else
         echo "edge, cold: $1 tokens, one picked uniformly at random per request"
@@ -967,7 +1043,7 @@ measure() {
     # `times` must run in this shell, not in a $(...) subshell, to see wrk as its child.
     times >"$TMP/times.before"
     run_wrk "$out" -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency "${WRK_SCRIPT[@]}" \
-        "http://127.0.0.1:$port$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}" \
+        "$SCHEME://127.0.0.1:$port$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}" \
         || { cat "$out" >&2; die "wrk failed against $name"; }
     times >"$TMP/times.after"
     if [[ -n $reloader ]]; then
@@ -990,7 +1066,7 @@ measure() {
     errors=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
                   /Non-2xx or 3xx responses:/ { n += $5 }
                   END { print n + 0 }' "$out")
-    if [[ $LOAD != - ]]; then
+    if [[ $SCENARIO == edge ]]; then
         # edge.lua counts every answer that is not a 200 (a 3xx too); with socket errors, that
         # is the count here (wrk's own non-2xx count would count the same answers twice).
         local non200
@@ -1023,7 +1099,8 @@ measure() {
         CACHE_INVALID=1
     fi
     if ((errors != 0)); then
-        if [[ $LOAD != - ]]; then
+        if [[ $SCENARIO == edge || $SCENARIO == tls ]]; then
+            [[ $SCENARIO != tls ]] || TLS_INVALID=1
             log "*** INVALID RUN: $name answered $errors requests with something other than 200 (or with a socket error) in round $round ($(grep '^edge.lua: status' "$out" | sed 's/^edge.lua: //' | xargs)); see $out"
         else
             log "WARNING: $name had $errors errors in round $round (see $out)"
@@ -1131,7 +1208,8 @@ summary() {
         echo
         echo "NOTE: Dispatch was not measured in this run (see the SKIPPING message above)."
     fi
-    [[ $LOAD == - ]] || edge_summary "${cpu[dispatch]:-}" "${cpu[haproxy]:-}"
+    [[ $SCENARIO != edge ]] || edge_summary "${cpu[dispatch]:-}" "${cpu[haproxy]:-}"
+    [[ $SCENARIO != tls ]] || tls_summary "${cpu[dispatch]:-}" "${cpu[nginx]:-}"
     [[ $SCENARIO != cache ]] || cache_summary "${cpu[dispatch]:-}" "${cpu[nginx]:-}" "${cpu[varnish]:-}"
 }
 
@@ -1172,6 +1250,30 @@ cache_summary() {
 
 # edge_summary DISPATCH_CPU HAPROXY_CPU: for the edge sub-run of this LOAD, the issue's bar, an
 # estimate of Dispatch's token-cache misses, and a loud flag when any answer was not a 200.
+TLS_VERDICT=()
+TLS_INVALID=0
+# tls_summary DISPATCH_CPU NGINX_CPU: issue 13's bar for this sub-run: Dispatch's CPU per
+# request (keep-alive) or per new TLS connection (close) at most nginx's.
+tls_summary() {
+    local r verdict line bad
+    want dispatch && want nginx || return 0
+    bad=$(awk -F'\t' -v l="$LOAD" '$13 == l { n += $10 } END { print n + 0 }' "$RESULTS")
+    r=$(ratio "$1" "$2")
+    verdict=$(awk -v r="$r" 'BEGIN {
+        if (r == "n/a") print "no ratio"
+        else if (r + 0 <= 1) printf "met (%.0f%% under the bar)", (1 - r) * 100
+        else printf "NOT met: %.0f%% over the bar", (r - 1) * 100 }')
+    if [[ $LOAD == close ]]; then
+        line="handshake-heavy: Dispatch/nginx CPU per new TLS connection $r; bar (issue 13): at most 1.00x: $verdict"
+    else
+        line="keep-alive: Dispatch/nginx CPU per request over TLS $r; bar (issue 13): at most 1.00x: $verdict"
+    fi
+    ((bad == 0)) || line="$line; INVALID: $bad errors"
+    echo
+    echo "- $line"
+    TLS_VERDICT+=("$line")
+}
+
 EDGE_VERDICT=()
 EDGE_INVALID=0
 edge_summary() {
@@ -1251,10 +1353,11 @@ main() {
     trap 'exit 143' TERM
 
     local p
-    for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "${PORT[dispatch-b]}" "${PORT[varnish]}" "$DISPATCH_ADMIN_PORT" "$DISPATCH_B_ADMIN_PORT"; do
+    for p in "$UPSTREAM_PORT" "${PORT[dispatch]}" "${PORT[nginx]}" "${PORT[haproxy]}" "${PORT[dispatch-b]}" "${PORT[varnish]}" "$DISPATCH_ADMIN_PORT" "$DISPATCH_B_ADMIN_PORT" "$DISPATCH_PLAIN_PORT" "$DISPATCH_B_PLAIN_PORT"; do
         port_free "$p" || die "port 127.0.0.1:$p is in use (stop whatever holds it)"
     done
     [[ $SCENARIO != edge ]] || prepare_edge
+    [[ $SCENARIO != tls ]] || prepare_tls
     # nginx started as root runs its workers as `nobody`, and they open the proxy_cache files
     # under $TMP/nginx/temp/cache (which the master creates for them): let them through $TMP.
     [[ $SCENARIO != cache ]] || chmod 0711 "$TMP"
@@ -1267,6 +1370,8 @@ main() {
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     if [[ $SCENARIO == edge ]]; then
         echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SCENARIO=$SCENARIO EDGE_TOKENS=\"$EDGE_TOKENS\" PROXIES=\"$PROXIES\" perf/compare.sh"
+    elif [[ $SCENARIO == tls ]]; then
+        echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SCENARIO=$SCENARIO TLS_RUNS=\"$TLS_RUNS\" PROXIES=\"$PROXIES\" perf/compare.sh"
     elif [[ $SCENARIO == aggregate ]]; then
         echo "- command: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SCENARIO=$SCENARIO AGGREGATE_RUNS=\"$AGGREGATE_RUNS\" perf/compare.sh"
     else
@@ -1277,6 +1382,9 @@ main() {
         echo "- load: perf/tools/seqload -c$CONNECTIONS -d$DURATION, closed loop: each connection sends its composite's GETs one after another on one keep-alive connection and times the whole; every body checked"
     elif [[ $SCENARIO == edge ]]; then
         echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -s perf/edge.lua http://127.0.0.1:PORT$REQUEST_PATH -- tokens.txt N, N in: $EDGE_TOKENS"
+    elif [[ $SCENARIO == tls ]]; then
+        echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency [-H 'Connection: close'] https://127.0.0.1:PORT$REQUEST_PATH, sub-runs: $TLS_RUNS"
+        echo "- tls: one ECDSA P-256 self-signed certificate made for the run, TLS 1.3 only, ALPN http/1.1, for all three (perf/peers/*-tls.*); $(openssl version)"
     else
         echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQUEST_PATH"
     fi
@@ -1344,6 +1452,7 @@ main() {
         start_proxy "$p"
         wait_ready "$p" "${PORT[$p]}"
         [[ $SCENARIO != edge ]] || check_edge "$p" "${PORT[$p]}"
+        [[ $SCENARIO != tls ]] || check_tls "$p" "${PORT[$p]}"
         [[ $SCENARIO != cache ]] || check_cache "$p" "${PORT[$p]}"
         UP_SETUP[$p]=$(($(upstream_count) - up0))
     done
@@ -1372,6 +1481,7 @@ main() {
     # its own warm-up, rounds and summary.
     local loads=- load warmup_out
     [[ $SCENARIO != edge ]] || loads=$EDGE_TOKENS
+    [[ $SCENARIO != tls ]] || loads=$TLS_RUNS
     for load in $loads; do
         set_load "$load"
         if [[ $LOAD != - ]]; then
@@ -1384,7 +1494,7 @@ main() {
             [[ $LOAD == - ]] || warmup_out=$TMP/wrk-warmup-tokens$LOAD-$p.txt
             up0=$(upstream_count)
             run_wrk "$warmup_out" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" \
-                "http://127.0.0.1:${PORT[$p]}$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}"
+                "$SCHEME://127.0.0.1:${PORT[$p]}$REQUEST_PATH" "${WRK_SCRIPT_ARGS[@]}"
             UP_WARM[$p]=$(($(upstream_count) - up0))
         done
         echo "- warmed: $PROXIES ($WARMUP each)"
@@ -1417,6 +1527,17 @@ main() {
         echo
         local line
         for line in "${EDGE_VERDICT[@]}"; do echo "- $line"; done
+    fi
+    if ((${#TLS_VERDICT[@]})); then
+        echo
+        echo "### TLS: Dispatch against nginx (issue 13)"
+        echo
+        local line
+        for line in "${TLS_VERDICT[@]}"; do echo "- $line"; done
+    fi
+    if ((TLS_INVALID)); then
+        log "compare.sh: some tls sub-run had errors: the run is INVALID (exit status 2)"
+        exit 2
     fi
     if ((EDGE_INVALID)); then
         log "compare.sh: some edge sub-run had answers other than 200: the run is INVALID (exit status 2)"
