@@ -83,7 +83,10 @@ impl BufConn {
                 }
             }
             // The cancelled read may still hold the buffer: the caller drops this connection.
-            Err(_) => Err(ReadEnd::Timeout),
+            Err(_) => {
+                self.rpos = 0;
+                Err(ReadEnd::Timeout)
+            }
         }
     }
 
@@ -136,8 +139,8 @@ impl BufConn {
     }
 
     /// What the stream holds beyond what was read: bytes already buffered count as data.
-    /// One non-blocking syscall at most.
-    pub fn peek(&self) -> Peek {
+    /// Never blocks (plain TCP: one syscall; TLS: see [`Stream::peek`]).
+    pub fn peek(&mut self) -> Peek {
         if !self.data().is_empty() {
             return Peek::Data;
         }
@@ -147,6 +150,7 @@ impl BufConn {
     /// Between requests, gives back buffer space a large exchange needed, so an idle
     /// connection holds a few KiB, not the peak of its last exchange.
     pub fn shrink_idle(&mut self, keep: usize) {
+        self.stream.shrink_idle();
         if self.rbuf.capacity() > keep && self.data().len() <= self.initial {
             let mut fresh = Vec::with_capacity(self.initial);
             fresh.extend_from_slice(&self.rbuf[self.rpos..]);
@@ -170,10 +174,14 @@ impl BufConn {
             if left.is_zero() {
                 return;
             }
-            self.rbuf.clear();
+            let mut buf = std::mem::take(&mut self.rbuf);
             self.rpos = 0;
-            if self.fill(left, self.initial).await.is_err() {
-                return;
+            buf.clear();
+            buf.reserve(self.initial);
+            // Raw: under TLS, records after our close_notify are discarded undecrypted.
+            match monoio::time::timeout(left, self.stream.read_raw(buf)).await {
+                Ok((Ok(n), buf)) if n > 0 => self.rbuf = buf,
+                _ => return,
             }
         }
     }

@@ -3,10 +3,9 @@
 //!
 //! The TLS variants are boxed: a rustls connection with its buffers is over a kilobyte, and a
 //! plain TCP stream (the common case, moved with every `BufConn`) should not carry that size.
-//! Under TLS, readiness and the liveness peek first ask the TLS layer for bytes it already
-//! holds, then look at the socket, where "bytes are waiting" may be a TLS record that carries
-//! no application data (a session ticket, a close_notify): a pooled connection with anything
-//! unread is not reused, which is the safe answer.
+//! Under TLS, readiness and the liveness peek first ask the TLS layer what it already holds,
+//! and the TLS peek decrypts what is on the socket (without waiting), so a record that carries
+//! no application data (a session ticket, a key update) is not mistaken for an answer.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -71,7 +70,26 @@ impl Stream {
         }
     }
 
-    /// Stops sending (FIN); reading stays possible.
+    /// Reads what is on the socket under any TLS layer, for a lingering close that discards
+    /// it anyway.
+    pub async fn read_raw<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::TlsServer(s) => s.read_raw(buf).await,
+            Stream::TlsClient(s) => s.read_raw(buf).await,
+        }
+    }
+
+    /// Between requests: gives back buffers a large exchange grew in the transport.
+    pub fn shrink_idle(&mut self) {
+        match self {
+            Stream::Tcp(_) => {}
+            Stream::TlsServer(s) => s.shrink_idle(),
+            Stream::TlsClient(s) => s.shrink_idle(),
+        }
+    }
+
+    /// Stops sending (FIN; under TLS, close_notify first); reading stays possible.
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown().await,
@@ -93,14 +111,14 @@ impl Stream {
         }
     }
 
-    /// One non-blocking `recv(MSG_PEEK)`: never blocks the event loop, never takes a byte.
-    pub fn peek(&self) -> Peek {
+    /// Never blocks the event loop, never loses a byte: plain TCP is one `recv(MSG_PEEK)`;
+    /// TLS takes what the socket holds into its own buffers and decrypts it (see
+    /// [`super::tls::TlsStream::peek`]). Only while no read is in flight.
+    pub fn peek(&mut self) -> Peek {
         match self {
             Stream::Tcp(s) => peek_fd(s.as_raw_fd()),
-            Stream::TlsServer(s) if s.has_buffered() => Peek::Data,
-            Stream::TlsClient(s) if s.has_buffered() => Peek::Data,
-            Stream::TlsServer(s) => peek_fd(s.as_raw_fd()),
-            Stream::TlsClient(s) => peek_fd(s.as_raw_fd()),
+            Stream::TlsServer(s) => s.peek(),
+            Stream::TlsClient(s) => s.peek(),
         }
     }
 }

@@ -9,10 +9,15 @@
 //! plaintext out through `reader()`, plaintext in through `writer()`, ciphertext out through
 //! `write_tls`.
 //!
-//! The one thing to know: every socket read and write takes its buffer by value (io_uring owns
-//! it while the operation is in flight). An operation cancelled by a timeout loses its buffer
-//! and may leave a TLS record half written: like a plain connection, such a stream is never
-//! used again (the callers already close a connection whose read or write timed out).
+//! Two things to know:
+//! - Every socket read and write takes its buffer by value (io_uring owns it while the
+//!   operation is in flight). An operation cancelled by a timeout loses its buffer and may
+//!   leave a TLS record half written: like a plain connection, such a stream is never used
+//!   again (the callers already close a connection whose read or write timed out).
+//! - After the handshake, the read side never writes and the write side never reads: a read
+//!   that makes rustls queue something for the peer (an alert, a key update's answer) leaves
+//!   it for the next write or shutdown. So one task may read while another writes (a
+//!   WebSocket tunnel), each touching only its own buffer and rustls's state between awaits.
 
 use std::io::{self, BufRead};
 use std::ops::{Deref, DerefMut};
@@ -25,6 +30,8 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
+
+use super::stream::Peek;
 
 /// Ciphertext read from the socket per read: one full TLS record (16 KiB of plaintext plus
 /// its header and tag) fits, so a record never needs two reads when the peer sent it whole.
@@ -43,6 +50,8 @@ pub struct TlsStream<C> {
     /// Plaintext is waiting inside rustls (a record held more than the last read took), so
     /// the stream is readable even when the socket is not.
     buffered: bool,
+    /// The peer closed: close_notify received, or the TCP stream ended.
+    peer_closed: bool,
 }
 
 /// A client connection the gateway terminates TLS for.
@@ -95,6 +104,7 @@ where
             rpos: 0,
             wbuf: Vec::new(),
             buffered: false,
+            peer_closed: false,
         }
     }
 
@@ -108,21 +118,88 @@ where
         &self.conn
     }
 
-    /// Bytes that a read would return without touching the socket: plaintext inside rustls,
-    /// or ciphertext received and not yet decrypted.
+    /// A read would return without waiting on the socket: plaintext inside rustls, the
+    /// peer's close already seen, or ciphertext received and not yet decrypted.
     pub fn has_buffered(&self) -> bool {
-        self.buffered || self.rpos < self.rbuf.len()
+        self.buffered || self.peer_closed || self.rpos < self.rbuf.len()
+    }
+
+    /// What a read would find, without waiting: records already on the socket are taken (one
+    /// non-blocking `recv` at a time) and decrypted, so a record with no application data (a
+    /// TLS 1.3 session ticket, a key update) reads as [`Peek::Nothing`], not as an answer,
+    /// and a close_notify as [`Peek::Closed`]. Nothing is lost: plaintext stays in rustls for
+    /// the next read. Called only while no read is in flight.
+    pub fn peek(&mut self) -> Peek {
+        loop {
+            if self.buffered {
+                return Peek::Data;
+            }
+            if self.peer_closed {
+                return Peek::Closed;
+            }
+            if self.rpos >= self.rbuf.len() {
+                self.rbuf.clear();
+                self.rpos = 0;
+                self.rbuf.reserve(READ_CHUNK);
+                let spare = self.rbuf.spare_capacity_mut();
+                // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare
+                // capacity, a valid writable region; MSG_DONTWAIT never blocks.
+                let n = unsafe {
+                    libc::recv(
+                        self.io.as_raw_fd(),
+                        spare.as_mut_ptr().cast(),
+                        spare.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                match n {
+                    0 => {
+                        if self.conn.read_tls(&mut io::empty()).is_err() || self.process().is_err()
+                        {
+                            return Peek::Error;
+                        }
+                        self.peer_closed = true;
+                        continue;
+                    }
+                    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+                    n if n > 0 => unsafe { self.rbuf.set_len(n as usize) },
+                    _ if io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) => {
+                        return Peek::Nothing;
+                    }
+                    _ => return Peek::Error,
+                }
+            }
+            let mut pending = &self.rbuf[self.rpos..];
+            match self.conn.read_tls(&mut pending) {
+                Ok(0) => self.peer_closed = true,
+                Ok(taken) => self.rpos += taken,
+                Err(_) => return Peek::Error,
+            }
+            if self.process().is_err() {
+                return Peek::Error;
+            }
+        }
     }
 
     async fn handshake(&mut self) -> io::Result<()> {
         while self.conn.is_handshaking() {
             if self.conn.wants_write() {
                 self.flush_tls().await?;
-            } else if self.read_tls().await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed during the TLS handshake",
-                ));
+                continue;
+            }
+            match self.read_tls().await {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed during the TLS handshake",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The alert that says why goes out before the connection is dropped.
+                    let _ = self.flush_tls().await;
+                    return Err(e);
+                }
             }
         }
         // TLS 1.3: the server's session tickets (and a client's last flight) are queued once
@@ -146,7 +223,8 @@ where
                 // rustls records the end of the stream: a read after it reports a clean close
                 // (close_notify received) or an unclean one.
                 self.conn.read_tls(&mut io::empty())?;
-                self.process().await?;
+                self.process()?;
+                self.peer_closed = true;
                 return Ok(0);
             }
         }
@@ -154,19 +232,25 @@ where
         // Zero taken: rustls has received close_notify and reads no more.
         let taken = self.conn.read_tls(&mut pending)?;
         self.rpos += taken;
-        self.process().await?;
+        self.process()?;
         Ok(taken)
     }
 
-    /// Decrypts what rustls holds. A protocol error queues an alert: it is sent (best effort)
-    /// before the error is returned, so the peer learns why.
-    async fn process(&mut self) -> io::Result<()> {
+    /// Decrypts what rustls holds and notes what it found. A protocol error queues an alert
+    /// for the peer; it goes out with the next write or shutdown (the handshake sends it at
+    /// once), never from the read side.
+    fn process(&mut self) -> io::Result<()> {
         match self.conn.process_new_packets() {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let _ = self.flush_tls().await;
-                Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            Ok(state) => {
+                self.buffered = state.plaintext_bytes_to_read() > 0;
+                if state.peer_has_closed() {
+                    self.peer_closed = true;
+                    // Bytes after close_notify are never read: do not report them as pending.
+                    self.rpos = self.rbuf.len();
+                }
+                Ok(())
             }
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
 
@@ -187,37 +271,67 @@ where
     /// (close_notify) or not (a TCP FIN without one: many HTTP peers close that way, and the
     /// HTTP framing above detects a body cut short).
     pub async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        let room = buf.bytes_total();
         loop {
             let mut reader = self.conn.reader();
-            match reader.fill_buf() {
-                Ok(chunk) => {
-                    let n = chunk.len().min(buf.bytes_total());
-                    // SAFETY: `write_ptr` is valid for `bytes_total` bytes (IoBufMut's
-                    // contract) and `n` is at most that; `chunk` is rustls's own buffer, so
-                    // the two do not overlap.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(chunk.as_ptr(), buf.write_ptr(), n);
-                        buf.set_init(n);
+            let mut n = 0;
+            // Every decrypted record that fits, so a large download is not one record a read.
+            let end = loop {
+                match reader.fill_buf() {
+                    Ok([]) => break Ok(()),
+                    Ok(chunk) => {
+                        let k = chunk.len().min(room - n);
+                        // SAFETY: `write_ptr` is valid for `bytes_total` (= `room`) bytes
+                        // (IoBufMut's contract) and `n + k <= room`; `chunk` is rustls's own
+                        // buffer, so the two do not overlap.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                chunk.as_ptr(),
+                                buf.write_ptr().add(n),
+                                k,
+                            );
+                        }
+                        reader.consume(k);
+                        n += k;
+                        if n == room {
+                            break Ok(());
+                        }
                     }
-                    reader.consume(n);
-                    self.buffered = matches!(reader.fill_buf(), Ok(rest) if !rest.is_empty());
-                    return (Ok(n), buf);
+                    Err(e) => break Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.buffered = false;
-                    return (Ok(0), buf);
+            };
+            self.buffered = matches!(reader.fill_buf(), Ok(rest) if !rest.is_empty());
+            match end {
+                // Data, or the end of the stream (close_notify, or a FIN without one).
+                _ if n > 0 => {}
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.read_tls().await {
+                        return (Err(e), buf);
+                    }
+                    continue;
                 }
                 Err(e) => return (Err(e), buf),
             }
-            self.buffered = false;
-            // A key update or an alert rustls owes the peer goes out before waiting on it.
-            if let Err(e) = self.flush_tls().await {
-                return (Err(e), buf);
-            }
-            if let Err(e) = self.read_tls().await {
-                return (Err(e), buf);
-            }
+            // SAFETY: the first `n` bytes were written above.
+            unsafe { buf.set_init(n) };
+            return (Ok(n), buf);
+        }
+    }
+
+    /// Reads raw bytes from the socket, under the TLS layer: what a lingering close discards
+    /// (decrypting it would only cost, and rustls must not process records after our
+    /// close_notify).
+    pub async fn read_raw<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        self.io.read(buf).await
+    }
+
+    /// Between requests: gives back a write buffer that a large response grew (the read
+    /// buffer stays: it is one record's size).
+    pub fn shrink_idle(&mut self) {
+        if self.wbuf.capacity() > READ_CHUNK {
+            self.wbuf = Vec::new();
         }
     }
 

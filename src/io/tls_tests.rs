@@ -109,7 +109,10 @@ fn a_megabyte_crosses_both_ways_and_close_notify_ends_each_side() {
         tls.shutdown().await.unwrap();
         let (res, _) = tls.read(Vec::with_capacity(16)).await;
         assert_eq!(res.unwrap(), 0);
-        assert!(!tls.has_buffered());
+        assert!(
+            tls.has_buffered(),
+            "a closed stream reads (0) without waiting"
+        );
         server.await;
     });
 }
@@ -158,5 +161,88 @@ fn plaintext_http_on_a_tls_socket_fails_the_handshake() {
             .await
             .expect("a plaintext request is not a handshake");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    });
+}
+
+/// Waits until `peek` reports something other than `Nothing` (readiness, then a peek).
+async fn peek_next(s: &mut ClientTls) -> crate::io::Peek {
+    loop {
+        s.tcp().readable(false).await.unwrap();
+        match s.peek() {
+            crate::io::Peek::Nothing => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A TLS 1.3 server sends session tickets right after the handshake: on an idle client
+/// connection they must not read as an answer (the pool would drop the connection, and a
+/// streamed upload would take them for an early response).
+#[test]
+fn session_tickets_on_an_idle_connection_peek_as_nothing_then_data_then_close() {
+    use crate::io::Peek;
+    let (server_cfg, client_cfg) = configs(true);
+    run(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = monoio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = ServerTls::accept(tcp, server_cfg).await.unwrap();
+            let got = read_exact(&mut tls, 1).await;
+            assert_eq!(got, b"g");
+            write_all(&mut tls, b"hello").await;
+            let got = read_exact(&mut tls, 1).await;
+            assert_eq!(got, b"c");
+            tls.shutdown().await.unwrap();
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = ClientTls::connect(tcp, client_cfg, name).await.unwrap();
+        // The tickets arrive on the socket: readable, yet nothing for the application.
+        tls.tcp().readable(false).await.unwrap();
+        assert_eq!(tls.peek(), Peek::Nothing, "session tickets are not data");
+        assert!(!tls.has_buffered());
+        write_all(&mut tls, b"g").await;
+        assert_eq!(peek_next(&mut tls).await, Peek::Data);
+        assert!(tls.has_buffered(), "the peeked record waits in rustls");
+        let (res, buf) = tls.read(Vec::with_capacity(64)).await;
+        assert_eq!(&buf[..res.unwrap()], b"hello");
+        write_all(&mut tls, b"c").await;
+        assert_eq!(peek_next(&mut tls).await, Peek::Closed, "close_notify");
+        let (res, _) = tls.read(Vec::with_capacity(16)).await;
+        assert_eq!(res.unwrap(), 0);
+        // Reads after the close keep answering the end of the stream.
+        let (res, _) = tls.read(Vec::with_capacity(16)).await;
+        assert_eq!(res.unwrap(), 0);
+        assert_eq!(tls.peek(), Peek::Closed);
+        server.await;
+    });
+}
+
+/// Half-close both ways over TLS: the side that sent close_notify still reads, the side that
+/// received it still writes (a WebSocket tunnel relies on both).
+#[test]
+fn after_close_notify_each_side_keeps_the_other_direction() {
+    let (server_cfg, client_cfg) = configs(true);
+    run(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = monoio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = ServerTls::accept(tcp, server_cfg).await.unwrap();
+            let (res, _) = tls.read(Vec::with_capacity(16)).await;
+            assert_eq!(res.unwrap(), 0, "the client's close_notify");
+            write_all(&mut tls, b"still here").await;
+            tls.shutdown().await.unwrap();
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = ClientTls::connect(tcp, client_cfg, name).await.unwrap();
+        tls.shutdown().await.unwrap();
+        let got = read_exact(&mut tls, 10).await;
+        assert_eq!(got, b"still here");
+        let (res, _) = tls.read(Vec::with_capacity(16)).await;
+        assert_eq!(res.unwrap(), 0);
+        server.await;
     });
 }

@@ -63,7 +63,7 @@ pub async fn serve(
     };
     let answer = {
         let execute = pin!(run::execute(&aggregate.compiled, &request, &transport));
-        let watched = pin!(super::stack::watch(&conn.io.stream));
+        let watched = pin!(super::stack::watch(&mut conn.io.stream));
         match select(execute, watched).await {
             Either::Left((answer, _)) => answer,
             Either::Right((super::stack::Client::Stays, execute)) => execute.await,
@@ -107,7 +107,7 @@ pub async fn serve(
 async fn shaped(mut delay: Box<ratelimit::Delay>, conn: &mut ClientIo) -> Option<Served> {
     let left =
         |d: &ratelimit::Delay| Duration::from_millis(d.until_ms.saturating_sub(clock::now_ms()));
-    let watched = super::stack::watch(&conn.io.stream);
+    let watched = super::stack::watch(&mut conn.io.stream);
     if let Ok(super::stack::Client::Left) = monoio::time::timeout(left(&delay), watched).await {
         return Some(Served {
             keep: false,

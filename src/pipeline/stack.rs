@@ -397,7 +397,8 @@ async fn shaped(
     let left = |d: &ratelimit::Delay| {
         std::time::Duration::from_millis(d.until_ms.saturating_sub(clock::now_ms()))
     };
-    if let Ok(Client::Left) = monoio::time::timeout(left(&delay), watch(&conn.io.stream)).await {
+    if let Ok(Client::Left) = monoio::time::timeout(left(&delay), watch(&mut conn.io.stream)).await
+    {
         return Some(Served {
             keep: false,
             status: 0,
@@ -540,7 +541,7 @@ pub(super) enum Client {
 }
 
 /// Resolves once the client closes or sends more bytes. A poll and a peek: no byte is taken.
-pub(super) async fn watch(client: &Stream) -> Client {
+pub(super) async fn watch(client: &mut Stream) -> Client {
     loop {
         if client.readable().await.is_err() {
             return Client::Stays;

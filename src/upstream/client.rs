@@ -128,13 +128,13 @@ impl UpConn {
 
     /// Non-blocking check that the upstream has not closed (or written to) this idle
     /// connection. Any byte or EOF means it cannot be reused.
-    pub fn is_open(&self) -> bool {
+    pub fn is_open(&mut self) -> bool {
         self.io.peek() == Peek::Nothing
     }
 
     /// The upstream has sent something (or closed) that has not been read yet: while a request
     /// body is still going up, that is an early answer. One non-blocking peek.
-    pub fn peer_sent(&self) -> bool {
+    pub fn peer_sent(&mut self) -> bool {
         matches!(self.io.peek(), Peek::Data | Peek::Closed)
     }
 }

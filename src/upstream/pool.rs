@@ -164,7 +164,7 @@ impl UpstreamState {
     pub fn checkout(&mut self, ep: usize, now: Instant) -> Option<UpConn> {
         let timeout = self.idle_timeout;
         let pool = &mut self.pools[ep];
-        while let Some(conn) = pool.idle.pop_back() {
+        while let Some(mut conn) = pool.idle.pop_back() {
             let idle = now.duration_since(conn.idle_since);
             if idle >= timeout {
                 // Everything older is expired too.
