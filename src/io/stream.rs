@@ -3,11 +3,18 @@
 //!
 //! The TLS variants are boxed: a rustls connection with its buffers is over a kilobyte, and a
 //! plain TCP stream (the common case, moved with every `BufConn`) should not carry that size.
+//! Their read and write futures are boxed for the same reason: every request's future embeds a
+//! stream read, and TLS's (a socket read inside a record loop) would grow it for plain
+//! connections too.
 //! Under TLS, readiness and the liveness peek first ask the TLS layer what it already holds,
 //! and the TLS peek decrypts what is on the socket (without waiting), so a record that carries
 //! no application data (a session ticket, a key update) is not mistaken for an answer.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+
+use futures_util::future::Either;
 use std::os::fd::AsRawFd;
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -16,6 +23,9 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 
 use super::tls::{ClientTls, ServerTls};
+
+/// A TLS read or write future, boxed (see [`Stream::read`]).
+pub type Boxed<'a, T, B> = Pin<Box<dyn Future<Output = BufResult<T, B>> + 'a>>;
 
 /// A connected byte stream.
 pub enum Stream {
@@ -53,20 +63,29 @@ impl Stream {
         Stream::Tcp(s)
     }
 
-    pub async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+    /// One read. Not an `async fn`: a plain TCP read is returned as it is, a TLS read boxed,
+    /// so the future every request embeds is a socket read's size, not a TLS record loop's.
+    pub fn read<B: IoBufMut>(
+        &mut self,
+        buf: B,
+    ) -> Either<impl Future<Output = BufResult<usize, B>> + '_, Boxed<'_, usize, B>> {
         match self {
-            Stream::Tcp(s) => s.read(buf).await,
-            Stream::TlsServer(s) => s.read(buf).await,
-            Stream::TlsClient(s) => s.read(buf).await,
+            Stream::Tcp(s) => Either::Left(s.read(buf)),
+            Stream::TlsServer(s) => Either::Right(Box::pin(s.read(buf))),
+            Stream::TlsClient(s) => Either::Right(Box::pin(s.read(buf))),
         }
     }
 
-    /// One write: takes some prefix of `buf` (at least one byte unless it fails).
-    pub async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+    /// One write: takes some prefix of `buf` (at least one byte unless it fails). Boxed under
+    /// TLS, as [`Stream::read`] is.
+    pub fn write<B: IoBuf>(
+        &mut self,
+        buf: B,
+    ) -> Either<impl Future<Output = BufResult<usize, B>> + '_, Boxed<'_, usize, B>> {
         match self {
-            Stream::Tcp(s) => s.write(buf).await,
-            Stream::TlsServer(s) => s.write(buf).await,
-            Stream::TlsClient(s) => s.write(buf).await,
+            Stream::Tcp(s) => Either::Left(s.write(buf)),
+            Stream::TlsServer(s) => Either::Right(Box::pin(s.write(buf))),
+            Stream::TlsClient(s) => Either::Right(Box::pin(s.write(buf))),
         }
     }
 
@@ -75,8 +94,8 @@ impl Stream {
     pub async fn read_raw<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
         match self {
             Stream::Tcp(s) => s.read(buf).await,
-            Stream::TlsServer(s) => s.read_raw(buf).await,
-            Stream::TlsClient(s) => s.read_raw(buf).await,
+            Stream::TlsServer(s) => Box::pin(s.read_raw(buf)).await,
+            Stream::TlsClient(s) => Box::pin(s.read_raw(buf)).await,
         }
     }
 
@@ -93,8 +112,8 @@ impl Stream {
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown().await,
-            Stream::TlsServer(s) => s.shutdown().await,
-            Stream::TlsClient(s) => s.shutdown().await,
+            Stream::TlsServer(s) => Box::pin(s.shutdown()).await,
+            Stream::TlsClient(s) => Box::pin(s.shutdown()).await,
         }
     }
 
