@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;
+pub mod websocket;
 pub mod wire;
 
 pub use client::{get, send_request, Client, Req, Response};
