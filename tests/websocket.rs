@@ -67,6 +67,17 @@ fn frames_flow_both_ways_through_the_tunnel() {
     );
     assert!(head_header(&head, "x-forwarded-for").is_some(), "{head}");
     assert!(head_header(&head, "via").is_some(), "{head}");
+
+    // The route table says which routes tunnel.
+    let routes = support::get(gw.admin_addr(), "/routes").json();
+    let websocket = |name: &str| {
+        routes["routes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["route"] == name))
+            .map(|r| r["websocket"].clone())
+    };
+    assert_eq!(websocket("live"), Some(serde_json::json!(true)), "{routes}");
+    assert_eq!(websocket("api"), Some(serde_json::json!(false)), "{routes}");
 }
 
 /// A 1 MiB binary message crosses the tunnel and comes back byte for byte.
@@ -110,7 +121,11 @@ fn a_close_from_the_client_reaches_the_upstream_as_a_half_close() {
     c.send_close(1000);
     assert_eq!(c.recv(), (CLOSE, vec![0x03, 0xe8]));
     c.shutdown_write();
-    assert!(ws.wait_seen(Duration::from_secs(5), &Seen::Eof), "{:?}", ws.seen());
+    assert!(
+        ws.wait_seen(Duration::from_secs(5), &Seen::Eof),
+        "{:?}",
+        ws.seen()
+    );
     assert!(c.ends_within(Duration::from_secs(5)));
     assert_eq!(ws.seen()[1..], [Seen::Close(1000), Seen::Eof]);
 }
@@ -138,7 +153,11 @@ fn a_close_from_the_upstream_reaches_the_client_as_a_half_close() {
         ws.seen()
     );
     c.shutdown_write();
-    assert!(ws.wait_seen(Duration::from_secs(5), &Seen::Eof), "{:?}", ws.seen());
+    assert!(
+        ws.wait_seen(Duration::from_secs(5), &Seen::Eof),
+        "{:?}",
+        ws.seen()
+    );
 }
 
 /// Upgrade off a websocket route (and a protocol other than websocket on one) is removed and
@@ -164,7 +183,11 @@ fn upgrade_is_removed_where_no_websocket_tunnel_applies() {
         let seen = plain.last_request();
         assert_eq!(seen.path(), target);
         assert!(!seen.has_header("upgrade"), "{target}: {:?}", seen.headers);
-        assert!(!seen.has_header("connection"), "{target}: {:?}", seen.headers);
+        assert!(
+            !seen.has_header("connection"),
+            "{target}: {:?}",
+            seen.headers
+        );
         // End-to-end fields go on as for any request.
         assert_eq!(seen.header("sec-websocket-key"), Some(key.as_str()));
     }
@@ -203,7 +226,11 @@ fn an_upstream_refusing_the_upgrade_answers_an_ordinary_request() {
     // The same client connection serves the next request.
     let r = c.request(&Req::get("/plain-ws"));
     assert_eq!((r.status, r.text().as_str()), (200, "plain"));
-    assert_eq!(plain.connections(), 2, "the upgrade's connection is never pooled");
+    assert_eq!(
+        plain.connections(),
+        2,
+        "the upgrade's connection is never pooled"
+    );
 }
 
 /// A malformed handshake on a websocket route is the gateway's 400, never forwarded.
@@ -240,13 +267,20 @@ fn an_idle_tunnel_is_closed_after_the_keepalive_timeout() {
     }
     assert!(opened.elapsed() > Duration::from_millis(1400));
     let quiet = Instant::now();
-    assert!(c.ends_within(Duration::from_secs(5)), "the idle tunnel closed");
+    assert!(
+        c.ends_within(Duration::from_secs(5)),
+        "the idle tunnel closed"
+    );
     assert!(
         quiet.elapsed() >= Duration::from_millis(900),
         "closed after {:?}, before the idle timeout",
         quiet.elapsed()
     );
-    assert!(ws.wait_seen(Duration::from_secs(5), &Seen::Eof), "{:?}", ws.seen());
+    assert!(
+        ws.wait_seen(Duration::from_secs(5), &Seen::Eof),
+        "{:?}",
+        ws.seen()
+    );
 }
 
 /// A tunnel counts in `dispatch_connections_active` on both sides for its life, and is one
@@ -269,7 +303,8 @@ fn a_tunnel_counts_as_active_connections_and_is_logged_once() {
     assert_eq!(c.recv().0, CLOSE);
     c.shutdown_write();
     assert!(c.ends_within(Duration::from_secs(5)));
-    assert!(wait_until(Duration::from_secs(5), || scrape(&gw, client) == 0.0
+    assert!(wait_until(Duration::from_secs(5), || scrape(&gw, client)
+        == 0.0
         && scrape(&gw, upstream) == 0.0));
     assert_eq!(
         scrape(
@@ -298,7 +333,10 @@ fn a_tunnel_counts_as_active_connections_and_is_logged_once() {
     let head = c.head.len() as u64;
     // The 101 head, the echoed "ping" (2 + 4) and close (2 + 2).
     assert_eq!(line["bytes_out"], head + 6 + 4, "{line}");
-    assert!(line["duration_ms"].as_f64().unwrap_or(0.0) >= 300.0, "{line}");
+    assert!(
+        line["duration_ms"].as_f64().unwrap_or(0.0) >= 300.0,
+        "{line}"
+    );
 }
 
 /// On SIGTERM a tunnel goes on until `drain_timeout`, then is closed, and the gateway exits;
@@ -326,8 +364,15 @@ fn a_drain_closes_a_tunnel_at_the_drain_timeout() {
         "closed after {:?}, before drain_timeout",
         signalled.elapsed()
     );
-    assert!(ws.wait_seen(Duration::from_secs(5), &Seen::Eof), "{:?}", ws.seen());
-    assert!(gw.wait_exit(Duration::from_secs(5)).is_some(), "the gateway exited");
+    assert!(
+        ws.wait_seen(Duration::from_secs(5), &Seen::Eof),
+        "{:?}",
+        ws.seen()
+    );
+    assert!(
+        gw.wait_exit(Duration::from_secs(5)).is_some(),
+        "the gateway exited"
+    );
     let out = gw.stdout();
     let logged: Vec<&str> = out
         .lines()
@@ -358,4 +403,41 @@ fn a_reload_leaves_open_tunnels_alone() {
     assert_eq!(head_status(&fresh.head), 404, "{}", fresh.head);
     c.send_text("after");
     assert_eq!(c.recv_text(), "after");
+}
+
+/// The phases before the proxy apply to an upgrade as to any request: a rate limit counts it
+/// (its fields ride on the 101) and refuses the one over the limit with 429, never tunnelled.
+#[test]
+fn rate_limits_apply_to_the_upgrade_request() {
+    let ws = WsUpstream::start();
+    let gw = Gateway::start(&format!(
+        "[upstreams.live]\nendpoints = [\"{}\"]\nretries = 0\n\n\
+         [routes.live]\npaths = [\"/ws\"]\nupstream = \"live\"\nwebsocket = true\nrate_limits = [\"one\"]\n\n\
+         [rate_limits.one]\nalgorithm = \"fixed_window\"\nkey = \"ip\"\nlimit = 1\nwindow = \"1h\"\n",
+        ws.url()
+    ));
+    let mut c = WsClient::open(gw.addr(), "/ws");
+    assert_eq!(
+        head_header(&c.head, "ratelimit-limit"),
+        Some("1"),
+        "{}",
+        c.head
+    );
+    assert_eq!(
+        head_header(&c.head, "ratelimit-remaining"),
+        Some("0"),
+        "{}",
+        c.head
+    );
+    let refused = WsClient::open_with(gw.addr(), "/ws", b"");
+    assert_eq!(head_status(&refused.head), 429, "{}", refused.head);
+    assert!(
+        head_header(&refused.head, "retry-after").is_some(),
+        "{}",
+        refused.head
+    );
+    assert_eq!(ws.connections(), 1);
+    // The first tunnel is unaffected.
+    c.send_text("still mine");
+    assert_eq!(c.recv_text(), "still mine");
 }

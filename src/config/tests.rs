@@ -120,12 +120,7 @@ fn spec_example_is_rejected_at_its_first_later_capability() {
 #[test]
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
-    for gone in [
-        "[tracing]",
-        "[server.tls]",
-        "https://",
-        "tls_",
-    ] {
+    for gone in ["[tracing]", "[server.tls]", "https://", "tls_"] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);

@@ -75,7 +75,12 @@ pub fn handshake(
         .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
         .flat_map(|h| h.value.split(|&b| b == b','))
         // A protocol is `name[/version]` (RFC 9110 §7.8).
-        .map(|p| p.trim_ascii().split(|&b| b == b'/').next().unwrap_or_default())
+        .map(|p| {
+            p.trim_ascii()
+                .split(|&b| b == b'/')
+                .next()
+                .unwrap_or_default()
+        })
         .any(|name| name.eq_ignore_ascii_case(b"websocket"));
     let listed = connection_tokens(headers)
         .iter()
@@ -241,7 +246,10 @@ pub async fn pipe(
     let last = Cell::new(Instant::now());
     let (c_stream, c_buf, c_pending, c_in, c_out) = parts(client);
     let (u_stream, u_buf, u_pending, u_in, u_out) = parts(upstream);
-    let (c, u) = (Half(UnsafeCell::from_mut(c_stream)), Half(UnsafeCell::from_mut(u_stream)));
+    let (c, u) = (
+        Half(UnsafeCell::from_mut(c_stream)),
+        Half(UnsafeCell::from_mut(u_stream)),
+    );
     let mut up = pin!(pump(c, u, c_buf, c_pending, c_in, u_out, &last));
     let mut down = pin!(pump(u, c, u_buf, u_pending, u_in, c_out, &last));
     let mut quiet = pin!(quiet_for(&last, idle));
@@ -279,7 +287,13 @@ fn parts(c: &mut BufConn) -> (&mut Stream, Vec<u8>, Range<usize>, &mut u64, &mut
     if buf.capacity() < PIPE_BUF {
         buf.reserve(PIPE_BUF - buf.len());
     }
-    (&mut c.stream, buf, pending, &mut c.bytes_in, &mut c.bytes_out)
+    (
+        &mut c.stream,
+        buf,
+        pending,
+        &mut c.bytes_in,
+        &mut c.bytes_out,
+    )
 }
 
 /// Resolves once no byte has moved (`last`) for `idle`.

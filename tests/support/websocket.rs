@@ -143,7 +143,10 @@ pub fn head_header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
 
 /// The status code of a head read by [`read_head`].
 pub fn head_status(head: &str) -> u16 {
-    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The opening handshake for `path`: GET, `Upgrade: websocket`, `Connection: Upgrade`, the
@@ -247,7 +250,12 @@ impl WsClient {
         match self.stream.read(&mut byte) {
             Ok(0) => true,
             Ok(_) => panic!("a byte arrived where the end was awaited"),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 false
             }
             Err(_) => true,
