@@ -441,3 +441,18 @@ fn rate_limits_apply_to_the_upgrade_request() {
     c.send_text("still mine");
     assert_eq!(c.recv_text(), "still mine");
 }
+
+/// A 101 to a protocol the client did not offer (RFC 9110 §7.8) is the upstream's failure,
+/// answered 502: never tunnelled.
+#[test]
+fn a_switch_to_another_protocol_is_a_502() {
+    let ws = WsUpstream::start();
+    let plain = Upstream::start(|_| {
+        Reply::raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+        )
+    });
+    let gw = gateway(&ws, &plain, "");
+    let c = WsClient::open_with(gw.addr(), "/plain-ws", b"");
+    assert_eq!(head_status(&c.head), 502, "{}", c.head);
+}

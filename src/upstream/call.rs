@@ -781,6 +781,17 @@ async fn exchange<C: Caller>(
                 let detail = "101 Switching Protocols to a request without Upgrade".into();
                 return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
             }
+            // RFC 9110 §7.8: the server switches to a protocol the client offered, which is
+            // websocket alone (the gateway forwards no other).
+            let websocket = head
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .any(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+            if !websocket {
+                let detail = "101 Switching Protocols to a protocol other than websocket".into();
+                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            }
             // The upgrade's answer: what follows the head is the new protocol's, the tunnel's.
             caller.final_head(&head, BodyKind::None);
             drop(head);
