@@ -777,7 +777,7 @@ async fn exchange<C: Caller>(
         if status == 101 {
             if !policy.upgrade {
                 // RFC 9110 §15.2.2: a 101 answers an `Upgrade` only, which this request did
-                // not carry (it is removed off websocket routes).
+                // not carry (the gateway removes it from all but websocket upgrades).
                 let detail = "101 Switching Protocols to a request without Upgrade".into();
                 return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
             }
