@@ -456,3 +456,21 @@ fn a_switch_to_another_protocol_is_a_502() {
     let c = WsClient::open_with(gw.addr(), "/plain-ws", b"");
     assert_eq!(head_status(&c.head), 502, "{}", c.head);
 }
+
+/// `dispatch check` loads a websocket route (once refused as a later milestone's key) and
+/// lists `websocket` among its policies.
+#[test]
+fn check_loads_a_websocket_route_and_shows_it() {
+    let out = support::check(
+        "[upstreams.live]\nendpoints = [\"http://127.0.0.1:9001\"]\n\n\
+         [routes.live]\npaths = [\"/ws\"]\nupstream = \"live\"\nwebsocket = true\n",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all()
+            .lines()
+            .any(|l| l.contains("policies:") && l.contains("websocket")),
+        "{}",
+        out.all()
+    );
+}
