@@ -41,6 +41,7 @@ fn route(name: String, path: String) -> Route {
         client: None,
         aggregate: None,
         transform: None,
+        websocket: false,
     }
 }
 

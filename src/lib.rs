@@ -34,7 +34,9 @@
 //!    request (the proxy phase streams the body through the `Caller` seam), offers interim
 //!    responses back, reads the final head and retries within [`upstream::retry`]'s rules and
 //!    budget; the proxy phase then streams the body back re-framed (copying it for the cache
-//!    when the response may be stored).
+//!    when the response may be stored). On a websocket route an upgrade's 101 takes the
+//!    upgrade branch instead ([`pipeline::tunnel`]): the connection becomes a tunnel, bytes
+//!    piped both ways until both sides end, it idles out or a drain closes it.
 //! 4. Answers the gateway makes itself are JSON errors or bodiless answers
 //!    ([`pipeline::Response`], `http::write`). Every answer, the gateway's or the upstream's,
 //!    gets the response phases' headers ([`pipeline::respond`]).

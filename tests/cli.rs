@@ -343,10 +343,8 @@ upstream = "users"
 fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     // Each snippet is valid under the full format (dispatch.example.toml), so the only thing
     // wrong with it is that this milestone does not have the capability. The error must point
-    // at the key (route and upstream keys, endpoints) or at the section header (sections).
-    const R: &str = "[routes.r]\npaths = [\"/r\"]\nupstream = \"users\"\n";
+    // at the key (upstream keys, endpoints) or at the section header (sections).
     let cases: Vec<(&str, String)> = vec![
-        ("websocket", format!("{R}websocket = true\n")),
         ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
         (
             "server.tls",

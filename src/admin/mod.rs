@@ -411,6 +411,7 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "cache": r.cache.and_then(|c| cfg.cache.as_ref().map(|cache| cache.rules[c].name.as_str())),
                 "client": r.client.and_then(|c| cfg.bff.as_ref().map(|b| b.clients[c].name.as_str())),
                 "transform": r.transform.map(|t| cfg.transforms[t].name.as_str()),
+                "websocket": r.websocket,
             })
         })
         .collect();

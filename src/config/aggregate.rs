@@ -263,6 +263,7 @@ fn aggregate(
         client,
         aggregate: None,
         transform: None,
+        websocket: false,
     };
     let compiled = Compiled {
         plan,

@@ -317,7 +317,7 @@ pub struct Route {
     pub cache: Option<String>,
     /// A `[transforms.*]` its bodies go through.
     pub transform: Option<String>,
-    /// Not supported yet: `later` refuses it.
+    /// Default: `false`. `true`: a WebSocket upgrade (RFC 6455) is tunnelled to the upstream.
     pub websocket: Option<bool>,
     /// The `[bff.clients.*]` whose requests alone it matches.
     pub client: Option<String>,

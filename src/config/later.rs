@@ -1,6 +1,5 @@
 //! Capabilities the config format describes but this build does not have yet: TLS (termination
-//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), compression and
-//! websockets.
+//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys) and compression.
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -60,14 +59,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
             ("tls_client_cert", upstream.tls_client_cert.is_some()),
             ("tls_client_key", upstream.tls_client_key.is_some()),
         ] {
-            if present {
-                keys.push((at.key(key), None));
-            }
-        }
-    }
-    for (name, route) in file.routes.iter() {
-        let at = KeyPath::of(&["routes", name]);
-        for (key, present) in [("websocket", route.websocket.is_some())] {
             if present {
                 keys.push((at.key(key), None));
             }

@@ -404,6 +404,9 @@ pub struct Route {
     pub aggregate: Option<AggregateId>,
     /// The `[transforms.*]` its requests and responses go through.
     pub transform: Option<TransformId>,
+    /// `websocket = true`: a WebSocket upgrade request is forwarded with its `Upgrade` and,
+    /// once the upstream answers 101, the connection becomes a tunnel (`pipeline::tunnel`).
+    pub websocket: bool,
 }
 
 impl Route {

@@ -372,6 +372,9 @@ fn write_route(out: &mut String, cfg: &Config, r: &Route) -> std::fmt::Result {
     if let Some(rewrite) = &r.rewrite {
         policies.push(format!("rewrite {rewrite}"));
     }
+    if r.websocket {
+        policies.push("websocket".to_string());
+    }
     if let Some(t) = r.transform {
         let t = &cfg.transforms[t];
         let sides: Vec<&str> = [

@@ -30,7 +30,6 @@ fn spec_example_supported_part() -> String {
     // Tables of capabilities not built yet inside supported sections: TLS termination, and
     // the one upstream whose endpoint is https:// (its tls_* keys go with it).
     const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
-    const LATER_ROUTE_KEYS: [&str; 1] = ["websocket"];
     let mut out = String::new();
     let mut section = String::new();
     for line in SPEC_EXAMPLE.lines() {
@@ -42,9 +41,7 @@ fn spec_example_supported_part() -> String {
             || LATER_TABLES
                 .iter()
                 .any(|t| section == *t || section.starts_with(&format!("{t}.")));
-        let key = line.split('=').next().unwrap().trim();
-        let later_key = first == "routes" && LATER_ROUTE_KEYS.contains(&key);
-        if !later_section && !later_key {
+        if !later_section {
             out.push_str(line);
             out.push('\n');
         }
@@ -110,29 +107,20 @@ fn spec_example_is_rejected_at_its_first_later_capability() {
         error(&plain),
         "d.toml:83:1: upstreams.ledger.tls_ca: only applies to https:// endpoints, and this upstream has none"
     );
-    // Without both, the first route key of a later capability (transforms are built: the
-    // websocket route's key comes next).
+    // Without both, the next later capability (transforms and websocket routes are built:
+    // the `[compression]` section comes next).
     let text = comment_out(SPEC_EXAMPLE, &["server.tls", "upstreams.ledger"]);
-    let line = line_of(
-        &text,
-        "websocket = true                # allow Upgrade: websocket and pipe both directions",
-    );
+    let line = line_of(&text, "[compression]");
     assert_eq!(
         error(&text),
-        format!("d.toml:{line}:1: routes.live.websocket: not supported yet: routes.live.websocket")
+        format!("d.toml:{line}:2: compression: not supported yet: compression")
     );
 }
 
 #[test]
 fn spec_example_without_later_capabilities_loads() {
     let text = spec_example_supported_part();
-    for gone in [
-        "websocket =",
-        "[tracing]",
-        "[server.tls]",
-        "https://",
-        "tls_",
-    ] {
+    for gone in ["[tracing]", "[server.tls]", "https://", "tls_"] {
         assert!(!text.contains(gone), "{gone} left in:\n{text}");
     }
     let cfg = load(&text);
@@ -668,7 +656,7 @@ fn errors_name_file_line_column_and_key() {
         ("leaky bucket without burst", "[rate_limits.l]\nalgorithm = \"leaky_bucket\"\nkey = \"ip\"\nrate = 5\n".into(), "d.toml:1:1: rate_limits.l.burst: missing required key"),
         ("api key query spelled encoded", "[auth.k]\ntype = \"api_key\"\nquery = \"api%5Fkey\"\nkeys_file = \"k.toml\"\n".into(), "d.toml:3:9: auth.k.query: invalid query parameter name \"api%5Fkey\""),
         ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
-        ("later websocket = false", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = false\n"), "d.toml:6:1: routes.r.websocket: not supported yet: routes.r.websocket"),
+        ("websocket route with a cache rule", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = true\ncache = \"c\"\n\n[cache.rules.c]\nttl = \"1s\"\n"), "d.toml:7:9: routes.r.cache: cannot be combined with websocket = true: an upgrade is never answered from the cache, and a tunnel's bytes are not a response to store"),
         // TLS (issue 13): termination, https upstreams and their tls_* keys.
         ("later server.tls", TLS.into(), "d.toml:1:9: server.tls: not supported yet: server.tls"),
         ("later server.tls as dotted keys", "[server]\nworkers = 1\ntls.listen = [\"127.0.0.1:8443\"]\ntls.certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:3:1: server.tls: not supported yet: server.tls"),
@@ -788,6 +776,7 @@ fn errors_name_file_line_column_and_key() {
         ("transform sets an identity header", "[transforms.t]\nrequest_headers = { set = { \"x-user-id\" = \"1\" } }\n[auth.j]\ntype = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = \"k.pem\"\nforward = { sub = \"x-user-id\" }\n".into(), "d.toml:2:29: transforms.t.request_headers.set.x-user-id: \"x-user-id\" is an identity header an auth policy sets: only a verified credential may set it"),
         ("transform sets the type its program decides", "[transforms.t]\nresponse = \".\"\nresponse_headers = { set = { \"content-type\" = \"text/plain\" } }\n".into(), "d.toml:3:30: transforms.t.response_headers.set.content-type: \"content-type\" is decided by the response program (its output is identity-encoded application/json)"),
         ("transform sets and removes one header", "[transforms.t]\nrequest_headers = { set = { \"x-a\" = \"1\" }, remove = [\"X-A\"] }\n".into(), "d.toml:2:54: transforms.t.request_headers.remove[0]: \"X-A\" is both set and removed: set already replaces it"),
+        ("websocket route with a transform", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = true\ntransform = \"t\"\n[transforms.t]\nresponse = \".\"\n"), "d.toml:7:13: routes.r.transform: cannot be combined with websocket = true: after the upgrade the connection carries frames, not JSON bodies"),
         ("route transform reference", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ntransform = \"compct\"\n[transforms.compact]\nresponse = \".\"\n"), "d.toml:6:13: routes.r.transform: no transform named \"compct\" (did you mean \"compact\"?)"),
         ("route transform with cache", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\ncache = \"c\"\ntransform = \"t\"\n[cache.rules.c]\nttl = \"1s\"\n[transforms.t]\nresponse = \".\"\n"), "d.toml:7:13: routes.r.transform: transform \"t\" changes responses and the route has `cache`: cache hits skip the transform, so refused; cache the upstream route the transformed one calls, or drop one of the two"),
     ];
@@ -847,13 +836,13 @@ fn unresolvable_endpoint_host_is_an_error_at_its_value() {
 #[test]
 fn later_capabilities_are_rejected_in_file_order() {
     // Whichever comes first in the file is reported: the `[compression]` section here, the
-    // route's `websocket` key once the section is moved after the route.
+    // upstream's https endpoint once the section is moved after the upstream.
     let src = "\
 [compression]
 min_size = \"1KiB\"
 
 [upstreams.u]
-endpoints = [\"http://127.0.0.1:1\"]
+endpoints = [\"https://127.0.0.1:1\"]
 
 [routes.r]
 paths = [\"/\"]
@@ -871,7 +860,7 @@ websocket = true
     );
     assert_eq!(
         error(&moved),
-        "d.toml:7:1: routes.r.websocket: not supported yet: routes.r.websocket"
+        "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"
     );
 }
 

@@ -850,8 +850,17 @@ fn route(
         policies.rate_limits,
         src,
     )?;
+    let websocket = route.websocket.unwrap_or(false);
     let cache = match &route.cache {
         None => None,
+        // After a 101 the connection carries frames, not a response that could be stored (and
+        // an upgrade must reach the upstream, never be answered from a stored copy).
+        Some(_) if websocket => {
+            return Err(src.error(
+                &at.key("cache"),
+                "cannot be combined with websocket = true: an upgrade is never answered from the cache, and a tunnel's bytes are not a response to store",
+            ))
+        }
         Some(rule) => Some(super::cache::rule_ref(
             rule,
             &at.key("cache"),
@@ -892,6 +901,7 @@ fn route(
         client,
         aggregate: None,
         transform,
+        websocket,
     })
 }
 

@@ -213,6 +213,7 @@ impl Upstreams<'_> {
             connect_timeout: config.connect_timeout.min(left),
             read_timeout: config.read_timeout.min(left),
             started: self.started,
+            upgrade: false,
         };
         let now_sec = || self.worker.shared.now_sec();
         let env = call::Env {

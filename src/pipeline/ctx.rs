@@ -85,6 +85,9 @@ pub struct RequestCtx {
     pub body: BodyKind,
     /// The client sent `Expect: 100-continue` (HTTP/1.1 with a body).
     pub expect_continue: bool,
+    /// A WebSocket upgrade on a websocket route (`pipeline::tunnel`): a 101 turns the
+    /// connection into a tunnel.
+    pub upgrade: bool,
     pub route: RouteId,
     pub upstream: UpstreamId,
     /// The breaker's permit, handed back with the outcome as soon as it is known (taken from

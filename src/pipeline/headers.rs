@@ -33,7 +33,16 @@ pub enum ConnDirective {
     /// HTTP/1.0 client that asked for keep-alive.
     KeepAlive,
     Close,
+    /// A `101` on a websocket route: the connection switches to the WebSocket protocol
+    /// ([`UPGRADE_WEBSOCKET`]).
+    Upgrade,
 }
+
+/// The hop-by-hop fields of a WebSocket upgrade, both ways (RFC 6455 §4.1, §4.2.2; RFC 9110
+/// §7.8: `Upgrade` is listed in `Connection`). Only the websocket protocol is ever tunnelled,
+/// so the fields are written as this constant, never copied from the other side: a client
+/// that offered `websocket, h2c` must not get an upstream's switch to anything else.
+pub const UPGRADE_WEBSOCKET: &[u8] = b"Connection: upgrade\r\nUpgrade: websocket\r\n";
 
 use crate::http::VIA;
 
@@ -94,6 +103,9 @@ pub struct ForwardHead<'a, 'h> {
     pub identity: &'a [(&'a str, &'a str)],
     /// The auth policy removes `Authorization` (`strip_authorization`).
     pub strip_authorization: bool,
+    /// A WebSocket upgrade on a websocket route: `Connection: upgrade` and `Upgrade:
+    /// websocket` are sent (every other request has its `Upgrade` removed as hop-by-hop).
+    pub upgrade: bool,
 }
 
 /// Writes the upstream request head into `out`.
@@ -174,6 +186,9 @@ pub fn write_forward_fields(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
         out.extend_from_slice(b"\r\n");
     }
     write_via(out, &via);
+    if f.upgrade {
+        out.extend_from_slice(UPGRADE_WEBSOCKET);
+    }
     match f.body {
         http::BodyKind::None => {}
         http::BodyKind::Length(n) => {
@@ -271,6 +286,7 @@ pub fn write_response_head(out: &mut Vec<u8>, r: &ResponseHeadOut<'_, '_>) {
         ConnDirective::Default => {}
         ConnDirective::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         ConnDirective::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        ConnDirective::Upgrade => out.extend_from_slice(UPGRADE_WEBSOCKET),
     }
     out.extend_from_slice(b"\r\n");
 }

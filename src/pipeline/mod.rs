@@ -6,7 +6,9 @@
 //! connection and the two head buffers); [`target`] normalises the request target; [`trace`]
 //! continues W3C trace context; [`headers`] rewrites heads both ways; [`proxy`] is the proxy
 //! phase's side of [`crate::upstream::call`] (the request body up, the response body down);
-//! [`aggregate`] runs an aggregate's calls and answers with the composite;
+//! [`aggregate`] runs an aggregate's calls and answers with the composite; [`tunnel`] is the
+//! upgrade branch of the proxy phase (a WebSocket handshake checked, then, after the
+//! upstream's 101, bytes piped both ways);
 //! [`respond`] holds the response phases every answer passes, the gateway's and the
 //! upstream's alike; [`log`] is the logging phase every answered request passes once.
 //!
@@ -27,6 +29,7 @@ pub mod response;
 pub mod stack;
 pub mod target;
 pub mod trace;
+pub mod tunnel;
 
 use ctx::RequestId;
 pub use response::{Body, Response};

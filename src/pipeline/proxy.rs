@@ -448,6 +448,16 @@ impl Caller for Downstream<'_> {
 
     fn final_head(&mut self, head: &ResponseHead<'_>, body: BodyKind) {
         let ctx = self.ctx;
+        if head.status == 101 {
+            // `upstream::call` accepts a 101 on an upgrade only; the tunnel relays this head.
+            self.head = ClientHead {
+                out: OutFraming::NoBody,
+                keep: false,
+                collect: None,
+            };
+            super::tunnel::switching_head(&mut self.conn.wbuf, head, ctx);
+            return;
+        }
         let mut mark = None;
         if let Some(pending) = self.cache.as_deref_mut() {
             let now = crate::clock::unix_now();
@@ -601,6 +611,7 @@ pub async fn forward(
         connect_timeout: ctx.connect_timeout,
         read_timeout: ctx.read_timeout,
         started: ctx.started,
+        upgrade: ctx.upgrade,
     };
     let mut cache = cache;
     if let Some(store) = cache.as_deref_mut().and_then(|p| p.store.as_deref_mut()) {
@@ -625,6 +636,11 @@ pub async fn forward(
         stale: None,
     };
     match call::call(target, env, &policy, ctx.permit.take(), &mut down).await {
+        // The upgrade's 101: the connection becomes a tunnel (boxed: the rare path must not
+        // grow every request's future).
+        Ok(resp) if resp.status == 101 => {
+            Box::pin(super::tunnel::run(resp, down.conn, worker, snap)).await
+        }
         Ok(resp) if down.stale.is_some() => {
             // The breaker and outlier detection learn the 5xx; the client gets the stale entry.
             resp.cut();

@@ -71,7 +71,7 @@ pub fn start(
         ..*req
     };
     let mut request = Vec::with_capacity(512);
-    let balance_key = match upstream::run(&sent, to, u64::MAX, &mut request) {
+    let balance_key = match upstream::run(&sent, to, u64::MAX, false, &mut request) {
         super::phase::Flow::Continue(key) => key,
         super::phase::Flow::Respond(_) => return,
     };
@@ -83,6 +83,7 @@ pub fn start(
         connect_timeout: to.upstream.connect_timeout,
         read_timeout: to.route.timeout.unwrap_or(to.upstream.read_timeout),
         started: Instant::now(),
+        upgrade: false,
     };
     monoio::spawn(run(Refresh {
         snap: snap.clone(),

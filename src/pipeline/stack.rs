@@ -295,9 +295,20 @@ pub fn prepare(
     };
     let waits = limited.delay.is_some() || cached.as_ref().is_some_and(|p| p.wait.is_some());
     let permit = if waits { None } else { permit };
+    // 12. A WebSocket upgrade on a websocket route keeps its `Upgrade` (RFC 6455 §4.1; a
+    //    malformed handshake is a 400 here); anywhere else `Upgrade` is dropped as hop-by-hop
+    //    and the request is an ordinary one. After the phases that apply to every request
+    //    (auth, limits, breaker): the upgrade is a request like any other until its 101.
+    let upgrade = next!(super::tunnel::handshake(head, headers, &to, &framing, id));
     // 12. Upstream: body limit, balance key, the upstream request head with the identity
     //    headers; `run` does the rest (a leaky bucket's wait first).
-    let balance_key = next!(upstream::run(&req, &to, cfg.server.limits.max_body, ubuf));
+    let balance_key = next!(upstream::run(
+        &req,
+        &to,
+        cfg.server.limits.max_body,
+        upgrade,
+        ubuf
+    ));
     // 12. The transform's request-side header edits, on the head the gateway wrote (the
     //    fields it owns cannot be edited: refused at load). With a request program the body
     //    decides the framing, so the proxy stage edits the head once it has run.
@@ -315,6 +326,7 @@ pub fn prepare(
         keep_alive: framing.keep_alive,
         body: framing.body,
         expect_continue: framing.expect_continue,
+        upgrade,
         route: to.route_id,
         upstream: to.upstream_id,
         permit: std::cell::Cell::new(permit),

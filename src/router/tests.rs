@@ -23,6 +23,7 @@ fn route(name: &str, paths: &[&str]) -> Route {
         client: None,
         aggregate: None,
         transform: None,
+        websocket: false,
     }
 }
 

@@ -3,8 +3,9 @@
 //! SIGTERM/SIGINT set the shared shutdown flag ([`crate::state::shared::Shared`]); each
 //! worker's housekeeping tick sees it, fires its [`Latch`](crate::state::latch::Latch), which stops its accept loops and
 //! wakes connections idle between requests so they close. Requests in flight finish (their
-//! responses carry `Connection: close`) until `drain_timeout`, then the worker exits. A second
-//! signal exits at once.
+//! responses carry `Connection: close`) and WebSocket tunnels go on until `drain_timeout`;
+//! then tunnels are closed (the worker's `drain_expired` latch, one tick before it exits) and
+//! the worker exits. A second signal exits at once.
 
 /// SIGTERM/SIGINT (shutdown) and SIGHUP (reload), registered before anything is bound so that a
 /// signal arriving during start-up is queued for [`watch`] rather than killing the process.

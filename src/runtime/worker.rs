@@ -188,6 +188,12 @@ async fn housekeeping(worker: Rc<Worker>, changes: Receiver<listeners::Change>) 
                 return;
             }
             if now >= deadline {
+                if !worker.drain_expired.is_fired() {
+                    // Tunnels close themselves now (logged like any request); one more tick
+                    // lets them end before the worker exits.
+                    worker.drain_expired.fire();
+                    continue;
+                }
                 crate::warn!(
                     "worker {}: drain timeout with {} connections open",
                     worker.id,

@@ -162,7 +162,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         };
         pipeline::log::log(&pipeline::log::Sinks::of(&worker, &snap), &record);
         if !keep || worker.drain.is_fired() {
-            if status != 499 {
+            // A tunnel (101) ended on its own terms: both sides finished, or it was closed
+            // (idle, drain, a failed side); no answer is left in flight to linger for.
+            if status != 499 && status != 101 {
                 conn.linger().await;
             }
             return;

@@ -47,6 +47,10 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     snapshot: RefCell<Rc<Snapshot>>,
     pub drain: Latch,
+    /// Fired when the drain's `drain_timeout` has passed with connections still open: what
+    /// holds a connection open by design (a WebSocket tunnel) closes now, and is logged, in
+    /// the one tick the worker still waits before it exits.
+    pub drain_expired: Latch,
     /// Connections open on this worker.
     pub open: Cell<usize>,
     rng: Cell<u64>,
@@ -88,6 +92,7 @@ impl Worker {
                 metrics,
             })),
             drain: Latch::default(),
+            drain_expired: Latch::default(),
             open: Cell::new(0),
             rng: Cell::new(seed),
             access,

@@ -94,6 +94,11 @@ pub struct Policy {
     pub read_timeout: Duration,
     /// When the request arrived: endpoint rotation is read as of then.
     pub started: Instant,
+    /// A WebSocket upgrade (`pipeline::tunnel`): sent on a fresh connection, never a pooled
+    /// one (a connection that becomes a tunnel is the upgrade's alone from its first byte),
+    /// a `101` is the final answer, and whatever the answer, the connection never goes back to
+    /// the pool.
+    pub upgrade: bool,
 }
 
 /// The caller's side of an exchange: the request it sends and the client (if any) that sees
@@ -331,6 +336,19 @@ impl UpstreamResponse<'_> {
         self.settle();
     }
 
+    /// A `101 Switching Protocols` to an upgrade ([`Policy::upgrade`]), about to be relayed:
+    /// outlier detection, the breaker and the metrics count the exchange now (a success; the
+    /// upstream's duration is the time to its 101, not the tunnel's life), and the connection
+    /// leaves the upstream's bookkeeping for good. The tunnel owns it from here (still counted
+    /// in `dispatch_connections_active{side="upstream"}` until it is dropped); it never returns
+    /// to the pool.
+    pub fn into_tunnel(mut self) -> UpConn {
+        self.settle();
+        let UpstreamResponse { conn, attempt, .. } = self;
+        drop(attempt);
+        conn
+    }
+
     /// The body failed before any byte of the answer left: the attempt failed with `e`, which
     /// outlier detection and the breaker learn; the caller answers with it.
     pub fn failed(mut self, e: UpstreamError) -> CallFailure {
@@ -497,7 +515,7 @@ pub async fn call<'a, C: Caller>(
     // the next request); results are recorded at the time they happen (see `passive`).
     let now_ms = crate::clock::ms_at(policy.started);
     loop {
-        let (ep, pooled) = pick(state, tried, policy.balance_key, now_ms);
+        let (ep, pooled) = pick(state, tried, policy.balance_key, now_ms, !policy.upgrade);
         let addr = config.endpoints[ep].addr;
         // The attempt's duration, connect included: what the access log's `upstream_ms` and
         // the upstream duration histogram show, failures included.
@@ -658,14 +676,16 @@ fn may_try_again<C: Caller>(
     s.budget.try_retry(now)
 }
 
-/// The endpoint for the next attempt and a pooled connection to it, if one is idle and alive.
-/// Endpoints out of rotation (unhealthy, ejected, as of `now_ms`) count as tried; when every
-/// endpoint is out the rotation is empty and all are used (panic mode).
+/// The endpoint for the next attempt and, when `pooled` allows one, a pooled connection to it
+/// if one is idle and alive. Endpoints out of rotation (unhealthy, ejected, as of `now_ms`)
+/// count as tried; when every endpoint is out the rotation is empty and all are used (panic
+/// mode).
 fn pick(
     state: &RefCell<UpstreamState>,
     tried: Tried,
     key: Key,
     now_ms: u64,
+    pooled: bool,
 ) -> (usize, Option<UpConn>) {
     let mut s = state.borrow_mut();
     let out = s.rotation.out_mask(now_ms);
@@ -676,6 +696,9 @@ fn pick(
         avoid = tried;
     }
     let ep = s.balancer.pick(key, avoid);
+    if !pooled {
+        return (ep, None);
+    }
     (ep, s.checkout(ep, Instant::now()))
 }
 
@@ -752,8 +775,32 @@ async fn exchange<C: Caller>(
         let status = head.status;
         let head_len = head.head_len;
         if status == 101 {
-            let detail = "101 Switching Protocols on a non-websocket route".into();
-            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            if !policy.upgrade {
+                // RFC 9110 §15.2.2: a 101 answers an `Upgrade` only, which this request did
+                // not carry (the gateway removes it from all but websocket upgrades).
+                let detail = "101 Switching Protocols to a request without Upgrade".into();
+                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            }
+            // RFC 9110 §7.8: the server switches to a protocol the client offered, which is
+            // websocket alone (the gateway forwards no other).
+            let websocket = head
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .any(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+            if !websocket {
+                let detail = "101 Switching Protocols to a protocol other than websocket".into();
+                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            }
+            // The upgrade's answer: what follows the head is the new protocol's, the tunnel's.
+            caller.final_head(&head, BodyKind::None);
+            drop(head);
+            up.consume(head_len);
+            return Ok(Facts {
+                status,
+                body: BodyKind::None,
+                reusable: false,
+            });
         }
         if (100..200).contains(&status) {
             interims += 1;
@@ -803,7 +850,11 @@ async fn exchange<C: Caller>(
             status,
             body,
             // An abandoned upload leaves the connection out of step with its requests.
-            reusable: upstream_keep && body != BodyKind::UntilClose && !caller.abandoned(),
+            // A refused upgrade's connection was opened for it alone (`Policy::upgrade`).
+            reusable: upstream_keep
+                && body != BodyKind::UntilClose
+                && !caller.abandoned()
+                && !policy.upgrade,
         });
     }
 }
@@ -1105,6 +1156,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             started: Instant::now(),
+            upgrade: false,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod tls;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;
+pub mod websocket;
 pub mod wire;
 
 pub use client::{get, send_request, Client, Req, Response};

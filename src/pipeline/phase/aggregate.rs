@@ -156,6 +156,7 @@ pub fn run(
             max_forwards: None,
             identity,
             strip_authorization: req.subject.strips_authorization(),
+            upgrade: false,
         },
     );
     fields.extend_from_slice(b"Accept: application/json\r\n");

@@ -561,6 +561,8 @@ pub fn write_stored(
         ConnDirective::Default => {}
         ConnDirective::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         ConnDirective::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        // A stored response is never a 101 (websocket routes have no cache rule).
+        ConnDirective::Upgrade => out.extend_from_slice(super::super::headers::UPGRADE_WEBSOCKET),
     }
     out.extend_from_slice(b"\r\n");
     if !head_only && entry.status != 204 {

@@ -3,7 +3,8 @@
 //! ([`crate::compose::bff`]), [`route`], [`ratelimit`] (limits keyed on the client's address;
 //! a route's own, else its BFF client's), [`auth`] (likewise), [`ratelimit`] again (every
 //! other limit), [`aggregate`] (an aggregate's request leaves the list here), [`split`],
-//! [`cache`], [`breaker`], [`upstream`].
+//! [`cache`], [`breaker`], the WebSocket handshake check
+//! ([`crate::pipeline::tunnel::handshake`]), [`upstream`].
 //!
 //! A phase owns one concern and its own part of the per-request state (its output type:
 //! [`identity::Identity`], [`framing::Framing`], [`target::Resource`], the router's

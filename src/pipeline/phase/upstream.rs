@@ -37,12 +37,15 @@ pub struct Request<'a, 'h> {
     pub forwarded: &'a [(&'a str, &'a str)],
 }
 
-/// Writes the upstream request head into `ubuf` (cleared first). Continue: the balance key.
+/// Writes the upstream request head into `ubuf` (cleared first), with the WebSocket upgrade's
+/// fields when `upgrade` (the tunnel's handshake check, `pipeline::tunnel::handshake`).
+/// Continue: the balance key.
 #[inline]
 pub fn run(
     req: &Request<'_, '_>,
     to: &Destination<'_>,
     max_body: u64,
+    upgrade: bool,
     ubuf: &mut Vec<u8>,
 ) -> Flow<Key> {
     if let BodyKind::Length(n) = req.framing.body {
@@ -96,6 +99,7 @@ pub fn run(
             max_forwards: resource.max_forwards.map(|n| n - 1),
             identity,
             strip_authorization: req.subject.strips_authorization(),
+            upgrade,
         },
     );
     Flow::Continue(balance_key)
@@ -170,7 +174,7 @@ strip_prefix = true
             forwarded: &[],
         };
         let mut ubuf = b"stale bytes".to_vec();
-        match run(&req, &to, cfg.server.limits.max_body, &mut ubuf) {
+        match run(&req, &to, cfg.server.limits.max_body, false, &mut ubuf) {
             Flow::Continue(key) => Ok((String::from_utf8(ubuf).unwrap(), key)),
             Flow::Respond(r) => Err(r),
         }
