@@ -5,15 +5,18 @@
 //! upstream id, a request head and a deadline in, a status and a body out, or a
 //! [`CallError`]), [`Request`] (what the executor reads of the client's request), [`Answer`].
 //!
-//! How a run goes: every call whose dependencies are done ([`Plan::ready`]) starts at once,
-//! as a future in one [`FuturesUnordered`] polled by the request's own future: no task is
+//! How a run goes: every call whose dependencies are done
+//! ([`Plan::ready`](super::Plan::ready)) starts at once, as a future in one
+//! [`FuturesUnordered`] polled by the request's own future: no task is
 //! spawned and nothing needs `'static`, so dropping the request's future (the client left, the
 //! connection's deadline) drops every call in flight, and the transport closes their
 //! connections. A call starts the moment its last dependency ends. Before it starts:
 //! - a dependency that failed, or was skipped, skips it (`_meta.skipped`); a required call
 //!   skipped because a call it waits on failed fails the aggregate (503 naming it);
-//! - its `when` (jq over the object of the results so far) false or null skips it; a `when`
-//!   that fails at run time is the call's failure (`when: <message>`);
+//! - its `when` false or null skips it; a `when` that fails at run time is the call's failure
+//!   (`when: <message>`). Its input is the object of the results of the calls it names (its
+//!   [`Call::when_deps`], all ended by then) and nothing else, so the same results give the
+//!   same answer whatever else happened to end first; a `when` naming no call reads `{}`;
 //! - its path (each item's, for `foreach`) is rendered; a missing value is its failure.
 //!
 //! Deadlines: a call must end by its own `timeout` from its start, and by the aggregate's
@@ -27,24 +30,31 @@
 //! A result is a call's answer when its status is 2xx and its body JSON (else `status N`,
 //! `not json`), after `select`. A `foreach` call sends one request per element of its source
 //! array (at most `max_items`, at most `concurrency` in flight), in the array's order; `select`
-//! applies to each item's result; a failed item is null; when every item failed, the call
-//! failed (with the first item's reason). An empty source array is an empty result, no request.
+//! applies to each item's result; a failed item is null. The call's deadline cuts only what has
+//! not come back: the items that ended keep their values, in place, and the rest are null
+//! (`timeout`). When some items failed the call still succeeded, required or not: its value is
+//! the array with nulls, `available` says true, and `_meta.errors` has its reason
+//! (`2 of 5 items failed: [1] status 503; [3] timeout`: item indices in the source array, at
+//! most [`ITEM_REASONS`] reasons, then `...`), which makes the composite `partial`. When every
+//! item failed, the call failed with that reason (a required one: 503, or 504 when the
+//! aggregate's deadline cut its items). An empty source array is an empty result, no request.
 //!
 //! The composite: the object of every call's value by name (a skipped call's is its `default`,
 //! or null), `shape` applied when present, and `_meta` added to it when it is an object:
-//! `partial` (an optional call failed), `available` (per call: whether the value is the
-//! call's own result), `ms` (per call that ran: whole milliseconds from its start to its end),
-//! `errors` (per failed call: its reason), `skipped` and `truncated` (call names, start
+//! `partial` (an optional call failed, or some items of a `foreach` call), `available` (per
+//! call: whether the value is the call's own result), `ms` (per call that ran: whole
+//! milliseconds from its start to its end), `errors` (per failed call, or `foreach` call with
+//! failed items: its reason), `skipped` and `truncated` (call names, start
 //! order). `errors`, `skipped` and `truncated` are always present, empty or not, so a client
 //! reads one shape. A `shape` that fails or gives no output is a 502.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
 
-use super::{Call, Compiled, Plan, Values};
+use super::{Call, Compiled, Values};
 
 /// An upstream's answer to one call's request: its status and its whole body (decoded from
 /// its framing, at most [`Compiled::max_body`] bytes).
@@ -67,6 +77,9 @@ pub enum CallError {
     BadResponse,
     /// A body over [`Compiled::max_body`].
     TooLarge,
+    /// A body that would take the bytes the request's calls have read past
+    /// [`Compiled::budget`] (this many bytes).
+    OverBudget(usize),
     /// The upstream's circuit breaker is open.
     BreakerOpen,
     /// A final status the transport reports without a body (its retries spent on 502-504).
@@ -83,6 +96,9 @@ impl fmt::Display for CallError {
             CallError::TooLarge => "too large",
             CallError::BreakerOpen => "breaker open",
             CallError::Status(status) => return write!(f, "status {status}"),
+            CallError::OverBudget(budget) => {
+                return write!(f, "over the aggregate's max_body of {budget} bytes")
+            }
         })
     }
 }
@@ -91,7 +107,7 @@ impl fmt::Display for CallError {
 /// metrics and spans).
 #[derive(Debug, Clone, Copy)]
 pub struct CallInfo<'a> {
-    /// The call's index in [`Plan::calls`].
+    /// The call's index in [`Plan::calls`](super::Plan::calls).
     pub index: usize,
     /// The call's name.
     pub name: &'a str,
@@ -143,8 +159,20 @@ enum State {
     Waiting,
     Running,
     Done(Value),
+    /// A `foreach` call some of whose items failed: its array (those items null) and why.
+    Partial(Value, String),
     Failed(String),
     Skipped,
+}
+
+impl State {
+    /// The call's own result, if it has one.
+    fn value(&self) -> Option<&Value> {
+        match self {
+            State::Done(v) | State::Partial(v, _) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// What a call's future brings back.
@@ -153,6 +181,20 @@ enum Fetched {
     /// Per item, in the source's order: the reply, or why there is none.
     Items(Vec<Result<Reply, String>>),
 }
+
+/// How a call ended, from what came back.
+enum Ended {
+    Done(Value),
+    Partial(Value, String),
+    /// `timeout`: a deadline cut it (all of it, or one of its items).
+    Failed {
+        reason: String,
+        timeout: bool,
+    },
+}
+
+/// At most this many item failures are spelled out in a `foreach` call's reason.
+pub const ITEM_REASONS: usize = 3;
 
 /// A call's requests, rendered before it starts.
 enum Work {
@@ -175,10 +217,7 @@ impl Values for Seen<'_> {
             .map(|(_, v)| v.as_str())
     }
     fn result(&self, call: usize) -> Option<&Value> {
-        match &self.states[call] {
-            State::Done(v) => Some(v),
-            _ => None,
-        }
+        self.states[call].value()
     }
 }
 
@@ -276,10 +315,11 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
         ms[i] = Some(took.as_millis() as u64);
         done |= 1 << i;
         match result_of(c, i, fetched) {
-            Ok(value) => states[i] = State::Done(value),
-            Err(reason) => {
+            Ended::Done(value) => states[i] = State::Done(value),
+            Ended::Partial(value, reason) => states[i] = State::Partial(value, reason),
+            Ended::Failed { reason, timeout } => {
                 if call.required {
-                    let status = if cut && reason == "timeout" { 504 } else { 503 };
+                    let status = if cut && timeout { 504 } else { 503 };
                     return failure(status, call, &reason);
                 }
                 states[i] = State::Failed(reason);
@@ -324,28 +364,25 @@ fn first_bit(set: u64) -> usize {
     set.trailing_zeros() as usize
 }
 
-/// The object of the values of the calls that ended so far (start order; a failed or
-/// skipped call's is its default or null), what `when` and `shape` read.
-fn results(plan: &Plan, states: &[State]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (call, state) in plan.calls.iter().zip(states) {
-        let value = match state {
-            State::Done(v) => v.clone(),
-            State::Failed(_) | State::Skipped => call.default.clone().unwrap_or(Value::Null),
-            State::Waiting | State::Running => continue,
-        };
-        out.insert(call.name.clone(), value);
-    }
-    out
-}
-
-/// Whether call `i` runs: its `when` over the results so far (jq truthiness: anything but
-/// false and null, and no output at all is false). Err: the program failed.
+/// Whether call `i` runs: its `when` over the results of the calls it names (jq
+/// truthiness: anything but false and null, and no output at all is false). Err: the program
+/// failed.
 fn admit(c: &Compiled, i: usize, states: &[State]) -> Result<bool, String> {
     let Some(when) = &c.calls[i].when else {
         return Ok(true);
     };
-    let input = Value::Object(results(&c.plan, states));
+    // Each named call has ended with a result: one that failed or was skipped skips this call
+    // before `when` is asked.
+    let mut named = c.plan.calls[i].when_deps;
+    let mut input = Map::new();
+    while named != 0 {
+        let d = first_bit(named);
+        named &= named - 1;
+        if let Some(v) = states[d].value() {
+            input.insert(c.plan.calls[d].name.clone(), v.clone());
+        }
+    }
+    let input = Value::Object(input);
     match when.run(input, &[]) {
         Ok(Some(Value::Bool(false) | Value::Null) | None) => Ok(false),
         Ok(Some(_)) => Ok(true),
@@ -425,30 +462,30 @@ async fn run_call<T: Transport>(
             })
         }
         Work::Items(heads, concurrency) => {
-            let items = fan_out(transport, info, heads, concurrency, deadline);
-            match monoio::time::timeout_at(until, items).await {
-                Ok(items) => Fetched::Items(items),
-                Err(_) => Fetched::One(Err(CallError::Timeout)),
-            }
+            Fetched::Items(fan_out(transport, info, heads, concurrency, deadline, until).await)
         }
     };
     (i, fetched, begun.elapsed(), Instant::now() >= aggregate)
 }
 
-/// A `foreach` call's item requests, at most `concurrency` in flight, results in order.
+/// A `foreach` call's item requests, at most `concurrency` in flight, results in order. At
+/// `until` the items still in flight are dropped and, with those not yet sent, are `timeout`;
+/// the items that came back keep their replies.
 async fn fan_out<T: Transport>(
     transport: &T,
     info: CallInfo<'_>,
     heads: Vec<Result<Vec<u8>, String>>,
     concurrency: usize,
     deadline: Instant,
+    until: monoio::time::Instant,
 ) -> Vec<Result<Reply, String>> {
     let mut out: Vec<Result<Reply, String>> = Vec::with_capacity(heads.len());
     let mut queue = Vec::with_capacity(heads.len());
     for (k, head) in heads.into_iter().enumerate() {
         match head {
             Ok(head) => {
-                out.push(Err(String::new()));
+                // What an item that never comes back ends as.
+                out.push(Err(CallError::Timeout.to_string()));
                 queue.push((k, head));
             }
             Err(reason) => out.push(Err(reason)),
@@ -468,7 +505,7 @@ async fn fan_out<T: Transport>(
     for next in queue.by_ref().take(concurrency) {
         flight.push(item(next));
     }
-    while let Some((k, r)) = flight.next().await {
+    while let Ok(Some((k, r))) = monoio::time::timeout_at(until, flight.next()).await {
         out[k] = r;
         if let Some(next) = queue.next() {
             flight.push(item(next));
@@ -477,37 +514,64 @@ async fn fan_out<T: Transport>(
     out
 }
 
-/// A call's value from what came back. Err: its failure's reason.
-fn result_of(c: &Compiled, i: usize, fetched: Fetched) -> Result<Value, String> {
+/// How call `i` ended, from what came back (module doc: a `foreach` call's items).
+fn result_of(c: &Compiled, i: usize, fetched: Fetched) -> Ended {
     let select = c.calls[i].select.as_ref();
     match fetched {
-        Fetched::One(r) => value_of(r.map_err(|e| e.to_string())?, select),
+        Fetched::One(r) => match r {
+            Ok(reply) => match value_of(reply, select) {
+                Ok(v) => Ended::Done(v),
+                Err(reason) => Ended::Failed {
+                    reason,
+                    timeout: false,
+                },
+            },
+            Err(e) => Ended::Failed {
+                reason: e.to_string(),
+                timeout: e == CallError::Timeout,
+            },
+        },
         Fetched::Items(items) => {
-            let mut first_error = None;
-            let mut any = items.is_empty();
+            let total = items.len();
+            let mut failed: Vec<(usize, String)> = Vec::new();
             let values = items
                 .into_iter()
-                .map(|r| match r.and_then(|reply| value_of(reply, select)) {
-                    Ok(v) => {
-                        any = true;
-                        v
-                    }
+                .enumerate()
+                .map(|(k, r)| match r.and_then(|reply| value_of(reply, select)) {
+                    Ok(v) => v,
                     Err(reason) => {
-                        first_error.get_or_insert(reason);
+                        failed.push((k, reason));
                         Value::Null
                     }
                 })
                 .collect();
-            if any {
-                Ok(Value::Array(values))
+            if failed.is_empty() {
+                return Ended::Done(Value::Array(values));
+            }
+            let reason = item_failures(&failed, total);
+            if failed.len() < total {
+                Ended::Partial(Value::Array(values), reason)
             } else {
-                Err(format!(
-                    "every item failed: {}",
-                    first_error.unwrap_or_default()
-                ))
+                let timeout = failed.iter().any(|(_, r)| r == "timeout");
+                Ended::Failed { reason, timeout }
             }
         }
     }
+}
+
+/// `2 of 5 items failed: [1] status 503; [3] timeout`, at most [`ITEM_REASONS`] of them.
+fn item_failures(failed: &[(usize, String)], total: usize) -> String {
+    let mut out = format!("{} of {total} items failed: ", failed.len());
+    for (n, (k, reason)) in failed.iter().take(ITEM_REASONS).enumerate() {
+        if n > 0 {
+            out.push_str("; ");
+        }
+        let _ = write!(out, "[{k}] {reason}");
+    }
+    if failed.len() > ITEM_REASONS {
+        out.push_str("; ...");
+    }
+    out
 }
 
 /// A reply's JSON value after `select`. Err: a non-2xx status, a body that is not JSON, or
@@ -537,15 +601,12 @@ fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64)
     let mut partial = false;
     for (i, (call, state)) in plan.calls.iter().zip(&states).enumerate() {
         let name = || Value::String(call.name.clone());
-        available.insert(
-            call.name.clone(),
-            Value::Bool(matches!(state, State::Done(_))),
-        );
+        available.insert(call.name.clone(), Value::Bool(state.value().is_some()));
         if let Some(ms) = ms[i] {
             times.insert(call.name.clone(), Value::from(ms));
         }
         match state {
-            State::Failed(reason) => {
+            State::Failed(reason) | State::Partial(_, reason) => {
                 partial = true;
                 errors.insert(call.name.clone(), Value::String(reason.clone()));
             }
@@ -567,7 +628,7 @@ fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64)
     let mut results = Map::new();
     for (call, state) in plan.calls.iter().zip(states) {
         let value = match state {
-            State::Done(v) => v,
+            State::Done(v) | State::Partial(v, _) => v,
             _ => call.default.clone().unwrap_or(Value::Null),
         };
         results.insert(call.name.clone(), value);
