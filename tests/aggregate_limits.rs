@@ -147,3 +147,49 @@ required = true
         Some(16 << 10)
     );
 }
+
+/// A result that nothing but the composite reads is copied as the upstream wrote it (its key
+/// order and spacing kept, whitespace around it trimmed), a key-path `select` read off the
+/// text; the composite's keys and `_meta`'s are in name order.
+#[test]
+fn a_result_only_the_composite_reads_is_copied_as_the_upstream_wrote_it() {
+    let up = Upstream::start(|req| match req.path() {
+        "/a" => Reply::status(200)
+            .header("Content-Type", "application/json")
+            .body(b" {\"z\": 1, \"a\": [1, 2]}\n"),
+        _ => Reply::status(200)
+            .header("Content-Type", "application/json")
+            .body(b"{\"next\": 2, \"list\": [{\"id\": 1, \"at\": \"x\"}]}"),
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.u]
+endpoints = ["{}"]
+[aggregates.c]
+path = "/c"
+[aggregates.c.calls.t]
+upstream = "u"
+path = "/t"
+select = ".list"
+[aggregates.c.calls.a]
+upstream = "u"
+path = "/a"
+"#,
+        up.url()
+    ));
+    let r = get(gw.addr(), "/c");
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = r.text();
+    assert!(
+        body.starts_with(r#"{"_meta":{"available":{"a":true,"t":true},"errors":{},"ms":{"a":"#),
+        "{body}"
+    );
+    assert!(
+        body.ends_with(
+            r#""partial":false,"skipped":[],"truncated":[]},"a":{"z": 1, "a": [1, 2]},"t":[{"id": 1, "at": "x"}]}"#
+        ),
+        "{body}"
+    );
+    let v = r.json();
+    assert_eq!(v["t"], json!([{"id": 1, "at": "x"}]));
+}

@@ -58,6 +58,8 @@ struct Compiled {
     /// The program's steps when it is a path alone (`.`, `.a.b`, `.a[0]`): [`Program::run`]
     /// then walks the `serde_json::Value` itself (see [`path`]).
     path: Option<Vec<Step>>,
+    /// The keys when the program is a path of object keys alone (`.a.b`): [`Program::keys`].
+    keys: Option<Vec<String>>,
 }
 
 impl fmt::Debug for Program {
@@ -133,13 +135,37 @@ impl Program {
                     },
                 }
             })?;
+        let path = path(text);
+        let keys = path
+            .as_ref()
+            .filter(|steps| !steps.is_empty())
+            .and_then(|steps| {
+                steps
+                    .iter()
+                    .map(|step| match step {
+                        Step::Key(k) => Some(k.clone()),
+                        Step::Index(_) => None,
+                    })
+                    .collect()
+            });
         Ok(Program {
             compiled: Arc::new(Compiled {
                 filter,
                 vars: vars.len(),
-                path: path(text),
+                path,
+                keys,
             }),
         })
+    }
+
+    /// The keys of a program that is a path of object keys alone (`.a`, `.a.b`, `."k"`; not
+    /// `.`, no index), with no variables: what an aggregate's `select` takes from a body's
+    /// text without parsing it ([`crate::compose::aggregate::text::select`]).
+    pub fn keys(&self) -> Option<&[String]> {
+        match self.compiled.vars {
+            0 => self.compiled.keys.as_deref(),
+            _ => None,
+        }
     }
 
     /// Runs on one input; the FIRST output is the result (jq's `first(...)`): none -> `Ok(None)`;

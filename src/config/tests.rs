@@ -1052,7 +1052,10 @@ fn aggregate_max_body_is_read_and_defaults_to_32_mib_or_the_server_limit() {
     };
     let budget = |src: String| {
         let cfg = load(&src);
-        (cfg.aggregates[0].compiled.budget, cfg.aggregates[0].compiled.max_body)
+        (
+            cfg.aggregates[0].compiled.budget,
+            cfg.aggregates[0].compiled.max_body,
+        )
     };
     assert_eq!(budget(agg("", "")), (32 << 20, 10 << 20));
     assert_eq!(

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 pub mod plan;
 pub mod run;
+pub mod text;
 
 #[cfg(test)]
 mod run_tests;

@@ -125,6 +125,9 @@ pub struct Plan {
     pub calls: Vec<Call>,
     /// The critical path: indices in [`Plan::calls`], first to last.
     pub critical_path: Vec<usize>,
+    /// Indices in [`Plan::calls`] in the order of the calls' names (bytewise, as a JSON
+    /// object map orders its keys): the order of the composite's keys.
+    pub by_name: Vec<usize>,
     /// The sum of the critical path's timeouts (uncapped).
     pub critical_sum: Duration,
 }
@@ -354,12 +357,15 @@ impl Plan {
             critical_path.push(prev);
         }
         critical_path.reverse();
+        let mut by_name: Vec<usize> = (0..n).collect();
+        by_name.sort_by(|&a, &b| calls[a].name.cmp(&calls[b].name));
 
         Ok(Plan {
             name: spec.name.clone(),
             timeout: spec.timeout,
             calls,
             critical_path,
+            by_name,
             critical_sum: finish[end],
         })
     }

@@ -28,7 +28,11 @@
 //! `default` (null without one).
 //!
 //! A result is a call's answer when its status is 2xx and its body JSON (else `status N`,
-//! `not json`), after `select`. A `foreach` call sends one request per element of its source
+//! `not json`), after `select`. A result that nothing but the composite reads (no `foreach`,
+//! no call waiting for it, no `shape`) is checked as a parse would check it and kept as the
+//! upstream's text ([`super::text`]), whitespace around it trimmed, its `select` read off the
+//! text when it is a path of keys (`.transactions`): it is copied into the composite as sent,
+//! never parsed into a tree and written back. A `foreach` call sends one request per element of its source
 //! array (at most `max_items`, at most `concurrency` in flight), in the array's order; `select`
 //! applies to each item's result; a failed item is null. The call's deadline cuts only what has
 //! not come back: the items that ended keep their values, in place, and the rest are null
@@ -54,7 +58,8 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
 
-use super::{Call, Compiled, Values};
+use super::{text, Call, Compiled, Values};
+use crate::compose::jq::Program;
 
 /// An upstream's answer to one call's request: its status and its whole body (decoded from
 /// its framing, at most [`Compiled::max_body`] bytes).
@@ -159,6 +164,9 @@ enum State {
     Waiting,
     Running,
     Done(Value),
+    /// A result only the composite reads ([`passes_through`]): its JSON text as sent (the
+    /// part its `select` takes).
+    Raw(Vec<u8>),
     /// A `foreach` call some of whose items failed: its array (those items null) and why.
     Partial(Value, String),
     Failed(String),
@@ -166,12 +174,17 @@ enum State {
 }
 
 impl State {
-    /// The call's own result, if it has one.
+    /// The call's own result as a value, if it has one that others read.
     fn value(&self) -> Option<&Value> {
         match self {
             State::Done(v) | State::Partial(v, _) => Some(v),
             _ => None,
         }
+    }
+
+    /// Whether the call has its own result (`_meta.available`).
+    fn available(&self) -> bool {
+        matches!(self, State::Done(_) | State::Raw(_) | State::Partial(..))
     }
 }
 
@@ -185,6 +198,7 @@ enum Fetched {
 /// How a call ended, from what came back.
 enum Ended {
     Done(Value),
+    Raw(Vec<u8>),
     Partial(Value, String),
     /// `timeout`: a deadline cut it (all of it, or one of its items).
     Failed {
@@ -316,6 +330,7 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
         done |= 1 << i;
         match result_of(c, i, fetched) {
             Ended::Done(value) => states[i] = State::Done(value),
+            Ended::Raw(text) => states[i] = State::Raw(text),
             Ended::Partial(value, reason) => states[i] = State::Partial(value, reason),
             Ended::Failed { reason, timeout } => {
                 if call.required {
@@ -519,6 +534,13 @@ fn result_of(c: &Compiled, i: usize, fetched: Fetched) -> Ended {
     let select = c.calls[i].select.as_ref();
     match fetched {
         Fetched::One(r) => match r {
+            Ok(reply) if passes_through(c, i) => match text_of(reply, select) {
+                Ok(ended) => ended,
+                Err(reason) => Ended::Failed {
+                    reason,
+                    timeout: false,
+                },
+            },
             Ok(reply) => match value_of(reply, select) {
                 Ok(v) => Ended::Done(v),
                 Err(reason) => Ended::Failed {
@@ -574,9 +596,44 @@ fn item_failures(failed: &[(usize, String)], total: usize) -> String {
     out
 }
 
+/// Whether call `i`'s result is read by nothing but the composite: no `foreach`, no call
+/// waits for it (placeholders, `when`, `foreach` read results), no `shape`.
+fn passes_through(c: &Compiled, i: usize) -> bool {
+    let call = &c.plan.calls[i];
+    c.shape.is_none() && call.dependents.is_empty() && call.foreach.is_none()
+}
+
+/// A reply's result kept as text where it can be ([`super::text`]): its JSON text, or the part
+/// a key-path `select` takes (a null it selects is a value); a `select` that is not a key path,
+/// or that the text cannot answer as jq would, runs on the parsed value ([`value_of`]). Err as
+/// [`value_of`]'s.
+fn text_of(reply: Reply, select: Option<&Program>) -> Result<Ended, String> {
+    if !(200..300).contains(&reply.status) {
+        return Err(format!("status {}", reply.status));
+    }
+    let Some(whole) = text::check(&reply.body) else {
+        return Err("not json".into());
+    };
+    let range = match select {
+        None => whole,
+        Some(program) => match program
+            .keys()
+            .and_then(|keys| text::select(&reply.body, whole, keys))
+        {
+            Some(Some(part)) => part,
+            Some(None) => return Ok(Ended::Done(Value::Null)),
+            None => return value_of(reply, select).map(Ended::Done),
+        },
+    };
+    let mut body = reply.body;
+    body.truncate(range.end);
+    body.drain(..range.start);
+    Ok(Ended::Raw(body))
+}
+
 /// A reply's JSON value after `select`. Err: a non-2xx status, a body that is not JSON, or
 /// `select` failing.
-fn value_of(reply: Reply, select: Option<&crate::compose::jq::Program>) -> Result<Value, String> {
+fn value_of(reply: Reply, select: Option<&Program>) -> Result<Value, String> {
     if !(200..300).contains(&reply.status) {
         return Err(format!("status {}", reply.status));
     }
@@ -590,69 +647,206 @@ fn value_of(reply: Reply, select: Option<&crate::compose::jq::Program>) -> Resul
     }
 }
 
-/// The composite answer (module doc).
+/// The composite answer (module doc), written straight to its JSON text: the values (a
+/// result kept as text copied as it is), and `_meta` at its key's place among them.
 fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64) -> Answer {
     let plan = &c.plan;
-    let mut available = Map::new();
-    let mut times = Map::new();
-    let mut errors = Map::new();
-    let mut skipped = Vec::new();
-    let mut cut = Vec::new();
-    let mut partial = false;
-    for (i, (call, state)) in plan.calls.iter().zip(&states).enumerate() {
-        let name = || Value::String(call.name.clone());
-        available.insert(call.name.clone(), Value::Bool(state.value().is_some()));
-        if let Some(ms) = ms[i] {
-            times.insert(call.name.clone(), Value::from(ms));
-        }
-        match state {
-            State::Failed(reason) | State::Partial(_, reason) => {
-                partial = true;
-                errors.insert(call.name.clone(), Value::String(reason.clone()));
-            }
-            State::Skipped => skipped.push(name()),
-            _ => {}
-        }
-        if truncated & (1 << i) != 0 {
-            cut.push(name());
-        }
-    }
-    let mut meta = Map::new();
-    meta.insert("partial".into(), Value::Bool(partial));
-    meta.insert("available".into(), Value::Object(available));
-    meta.insert("ms".into(), Value::Object(times));
-    meta.insert("errors".into(), Value::Object(errors));
-    meta.insert("skipped".into(), Value::Array(skipped));
-    meta.insert("truncated".into(), Value::Array(cut));
-    // The values move into the composite: nothing reads the states after this.
-    let mut results = Map::new();
-    for (call, state) in plan.calls.iter().zip(states) {
-        let value = match state {
-            State::Done(v) | State::Partial(v, _) => v,
-            _ => call.default.clone().unwrap_or(Value::Null),
-        };
-        results.insert(call.name.clone(), value);
-    }
-    let mut out = match &c.shape {
-        None => Value::Object(results),
-        Some(shape) => match shape.run(Value::Object(results), &[]) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                return Answer::Error {
-                    status: 502,
-                    message: "Aggregate shape gave no output".into(),
-                }
-            }
-            Err(message) => {
-                return Answer::Error {
-                    status: 502,
-                    message: format!("Aggregate shape failed: {message}"),
-                }
-            }
-        },
+    let meta = match meta(c, &states, ms, truncated) {
+        Ok(meta) => meta,
+        Err(e) => return unwritable(&e),
     };
-    if let Value::Object(map) = &mut out {
-        map.insert("_meta".into(), Value::Object(meta));
+    let mut out = Vec::with_capacity(512 + meta.len());
+    let written = match &c.shape {
+        None => {
+            let entries = plan.by_name.iter().map(|&i| {
+                let call = &plan.calls[i];
+                let piece = match &states[i] {
+                    State::Done(v) | State::Partial(v, _) => Piece::Value(v),
+                    State::Raw(text) => Piece::Raw(text),
+                    _ => call.default.as_ref().map_or(Piece::Null, Piece::Value),
+                };
+                (call.name.as_str(), piece)
+            });
+            write_object(&mut out, entries, &meta)
+        }
+        Some(shape) => {
+            // The values move into shape's input: nothing reads the states after this.
+            let mut results = Map::new();
+            for (call, state) in plan.calls.iter().zip(states) {
+                let value = match state {
+                    State::Done(v) | State::Partial(v, _) => v,
+                    // Not kept as text under a shape (`passes_through`); read it if it were.
+                    State::Raw(text) => serde_json::from_slice(&text).unwrap_or(Value::Null),
+                    _ => call.default.clone().unwrap_or(Value::Null),
+                };
+                results.insert(call.name.clone(), value);
+            }
+            match shape.run(Value::Object(results), &[]) {
+                Ok(Some(Value::Object(map))) => {
+                    let entries = map
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != META)
+                        .map(|(k, v)| (k.as_str(), Piece::Value(v)));
+                    write_object(&mut out, entries, &meta)
+                }
+                // Not an object: no `_meta`.
+                Ok(Some(v)) => serde_json::to_writer(&mut out, &v),
+                Ok(None) => {
+                    return Answer::Error {
+                        status: 502,
+                        message: "Aggregate shape gave no output".into(),
+                    }
+                }
+                Err(message) => {
+                    return Answer::Error {
+                        status: 502,
+                        message: format!("Aggregate shape failed: {message}"),
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = written {
+        return unwritable(&e);
     }
-    Answer::Composite(out.to_string())
+    match String::from_utf8(out) {
+        Ok(body) => Answer::Composite(body),
+        Err(_) => unwritable(&"not UTF-8"),
+    }
+}
+
+/// The composite's metadata key.
+const META: &str = "_meta";
+
+/// A composite that could not be written (a value serde_json refuses to write: none is
+/// expected, the results being JSON it read).
+fn unwritable(e: &dyn fmt::Display) -> Answer {
+    Answer::Error {
+        status: 502,
+        message: format!("Aggregate composite could not be written: {e}"),
+    }
+}
+
+/// A value of the composite.
+enum Piece<'a> {
+    Value(&'a Value),
+    /// JSON text, checked.
+    Raw(&'a [u8]),
+    Null,
+}
+
+/// Writes the object of `entries` (in key order) with `"_meta": meta` at its key's place, as
+/// a JSON object map orders its keys (bytewise).
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'a str, Piece<'a>)>,
+    meta: &[u8],
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    let mut meta_left = true;
+    for (key, piece) in entries {
+        if meta_left && key > META {
+            out.extend_from_slice(b"\"_meta\":");
+            out.extend_from_slice(meta);
+            out.push(b',');
+            meta_left = false;
+        }
+        serde_json::to_writer(&mut *out, key)?;
+        out.push(b':');
+        match piece {
+            Piece::Value(v) => serde_json::to_writer(&mut *out, v)?,
+            Piece::Raw(text) => out.extend_from_slice(text),
+            Piece::Null => out.extend_from_slice(b"null"),
+        }
+        out.push(b',');
+    }
+    if meta_left {
+        out.extend_from_slice(b"\"_meta\":");
+        out.extend_from_slice(meta);
+    } else {
+        out.pop();
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// `_meta`'s JSON text (module doc), its keys in order as a JSON object map writes them; the
+/// calls in `available`, `errors` and `ms` by name, in `skipped` and `truncated` in start
+/// order.
+fn meta(
+    c: &Compiled,
+    states: &[State],
+    ms: &[Option<u64>],
+    truncated: u64,
+) -> serde_json::Result<Vec<u8>> {
+    let plan = &c.plan;
+    let mut out = Vec::with_capacity(64 + 48 * plan.calls.len());
+    // One `"name":value` list in name order of the calls `value` gives something for.
+    let by_name = |out: &mut Vec<u8>,
+                   key: &[u8],
+                   value: &dyn Fn(usize, &mut Vec<u8>) -> Option<serde_json::Result<()>>|
+     -> serde_json::Result<()> {
+        out.extend_from_slice(key);
+        out.push(b'{');
+        let mut any = false;
+        for &i in &plan.by_name {
+            let at = out.len();
+            serde_json::to_writer(&mut *out, &plan.calls[i].name)?;
+            out.push(b':');
+            match value(i, out) {
+                Some(r) => {
+                    r?;
+                    out.push(b',');
+                    any = true;
+                }
+                None => out.truncate(at),
+            }
+        }
+        if any {
+            out.pop();
+        }
+        out.push(b'}');
+        Ok(())
+    };
+    by_name(&mut out, b"{\"available\":", &|i, out| {
+        Some(serde_json::to_writer(out, &states[i].available()))
+    })?;
+    by_name(&mut out, b",\"errors\":", &|i, out| match &states[i] {
+        State::Failed(reason) | State::Partial(_, reason) => {
+            Some(serde_json::to_writer(out, reason))
+        }
+        _ => None,
+    })?;
+    by_name(&mut out, b",\"ms\":", &|i, out| {
+        ms[i].map(|ms| serde_json::to_writer(out, &ms))
+    })?;
+    let partial = states
+        .iter()
+        .any(|s| matches!(s, State::Failed(_) | State::Partial(..)));
+    out.extend_from_slice(if partial {
+        b",\"partial\":true"
+    } else {
+        b",\"partial\":false"
+    });
+    let names = |out: &mut Vec<u8>, key: &[u8], set: &dyn Fn(usize) -> bool| {
+        out.extend_from_slice(key);
+        out.push(b'[');
+        let mut any = false;
+        for (_, call) in plan.calls.iter().enumerate().filter(|(i, _)| set(*i)) {
+            serde_json::to_writer(&mut *out, &call.name)?;
+            out.push(b',');
+            any = true;
+        }
+        if any {
+            out.pop();
+        }
+        out.push(b']');
+        serde_json::Result::Ok(())
+    };
+    names(&mut out, b",\"skipped\":", &|i| {
+        matches!(states[i], State::Skipped)
+    })?;
+    names(&mut out, b",\"truncated\":", &|i| truncated & (1 << i) != 0)?;
+    out.push(b'}');
+    Ok(out)
 }

@@ -309,7 +309,10 @@ fn a_foreach_cut_by_its_timeout_keeps_the_items_that_came_back() {
 /// deadline: 504).
 #[test]
 fn foreach_item_failures_are_reported_bounded_and_all_failed_fails_the_call() {
-    let c = compiled(&spec(2000, vec![call("list", "/list"), items("/i/{each}")]), None);
+    let c = compiled(
+        &spec(2000, vec![call("list", "/list"), items("/i/{each}")]),
+        None,
+    );
     let t = Memory {
         routes: vec![
             ("/list", 1, 200, json!({"ids": [1, 2, 3, 4, 5]})),

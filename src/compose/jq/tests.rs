@@ -409,3 +409,23 @@ fn env_is_not_available_to_programs() {
     assert!(err.message.contains("env"), "{err:?}");
     assert!(Program::compile("{secret: $ENV}", &[]).is_err());
 }
+
+/// `keys` is the path of object keys of a program that is one, and nothing else.
+#[test]
+fn keys_are_given_for_key_paths_alone() {
+    let keys = |program: &str| {
+        Program::compile(program, &[])
+            .unwrap()
+            .keys()
+            .map(|k| k.to_vec())
+    };
+    let owned = |ks: &[&str]| Some(ks.iter().map(|k| k.to_string()).collect::<Vec<_>>());
+    assert_eq!(keys(".transactions"), owned(&["transactions"]));
+    assert_eq!(keys(".a.b"), owned(&["a", "b"]));
+    assert_eq!(keys(r#"."a b".c"#), owned(&["a b", "c"]));
+    for program in [".", ".a[0]", ".a | .b", ".a?", "{a}", ".[\"x\"][1]"] {
+        assert_eq!(keys(program), None, "{program}");
+    }
+    let with_var = Program::compile(".a", &["now"]).unwrap();
+    assert_eq!(with_var.keys(), None);
+}
