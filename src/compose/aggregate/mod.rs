@@ -1,5 +1,6 @@
 //! Aggregates (BEHAVIOR.md "Aggregation"): the specs of an aggregate's calls, as the config
-//! layer fills them, [`plan`], their compiled form, and [`run`], the executor.
+//! layer fills them, [`plan`], their compiled form, [`run`], the executor, and [`text`], a
+//! call's JSON answer kept as text when only the composite reads it.
 //!
 //! Key types: [`AggregateSpec`] and [`CallSpec`] (plain data, durations already parsed),
 //! [`Plan`] (compiled once at load: the calls in start order, each with its dependencies as a

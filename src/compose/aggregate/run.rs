@@ -21,36 +21,39 @@
 //!
 //! Deadlines: a call must end by its own `timeout` from its start, and by the aggregate's
 //! `timeout` from the request's start, whichever comes first; the transport gets that instant
-//! (retries included) and the executor drops the call 20 ms after it, so the transport's
-//! own timeout fires first and is recorded as one (breaker, metrics). A required call that fails (its
-//! own timeout included) ends the run at once with 503 naming it, dropping the calls still in
-//! flight; one cut by the aggregate's deadline gives 504. An optional call that fails takes its
-//! `default` (null without one).
+//! (retries included) and the executor drops the call 20 ms after it, so the transport's own
+//! timeout fires first and is recorded as one (breaker, metrics). A required call that fails
+//! (its own timeout included) ends the run at once with 503 naming it, dropping the calls
+//! still in flight; one cut by the aggregate's deadline gives 504. An optional call that fails
+//! takes its `default` (null without one).
 //!
 //! A result is a call's answer when its status is 2xx and its body JSON (else `status N`,
 //! `not json`), after `select`. A result that nothing but the composite reads (no `foreach`,
 //! no call waiting for it, no `shape`) is checked as a parse would check it and kept as the
 //! upstream's text ([`super::text`]), whitespace around it trimmed, its `select` read off the
 //! text when it is a path of keys (`.transactions`): it is copied into the composite as sent,
-//! never parsed into a tree and written back. A `foreach` call sends one request per element of its source
-//! array (at most `max_items`, at most `concurrency` in flight), in the array's order; `select`
-//! applies to each item's result; a failed item is null. The call's deadline cuts only what has
-//! not come back: the items that ended keep their values, in place, and the rest are null
-//! (`timeout`). When some items failed the call still succeeded, required or not: its value is
-//! the array with nulls, `available` says true, and `_meta.errors` has its reason
-//! (`2 of 5 items failed: [1] status 503; [3] timeout`: item indices in the source array, at
-//! most [`ITEM_REASONS`] reasons, then `...`), which makes the composite `partial`. When every
-//! item failed, the call failed with that reason (a required one: 503, or 504 when the
-//! aggregate's deadline cut its items). An empty source array is an empty result, no request.
+//! never parsed into a tree and written back.
+//!
+//! A `foreach` call sends one request per element of its source array (at most `max_items`,
+//! at most `concurrency` in flight), in the array's order; `select` applies to each item's
+//! result; a failed item is null. The call's deadline cuts only what has not come back: the
+//! items that ended keep their values, in place, and the rest are null (`timeout`). When some
+//! items failed the call still succeeded, required or not: its value is the array with nulls,
+//! `available` says true, and `_meta.errors` has its reason (`2 of 5 items failed: [1] status
+//! 503; [3] timeout`: item indices in the source array, at most [`ITEM_REASONS`] reasons, then
+//! `...`), which makes the composite `partial`. When every item failed, the call failed with
+//! that reason (a required one: 503, or 504 when the aggregate's deadline cut its items). An
+//! empty source array is an empty result, no request.
 //!
 //! The composite: the object of every call's value by name (a skipped call's is its `default`,
 //! or null), `shape` applied when present, and `_meta` added to it when it is an object:
 //! `partial` (an optional call failed, or some items of a `foreach` call), `available` (per
 //! call: whether the value is the call's own result), `ms` (per call that ran: whole
 //! milliseconds from its start to its end), `errors` (per failed call, or `foreach` call with
-//! failed items: its reason), `skipped` and `truncated` (call names, start
-//! order). `errors`, `skipped` and `truncated` are always present, empty or not, so a client
-//! reads one shape. A `shape` that fails or gives no output is a 502.
+//! failed items: its reason), `skipped` and `truncated` (call names, start order). `errors`,
+//! `skipped` and `truncated` are always present, empty or not, so a client reads one shape.
+//! Keys are in name order (bytewise, `_meta` among them), as a JSON object map orders them. A
+//! `shape` that fails or gives no output is a 502.
 
 use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
@@ -58,7 +61,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
 
-use super::{text, Call, Compiled, Values};
+use super::{text, Call, Compiled, Plan, Values};
 use crate::compose::jq::Program;
 
 /// An upstream's answer to one call's request: its status and its whole body (decoded from
@@ -781,45 +784,15 @@ fn meta(
 ) -> serde_json::Result<Vec<u8>> {
     let plan = &c.plan;
     let mut out = Vec::with_capacity(64 + 48 * plan.calls.len());
-    // One `"name":value` list in name order of the calls `value` gives something for.
-    let by_name = |out: &mut Vec<u8>,
-                   key: &[u8],
-                   value: &dyn Fn(usize, &mut Vec<u8>) -> Option<serde_json::Result<()>>|
-     -> serde_json::Result<()> {
-        out.extend_from_slice(key);
-        out.push(b'{');
-        let mut any = false;
-        for &i in &plan.by_name {
-            let at = out.len();
-            serde_json::to_writer(&mut *out, &plan.calls[i].name)?;
-            out.push(b':');
-            match value(i, out) {
-                Some(r) => {
-                    r?;
-                    out.push(b',');
-                    any = true;
-                }
-                None => out.truncate(at),
-            }
-        }
-        if any {
-            out.pop();
-        }
-        out.push(b'}');
-        Ok(())
-    };
-    by_name(&mut out, b"{\"available\":", &|i, out| {
-        Some(serde_json::to_writer(out, &states[i].available()))
-    })?;
-    by_name(&mut out, b",\"errors\":", &|i, out| match &states[i] {
-        State::Failed(reason) | State::Partial(_, reason) => {
-            Some(serde_json::to_writer(out, reason))
-        }
+    out.extend_from_slice(b"{\"available\":");
+    by_name(&mut out, plan, |i| Some(states[i].available()))?;
+    out.extend_from_slice(b",\"errors\":");
+    by_name(&mut out, plan, |i| match &states[i] {
+        State::Failed(reason) | State::Partial(_, reason) => Some(reason.as_str()),
         _ => None,
     })?;
-    by_name(&mut out, b",\"ms\":", &|i, out| {
-        ms[i].map(|ms| serde_json::to_writer(out, &ms))
-    })?;
+    out.extend_from_slice(b",\"ms\":");
+    by_name(&mut out, plan, |i| ms[i])?;
     let partial = states
         .iter()
         .any(|s| matches!(s, State::Failed(_) | State::Partial(..)));
@@ -828,25 +801,45 @@ fn meta(
     } else {
         b",\"partial\":false"
     });
-    let names = |out: &mut Vec<u8>, key: &[u8], set: &dyn Fn(usize) -> bool| {
-        out.extend_from_slice(key);
-        out.push(b'[');
-        let mut any = false;
-        for (_, call) in plan.calls.iter().enumerate().filter(|(i, _)| set(*i)) {
-            serde_json::to_writer(&mut *out, &call.name)?;
-            out.push(b',');
-            any = true;
-        }
-        if any {
-            out.pop();
-        }
-        out.push(b']');
-        serde_json::Result::Ok(())
-    };
-    names(&mut out, b",\"skipped\":", &|i| {
-        matches!(states[i], State::Skipped)
-    })?;
-    names(&mut out, b",\"truncated\":", &|i| truncated & (1 << i) != 0)?;
+    out.extend_from_slice(b",\"skipped\":");
+    names(&mut out, plan, |i| matches!(states[i], State::Skipped))?;
+    out.extend_from_slice(b",\"truncated\":");
+    names(&mut out, plan, |i| truncated & (1 << i) != 0)?;
     out.push(b'}');
     Ok(out)
+}
+
+/// The object `{"<call>": value, ...}` of the calls `value` gives one for, in name order.
+fn by_name<T: serde::Serialize>(
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    value: impl Fn(usize) -> Option<T>,
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    let mut first = true;
+    for &i in &plan.by_name {
+        let Some(v) = value(i) else { continue };
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, &plan.calls[i].name)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, &v)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// The array of the names of the calls in `set`, in start order.
+fn names(out: &mut Vec<u8>, plan: &Plan, set: impl Fn(usize) -> bool) -> serde_json::Result<()> {
+    out.push(b'[');
+    let mut first = true;
+    for (_, call) in plan.calls.iter().enumerate().filter(|(i, _)| set(*i)) {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, &call.name)?;
+    }
+    out.push(b']');
+    Ok(())
 }
