@@ -3,6 +3,9 @@
 //! parsing, jq (`select`, `when`, `shape`) and writing the composite. The sockets are the
 //! kernel's, which perf/compare.sh's aggregate scenario measures.
 //!
+//! - `aggregate/dashboard`: the reference's dashboard exactly as perf/compare.sh's aggregate
+//!   scenario runs it (perf/peers/dispatch-aggregate.toml), over the bodies of
+//!   perf/peers/nginx-upstream.conf: the composite's own work in the CPU bar of issue 11.
 //! - `aggregate/compose_4_shape`: 4 independent calls (about 200-byte JSON answers), one
 //!   `select`, and a `shape` over the 4 results: the dashboard's work plus a shape.
 //! - `aggregate/run_6_graph`: the reference's `order_details` graph (6 calls, two levels, a
@@ -26,6 +29,26 @@ endpoints = ["http://127.0.0.1:9"]
 endpoints = ["http://127.0.0.1:9"]
 [upstreams.transactions]
 endpoints = ["http://127.0.0.1:9"]
+
+[aggregates.dashboard]
+path = "/api/v1/dashboard/:userId"
+methods = ["GET"]
+timeout = "3s"
+[aggregates.dashboard.calls.profile]
+upstream = "users"
+path = "/users/{userId}"
+required = true
+timeout = "500ms"
+[aggregates.dashboard.calls.balance]
+upstream = "accounts"
+path = "/accounts/{userId}/balance"
+default = { currency = "USD", available = 0, pending = 0 }
+[aggregates.dashboard.calls.recentTransactions]
+upstream = "transactions"
+path = "/transactions?userId={userId}&limit=5"
+select = ".transactions"
+default = []
+timeout = "2s"
 
 [aggregates.four]
 path = "/four/:userId"
@@ -72,13 +95,24 @@ path = "/loyalty/{user.id}"
 when = '.user.plan == "business"'
 "#;
 
-/// Answers every request at once with a body chosen by the path's first segment.
+/// Answers every request at once with a body chosen by the path's first segment. A user
+/// `u_1` gets the bodies of perf/peers/nginx-upstream.conf.
 struct Memory;
+
+const PERF_USER: &[u8] = br#"{"id":"u_1","name":"Ada Lovelace","email":"ada@example.com","plan":"business","createdAt":"2026-01-15T09:30:00Z","roles":["admin","billing"],"address":{"city":"London","country":"GB"},"preferences":{"language":"en","timezone":"Europe/London","newsletter":false},"upstream":"perf-upstream-1"}"#;
+const PERF_BALANCE: &[u8] = br#"{"userId":"u_1","currency":"USD","available":1250.5,"pending":20,"updatedAt":"2026-12-06T08:00:00Z"}"#;
+const PERF_TRANSACTIONS: &[u8] = br#"{"userId":"u_1","transactions":[{"id":"t_105","amount":-42.5,"currency":"USD","merchantName":"Babbage & Co","createdAt":"2026-12-05T18:20:00Z"},{"id":"t_104","amount":-7.25,"currency":"USD","merchantName":"Engine Cafe","createdAt":"2026-12-05T08:05:00Z"},{"id":"t_103","amount":1200,"currency":"USD","merchantName":"Payroll","createdAt":"2026-12-04T09:00:00Z"},{"id":"t_102","amount":-89.99,"currency":"USD","merchantName":"Loom Supplies","createdAt":"2026-12-03T14:45:00Z"},{"id":"t_101","amount":-15,"currency":"USD","merchantName":"Card Reader Repairs","createdAt":"2026-12-02T11:30:00Z"}],"next":"t_100"}"#;
 
 impl Transport for Memory {
     async fn call(&self, _: CallInfo<'_>, head: Vec<u8>, _: Instant) -> Result<Reply, CallError> {
         let path = &head[4..];
-        let body: &[u8] = if path.starts_with(b"/users/") {
+        let body: &[u8] = if path.starts_with(b"/users/u_1 ") {
+            PERF_USER
+        } else if path.starts_with(b"/accounts/u_1/") {
+            PERF_BALANCE
+        } else if path.starts_with(b"/transactions?userId=u_1&") {
+            PERF_TRANSACTIONS
+        } else if path.starts_with(b"/users/") {
             br#"{"id":"u9","name":"Ada Lovelace","email":"ada@example.com","plan":"business","created":"2024-01-02T03:04:05Z","roles":["admin","dev"]}"#
         } else if path.starts_with(b"/accounts/") {
             br#"{"currency":"USD","available":1234.5,"pending":12,"updated":"2026-12-06T10:00:00Z"}"#
@@ -125,6 +159,17 @@ fn bench(c: &mut Criterion) {
         assert!(matches!(answer, Answer::Composite(_)), "{answer:?}");
         answer
     };
+
+    let dashboard = aggregate(&cfg, "dashboard");
+    let perf_user = [("userId".to_string(), "u_1".to_string())];
+    let answer = run(&mut rt, dashboard, &perf_user);
+    assert!(
+        matches!(&answer, Answer::Composite(body) if body.contains("Babbage") && body.contains("1250.5") && body.contains("\"partial\":false")),
+        "{answer:?}"
+    );
+    c.bench_function("aggregate/dashboard", |b| {
+        b.iter(|| black_box(run(&mut rt, dashboard, &perf_user)))
+    });
 
     let four = aggregate(&cfg, "four");
     let user = [("userId".to_string(), "u9".to_string())];

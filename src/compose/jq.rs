@@ -16,11 +16,14 @@
 //!   `select`) is answered by [`Program::run`] on the `serde_json::Value` itself, moving the
 //!   selected part out without converting anything (~100x cheaper than through jaq). It answers
 //!   only where jq's answer is a part of the input or null (a missing key or index, anything of
-//!   null); a type error or a too-deep output goes through jaq, for jaq's own message.
+//!   null); a type error or a too-deep output goes through jaq, for jaq's own message. An
+//!   object built of such paths (`{a: .x.y, b: .z, c}`: an aggregate's usual `shape`) is built
+//!   the same way, each value cloned out of the input, under the same conditions for every
+//!   value (else jaq runs the whole program).
 //! - The whole jq builtin library is available except `env` (the gateway's environment holds
-//!   its secrets: a program that names it does not compile) and that `halt` / `halt_error` (which would
-//!   end a jq process) end the run with an error instead, and `input` / `inputs` do not exist
-//!   (one input per run).
+//!   its secrets: a program that names it does not compile) and that `halt` / `halt_error`
+//!   (which would end a jq process) end the run with an error instead, and `input` / `inputs`
+//!   do not exist (one input per run).
 //! - A program's output nests at most [`MAX_DEPTH`] levels deep (serde_json's own parse limit),
 //!   and an error message quoting a value is cut at [`MAX_MESSAGE`] bytes: a message ends up in
 //!   a client's error body and the log, and must neither echo a whole body nor overflow a stack.
@@ -58,6 +61,11 @@ struct Compiled {
     /// The program's steps when it is a path alone (`.`, `.a.b`, `.a[0]`): [`Program::run`]
     /// then walks the `serde_json::Value` itself (see [`path`]).
     path: Option<Vec<Step>>,
+    /// The keys when the program is a path of object keys alone (`.a.b`): [`Program::keys`].
+    keys: Option<Vec<String>>,
+    /// The entries when the program builds an object of paths alone (`{a: .x.y, c}`): run as
+    /// [`Program::run`]'s path fast path does, per value (see [`object`]).
+    object: Option<Vec<(String, Vec<Step>)>>,
 }
 
 impl fmt::Debug for Program {
@@ -133,13 +141,38 @@ impl Program {
                     },
                 }
             })?;
+        let path = path(text);
+        let keys = path
+            .as_ref()
+            .filter(|steps| !steps.is_empty())
+            .and_then(|steps| {
+                steps
+                    .iter()
+                    .map(|step| match step {
+                        Step::Key(k) => Some(k.clone()),
+                        Step::Index(_) => None,
+                    })
+                    .collect()
+            });
         Ok(Program {
             compiled: Arc::new(Compiled {
                 filter,
                 vars: vars.len(),
-                path: path(text),
+                path,
+                keys,
+                object: object(text),
             }),
         })
+    }
+
+    /// The keys of a program that is a path of object keys alone (`.a`, `.a.b`, `."k"`; not
+    /// `.`, no index), with no variables: what an aggregate's `select` takes from a body's
+    /// text without parsing it ([`crate::compose::aggregate::text::select`]).
+    pub fn keys(&self) -> Option<&[String]> {
+        match self.compiled.vars {
+            0 => self.compiled.keys.as_deref(),
+            _ => None,
+        }
     }
 
     /// Runs on one input; the FIRST output is the result (jq's `first(...)`): none -> `Ok(None)`;
@@ -155,6 +188,23 @@ impl Program {
                         .map(std::mem::take)
                         .unwrap_or_default(),
                 ));
+            }
+        }
+        if let (Some(entries), true) = (&self.compiled.object, vars.len() == self.compiled.vars) {
+            // Each value as the path fast path answers it; any that jaq must answer (a type
+            // error, an output too deep) sends the whole program to jaq.
+            let mut out = serde_json::Map::new();
+            let whole = entries
+                .iter()
+                .all(|(key, steps)| match lookup(&input, steps) {
+                    Some(v) if fits(v, 1) => {
+                        out.insert(key.clone(), v.clone());
+                        true
+                    }
+                    _ => false,
+                });
+            if whole {
+                return Ok(Some(Value::Object(out)));
             }
         }
         let vars = vars.iter().map(value_to_val).collect::<Vec<_>>();
@@ -272,6 +322,81 @@ fn path(text: &str) -> Option<Vec<Step>> {
         }
     }
     Some(steps)
+}
+
+/// The entries of `text` when it builds an object of paths alone: `{` then entries `key:
+/// path` (the key an identifier or a `"..."` name, the path as [`path`] reads it) or `key`
+/// alone (`{c}` is `{c: .c}`), separated by `,`, then `}`; spaces between tokens. Anything else
+/// (a computed key, a variable, a value that is not a path, a jq keyword as a key) is `None`:
+/// jaq runs it. Called after jaq compiled `text`. A later entry with the same key wins, as in
+/// jq.
+fn object(text: &str) -> Option<Vec<(String, Vec<Step>)>> {
+    const KEYWORDS: [&str; 18] = [
+        "and", "or", "not", "if", "then", "elif", "else", "end", "as", "def", "reduce", "foreach",
+        "try", "catch", "label", "import", "include", "__loc__",
+    ];
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let b = inner.as_bytes();
+    let skip = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut entries = Vec::new();
+    let mut i = skip(0);
+    if i == b.len() {
+        return Some(entries);
+    }
+    loop {
+        let (key, alone) = match *b.get(i)? {
+            b'"' => {
+                let close = i + 1 + b[i + 1..].iter().position(|&c| c == b'"')?;
+                let key = quoted(&b[i..=close])?;
+                i = close + 1;
+                (key, false)
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                    .map_or(b.len(), |n| i + n);
+                let key = &inner[i..end];
+                if KEYWORDS.contains(&key) {
+                    return None;
+                }
+                i = end;
+                (key.to_string(), true)
+            }
+            _ => return None,
+        };
+        i = skip(i);
+        let steps = if b.get(i) == Some(&b':') {
+            let start = skip(i + 1);
+            i = start;
+            let mut in_string = false;
+            while let Some(&c) = b.get(i) {
+                match c {
+                    b'"' => in_string = !in_string,
+                    b',' if !in_string => break,
+                    _ => {}
+                }
+                i += 1;
+            }
+            path(&inner[start..i])?
+        } else if alone {
+            vec![Step::Key(key.clone())]
+        } else {
+            return None;
+        };
+        entries.push((key, steps));
+        i = skip(i);
+        match b.get(i) {
+            None => return Some(entries),
+            Some(b',') => i = skip(i + 1),
+            Some(_) => return None,
+        }
+    }
 }
 
 /// A `"..."` name without escapes or interpolation (jq's strings have both: jaq runs those).

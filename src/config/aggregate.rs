@@ -8,8 +8,10 @@
 //! ambiguity rules) like any other.
 //!
 //! Defaults: `timeout` 10s for the aggregate; a call's own `timeout` is the aggregate's when
-//! not written, and may not exceed it (the aggregate's deadline would cut it first). Every
-//! error is located at the key it is about (file:line:col).
+//! not written, and may not exceed it (the aggregate's deadline would cut it first);
+//! `max_body` (the bytes of call bodies one request reads, all calls together) 32 MiB, or
+//! `server.limits.max_body` when that is larger. Every error is located at the key it is
+//! about (file:line:col).
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -23,8 +25,8 @@ use super::source::{KeyPath, Source};
 use super::units::format_duration;
 use super::validate::{methods, suggestion, Section};
 use crate::compose::aggregate::{
-    AggregateSpec, CallRun, CallSpec, Compiled, Plan, PlanError, DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_ITEMS,
+    AggregateSpec, CallRun, CallSpec, Compiled, Plan, PlanError, DEFAULT_BUDGET,
+    DEFAULT_CONCURRENCY, DEFAULT_MAX_ITEMS,
 };
 use crate::compose::jq::Program;
 
@@ -144,6 +146,9 @@ fn aggregate(
         src,
     )?;
     let timeout = section.timeout("timeout", a.timeout, DEFAULT_TIMEOUT)?;
+    let budget = section
+        .size("max_body", a.max_body, 1)?
+        .unwrap_or(DEFAULT_BUDGET.max(refs.limits.max_body));
     let shape = program(src, &at.key("shape"), a.shape.as_deref())?;
 
     if a.calls.0.is_empty() {
@@ -270,6 +275,7 @@ fn aggregate(
         calls,
         shape,
         max_body: usize::try_from(refs.limits.max_body).unwrap_or(usize::MAX),
+        budget: usize::try_from(budget).unwrap_or(usize::MAX),
     };
     Ok((route, compiled))
 }

@@ -423,6 +423,8 @@ pub struct Aggregate {
     pub rate_limits: Option<Vec<String>>,
     /// The BFF client whose requests alone it matches.
     pub client: Option<String>,
+    /// The most bytes of call bodies one request reads, all calls together.
+    pub max_body: Option<Size>,
 }
 
 /// `[aggregates.NAME.calls.CALL]`

@@ -765,6 +765,8 @@ fn errors_name_file_line_column_and_key() {
         ("aggregate call timeout over the aggregate's", AGG.replace("path = \"/d\"\n", "path = \"/d\"\ntimeout = \"1s\"\n").replace("/i/{each}", "/i") + "timeout = \"2s\"\n", "d.toml:12:11: aggregates.d.calls.items.timeout: 2s is longer than the aggregate's timeout (1s): the aggregate's deadline would always cut it first"),
         ("aggregate call named _meta", AGG.replace("calls.items]", "calls._meta]").replace("/i/{each}", "/i"), "d.toml:8:21: aggregates.d.calls._meta: invalid call name \"_meta\": is reserved for the composite's metadata (_meta)"),
         ("aggregate unknown upstream", AGG.replace("upstream = \"users\"\npath = \"/i", "upstream = \"user\"\npath = \"/i"), "d.toml:9:12: aggregates.d.calls.items.upstream: no upstream named \"user\" (did you mean \"users\"?)"),
+        ("aggregate zero max_body", AGG.replace("path = \"/d\"\n", "path = \"/d\"\nmax_body = 0\n").replace("/i/{each}", "/i"), "d.toml:5:12: aggregates.d.max_body: must be greater than zero"),
+        ("aggregate max_body not a size", AGG.replace("path = \"/d\"\n", "path = \"/d\"\nmax_body = \"1MB\"\n").replace("/i/{each}", "/i"), "d.toml:5:12: aggregates.d.max_body: invalid size \"1MB\": ambiguous unit \"MB\"; sizes are 1024-based, write MiB (e.g. \"1MiB\")"),
         // Transforms (issue 11): programs compiled at load, errors inside the program.
         ("transform parse error in a literal string", "[transforms.t]\nresponse = '{a: .b, c: }'\n".into(), "d.toml:2:24: transforms.t.response: transform \"t\": the response program does not compile: expected term, found \"}\""),
         ("transform unknown filter", "[transforms.t]\nresponse = 'map(.x) | lenght'\n".into(), "d.toml:2:23: transforms.t.response: transform \"t\": the response program does not compile: undefined filter \"lenght/0\""),
@@ -1024,4 +1026,33 @@ upstream = "users"
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+}
+
+/// An aggregate's `max_body` (the bytes of call bodies one request reads, all calls together):
+/// as written; else 32 MiB, or `server.limits.max_body` when that is larger.
+#[test]
+fn aggregate_max_body_is_read_and_defaults_to_32_mib_or_the_server_limit() {
+    let agg = |server: &str, own: &str| {
+        format!(
+            "{server}[upstreams.u]\nendpoints = [\"http://127.0.0.1:9001\"]\n\
+             [aggregates.d]\npath = \"/d\"\n{own}[aggregates.d.calls.a]\nupstream = \"u\"\n\
+             path = \"/a\"\n"
+        )
+    };
+    let budget = |src: String| {
+        let cfg = load(&src);
+        (
+            cfg.aggregates[0].compiled.budget,
+            cfg.aggregates[0].compiled.max_body,
+        )
+    };
+    assert_eq!(budget(agg("", "")), (32 << 20, 10 << 20));
+    assert_eq!(
+        budget(agg("[server.limits]\nmax_body = \"64MiB\"\n", "")),
+        (64 << 20, 64 << 20)
+    );
+    assert_eq!(
+        budget(agg("", "max_body = \"1MiB\"\n")),
+        (1 << 20, 10 << 20)
+    );
 }

@@ -6,8 +6,11 @@
 //!
 //! The one thing to know: the calls are futures inside this request's future, on this
 //! worker; while they run the client connection is watched, and a client that closes it ends
-//! the request (499) and drops every call in flight, whose connections close.
+//! the request (499) and drops every call in flight, whose connections close. The transport
+//! is per request and holds the aggregate's `max_body` budget: each call body takes its bytes
+//! from it as they arrive, so the bodies one request holds never pass it.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::pin::pin;
 use std::time::{Duration, Instant};
@@ -26,7 +29,7 @@ use crate::http::{BodyKind, ResponseHead};
 use crate::state::worker::{Snapshot, Worker};
 use crate::upstream::balance::Key;
 use crate::upstream::breaker::Outcome;
-use crate::upstream::call;
+use crate::upstream::call::{self, Allowance};
 use crate::upstream::UpstreamError;
 
 /// Runs `p`'s aggregate and sends its answer.
@@ -55,6 +58,8 @@ pub async fn serve(
         balance: &p.balance,
         started: p.started,
         limit: aggregate.compiled.max_body,
+        budget: aggregate.compiled.budget,
+        left: Cell::new(aggregate.compiled.budget),
     };
     let request = run::Request {
         params: &p.params,
@@ -140,6 +145,47 @@ pub struct Upstreams<'a> {
     started: Instant,
     /// The largest body a call's answer may have.
     limit: usize,
+    /// The aggregate's `max_body`, and what is left of it: every call body of this request
+    /// takes its bytes from it as they arrive (`Budget`).
+    budget: usize,
+    left: Cell<usize>,
+}
+
+/// One call body's allowance: its own limit, and the bytes left of the request's budget,
+/// which it shares with the calls reading at the same time.
+struct Budget<'a> {
+    own: usize,
+    limit: usize,
+    left: &'a Cell<usize>,
+    budget: usize,
+    /// The budget refused: the call fails `OverBudget`, not `TooLarge`.
+    spent: bool,
+}
+
+impl Allowance for Budget<'_> {
+    fn take(&mut self, n: usize) -> bool {
+        if n > self.own {
+            return false;
+        }
+        match self.left.get().checked_sub(n) {
+            Some(left) => {
+                self.left.set(left);
+                self.own -= n;
+                true
+            }
+            None => {
+                self.spent = true;
+                false
+            }
+        }
+    }
+    fn limit(&self) -> usize {
+        if self.spent {
+            self.budget
+        } else {
+            self.limit
+        }
+    }
 }
 
 impl Transport for Upstreams<'_> {
@@ -230,24 +276,33 @@ impl Upstreams<'_> {
             request: head,
             on_head: |_: &ResponseHead<'_>, _: BodyKind| {},
         };
-        let mut resp = call::call(target, env, &policy, permit, &mut held)
+        let resp = call::call(target, env, &policy, permit, &mut held)
             .await
             .map_err(|f| error_of(&f.error))?;
-        let limit = self.limit;
         let status = resp.status;
-        if matches!(resp.body, BodyKind::Length(n) if n > limit as u64) {
-            // The upstream answered: the breaker learns its status; the connection closes.
-            resp.settle();
-            return Err(CallError::TooLarge);
-        }
         let left = deadline.saturating_duration_since(Instant::now());
+        let mut allowance = Budget {
+            own: self.limit,
+            limit: self.limit,
+            left: &self.left,
+            budget: self.budget,
+            spent: false,
+        };
+        // Over either limit, the upstream still answered: the breaker learns its status, and
+        // the connection closes.
         let body = resp
-            .collect(
-                limit,
+            .collect_within(
+                &mut allowance,
                 policy.read_timeout.min(left.max(Duration::from_millis(1))),
             )
             .await
-            .map_err(|f| error_of(&f.error))?;
+            .map_err(|f| {
+                if allowance.spent {
+                    CallError::OverBudget(self.budget)
+                } else {
+                    error_of(&f.error)
+                }
+            })?;
         Ok(Reply { status, body })
     }
 }

@@ -311,11 +311,25 @@ impl UpstreamResponse<'_> {
     /// bytes is a `BadResponse` too, but the limit is the caller's: the upstream answered, and
     /// outlier detection and the breaker learn its status, not a failure.
     pub async fn collect(
-        mut self,
+        self,
         limit: usize,
         read_timeout: Duration,
     ) -> Result<Vec<u8>, CallFailure> {
-        match read_body(&mut self.conn, self.body, limit, read_timeout).await {
+        self.collect_within(&mut Limit { left: limit, limit }, read_timeout)
+            .await
+    }
+
+    /// [`UpstreamResponse::collect`] with the bytes it may keep asked of `allowance` before
+    /// each piece is kept (the whole of a `Content-Length` body at once, before any is read),
+    /// so a limit several bodies share holds at every moment, not only once each is whole.
+    /// A refusal ends it as `collect`'s limit does (the caller's limit, not the upstream's
+    /// failure), its detail naming [`Allowance::limit`].
+    pub async fn collect_within(
+        mut self,
+        allowance: &mut impl Allowance,
+        read_timeout: Duration,
+    ) -> Result<Vec<u8>, CallFailure> {
+        match read_body(&mut self.conn, self.body, allowance, read_timeout).await {
             Ok(body) => {
                 self.complete();
                 Ok(body)
@@ -370,6 +384,35 @@ impl UpstreamResponse<'_> {
     }
 }
 
+/// What a caller of [`UpstreamResponse::collect_within`] lets it keep of a body.
+pub trait Allowance {
+    /// Takes `n` more bytes; false, with nothing taken: they are over the limit.
+    fn take(&mut self, n: usize) -> bool;
+    /// The limit, in bytes, that a refusal's error names.
+    fn limit(&self) -> usize;
+}
+
+/// One body's own limit: [`UpstreamResponse::collect`]'s.
+struct Limit {
+    left: usize,
+    limit: usize,
+}
+
+impl Allowance for Limit {
+    fn take(&mut self, n: usize) -> bool {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+    fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 /// Why [`read_body`] stopped.
 enum BodyFail {
     /// Over the caller's limit: not the upstream's fault.
@@ -377,26 +420,26 @@ enum BodyFail {
     Upstream(UpstreamError),
 }
 
-/// The body of a response framed as `body`, decoded, up to `limit` bytes.
+/// The body of a response framed as `body`, decoded, as much as `allowance` takes.
 async fn read_body(
     up: &mut UpConn,
     body: BodyKind,
-    limit: usize,
+    allowance: &mut impl Allowance,
     timeout: Duration,
 ) -> Result<Vec<u8>, BodyFail> {
     let addr = up.addr;
-    let over = || {
+    let over = |allowance: &dyn Allowance| {
         BodyFail::TooLarge(UpstreamError::BadResponse {
             addr,
-            detail: format!("body over the {limit}-byte limit"),
+            detail: format!("body over the {}-byte limit", allowance.limit()),
         })
     };
     let mut out = Vec::new();
     match body {
         BodyKind::None => {}
         BodyKind::Length(n) => {
-            if n > limit as u64 {
-                return Err(over());
+            if usize::try_from(n).ok().is_none_or(|n| !allowance.take(n)) {
+                return Err(over(&*allowance));
             }
             let mut remaining = n as usize;
             while remaining > 0 {
@@ -423,8 +466,8 @@ async fn read_body(
                     })
                 })?;
                 if let Some(r) = step.data {
-                    if out.len() + r.len() > limit {
-                        return Err(over());
+                    if !allowance.take(r.len()) {
+                        return Err(over(&*allowance));
                     }
                     out.extend_from_slice(&up.data()[r]);
                 }
@@ -443,8 +486,8 @@ async fn read_body(
         }
         BodyKind::UntilClose => loop {
             let n = up.data().len();
-            if out.len() + n > limit {
-                return Err(over());
+            if !allowance.take(n) {
+                return Err(over(&*allowance));
             }
             out.extend_from_slice(up.data());
             up.consume(n);

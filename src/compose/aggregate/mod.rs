@@ -1,5 +1,6 @@
 //! Aggregates (BEHAVIOR.md "Aggregation"): the specs of an aggregate's calls, as the config
-//! layer fills them, [`plan`], their compiled form, and [`run`], the executor.
+//! layer fills them, [`plan`], their compiled form, [`run`], the executor, and [`text`], a
+//! call's JSON answer kept as text when only the composite reads it.
 //!
 //! Key types: [`AggregateSpec`] and [`CallSpec`] (plain data, durations already parsed),
 //! [`Plan`] (compiled once at load: the calls in start order, each with its dependencies as a
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 pub mod plan;
 pub mod run;
+pub mod text;
 
 #[cfg(test)]
 mod run_tests;
@@ -85,7 +87,16 @@ pub struct Compiled {
     /// The largest body a call's answer may have (`server.limits.max_body`); a larger one is
     /// that call's failure (`too large`).
     pub max_body: usize,
+    /// The aggregate's `max_body`: the most bytes of call bodies one request of it reads, all
+    /// its calls and items together. Every body counts from its first byte until the answer
+    /// is sent (the results are held until then), and the call whose body would cross it
+    /// fails ([`run::CallError::OverBudget`]).
+    pub budget: usize,
 }
+
+/// An aggregate's `max_body` when not written: this, or `server.limits.max_body` when that is
+/// larger (so one call the server's limit allows always fits).
+pub const DEFAULT_BUDGET: u64 = 32 << 20;
 
 /// What one call needs at run time besides its [`Call`].
 #[derive(Debug, Clone)]

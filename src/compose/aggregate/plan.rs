@@ -35,7 +35,10 @@
 //! would read results without naming which, so the plan could not know what to wait for. So
 //! write conditions as paths from the results' root (`.user.plan == "business"`, not
 //! `.user | .plan`, whose `.plan` would be read as a call). String interpolation `\(...)` is
-//! code and is scanned like the rest.
+//! code and is scanned like the rest. The calls a `when` names ([`Call::when_deps`]) are also
+//! all it reads: its input is the object of their results alone, whatever else has ended by
+//! then, so its answer never depends on timing; a `when` that names no call (`has("user")`,
+//! `true`) reads `{}`.
 //!
 //! A dependency cycle (self-reference included) is an error naming it (`a -> b -> a`: `a`
 //! waits for `b`, which waits for `a`).
@@ -104,6 +107,8 @@ pub struct Call {
     pub segments: Vec<Segment>,
     /// The calls it waits for: bit `i` is [`Plan::calls`]`[i]`.
     pub deps: u64,
+    /// The calls its `when` names (a subset of `deps`): the only results `when` reads.
+    pub when_deps: u64,
     /// The calls that wait for it (indices in [`Plan::calls`], ascending).
     pub dependents: Vec<usize>,
     /// Its position in the file (the spec's `calls`).
@@ -120,6 +125,9 @@ pub struct Plan {
     pub calls: Vec<Call>,
     /// The critical path: indices in [`Plan::calls`], first to last.
     pub critical_path: Vec<usize>,
+    /// Indices in [`Plan::calls`] in the order of the calls' names (bytewise, as a JSON
+    /// object map orders its keys): the order of the composite's keys.
+    pub by_name: Vec<usize>,
     /// The sum of the critical path's timeouts (uncapped).
     pub critical_sum: Duration,
 }
@@ -311,6 +319,7 @@ impl Plan {
                 foreach,
                 segments,
                 deps: remap(p.deps),
+                when_deps: remap(p.when_deps),
                 dependents: Vec::new(),
                 file_index: f,
             });
@@ -348,12 +357,15 @@ impl Plan {
             critical_path.push(prev);
         }
         critical_path.reverse();
+        let mut by_name: Vec<usize> = (0..n).collect();
+        by_name.sort_by(|&a, &b| calls[a].name.cmp(&calls[b].name));
 
         Ok(Plan {
             name: spec.name.clone(),
             timeout: spec.timeout,
             calls,
             critical_path,
+            by_name,
             critical_sum: finish[end],
         })
     }
@@ -690,6 +702,7 @@ struct Parsed {
     segments: Vec<Segment>,
     foreach: Option<Foreach>,
     deps: u64,
+    when_deps: u64,
 }
 
 fn parse_call(
@@ -790,6 +803,7 @@ fn parse_call(
         }
     };
 
+    let mut when_deps = 0u64;
     if let Some(w) = &c.when {
         for (pos, name) in when_refs(w).map_err(|(pos, reason)| PlanError::When {
             aggregate: spec.name.clone(),
@@ -798,7 +812,7 @@ fn parse_call(
             reason,
         })? {
             match index_of(&name) {
-                Some(i) => deps |= 1 << i,
+                Some(i) => when_deps |= 1 << i,
                 None => {
                     return Err(PlanError::When {
                         aggregate: spec.name.clone(),
@@ -815,7 +829,8 @@ fn parse_call(
     Ok(Parsed {
         segments: resolved,
         foreach,
-        deps,
+        deps: deps | when_deps,
+        when_deps,
     })
 }
 

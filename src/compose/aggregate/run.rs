@@ -5,46 +5,64 @@
 //! upstream id, a request head and a deadline in, a status and a body out, or a
 //! [`CallError`]), [`Request`] (what the executor reads of the client's request), [`Answer`].
 //!
-//! How a run goes: every call whose dependencies are done ([`Plan::ready`]) starts at once,
-//! as a future in one [`FuturesUnordered`] polled by the request's own future: no task is
+//! How a run goes: every call whose dependencies are done
+//! ([`Plan::ready`](super::Plan::ready)) starts at once, as a future in one
+//! [`FuturesUnordered`] polled by the request's own future: no task is
 //! spawned and nothing needs `'static`, so dropping the request's future (the client left, the
 //! connection's deadline) drops every call in flight, and the transport closes their
 //! connections. A call starts the moment its last dependency ends. Before it starts:
 //! - a dependency that failed, or was skipped, skips it (`_meta.skipped`); a required call
 //!   skipped because a call it waits on failed fails the aggregate (503 naming it);
-//! - its `when` (jq over the object of the results so far) false or null skips it; a `when`
-//!   that fails at run time is the call's failure (`when: <message>`);
+//! - its `when` false or null skips it; a `when` that fails at run time is the call's failure
+//!   (`when: <message>`). Its input is the object of the results of the calls it names (its
+//!   [`Call::when_deps`], all ended by then) and nothing else, so the same results give the
+//!   same answer whatever else happened to end first; a `when` naming no call reads `{}`;
 //! - its path (each item's, for `foreach`) is rendered; a missing value is its failure.
 //!
 //! Deadlines: a call must end by its own `timeout` from its start, and by the aggregate's
 //! `timeout` from the request's start, whichever comes first; the transport gets that instant
-//! (retries included) and the executor drops the call 20 ms after it, so the transport's
-//! own timeout fires first and is recorded as one (breaker, metrics). A required call that fails (its
-//! own timeout included) ends the run at once with 503 naming it, dropping the calls still in
-//! flight; one cut by the aggregate's deadline gives 504. An optional call that fails takes its
-//! `default` (null without one).
+//! (retries included) and the executor drops the call 20 ms after it, so the transport's own
+//! timeout fires first and is recorded as one (breaker, metrics). A required call that fails
+//! (its own timeout included) ends the run at once with 503 naming it, dropping the calls
+//! still in flight; one cut by the aggregate's deadline gives 504. An optional call that fails
+//! takes its `default` (null without one).
 //!
 //! A result is a call's answer when its status is 2xx and its body JSON (else `status N`,
-//! `not json`), after `select`. A `foreach` call sends one request per element of its source
-//! array (at most `max_items`, at most `concurrency` in flight), in the array's order; `select`
-//! applies to each item's result; a failed item is null; when every item failed, the call
-//! failed (with the first item's reason). An empty source array is an empty result, no request.
+//! `not json`), after `select`. A result that nothing but the composite reads (no `foreach`,
+//! no call waiting for it, no `shape`) is checked as a parse would check it and kept as the
+//! upstream's text ([`super::text`]), whitespace around it trimmed, its `select` read off the
+//! text when it is a path of keys (`.transactions`): it is copied into the composite as sent,
+//! never parsed into a tree and written back.
+//!
+//! A `foreach` call sends one request per element of its source array (at most `max_items`,
+//! at most `concurrency` in flight), in the array's order; `select` applies to each item's
+//! result; a failed item is null. The call's deadline cuts only what has not come back: the
+//! items that ended keep their values, in place, and the rest are null (`timeout`). When some
+//! items failed the call still succeeded, required or not: its value is the array with nulls,
+//! `available` says true, and `_meta.errors` has its reason (`2 of 5 items failed: [1] status
+//! 503; [3] timeout`: item indices in the source array, at most [`ITEM_REASONS`] reasons, then
+//! `...`), which makes the composite `partial`. When every item failed, the call failed with
+//! that reason (a required one: 503, or 504 when the aggregate's deadline cut its items). An
+//! empty source array is an empty result, no request.
 //!
 //! The composite: the object of every call's value by name (a skipped call's is its `default`,
 //! or null), `shape` applied when present, and `_meta` added to it when it is an object:
-//! `partial` (an optional call failed), `available` (per call: whether the value is the
-//! call's own result), `ms` (per call that ran: whole milliseconds from its start to its end),
-//! `errors` (per failed call: its reason), `skipped` and `truncated` (call names, start
-//! order). `errors`, `skipped` and `truncated` are always present, empty or not, so a client
-//! reads one shape. A `shape` that fails or gives no output is a 502.
+//! `partial` (an optional call failed, or some items of a `foreach` call), `available` (per
+//! call: whether the value is the call's own result), `ms` (per call that ran: whole
+//! milliseconds from its start to its end), `errors` (per failed call, or `foreach` call with
+//! failed items: its reason), `skipped` and `truncated` (call names, start order). `errors`,
+//! `skipped` and `truncated` are always present, empty or not, so a client reads one shape.
+//! Keys are in name order (bytewise, `_meta` among them), as a JSON object map orders them. A
+//! `shape` that fails or gives no output is a 502.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
 
-use super::{Call, Compiled, Plan, Values};
+use super::{text, Call, Compiled, Plan, Values};
+use crate::compose::jq::Program;
 
 /// An upstream's answer to one call's request: its status and its whole body (decoded from
 /// its framing, at most [`Compiled::max_body`] bytes).
@@ -67,6 +85,9 @@ pub enum CallError {
     BadResponse,
     /// A body over [`Compiled::max_body`].
     TooLarge,
+    /// A body that would take the bytes the request's calls have read past
+    /// [`Compiled::budget`] (this many bytes).
+    OverBudget(usize),
     /// The upstream's circuit breaker is open.
     BreakerOpen,
     /// A final status the transport reports without a body (its retries spent on 502-504).
@@ -83,6 +104,9 @@ impl fmt::Display for CallError {
             CallError::TooLarge => "too large",
             CallError::BreakerOpen => "breaker open",
             CallError::Status(status) => return write!(f, "status {status}"),
+            CallError::OverBudget(budget) => {
+                return write!(f, "over the aggregate's max_body of {budget} bytes")
+            }
         })
     }
 }
@@ -91,7 +115,7 @@ impl fmt::Display for CallError {
 /// metrics and spans).
 #[derive(Debug, Clone, Copy)]
 pub struct CallInfo<'a> {
-    /// The call's index in [`Plan::calls`].
+    /// The call's index in [`Plan::calls`](super::Plan::calls).
     pub index: usize,
     /// The call's name.
     pub name: &'a str,
@@ -143,8 +167,28 @@ enum State {
     Waiting,
     Running,
     Done(Value),
+    /// A result only the composite reads ([`passes_through`]): its JSON text as sent (the
+    /// part its `select` takes).
+    Raw(Vec<u8>),
+    /// A `foreach` call some of whose items failed: its array (those items null) and why.
+    Partial(Value, String),
     Failed(String),
     Skipped,
+}
+
+impl State {
+    /// The call's own result as a value, if it has one that others read.
+    fn value(&self) -> Option<&Value> {
+        match self {
+            State::Done(v) | State::Partial(v, _) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether the call has its own result (`_meta.available`).
+    fn available(&self) -> bool {
+        matches!(self, State::Done(_) | State::Raw(_) | State::Partial(..))
+    }
 }
 
 /// What a call's future brings back.
@@ -153,6 +197,21 @@ enum Fetched {
     /// Per item, in the source's order: the reply, or why there is none.
     Items(Vec<Result<Reply, String>>),
 }
+
+/// How a call ended, from what came back.
+enum Ended {
+    Done(Value),
+    Raw(Vec<u8>),
+    Partial(Value, String),
+    /// `timeout`: a deadline cut it (all of it, or one of its items).
+    Failed {
+        reason: String,
+        timeout: bool,
+    },
+}
+
+/// At most this many item failures are spelled out in a `foreach` call's reason.
+pub const ITEM_REASONS: usize = 3;
 
 /// A call's requests, rendered before it starts.
 enum Work {
@@ -175,10 +234,7 @@ impl Values for Seen<'_> {
             .map(|(_, v)| v.as_str())
     }
     fn result(&self, call: usize) -> Option<&Value> {
-        match &self.states[call] {
-            State::Done(v) => Some(v),
-            _ => None,
-        }
+        self.states[call].value()
     }
 }
 
@@ -276,10 +332,12 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
         ms[i] = Some(took.as_millis() as u64);
         done |= 1 << i;
         match result_of(c, i, fetched) {
-            Ok(value) => states[i] = State::Done(value),
-            Err(reason) => {
+            Ended::Done(value) => states[i] = State::Done(value),
+            Ended::Raw(text) => states[i] = State::Raw(text),
+            Ended::Partial(value, reason) => states[i] = State::Partial(value, reason),
+            Ended::Failed { reason, timeout } => {
                 if call.required {
-                    let status = if cut && reason == "timeout" { 504 } else { 503 };
+                    let status = if cut && timeout { 504 } else { 503 };
                     return failure(status, call, &reason);
                 }
                 states[i] = State::Failed(reason);
@@ -324,28 +382,25 @@ fn first_bit(set: u64) -> usize {
     set.trailing_zeros() as usize
 }
 
-/// The object of the values of the calls that ended so far (start order; a failed or
-/// skipped call's is its default or null), what `when` and `shape` read.
-fn results(plan: &Plan, states: &[State]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (call, state) in plan.calls.iter().zip(states) {
-        let value = match state {
-            State::Done(v) => v.clone(),
-            State::Failed(_) | State::Skipped => call.default.clone().unwrap_or(Value::Null),
-            State::Waiting | State::Running => continue,
-        };
-        out.insert(call.name.clone(), value);
-    }
-    out
-}
-
-/// Whether call `i` runs: its `when` over the results so far (jq truthiness: anything but
-/// false and null, and no output at all is false). Err: the program failed.
+/// Whether call `i` runs: its `when` over the results of the calls it names (jq
+/// truthiness: anything but false and null, and no output at all is false). Err: the program
+/// failed.
 fn admit(c: &Compiled, i: usize, states: &[State]) -> Result<bool, String> {
     let Some(when) = &c.calls[i].when else {
         return Ok(true);
     };
-    let input = Value::Object(results(&c.plan, states));
+    // Each named call has ended with a result: one that failed or was skipped skips this call
+    // before `when` is asked.
+    let mut named = c.plan.calls[i].when_deps;
+    let mut input = Map::new();
+    while named != 0 {
+        let d = first_bit(named);
+        named &= named - 1;
+        if let Some(v) = states[d].value() {
+            input.insert(c.plan.calls[d].name.clone(), v.clone());
+        }
+    }
+    let input = Value::Object(input);
     match when.run(input, &[]) {
         Ok(Some(Value::Bool(false) | Value::Null) | None) => Ok(false),
         Ok(Some(_)) => Ok(true),
@@ -425,30 +480,30 @@ async fn run_call<T: Transport>(
             })
         }
         Work::Items(heads, concurrency) => {
-            let items = fan_out(transport, info, heads, concurrency, deadline);
-            match monoio::time::timeout_at(until, items).await {
-                Ok(items) => Fetched::Items(items),
-                Err(_) => Fetched::One(Err(CallError::Timeout)),
-            }
+            Fetched::Items(fan_out(transport, info, heads, concurrency, deadline, until).await)
         }
     };
     (i, fetched, begun.elapsed(), Instant::now() >= aggregate)
 }
 
-/// A `foreach` call's item requests, at most `concurrency` in flight, results in order.
+/// A `foreach` call's item requests, at most `concurrency` in flight, results in order. At
+/// `until` the items still in flight are dropped and, with those not yet sent, are `timeout`;
+/// the items that came back keep their replies.
 async fn fan_out<T: Transport>(
     transport: &T,
     info: CallInfo<'_>,
     heads: Vec<Result<Vec<u8>, String>>,
     concurrency: usize,
     deadline: Instant,
+    until: monoio::time::Instant,
 ) -> Vec<Result<Reply, String>> {
     let mut out: Vec<Result<Reply, String>> = Vec::with_capacity(heads.len());
     let mut queue = Vec::with_capacity(heads.len());
     for (k, head) in heads.into_iter().enumerate() {
         match head {
             Ok(head) => {
-                out.push(Err(String::new()));
+                // What an item that never comes back ends as.
+                out.push(Err(CallError::Timeout.to_string()));
                 queue.push((k, head));
             }
             Err(reason) => out.push(Err(reason)),
@@ -468,7 +523,7 @@ async fn fan_out<T: Transport>(
     for next in queue.by_ref().take(concurrency) {
         flight.push(item(next));
     }
-    while let Some((k, r)) = flight.next().await {
+    while let Ok(Some((k, r))) = monoio::time::timeout_at(until, flight.next()).await {
         out[k] = r;
         if let Some(next) = queue.next() {
             flight.push(item(next));
@@ -477,42 +532,111 @@ async fn fan_out<T: Transport>(
     out
 }
 
-/// A call's value from what came back. Err: its failure's reason.
-fn result_of(c: &Compiled, i: usize, fetched: Fetched) -> Result<Value, String> {
+/// How call `i` ended, from what came back (module doc: a `foreach` call's items).
+fn result_of(c: &Compiled, i: usize, fetched: Fetched) -> Ended {
     let select = c.calls[i].select.as_ref();
     match fetched {
-        Fetched::One(r) => value_of(r.map_err(|e| e.to_string())?, select),
+        Fetched::One(r) => match r {
+            Ok(reply) if passes_through(c, i) => match text_of(reply, select) {
+                Ok(ended) => ended,
+                Err(reason) => Ended::Failed {
+                    reason,
+                    timeout: false,
+                },
+            },
+            Ok(reply) => match value_of(reply, select) {
+                Ok(v) => Ended::Done(v),
+                Err(reason) => Ended::Failed {
+                    reason,
+                    timeout: false,
+                },
+            },
+            Err(e) => Ended::Failed {
+                reason: e.to_string(),
+                timeout: e == CallError::Timeout,
+            },
+        },
         Fetched::Items(items) => {
-            let mut first_error = None;
-            let mut any = items.is_empty();
+            let total = items.len();
+            let mut failed: Vec<(usize, String)> = Vec::new();
             let values = items
                 .into_iter()
-                .map(|r| match r.and_then(|reply| value_of(reply, select)) {
-                    Ok(v) => {
-                        any = true;
-                        v
-                    }
+                .enumerate()
+                .map(|(k, r)| match r.and_then(|reply| value_of(reply, select)) {
+                    Ok(v) => v,
                     Err(reason) => {
-                        first_error.get_or_insert(reason);
+                        failed.push((k, reason));
                         Value::Null
                     }
                 })
                 .collect();
-            if any {
-                Ok(Value::Array(values))
+            if failed.is_empty() {
+                return Ended::Done(Value::Array(values));
+            }
+            let reason = item_failures(&failed, total);
+            if failed.len() < total {
+                Ended::Partial(Value::Array(values), reason)
             } else {
-                Err(format!(
-                    "every item failed: {}",
-                    first_error.unwrap_or_default()
-                ))
+                let timeout = failed.iter().any(|(_, r)| r == "timeout");
+                Ended::Failed { reason, timeout }
             }
         }
     }
 }
 
+/// `2 of 5 items failed: [1] status 503; [3] timeout`, at most [`ITEM_REASONS`] of them.
+fn item_failures(failed: &[(usize, String)], total: usize) -> String {
+    let mut out = format!("{} of {total} items failed: ", failed.len());
+    for (n, (k, reason)) in failed.iter().take(ITEM_REASONS).enumerate() {
+        if n > 0 {
+            out.push_str("; ");
+        }
+        let _ = write!(out, "[{k}] {reason}");
+    }
+    if failed.len() > ITEM_REASONS {
+        out.push_str("; ...");
+    }
+    out
+}
+
+/// Whether call `i`'s result is read by nothing but the composite: no `foreach`, no call
+/// waits for it (placeholders, `when`, `foreach` read results), no `shape`.
+fn passes_through(c: &Compiled, i: usize) -> bool {
+    let call = &c.plan.calls[i];
+    c.shape.is_none() && call.dependents.is_empty() && call.foreach.is_none()
+}
+
+/// A reply's result kept as text where it can be ([`super::text`]): its JSON text, or the part
+/// a key-path `select` takes (a null it selects is a value); a `select` that is not a key path,
+/// or that the text cannot answer as jq would, runs on the parsed value ([`value_of`]). Err as
+/// [`value_of`]'s.
+fn text_of(reply: Reply, select: Option<&Program>) -> Result<Ended, String> {
+    if !(200..300).contains(&reply.status) {
+        return Err(format!("status {}", reply.status));
+    }
+    let Some(whole) = text::check(&reply.body) else {
+        return Err("not json".into());
+    };
+    let range = match select {
+        None => whole,
+        Some(program) => match program
+            .keys()
+            .and_then(|keys| text::select(&reply.body, whole, keys))
+        {
+            Some(Some(part)) => part,
+            Some(None) => return Ok(Ended::Done(Value::Null)),
+            None => return value_of(reply, select).map(Ended::Done),
+        },
+    };
+    let mut body = reply.body;
+    body.truncate(range.end);
+    body.drain(..range.start);
+    Ok(Ended::Raw(body))
+}
+
 /// A reply's JSON value after `select`. Err: a non-2xx status, a body that is not JSON, or
 /// `select` failing.
-fn value_of(reply: Reply, select: Option<&crate::compose::jq::Program>) -> Result<Value, String> {
+fn value_of(reply: Reply, select: Option<&Program>) -> Result<Value, String> {
     if !(200..300).contains(&reply.status) {
         return Err(format!("status {}", reply.status));
     }
@@ -526,72 +650,196 @@ fn value_of(reply: Reply, select: Option<&crate::compose::jq::Program>) -> Resul
     }
 }
 
-/// The composite answer (module doc).
+/// The composite answer (module doc), written straight to its JSON text: the values (a
+/// result kept as text copied as it is), and `_meta` at its key's place among them.
 fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64) -> Answer {
     let plan = &c.plan;
-    let mut available = Map::new();
-    let mut times = Map::new();
-    let mut errors = Map::new();
-    let mut skipped = Vec::new();
-    let mut cut = Vec::new();
-    let mut partial = false;
-    for (i, (call, state)) in plan.calls.iter().zip(&states).enumerate() {
-        let name = || Value::String(call.name.clone());
-        available.insert(
-            call.name.clone(),
-            Value::Bool(matches!(state, State::Done(_))),
-        );
-        if let Some(ms) = ms[i] {
-            times.insert(call.name.clone(), Value::from(ms));
-        }
-        match state {
-            State::Failed(reason) => {
-                partial = true;
-                errors.insert(call.name.clone(), Value::String(reason.clone()));
-            }
-            State::Skipped => skipped.push(name()),
-            _ => {}
-        }
-        if truncated & (1 << i) != 0 {
-            cut.push(name());
-        }
-    }
-    let mut meta = Map::new();
-    meta.insert("partial".into(), Value::Bool(partial));
-    meta.insert("available".into(), Value::Object(available));
-    meta.insert("ms".into(), Value::Object(times));
-    meta.insert("errors".into(), Value::Object(errors));
-    meta.insert("skipped".into(), Value::Array(skipped));
-    meta.insert("truncated".into(), Value::Array(cut));
-    // The values move into the composite: nothing reads the states after this.
-    let mut results = Map::new();
-    for (call, state) in plan.calls.iter().zip(states) {
-        let value = match state {
-            State::Done(v) => v,
-            _ => call.default.clone().unwrap_or(Value::Null),
-        };
-        results.insert(call.name.clone(), value);
-    }
-    let mut out = match &c.shape {
-        None => Value::Object(results),
-        Some(shape) => match shape.run(Value::Object(results), &[]) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                return Answer::Error {
-                    status: 502,
-                    message: "Aggregate shape gave no output".into(),
-                }
-            }
-            Err(message) => {
-                return Answer::Error {
-                    status: 502,
-                    message: format!("Aggregate shape failed: {message}"),
-                }
-            }
-        },
+    let meta = match meta(c, &states, ms, truncated) {
+        Ok(meta) => meta,
+        Err(e) => return unwritable(&e),
     };
-    if let Value::Object(map) = &mut out {
-        map.insert("_meta".into(), Value::Object(meta));
+    let mut out = Vec::with_capacity(512 + meta.len());
+    let written = match &c.shape {
+        None => {
+            let entries = plan.by_name.iter().map(|&i| {
+                let call = &plan.calls[i];
+                let piece = match &states[i] {
+                    State::Done(v) | State::Partial(v, _) => Piece::Value(v),
+                    State::Raw(text) => Piece::Raw(text),
+                    _ => call.default.as_ref().map_or(Piece::Null, Piece::Value),
+                };
+                (call.name.as_str(), piece)
+            });
+            write_object(&mut out, entries, &meta)
+        }
+        Some(shape) => {
+            // The values move into shape's input: nothing reads the states after this.
+            let mut results = Map::new();
+            for (call, state) in plan.calls.iter().zip(states) {
+                let value = match state {
+                    State::Done(v) | State::Partial(v, _) => v,
+                    // Not kept as text under a shape (`passes_through`); read it if it were.
+                    State::Raw(text) => serde_json::from_slice(&text).unwrap_or(Value::Null),
+                    _ => call.default.clone().unwrap_or(Value::Null),
+                };
+                results.insert(call.name.clone(), value);
+            }
+            match shape.run(Value::Object(results), &[]) {
+                Ok(Some(Value::Object(map))) => {
+                    let entries = map
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != META)
+                        .map(|(k, v)| (k.as_str(), Piece::Value(v)));
+                    write_object(&mut out, entries, &meta)
+                }
+                // Not an object: no `_meta`.
+                Ok(Some(v)) => serde_json::to_writer(&mut out, &v),
+                Ok(None) => {
+                    return Answer::Error {
+                        status: 502,
+                        message: "Aggregate shape gave no output".into(),
+                    }
+                }
+                Err(message) => {
+                    return Answer::Error {
+                        status: 502,
+                        message: format!("Aggregate shape failed: {message}"),
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = written {
+        return unwritable(&e);
     }
-    Answer::Composite(out.to_string())
+    match String::from_utf8(out) {
+        Ok(body) => Answer::Composite(body),
+        Err(_) => unwritable(&"not UTF-8"),
+    }
+}
+
+/// The composite's metadata key.
+const META: &str = "_meta";
+
+/// A composite that could not be written (a value serde_json refuses to write: none is
+/// expected, the results being JSON it read).
+fn unwritable(e: &dyn fmt::Display) -> Answer {
+    Answer::Error {
+        status: 502,
+        message: format!("Aggregate composite could not be written: {e}"),
+    }
+}
+
+/// A value of the composite.
+enum Piece<'a> {
+    Value(&'a Value),
+    /// JSON text, checked.
+    Raw(&'a [u8]),
+    Null,
+}
+
+/// Writes the object of `entries` (in key order) with `"_meta": meta` at its key's place, as
+/// a JSON object map orders its keys (bytewise).
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'a str, Piece<'a>)>,
+    meta: &[u8],
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    let mut meta_left = true;
+    for (key, piece) in entries {
+        if meta_left && key > META {
+            out.extend_from_slice(b"\"_meta\":");
+            out.extend_from_slice(meta);
+            out.push(b',');
+            meta_left = false;
+        }
+        serde_json::to_writer(&mut *out, key)?;
+        out.push(b':');
+        match piece {
+            Piece::Value(v) => serde_json::to_writer(&mut *out, v)?,
+            Piece::Raw(text) => out.extend_from_slice(text),
+            Piece::Null => out.extend_from_slice(b"null"),
+        }
+        out.push(b',');
+    }
+    if meta_left {
+        out.extend_from_slice(b"\"_meta\":");
+        out.extend_from_slice(meta);
+    } else {
+        out.pop();
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// `_meta`'s JSON text (module doc), its keys in order as a JSON object map writes them; the
+/// calls in `available`, `errors` and `ms` by name, in `skipped` and `truncated` in start
+/// order.
+fn meta(
+    c: &Compiled,
+    states: &[State],
+    ms: &[Option<u64>],
+    truncated: u64,
+) -> serde_json::Result<Vec<u8>> {
+    let plan = &c.plan;
+    let mut out = Vec::with_capacity(64 + 48 * plan.calls.len());
+    out.extend_from_slice(b"{\"available\":");
+    by_name(&mut out, plan, |i| Some(states[i].available()))?;
+    out.extend_from_slice(b",\"errors\":");
+    by_name(&mut out, plan, |i| match &states[i] {
+        State::Failed(reason) | State::Partial(_, reason) => Some(reason.as_str()),
+        _ => None,
+    })?;
+    out.extend_from_slice(b",\"ms\":");
+    by_name(&mut out, plan, |i| ms[i])?;
+    let partial = states
+        .iter()
+        .any(|s| matches!(s, State::Failed(_) | State::Partial(..)));
+    out.extend_from_slice(if partial {
+        b",\"partial\":true"
+    } else {
+        b",\"partial\":false"
+    });
+    out.extend_from_slice(b",\"skipped\":");
+    names(&mut out, plan, |i| matches!(states[i], State::Skipped))?;
+    out.extend_from_slice(b",\"truncated\":");
+    names(&mut out, plan, |i| truncated & (1 << i) != 0)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+/// The object `{"<call>": value, ...}` of the calls `value` gives one for, in name order.
+fn by_name<T: serde::Serialize>(
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    value: impl Fn(usize) -> Option<T>,
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    let mut first = true;
+    for &i in &plan.by_name {
+        let Some(v) = value(i) else { continue };
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, &plan.calls[i].name)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, &v)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// The array of the names of the calls in `set`, in start order.
+fn names(out: &mut Vec<u8>, plan: &Plan, set: impl Fn(usize) -> bool) -> serde_json::Result<()> {
+    out.push(b'[');
+    let mut first = true;
+    for (_, call) in plan.calls.iter().enumerate().filter(|(i, _)| set(*i)) {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, &call.name)?;
+    }
+    out.push(b']');
+    Ok(())
 }

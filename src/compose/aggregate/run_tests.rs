@@ -82,6 +82,7 @@ fn compiled(spec: &AggregateSpec, shape: Option<&str>) -> Compiled {
         calls,
         shape: shape.map(|s| Program::compile(s, &[]).unwrap()),
         max_body: 1 << 20,
+        budget: 1 << 20,
     }
 }
 
@@ -229,4 +230,143 @@ fn shape_gets_the_results_and_meta_is_added_to_an_object() {
     let c = compiled(&spec(1000, vec![call("a", "/a")]), Some(".a"));
     let (answer, _) = run(&c, &t, &[]);
     assert_eq!(answer, Answer::Composite("\"x\"".into()));
+}
+
+/// A call with `foreach` over `list.ids`, `concurrency` 8.
+fn items(path: &str) -> CallSpec {
+    CallSpec {
+        foreach: Some("list.ids".into()),
+        concurrency: Some(8),
+        ..call("items", path)
+    }
+}
+
+/// Regression: a `when` read every result ended so far, so `has("fast")` was true or false
+/// by timing; it reads only the calls it names, and a `when` naming none reads `{}`.
+#[test]
+fn when_reads_only_the_calls_it_names_not_others_that_ended_first() {
+    let mut gated = call("gated", "/gated");
+    gated.when = Some(r#".slow.ok and (has("fast") | not)"#.into());
+    let mut lone = call("lone", "/lone");
+    lone.when = Some(r#"has("fast")"#.into());
+    let c = compiled(
+        &spec(
+            2000,
+            vec![call("fast", "/fast"), call("slow", "/slow"), gated, lone],
+        ),
+        None,
+    );
+    let t = Memory {
+        routes: vec![
+            ("/fast", 1, 200, json!(1)),
+            ("/slow", 60, 200, json!({"ok": true})),
+            ("/gated", 1, 200, json!("ran")),
+            ("/lone", 1, 200, json!("ran")),
+        ],
+        ..Memory::default()
+    };
+    let (answer, _) = run(&c, &t, &[]);
+    let v = composite(&answer);
+    // `fast` had ended long before `slow`: the old input held it, and `gated` was skipped.
+    assert_eq!(v["gated"], json!("ran"), "{v}");
+    assert_eq!(v["lone"], Value::Null, "{v}");
+    assert_eq!(v["_meta"]["skipped"], json!(["lone"]), "{v}");
+}
+
+/// Regression: a `foreach` call cut by its deadline lost every item, even those that had come
+/// back; they keep their values in place, the rest are null, and the call (required here)
+/// succeeds with its reason in `_meta.errors` and `partial` set.
+#[test]
+fn a_foreach_cut_by_its_timeout_keeps_the_items_that_came_back() {
+    let mut each = items("/i/{each}");
+    each.required = true;
+    each.timeout = Some(Duration::from_millis(150));
+    let c = compiled(&spec(2000, vec![call("list", "/list"), each]), None);
+    let t = Memory {
+        routes: vec![
+            ("/list", 1, 200, json!({"ids": [1, 2, 3]})),
+            ("/i/1", 5, 200, json!("one")),
+            ("/i/2", 5000, 200, json!("two")),
+            ("/i/3", 5, 200, json!("three")),
+        ],
+        ..Memory::default()
+    };
+    let (answer, took) = run(&c, &t, &[]);
+    let v = composite(&answer);
+    assert_eq!(v["items"], json!(["one", null, "three"]), "{v}");
+    assert_eq!(
+        v["_meta"]["errors"],
+        json!({"items": "1 of 3 items failed: [1] timeout"})
+    );
+    assert_eq!(v["_meta"]["partial"], json!(true));
+    assert_eq!(v["_meta"]["available"]["items"], json!(true));
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert_eq!(*t.cancelled.borrow(), 1, "the slow item was dropped");
+}
+
+/// Item failures are named by index with their reasons, at most three, then `...`; when
+/// every item failed the call failed (a required one: 503 naming it; at the aggregate's
+/// deadline: 504).
+#[test]
+fn foreach_item_failures_are_reported_bounded_and_all_failed_fails_the_call() {
+    let c = compiled(
+        &spec(2000, vec![call("list", "/list"), items("/i/{each}")]),
+        None,
+    );
+    let t = Memory {
+        routes: vec![
+            ("/list", 1, 200, json!({"ids": [1, 2, 3, 4, 5]})),
+            ("/i/3", 1, 200, json!("three")),
+            ("/i/", 1, 503, json!({})),
+        ],
+        ..Memory::default()
+    };
+    let (answer, _) = run(&c, &t, &[]);
+    let v = composite(&answer);
+    assert_eq!(v["items"], json!([null, null, "three", null, null]), "{v}");
+    assert_eq!(
+        v["_meta"]["errors"]["items"],
+        json!("4 of 5 items failed: [0] status 503; [1] status 503; [3] status 503; ...")
+    );
+
+    let mut each = items("/j/{each}");
+    each.required = true;
+    let c = compiled(&spec(2000, vec![call("list", "/list"), each]), None);
+    let t = Memory {
+        routes: vec![
+            ("/list", 1, 200, json!({"ids": [1, 2]})),
+            ("/j/", 1, 500, json!({})),
+        ],
+        ..Memory::default()
+    };
+    let (answer, _) = run(&c, &t, &[]);
+    assert_eq!(
+        answer,
+        Answer::Error {
+            status: 503,
+            message: "Required call \"items\" failed: 2 of 2 items failed: [0] status 500; \
+                      [1] status 500"
+                .into()
+        }
+    );
+
+    let mut each = items("/k/{each}");
+    each.required = true;
+    let c = compiled(&spec(100, vec![call("list", "/list"), each]), None);
+    let t = Memory {
+        routes: vec![
+            ("/list", 1, 200, json!({"ids": [1, 2]})),
+            ("/k/", 5000, 200, json!({})),
+        ],
+        ..Memory::default()
+    };
+    let (answer, took) = run(&c, &t, &[]);
+    assert_eq!(
+        answer,
+        Answer::Error {
+            status: 504,
+            message: "Aggregate timed out waiting for required call \"items\"".into()
+        }
+    );
+    assert!(took < Duration::from_millis(1000), "{took:?}");
 }

@@ -409,3 +409,89 @@ fn env_is_not_available_to_programs() {
     assert!(err.message.contains("env"), "{err:?}");
     assert!(Program::compile("{secret: $ENV}", &[]).is_err());
 }
+
+/// `keys` is the path of object keys of a program that is one, and nothing else.
+#[test]
+fn keys_are_given_for_key_paths_alone() {
+    let keys = |program: &str| {
+        Program::compile(program, &[])
+            .unwrap()
+            .keys()
+            .map(|k| k.to_vec())
+    };
+    let owned = |ks: &[&str]| Some(ks.iter().map(|k| k.to_string()).collect::<Vec<_>>());
+    assert_eq!(keys(".transactions"), owned(&["transactions"]));
+    assert_eq!(keys(".a.b"), owned(&["a", "b"]));
+    assert_eq!(keys(r#"."a b".c"#), owned(&["a b", "c"]));
+    for program in [".", ".a[0]", ".a | .b", ".a?", "{a}", ".[\"x\"][1]"] {
+        assert_eq!(keys(program), None, "{program}");
+    }
+    let with_var = Program::compile(".a", &["now"]).unwrap();
+    assert_eq!(with_var.keys(), None);
+}
+
+/// Objects built of paths are built without jaq: every answer (values, nulls, key order,
+/// errors) is jaq's, bit for bit.
+#[test]
+fn object_of_paths_programs_answer_exactly_as_jaq_does() {
+    let inputs = [
+        json!({"a": {"b": [1, {"c": "x"}, [2, 3]], "n": null}, "transactions": [{"id": 1}],
+               "k-y": true, "_u1": 1.5, "profile": {"name": "Ada"}, "balance": {"available": 3},
+               "prefs": [1]}),
+        json!([10, [20, 21], {"a": 1}]),
+        json!(null),
+        json!("text"),
+        json!({}),
+    ];
+    let programs = [
+        "{a}",
+        "{}",
+        "{ }",
+        "{a: .a.b}",
+        "{x: .a.b[1].c, y: .missing, z: .}",
+        "{\"k y\": .a, b: .\"k-y\"}",
+        "{a: .a, a: .transactions}",
+        " { a : .a.n , b:.[0] } ",
+        "{a: .a.b[1].c.d}",
+        "{user: .profile.name, balance: .balance.available, txs: .transactions, prefs}",
+        "{a, transactions}",
+        "{zz: ._u1, aa: .a.n.x, mm: .[2].a}",
+        "{a: .[\"a\"].b[-1]}",
+    ];
+    let mut fast = 0;
+    for text in programs {
+        let p = Program::compile(text, &[]).unwrap_or_else(|e| panic!("{text}: {e}"));
+        if p.compiled.object.is_some() {
+            fast += 1;
+        }
+        for input in &inputs {
+            assert_eq!(
+                p.run(input.clone(), &[]),
+                by_jaq(&p, input),
+                "{text} on {input}"
+            );
+        }
+    }
+    assert_eq!(
+        fast,
+        programs.len(),
+        "every program above builds without jaq"
+    );
+    for text in [
+        "{a: .a | .b}",
+        "{(.a): 1}",
+        "{a: 1}",
+        "{a: .a?}",
+        "{a: .a[]}",
+        "{$__loc__}",
+        "{\"a\"}",
+        "{a: .a, b: (.b)}",
+        "{a: .x,}",
+        "{a: .b} | .a",
+        "{a: .b}.a",
+    ] {
+        if let Ok(p) = Program::compile(text, &[]) {
+            assert!(p.compiled.object.is_none(), "{text}");
+        }
+    }
+}
