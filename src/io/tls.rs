@@ -358,6 +358,14 @@ where
     }
 }
 
+// SAFETY: a read and a write may be in flight at once (monoio's `Split` contract, which a
+// WebSocket tunnel relies on). After the handshake the read path touches only `rbuf`, `rpos`,
+// `buffered`, `peer_closed` and the socket's receive side; the write path only `wbuf` and the
+// socket's send side. Both reach rustls's state, but only synchronously inside one poll, never
+// across an await, on a single-threaded runtime; an alert a read makes rustls queue is sent
+// by the write path (the read path never writes).
+unsafe impl<C> monoio::io::Split for TlsStream<C> {}
+
 impl<C> AsRawFd for TlsStream<C> {
     fn as_raw_fd(&self) -> RawFd {
         self.io.as_raw_fd()

@@ -368,6 +368,8 @@ struct Half<'s>(&'s UnsafeCell<Stream>);
 const _: fn() = || {
     fn split<T: monoio::io::Split>() {}
     split::<monoio::net::TcpStream>();
+    split::<crate::io::tls::ServerTls>();
+    split::<crate::io::tls::ClientTls>();
 };
 
 impl Half<'_> {
