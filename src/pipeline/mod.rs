@@ -16,6 +16,7 @@
 
 pub mod aggregate;
 pub mod client;
+pub mod compress;
 pub mod ctx;
 pub mod headers;
 pub mod log;
