@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::config::model::Compression;
 use crate::http::encoding::{self, Coding, Edits, Encoder, Exchange};
-use crate::http::{self, Header, HeadLimits, RequestHead, ResponseHead, Version};
+use crate::http::{self, HeadLimits, Header, RequestHead, ResponseHead, Version};
 
 /// What a request accepts, when compression may apply to its answer: the coding negotiated
 /// against the configured order, and what the response side needs of the config.
@@ -117,7 +117,13 @@ fn dropped(name: &str, edits: &Edits, framing: Framing) -> bool {
 
 /// Writes the compressed answer's head: `h`'s status line and fields with `edits` applied,
 /// then the framing.
-fn write_head(out: &mut Vec<u8>, status_line: &[u8], h: &[Header<'_>], edits: &Edits, framing: Framing) {
+fn write_head(
+    out: &mut Vec<u8>,
+    status_line: &[u8],
+    h: &[Header<'_>],
+    edits: &Edits,
+    framing: Framing,
+) {
     out.extend_from_slice(status_line);
     let mut vary_done = !edits.add_vary;
     for f in h {
@@ -183,7 +189,9 @@ impl BodyOut {
     /// and what arrived must not wait for what has not (a stream of events, a slow upstream).
     pub fn push(&mut self, data: &[u8], flush: bool, out: &mut Vec<u8>) -> std::io::Result<()> {
         self.scratch.clear();
-        self.encoder.write(data, flush, &mut self.scratch)?;
+        // A flush with nothing new would only add an empty block.
+        self.encoder
+            .write(data, flush && !data.is_empty(), &mut self.scratch)?;
         self.frame(out);
         Ok(())
     }
@@ -227,7 +235,12 @@ fn frame(framing: Framing, coded: &[u8], out: &mut Vec<u8>) {
 /// The phase for a streamed body: the head written for the client at `buf[start..]` (its body
 /// `body_len` bytes, None when not known in advance) is rewritten for the negotiated coding
 /// when the rules allow, and the body's encoder returned. None: the head is left as it is.
-pub fn head(buf: &mut Vec<u8>, start: usize, offer: &Offer, body_len: Option<u64>) -> Option<BodyOut> {
+pub fn head(
+    buf: &mut Vec<u8>,
+    start: usize,
+    offer: &Offer,
+    body_len: Option<u64>,
+) -> Option<BodyOut> {
     let framing = if offer.http10 {
         Framing::UntilClose
     } else {
@@ -237,7 +250,13 @@ pub fn head(buf: &mut Vec<u8>, start: usize, offer: &Offer, body_len: Option<u64
     let edits = {
         let h = parse_own(&buf[start..])?;
         let edits = decide(offer, &h, body_len)?;
-        write_head(&mut out, status_line(&buf[start..]), &h.headers, &edits, framing);
+        write_head(
+            &mut out,
+            status_line(&buf[start..]),
+            &h.headers,
+            &edits,
+            framing,
+        );
         edits
     };
     buf.truncate(start);
@@ -282,7 +301,9 @@ pub fn whole(buf: &mut Vec<u8>, start: usize, offer: Option<&Offer>) {
         let mut encoded = Vec::with_capacity(body.len() / 4 + 64);
         let mut encoder = Encoder::new(coding_of(&edits));
         // Writing into memory does not fail; if an encoder ever did, the answer goes as it is.
-        if encoder.write(body, false, &mut encoded).is_err() || encoder.finish(&mut encoded).is_err() {
+        if encoder.write(body, false, &mut encoded).is_err()
+            || encoder.finish(&mut encoded).is_err()
+        {
             return;
         }
         out.reserve(h.head_len + encoded.len() + 64);
@@ -313,13 +334,17 @@ mod tests {
             max_header_bytes: 8192,
             max_headers: 64,
         };
-        let head = http::parse_request(request.as_bytes(), &limits).unwrap().unwrap();
+        let head = http::parse_request(request.as_bytes(), &limits)
+            .unwrap()
+            .unwrap();
         offer(&head, Some(&config(min_size)))
     }
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 
@@ -330,7 +355,8 @@ mod tests {
         assert_eq!(offer_for(get, 0).map(|o| o.coding), Some(Coding::Gzip));
         let head = "HEAD / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n";
         assert!(offer_for(head, 0).is_none());
-        let range = "GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\nRange: bytes=0-1\r\n\r\n";
+        let range =
+            "GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\nRange: bytes=0-1\r\n\r\n";
         assert!(offer_for(range, 0).is_none());
         let none = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(offer_for(none, 0).is_none());
@@ -340,7 +366,11 @@ mod tests {
     /// described the uncompressed bytes go, Vary is merged, a strong ETag weakened.
     #[test]
     fn whole_answer_is_rewritten_with_its_compressed_length() {
-        let offer = offer_for("GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n", 16).unwrap();
+        let offer = offer_for(
+            "GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n",
+            16,
+        )
+        .unwrap();
         let body = "{\"k\":\"".to_string() + &"v".repeat(4000) + "\"}";
         let mut buf = b"xx".to_vec();
         buf.extend_from_slice(
@@ -355,17 +385,30 @@ mod tests {
         let h = http::parse_response(&buf[2..], &OWN_HEAD).unwrap().unwrap();
         assert_eq!(h.header("content-encoding"), Some(&b"gzip"[..]));
         assert_eq!(h.header("vary"), Some(&b"Origin, Accept-Encoding"[..]));
-        assert_eq!(h.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("vary")).count(), 1);
+        assert_eq!(
+            h.headers
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("vary"))
+                .count(),
+            1
+        );
         assert_eq!(h.header("etag"), Some(&b"W/\"e1\""[..]));
         assert_eq!(h.header("accept-ranges"), None);
         let encoded = &buf[2 + h.head_len..];
-        assert_eq!(h.header("content-length"), Some(encoded.len().to_string().as_bytes()));
+        assert_eq!(
+            h.header("content-length"),
+            Some(encoded.len().to_string().as_bytes())
+        );
         assert_eq!(gunzip(encoded), body.as_bytes());
 
         // Under min_size, or of another type: untouched.
         for answer in [
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_string(),
-            format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                .to_string(),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
         ] {
             let mut buf = answer.clone().into_bytes();
             whole(&mut buf, 0, Some(&offer));
@@ -386,7 +429,11 @@ mod tests {
         assert_eq!(h.header("connection"), Some(&b"close"[..]));
         assert_eq!(h.header("content-length"), None);
 
-        let new = offer_for("GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n", 0).unwrap();
+        let new = offer_for(
+            "GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n",
+            0,
+        )
+        .unwrap();
         let mut buf = head_in.as_bytes().to_vec();
         let mut body = head(&mut buf, 0, &new, Some(5000)).unwrap();
         let h = http::parse_response(&buf, &OWN_HEAD).unwrap().unwrap();
