@@ -8,7 +8,8 @@
 //! phase's side of [`crate::upstream::call`] (the request body up, the response body down);
 //! [`aggregate`] runs an aggregate's calls and answers with the composite;
 //! [`respond`] holds the response phases every answer passes, the gateway's and the
-//! upstream's alike; [`log`] is the logging phase every answered request passes once.
+//! upstream's alike, and [`compress`] the last of them (compression); [`log`] is the logging
+//! phase every answered request passes once.
 //!
 //! A phase that answers the request itself returns a [`Response`] (the JSON error of
 //! BEHAVIOR.md is one kind of it) in [`phase::Flow::Respond`]; it never sets a flag for a
