@@ -347,7 +347,6 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     const R: &str = "[routes.r]\npaths = [\"/r\"]\nupstream = \"users\"\n";
     let cases: Vec<(&str, String)> = vec![
         ("websocket", format!("{R}websocket = true\n")),
-        ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
         (
             "server.tls",
             "[server.tls]\nlisten = [\"[::1]:8443\"]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\nmin_version = \"1.3\"\n".into(),

@@ -477,3 +477,19 @@ fn bytes_out_counts_the_compressed_bytes_sent() {
         body.len()
     );
 }
+
+/// `dispatch check` loads `[compression]` (no longer refused as a later capability) and says
+/// what it compresses.
+#[test]
+fn check_accepts_and_describes_the_compression_section() {
+    let out = check(
+        "[upstreams.app]\nendpoints = [\"http://127.0.0.1:9\"]\n\n[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"2KiB\"\ntypes = [\"application/json\"]\n",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all()
+            .contains("compression: gzip from 2KiB, types application/json"),
+        "{}",
+        out.all()
+    );
+}
