@@ -39,7 +39,8 @@
 //!    piped both ways until both sides end, it idles out or a drain closes it.
 //! 4. Answers the gateway makes itself are JSON errors or bodiless answers
 //!    ([`pipeline::Response`], `http::write`). Every answer, the gateway's or the upstream's,
-//!    gets the response phases' headers ([`pipeline::respond`]).
+//!    gets the response phases' headers ([`pipeline::respond`]), and last, compression
+//!    ([`pipeline::compress`]) when `[compression]` and the request allow.
 //! 5. Every answered request, whoever answered it (framing errors and 408s included), then
 //!    passes the logging phase once ([`pipeline::log`]: metrics, access log, span).
 //!
@@ -66,7 +67,8 @@
 //! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP today),
 //!   with timeouts, byte counts, the liveness peek and the lingering close.
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write), and response
-//!   compression's rules and encoders ([`http::encoding`], not wired yet).
+//!   compression's rules and encoders ([`http::encoding`], applied by the last response
+//!   phase, [`pipeline::compress`]).
 //! - [`router`]: the route trie and its predicates, and [`router::load_config`]: a config file
 //!   loaded, its route table and policies compiled (what `check`, `run`, `demo` and reload
 //!   call).

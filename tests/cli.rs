@@ -345,7 +345,6 @@ fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
     // wrong with it is that this milestone does not have the capability. The error must point
     // at the key (upstream keys, endpoints) or at the section header (sections).
     let cases: Vec<(&str, String)> = vec![
-        ("compression", "[compression]\nalgorithms = [\"gzip\"]\nmin_size = \"1KiB\"\n".into()),
         (
             "server.tls",
             "[server.tls]\nlisten = [\"[::1]:8443\"]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\nmin_version = \"1.3\"\n".into(),

@@ -552,8 +552,6 @@ pub struct CacheRule {
 }
 
 /// `[compression]`
-// Fields without a check in `later` are first read by the capability itself.
-#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compression {

@@ -1,5 +1,5 @@
 //! Capabilities the config format describes but this build does not have yet: TLS (termination
-//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys) and compression.
+//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys).
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -16,7 +16,7 @@ use super::error::ConfigError;
 use super::file::{self, default};
 use super::source::{KeyPath, Source};
 use super::units::Duration;
-use super::validate::{endpoint_url, is_dns_name, is_token, listen_addr, Section};
+use super::validate::{endpoint_url, is_dns_name, listen_addr, Section};
 
 /// ALPN protocol IDs (RFC 7301 §6, IANA registry) of the HTTP versions this gateway speaks.
 /// Offering another one (`h2`) would have a client that picks it send a protocol the
@@ -31,9 +31,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     }
     for (name, upstream) in file.upstreams.iter() {
         c.upstream_tls(upstream, &KeyPath::of(&["upstreams", name]))?;
-    }
-    if let Some(compression) = &file.compression {
-        c.compression(compression)?;
     }
     Ok(())
 }
@@ -64,9 +61,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
             }
         }
     }
-    for (key, present) in [("compression", file.compression.is_some())] {
-        if present {
-            keys.push((KeyPath::of(&[key]), None));
         }
     }
     let first = keys.into_iter().min_by_key(|(key, _)| src.key_offset(key));
@@ -263,30 +257,6 @@ impl Checker<'_> {
             )),
             _ => Ok(()),
         }
-    }
-
-    fn compression(&self, c: &file::Compression) -> Result<(), ConfigError> {
-        let at = KeyPath::of(&["compression"]);
-        if c.algorithms.as_ref().is_some_and(Vec::is_empty) {
-            return Err(self.src.error(
-                &at.key("algorithms"),
-                "must list at least one of \"br\", \"gzip\"",
-            ));
-        }
-        for (i, media) in c.types.iter().flatten().enumerate() {
-            let valid = media
-                .split_once('/')
-                .is_some_and(|(kind, sub)| is_token(kind) && (sub == "*" || is_token(sub)));
-            if !valid {
-                return Err(self.src.error(
-                    &at.key("types").index(i),
-                    format!(
-                        "invalid media type {media:?}: expected \"type/subtype\" or \"type/*\""
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// A file the capability reads (certificates, keys, CA bundles); only its presence here.

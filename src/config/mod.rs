@@ -22,6 +22,7 @@
 mod aggregate;
 mod bff;
 mod cache;
+mod compression;
 pub mod error;
 mod file;
 mod later;

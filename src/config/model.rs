@@ -66,6 +66,8 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     /// `[cache]` (None: no response cache).
     pub cache: Option<Cache>,
+    /// `[compression]`; None: responses are sent as they are.
+    pub compression: Option<std::sync::Arc<Compression>>,
     pub tracing: Tracing,
     /// `[bff]` (None: no client profiles; no route has `client`).
     pub bff: Option<Bff>,
@@ -126,6 +128,18 @@ pub struct Cache {
     pub max_object: u64,
     /// `[cache.rules.*]`, in file order.
     pub rules: Vec<CacheRule>,
+}
+
+/// `[compression]`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compression {
+    /// The codings offered, in the gateway's order of preference (it breaks ties between
+    /// codings a client weighs equally).
+    pub algorithms: Vec<crate::http::encoding::Coding>,
+    /// Bodies known to be shorter are sent as they are.
+    pub min_size: u64,
+    /// Lower-case `type/subtype` or `type/*`.
+    pub types: Vec<String>,
 }
 
 /// `[cache.rules.NAME]`, times in whole seconds (0: not written).

@@ -282,6 +282,16 @@ fn write_policies(out: &mut String, cfg: &Config) -> std::fmt::Result {
             writeln!(out, "  {}: {}", r.name, parts.join("; "))?;
         }
     }
+    if let Some(c) = &cfg.compression {
+        let codings: Vec<&str> = c.algorithms.iter().map(|a| a.token()).collect();
+        writeln!(
+            out,
+            "compression: {} from {}, types {}",
+            codings.join(", "),
+            super::units::format_size(c.min_size),
+            c.types.join(", ")
+        )?;
+    }
     Ok(())
 }
 

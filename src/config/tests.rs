@@ -26,7 +26,7 @@ fn error(src: &str) -> String {
 /// The spec example with every section and route key of a capability not built yet removed,
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
-    const LATER_SECTIONS: [&str; 2] = ["compression", "tracing"];
+    const LATER_SECTIONS: [&str; 1] = ["tracing"];
     // Tables of capabilities not built yet inside supported sections: TLS termination, and
     // the one upstream whose endpoint is https:// (its tls_* keys go with it).
     const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
@@ -655,8 +655,15 @@ fn errors_name_file_line_column_and_key() {
         ("api key under a gateway header", "[auth.k]\ntype = \"api_key\"\nheader = \"X-Request-Id\"\nkeys_file = \"k.toml\"\n".into(), "d.toml:3:10: auth.k.header: \"x-request-id\" is read or set by the gateway: it cannot carry an API key"),
         ("leaky bucket without burst", "[rate_limits.l]\nalgorithm = \"leaky_bucket\"\nkey = \"ip\"\nrate = 5\n".into(), "d.toml:1:1: rate_limits.l.burst: missing required key"),
         ("api key query spelled encoded", "[auth.k]\ntype = \"api_key\"\nquery = \"api%5Fkey\"\nkeys_file = \"k.toml\"\n".into(), "d.toml:3:9: auth.k.query: invalid query parameter name \"api%5Fkey\""),
-        ("later section", format!("[compression]\nmin_size = \"1KiB\"\n\n{UP}[tracing]\npropagate = true\n"), "d.toml:1:2: compression: not supported yet: compression"),
         ("websocket route with a cache rule", format!("{UP}[routes.r]\npaths = [\"/\"]\nupstream = \"users\"\nwebsocket = true\ncache = \"c\"\n\n[cache.rules.c]\nttl = \"1s\"\n"), "d.toml:7:9: routes.r.cache: cannot be combined with websocket = true: an upgrade is never answered from the cache, and a tunnel's bytes are not a response to store"),
+        // Compression (issue 13): codings, sizes and media types.
+        ("compression without algorithms", "[compression]\nalgorithms = []\n".into(), "d.toml:2:14: compression.algorithms: must list at least one of \"br\", \"gzip\""),
+        ("compression algorithm twice", "[compression]\nalgorithms = [\"gzip\", \"br\", \"gzip\"]\n".into(), "d.toml:2:29: compression.algorithms[2]: duplicate algorithm \"gzip\""),
+        ("compression type without subtype", "[compression]\ntypes = [\"text\"]\n".into(), "d.toml:2:10: compression.types[0]: invalid media type \"text\": expected \"type/subtype\" or \"type/*\""),
+        ("compression of every type", "[compression]\ntypes = [\"*/*\"]\n".into(), "d.toml:2:10: compression.types[0]: \"*/*\" would compress every type, images and archives included (already compressed): list the types, as in \"text/*\""),
+        ("compression type twice", "[compression]\ntypes = [\"text/*\", \"TEXT/*\"]\n".into(), "d.toml:2:20: compression.types[1]: duplicate media type \"TEXT/*\""),
+        ("compression without types", "[compression]\ntypes = []\n".into(), "d.toml:2:9: compression.types: must list at least one media type, as in [\"application/json\", \"text/*\"]"),
+        ("compression min_size", "[compression]\nmin_size = \"1KB\"\n".into(), "d.toml:2:12: compression.min_size: invalid size \"1KB\": ambiguous unit \"KB\"; sizes are 1024-based, write KiB (e.g. \"1KiB\")"),
         // TLS (issue 13): termination, https upstreams and their tls_* keys.
         ("later server.tls", TLS.into(), "d.toml:1:9: server.tls: not supported yet: server.tls"),
         ("later server.tls as dotted keys", "[server]\nworkers = 1\ntls.listen = [\"127.0.0.1:8443\"]\ntls.certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:3:1: server.tls: not supported yet: server.tls"),
@@ -837,11 +844,12 @@ fn unresolvable_endpoint_host_is_an_error_at_its_value() {
 
 #[test]
 fn later_capabilities_are_rejected_in_file_order() {
-    // Whichever comes first in the file is reported: the `[compression]` section here, the
-    // upstream's https endpoint once the section is moved after the upstream.
+    // Whichever comes first in the file is reported: the `[server.tls]` table here, the
+    // upstream's https endpoint once the table is moved after the upstream.
     let src = "\
-[compression]
-min_size = \"1KiB\"
+[server.tls]
+listen = [\"127.0.0.1:8443\"]
+certificates = [{ cert = \"a.crt\", key = \"a.key\" }]
 
 [upstreams.u]
 endpoints = [\"https://127.0.0.1:1\"]
@@ -853,7 +861,7 @@ websocket = true
 ";
     assert_eq!(
         error(src),
-        "d.toml:1:2: compression: not supported yet: compression"
+        "d.toml:1:9: server.tls: not supported yet: server.tls"
     );
     let moved = format!(
         "{}\n{}",
@@ -864,6 +872,26 @@ websocket = true
         error(&moved),
         "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"
     );
+}
+
+/// `[compression]` loads with its defaults, and types compile lower-cased; without the
+/// section nothing is compressed.
+#[test]
+fn compression_loads_with_defaults_and_lower_cased_types() {
+    use crate::http::encoding::Coding;
+    let c = load("[compression]\n")
+        .compression
+        .expect("section present");
+    assert_eq!(c.algorithms, [Coding::Br, Coding::Gzip]);
+    assert_eq!(c.min_size, 1024);
+    assert!(c.types.iter().any(|t| t == "application/json"));
+    let c = load("[compression]\nalgorithms = [\"gzip\"]\nmin_size = 0\ntypes = [\"Application/JSON\", \"text/*\"]\n")
+        .compression
+        .expect("section present");
+    assert_eq!(c.algorithms, [Coding::Gzip]);
+    assert_eq!(c.min_size, 0);
+    assert_eq!(c.types, ["application/json", "text/*"]);
+    assert!(load("[server]\nworkers = 1\n").compression.is_none());
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
     let auth = super::policy::auth_policies(&file.auth, src)?;
     let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
     let cache = super::cache::cache(&file.cache, src)?;
+    let compression = super::compression::compression(&file.compression, src)?.map(Into::into);
     let bff = super::bff::bff(file.bff.as_ref(), &auth, &rate_limits, src)?;
     let identity: Vec<String> = auth
         .iter()
@@ -70,6 +71,7 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         auth,
         rate_limits,
         cache,
+        compression,
         aggregates,
         tracing: model::Tracing {
             propagate: file

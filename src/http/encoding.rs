@@ -5,7 +5,7 @@
 //! chunk and give back what is ready, so nothing waits for the whole body.
 //!
 //! Pure: no I/O, no config types; the caller passes the configured order, types and minimum
-//! size. Not wired yet: `[compression]` is still refused at load.
+//! size. The response phase that applies them is `pipeline::compress`.
 //!
 //! The one thing to know: a coding is chosen only from what the gateway offers, in its
 //! order among codings the client rates equally; `q=0` refuses a coding, and a request

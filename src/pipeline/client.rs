@@ -29,6 +29,9 @@ pub struct ClientIo {
     pub wbuf: Vec<u8>,
     /// Upstream-bound bytes (request head and the replayable part of the body).
     pub ubuf: Vec<u8>,
+    /// What the request being answered accepts of compression (the compression phase reads
+    /// it for every answer written here); None between requests and for refused heads.
+    pub offer: Option<super::compress::Offer>,
 }
 
 impl ClientIo {
@@ -38,6 +41,7 @@ impl ClientIo {
             peer,
             wbuf: Vec::new(),
             ubuf: Vec::new(),
+            offer: None,
         }
     }
 
@@ -90,8 +94,9 @@ impl ClientIo {
         self.io.write(buf, start, end, timeout).await
     }
 
-    /// Writes an answer the gateway makes itself (BEHAVIOR.md's JSON error, a fallback, or
-    /// a bodiless 204), with `X-Request-Id`, and `Allow` / `Retry-After` where it has them.
+    /// Writes an answer the gateway makes itself (BEHAVIOR.md's JSON error, a fallback, a
+    /// stored response, or a bodiless 204), with `X-Request-Id`, and `Allow` / `Retry-After`
+    /// where it has them, compressed when the request's offer and the rules allow.
     pub async fn send_response(
         &mut self,
         r: &super::Response,
@@ -105,6 +110,7 @@ impl ClientIo {
             rate: rate.as_ref(),
             cache: cache.as_ref(),
         });
+        let start = self.wbuf.len();
         if let Body::Stored(stored) = &r.body {
             super::phase::cache::write_stored(
                 &mut self.wbuf,
@@ -114,6 +120,8 @@ impl ClientIo {
                 r.close,
                 r.http10,
             );
+            // The cache holds what the upstream sent: a hit is compressed for its requester.
+            super::compress::whole(&mut self.wbuf, start, self.offer.as_ref());
             return self.flush(timeout).await;
         }
         let mut extra: smallvec::SmallVec<[(&str, &str); 6]> =
@@ -124,7 +132,6 @@ impl ClientIo {
         if let Some(challenge) = r.challenge {
             extra.push(("WWW-Authenticate", challenge));
         }
-        let start = self.wbuf.len();
         let head_len = match &r.body {
             // Written above.
             Body::Stored(_) => 0,
@@ -154,6 +161,9 @@ impl ClientIo {
             // RFC 9110 §9.3.2: the head a GET would get, without its body.
             self.wbuf.truncate(start + head_len);
         }
+        // The last response phase: the gateway's answers pass the same rule as any other
+        // (an aggregate's composite; an error is below `min_size` in practice).
+        super::compress::whole(&mut self.wbuf, start, self.offer.as_ref());
         self.flush(timeout).await
     }
 }

@@ -10,7 +10,8 @@
 //! upgrade branch of the proxy phase (a WebSocket handshake checked, then, after the
 //! upstream's 101, bytes piped both ways);
 //! [`respond`] holds the response phases every answer passes, the gateway's and the
-//! upstream's alike; [`log`] is the logging phase every answered request passes once.
+//! upstream's alike, and [`compress`] the last of them (compression); [`log`] is the logging
+//! phase every answered request passes once.
 //!
 //! A phase that answers the request itself returns a [`Response`] (the JSON error of
 //! BEHAVIOR.md is one kind of it) in [`phase::Flow::Respond`]; it never sets a flag for a
@@ -18,6 +19,7 @@
 
 pub mod aggregate;
 pub mod client;
+pub mod compress;
 pub mod ctx;
 pub mod headers;
 pub mod log;

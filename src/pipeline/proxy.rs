@@ -33,6 +33,7 @@ use std::rc::Rc;
 
 use super::phase::cache::{self as cache_phase, Pending, Tee};
 
+use super::compress;
 use super::ctx::RequestCtx;
 use super::headers::{write_response_head, ConnDirective, OutFraming, ResponseHeadOut};
 use super::respond;
@@ -358,6 +359,8 @@ struct Downstream<'c> {
     tee: Option<Box<Tee>>,
     /// The upstream answered 5xx and a stale entry answers instead (`stale_if_error`).
     stale: Option<Rc<Entry>>,
+    /// The body is compressed on its way to the client (the compression phase's encoder).
+    encode: Option<Box<compress::BodyOut>>,
 }
 
 const CLIENT_GONE: ClientFail = ClientFail {
@@ -552,6 +555,23 @@ impl Caller for Downstream<'_> {
                 self.conn.wbuf.extend_from_slice(&edited);
             }
         }
+        // The last response phase, on the head as the client would get it: the body is then
+        // compressed as it streams, and re-framed.
+        if let (Some(offer), true) = (&self.conn.offer, body != BodyKind::None) {
+            let len = match body {
+                BodyKind::Length(n) => Some(n),
+                _ => None,
+            };
+            if let Some(encode) = compress::head(&mut self.conn.wbuf, 0, offer, len) {
+                if encode.framing() == compress::Framing::UntilClose {
+                    self.head.out = OutFraming::UntilClose;
+                    self.head.keep = false;
+                } else {
+                    self.head.out = OutFraming::Chunked;
+                }
+                self.encode = Some(Box::new(encode));
+            }
+        }
     }
 }
 
@@ -634,6 +654,7 @@ pub async fn forward(
         snap,
         tee: None,
         stale: None,
+        encode: None,
     };
     match call::call(target, env, &policy, ctx.permit.take(), &mut down).await {
         // The upgrade's 101: the connection becomes a tunnel (boxed: the rare path must not
@@ -673,8 +694,9 @@ pub async fn forward(
                 .as_deref()
                 .and_then(Pending::mark)
                 .map(|m| m.result);
+            let encode = down.encode.take();
             let mut served = relay(
-                resp, down.head, ctx, down.conn, &mut tee, result, io_timeout, worker,
+                resp, down.head, ctx, down.conn, &mut tee, encode, result, io_timeout, worker,
             )
             .await;
             served.cache = result;
@@ -925,6 +947,8 @@ async fn relay_transformed(
             conn.wbuf.clear();
             conn.wbuf.extend_from_slice(&edited);
             conn.wbuf.extend_from_slice(&body);
+            // The last response phase, after the transform.
+            compress::whole(&mut conn.wbuf, 0, conn.offer.as_ref());
             let sent = conn.flush(timeout).await.is_ok();
             Served {
                 keep: head.keep && sent,
@@ -953,11 +977,12 @@ async fn relay(
     ctx: &RequestCtx,
     conn: &mut ClientIo,
     tee: &mut Option<Box<Tee>>,
+    encode: Option<Box<compress::BodyOut>>,
     cache: Option<CacheResult>,
     io_timeout: Duration,
     worker: &Worker,
 ) -> Served {
-    let streamed = stream_response(&head, ctx, conn, &mut resp, tee, io_timeout).await;
+    let streamed = stream_response(&head, ctx, conn, &mut resp, tee, encode, io_timeout).await;
     let status = resp.status;
     let verdict = resp.verdict();
     let upstream = Some((resp.addr, resp.began.elapsed()));
@@ -1059,12 +1084,28 @@ async fn stream_response(
     conn: &mut ClientIo,
     resp: &mut UpstreamResponse<'_>,
     tee: &mut Option<Box<Tee>>,
+    encode: Option<Box<compress::BodyOut>>,
     io_timeout: Duration,
 ) -> Result<(), Cut> {
     if resp.body != BodyKind::Chunked {
         resp.settle();
     }
     let body = resp.body;
+    if let Some(encode) = encode {
+        // Boxed: the rare path must not grow every request's future.
+        return Box::pin(stream_encoded(
+            *encode,
+            body,
+            ctx,
+            conn,
+            &mut resp.conn,
+            &mut resp.attempt,
+            tee,
+            io_timeout,
+        ))
+        .await
+        .map_err(|cut| cut.unwrap_or(Cut::Sent));
+    }
     stream_body(
         head,
         body,
@@ -1224,6 +1265,121 @@ async fn stream_body(
     }
 }
 
+/// [`stream_body`] for a compressed body (its head, rewritten by the compression phase, in
+/// `conn.wbuf`): each part of the upstream's body, decoded from its framing, goes to the cache's
+/// copy as sent and through the encoder to the client, framed as `encode` says. Before each
+/// wait for the upstream the encoder is flushed, so what arrived is decodable by the client
+/// without waiting for what has not. A chunked body keeps [`stream_body`]'s rule: until its
+/// first byte leaves, a broken body is still answered 502.
+#[allow(clippy::too_many_arguments)]
+async fn stream_encoded(
+    mut encode: compress::BodyOut,
+    body: BodyKind,
+    ctx: &RequestCtx,
+    conn: &mut ClientIo,
+    up: &mut UpConn,
+    attempt: &mut call::Attempt<'_>,
+    tee: &mut Option<Box<Tee>>,
+    io_timeout: Duration,
+) -> Result<(), Option<Cut>> {
+    let addr = up.addr;
+    let mut remaining = match body {
+        BodyKind::Length(n) => n,
+        _ => 0,
+    };
+    let mut dec = ChunkedDecoder::new();
+    let mut decoded = Vec::new();
+    // Only a chunked body's outcome is still open here (`stream_response` settled the rest).
+    let mut sent = body != BodyKind::Chunked;
+    let encode_failed = |_| None;
+    loop {
+        let (done, started) = match body {
+            BodyKind::None => (true, true),
+            BodyKind::Length(_) => {
+                let take = (remaining as usize).min(up.data().len());
+                remaining -= take as u64;
+                let piece = &up.data()[..take];
+                if let Some(tee) = tee {
+                    tee.push(piece);
+                }
+                encode
+                    .push(piece, remaining > 0, &mut conn.wbuf)
+                    .map_err(encode_failed)?;
+                up.consume(take);
+                (remaining == 0, true)
+            }
+            BodyKind::Chunked => {
+                decoded.clear();
+                let step =
+                    reframe_chunked(&mut dec, up.data(), &mut decoded, false, tee.as_deref_mut());
+                let (consumed, data, done) = match step {
+                    Ok(step) => step,
+                    Err(e) if !sent => {
+                        let detail = format!("invalid chunked body: {e}");
+                        return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
+                            addr,
+                            detail,
+                        })));
+                    }
+                    Err(_) => return Err(None),
+                };
+                up.consume(consumed);
+                encode
+                    .push(&decoded, !done, &mut conn.wbuf)
+                    .map_err(encode_failed)?;
+                (done, data > 0 || done)
+            }
+            BodyKind::UntilClose => {
+                let n = up.data().len();
+                if let Some(tee) = tee {
+                    tee.push(up.data());
+                }
+                encode
+                    .push(up.data(), true, &mut conn.wbuf)
+                    .map_err(encode_failed)?;
+                up.consume(n);
+                (false, true)
+            }
+        };
+        if done {
+            encode.finish(&mut conn.wbuf).map_err(encode_failed)?;
+            if !sent {
+                attempt.settle();
+            }
+            return conn.flush(io_timeout).await.map_err(|_| None);
+        }
+        // As in `stream_body`: the head leaves once the body's first part is known good, or
+        // at once when nothing of the body came with it (a stream gets its head early).
+        if started || up.data().is_empty() {
+            if !sent {
+                // The first byte is about to leave: the outcome is settled.
+                attempt.settle();
+                sent = true;
+            }
+            conn.flush(io_timeout).await.map_err(|_| None)?;
+        }
+        match up.fill(ctx.read_timeout, 64 * 1024).await {
+            // The end of a close-delimited body.
+            Ok(0) if body == BodyKind::UntilClose => {
+                encode.finish(&mut conn.wbuf).map_err(encode_failed)?;
+                return conn.flush(io_timeout).await.map_err(|_| None);
+            }
+            Ok(0) | Err(UpstreamError::Reset { .. }) if !sent => {
+                let detail = "closed before the first chunk".into();
+                return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
+                    addr,
+                    detail,
+                })));
+            }
+            Err(e @ UpstreamError::ReadTimeout { .. }) if !sent => {
+                return Err(Some(Cut::Unsent(e)))
+            }
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Boxed where it is awaited (as [`upstream_failed`]): a failure is the rare path, and its
 /// future (a whole gateway answer) would otherwise double the state of every request.
 async fn client_failed(
@@ -1292,7 +1448,9 @@ mod tests {
     /// level, per request): the rare paths (a streamed upload, an interim response, a failure
     /// answer, a coalesced wait, a stale answer) are boxed where they are awaited so that
     /// they do not grow it, and so is the cache's copy of a body. 4,864 bytes before they
-    /// were; 4,224 before the cache's state (the pending lookup, the tee) joined it.
+    /// were; 4,224 before the cache's state (the pending lookup, the tee) joined it; 4,480
+    /// before compression's encoder slot (the boxed encoder handed from the head to the relay,
+    /// and the boxed compressed stream) joined it.
     #[test]
     fn the_request_future_stays_small() {
         let run = future_size::<
@@ -1302,6 +1460,6 @@ mod tests {
             &'static Snapshot,
             _,
         >(super::super::stack::run);
-        assert!(run <= 4480, "stack::run's future is {run} bytes");
+        assert!(run <= 4608, "stack::run's future is {run} bytes");
     }
 }

@@ -16,8 +16,9 @@
 //! 3. cache: `X-Cache` on every answer of a cached route, and `Age` on a stored answer (the
 //!    gateway's values replace an upstream's: the answer is the cache's; a MISS keeps the
 //!    upstream's own `Age`, the age its own cache gave it);
-//! 4. (later capabilities, in this order: response transform -> compression; each is
-//!    refused at config load until it lands.)
+//! 4. the response transform's header edits (the proxy stage, `compose::transform`), then
+//!    compression ([`super::compress`]), last: it reads the head as the client would get it
+//!    (its type, `Cache-Control`, `Content-Encoding`) and rewrites its framing.
 //!
 //! Cost: a few borrowed slices in an inline list; nothing is allocated per answer (the rate
 //! numbers are formatted once, into inline buffers, by the rate-limit phase).

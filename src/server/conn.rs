@@ -45,6 +45,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let mut first = true;
     loop {
         conn.shrink_idle();
+        // What the last request accepted does not carry over (a refused head has none).
+        conn.offer = None;
         let (bytes_in, bytes_out) = (conn.io.bytes_in, conn.io.bytes_out);
         // Limits for reading this head; the config that serves the request is taken once the
         // head is complete, so a reload during the idle wait applies to it.
@@ -209,6 +211,10 @@ async fn next_request(
                                     let path = head.target.split('?').next().unwrap_or(head.target);
                                     (head.method.to_string(), path.to_string())
                                 });
+                        conn.offer = pipeline::compress::offer(
+                            &head,
+                            snap.active.config.compression.as_ref(),
+                        );
                         let prepared = pipeline::stack::prepare(
                             &head,
                             conn.peer,

@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod cache;
 pub mod client;
+pub mod compression;
 pub mod conformance;
 pub mod demo;
 pub mod gateway;
