@@ -61,8 +61,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
             }
         }
     }
-        }
-    }
     let first = keys.into_iter().min_by_key(|(key, _)| src.key_offset(key));
     match first {
         Some((key, None)) => Err(src.key_error(&key, format!("not supported yet: {key}"))),
