@@ -29,6 +29,7 @@ pub mod model;
 mod policy;
 mod source;
 mod summary;
+mod tls;
 mod transform;
 mod units;
 mod validate;

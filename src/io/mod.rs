@@ -13,7 +13,9 @@
 //! buffer may still be held by the kernel: such a connection is never used again.
 
 mod conn;
+pub mod sni;
 mod stream;
+pub mod tickets;
 pub mod tls;
 
 pub use conn::{BufConn, ReadEnd};
