@@ -378,7 +378,11 @@ fn the_tls_listener_serves_with_the_certificate_made_at_start() {
     );
     let pem = std::fs::read(&cert).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+    for der in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            &pem,
+        )
+    {
         roots.add(der.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
