@@ -64,8 +64,9 @@
 //! - [`state`]: the cross-core state ([`state::shared`]), a worker's view of it
 //!   ([`state::worker`]), the drain latch, the set of listen addresses.
 //! - [`server`]: the accept loop and the client connection loop.
-//! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP today),
-//!   with timeouts, byte counts, the liveness peek and the lingering close.
+//! - [`io`]: the stream layer: one buffered connection type over a `Stream` (TCP, or TLS
+//!   terminated with rustls: SNI certificate choice, shared session-ticket keys), with
+//!   timeouts, byte counts, the liveness peek and the lingering close.
 //! - [`http`]: the HTTP/1.1 codec (parse, framing, chunked, write), and response
 //!   compression's rules and encoders ([`http::encoding`], applied by the last response
 //!   phase, [`pipeline::compress`]).

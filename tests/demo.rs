@@ -358,3 +358,43 @@ fn the_tours_v1_transfer_is_transformed_both_ways_and_non_json_is_400() {
         "never reached the upstream"
     );
 }
+
+/// The demo's TLS listener serves the tour's routes with the certificate it made at start:
+/// the printed `curl --cacert` line's equivalent, a rustls client trusting that file alone.
+#[test]
+fn the_tls_listener_serves_with_the_certificate_made_at_start() {
+    let demo = DemoRun::start();
+    let cert = demo
+        .config_path()
+        .parent()
+        .unwrap()
+        .join("demo-keys/tls.crt");
+    // Printed with the tour, possibly in a later read of the pipe.
+    let line = format!("curl -s --cacert {} https://localhost:", cert.display());
+    assert!(
+        wait_until(Duration::from_secs(5), || demo.stdout().contains(&line)),
+        "no {line:?} in:\n{}",
+        demo.stdout()
+    );
+    let pem = std::fs::read(&cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            &pem,
+        )
+    {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut c =
+        support::tls_client::TlsClient::connect(demo.tls, std::sync::Arc::new(config), "localhost");
+    let r = c.get("/users/u_1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("u_1"), "{}", r.text());
+}

@@ -9,7 +9,8 @@
 //!    of the first such key (`not supported yet: ...`).
 //! 4. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
 //!    endpoint hosts resolved, references turned into indices; `aggregate`: each aggregate's
-//!    call graph and jq programs compiled, and its route).
+//!    call graph and jq programs compiled, and its route; `tls`: `[server.tls]`'s certificate
+//!    and key files read and matched, its rustls server config built).
 //!
 //! The route table's own check (patterns, two routes of equal precedence) is the router's:
 //! the router's `load_config` runs [`load`] and then compiles the routes, reporting their
@@ -30,6 +31,7 @@ pub mod model;
 mod policy;
 mod source;
 mod summary;
+mod tls;
 mod transform;
 mod units;
 mod validate;

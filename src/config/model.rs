@@ -206,6 +206,39 @@ pub struct Server {
     pub driver: Driver,
     pub drain_timeout: Duration,
     pub limits: Limits,
+    /// `[server.tls]` (None: plaintext only).
+    pub tls: Option<ServerTls>,
+}
+
+/// `[server.tls]`, compiled: certificates and keys have been read and matched.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Addresses served over TLS (none of them in `Server::listen`).
+    pub listen: Vec<SocketAddr>,
+    /// What was read from each `certificates` entry, in file order (the first is the default).
+    pub certificates: Vec<CertificateInfo>,
+    /// `"1.2"` or `"1.3"`.
+    pub min_version: &'static str,
+    pub alpn: Vec<String>,
+    pub handshake_timeout: Duration,
+    /// `client_ca`, resolved against the config's directory (None: no client certificate asked).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// The rustls config every TLS connection of this generation is accepted with: the SNI
+    /// resolver, versions, ALPN, the client verifier, the process's session-ticket keys.
+    pub rustls: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// A configured certificate's leaf, as `dispatch check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The `cert` file, resolved against the config's directory.
+    pub cert: std::path::PathBuf,
+    /// subjectAltName DNS names (SNI matches these), as written in the certificate.
+    pub dns_names: Vec<String>,
+    /// subjectAltName IP addresses.
+    pub ip_names: Vec<String>,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
 }
 
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::model::{AccessLog, Balance, Config, Driver, LogLevel, Route};
+use super::model::{AccessLog, Balance, Config, Driver, LogLevel, Route, ServerTls};
 use super::units::{format_duration as dur, format_size};
 
 pub fn summary(cfg: &Config) -> String {
@@ -10,6 +10,67 @@ pub fn summary(cfg: &Config) -> String {
     // Writing to a String cannot fail.
     let _ = write_summary(&mut out, cfg);
     out
+}
+
+/// A certificate expiring within this many days is warned about.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `[server.tls]`: the addresses and settings, then each certificate's names and expiry, with
+/// a `warning:` line for one that has expired or expires within [`EXPIRY_WARNING_DAYS`] of
+/// `now` (Unix seconds).
+fn write_tls(out: &mut String, tls: &ServerTls, now: i64) -> std::fmt::Result {
+    let listen: Vec<String> = tls.listen.iter().map(ToString::to_string).collect();
+    writeln!(
+        out,
+        "tls: {} (TLS {}+, ALPN {}, handshake timeout {}, {})",
+        listen.join(", "),
+        tls.min_version,
+        tls.alpn.join(", "),
+        dur(tls.handshake_timeout),
+        match &tls.client_ca {
+            Some(ca) => format!("client certificates required, signed by {}", ca.display()),
+            None => "no client certificates".to_string(),
+        },
+    )?;
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let mut names = c.dns_names.clone();
+        names.extend(c.ip_names.iter().cloned());
+        let names = if names.is_empty() {
+            "no subjectAltName: SNI never picks it".to_string()
+        } else {
+            names.join(", ")
+        };
+        let expires = crate::clock::rfc3339(c.not_after.max(0) as u64 * 1000);
+        let date = expires.get(..10).unwrap_or(&expires);
+        writeln!(
+            out,
+            "  certificate {}{}: {names}; expires {date}",
+            c.cert.display(),
+            if i == 0 { " (default)" } else { "" },
+        )?;
+        let left = c.not_after - now;
+        if left <= 0 {
+            writeln!(
+                out,
+                "warning: certificate {} expired on {date}",
+                c.cert.display()
+            )?;
+        } else if left < EXPIRY_WARNING_DAYS * 86_400 {
+            writeln!(
+                out,
+                "warning: certificate {} expires in {} day(s), on {date}",
+                c.cert.display(),
+                left / 86_400
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
@@ -33,6 +94,9 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
     )?;
     let listen: Vec<String> = server.listen.iter().map(ToString::to_string).collect();
     writeln!(out, "listen: {}", listen.join(", "))?;
+    if let Some(tls) = &server.tls {
+        write_tls(out, tls, unix_now())?;
+    }
     let l = &server.limits;
     writeln!(
         out,

@@ -17,7 +17,8 @@ use super::source::{KeyPath, Source};
 use super::units::{self, Duration, Size};
 
 pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, ConfigError> {
-    let server = server(&file.server, src)?;
+    let mut server = server(&file.server, src)?;
+    server.tls = super::tls::server_tls(file, src)?;
     let admin = match &file.admin {
         Some(written) => Some(admin(written, &server, src)?),
         None => None,
@@ -140,6 +141,7 @@ fn server(server: &file::Server, src: &Source) -> Result<model::Server, ConfigEr
         // Zero is fine here: it means "exit once the listeners are closed".
         drain_timeout: server.drain_timeout.map_or(default::DRAIN_TIMEOUT, |d| d.0),
         limits: limits(&server.limits, &at.key("limits"), src)?,
+        tls: None,
     })
 }
 

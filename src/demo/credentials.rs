@@ -4,7 +4,12 @@
 //! in the `demo-keys/` directory beside the demo config, where its `[auth.*]` policies read
 //! them.
 //!
-//! The one thing to know: the private key never leaves this process, not even to disk. It signs
+//! The TLS listener's certificate is made here too: self-signed (rcgen, ECDSA P-256) for
+//! `localhost` and `127.0.0.1`, written with its key as `tls.crt` / `tls.key` in the same
+//! directory; `curl --cacert` trusts it for the run. That key is on disk (the gateway reads
+//! it), and removed with the rest.
+//!
+//! The one thing to know: the JWT private key never leaves this process, not even to disk. It signs
 //! the one token printed in the tour and is dropped, so a token from an earlier run stops
 //! working at the next start, and nothing secret is committed or left behind. [`KeyFiles`]
 //! removes the files it wrote when dropped.
@@ -28,6 +33,11 @@ pub const KEYS_DIR: &str = "demo-keys";
 pub const JWT_KEY_FILE: &str = "jwt.pub.pem";
 /// The API-key policy's keys file, in [`KEYS_DIR`].
 pub const API_KEYS_FILE: &str = "api_keys.toml";
+
+/// The TLS listener's self-signed certificate (PEM), in [`KEYS_DIR`].
+pub const TLS_CERT_FILE: &str = "tls.crt";
+/// Its private key (PKCS#8 PEM), in [`KEYS_DIR`].
+pub const TLS_KEY_FILE: &str = "tls.key";
 
 /// `iss` of the token; the demo config's JWT policy requires it.
 pub const ISSUER: &str = "dispatch-demo";
@@ -54,6 +64,9 @@ pub struct Credentials {
     pub api_key: String,
     /// The token's verification key: a SubjectPublicKeyInfo PEM (RFC 7468 §13).
     public_key_pem: String,
+    /// The TLS listener's self-signed certificate and its key, PEM.
+    tls_cert_pem: String,
+    tls_key_pem: String,
 }
 
 impl Credentials {
@@ -92,11 +105,19 @@ impl Credentials {
         SystemRandom::new()
             .fill(&mut random)
             .map_err(|_| fail("no randomness for the API key"))?;
+        let tls_key = rcgen::KeyPair::generate()
+            .map_err(|e| DemoError::Keys(format!("cannot generate the TLS key: {e}")))?;
+        let tls_cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .and_then(|params| params.self_signed(&tls_key))
+                .map_err(|e| DemoError::Keys(format!("cannot make the TLS certificate: {e}")))?;
         Ok(Credentials {
             token,
             expires_at,
             api_key: format!("demo_{}", hex(&random)),
             public_key_pem: pem("PUBLIC KEY", public.as_ref()),
+            tls_cert_pem: tls_cert.pem(),
+            tls_key_pem: tls_key.serialize_pem(),
         })
     }
 
@@ -150,27 +171,62 @@ impl KeyFiles {
     /// Writes the public key and the API keys file of `credentials` into [`KeyFiles::dir_for`]
     /// `config_path`, replacing the files an earlier run left there.
     pub fn write(config_path: &Path, credentials: &Credentials) -> Result<KeyFiles, DemoError> {
+        let mut files = KeyFiles::new(config_path)?;
+        files.write_all(credentials)?;
+        Ok(files)
+    }
+
+    /// The directory created, nothing written yet.
+    pub fn new(config_path: &Path) -> Result<KeyFiles, DemoError> {
         let dir = KeyFiles::dir_for(config_path);
-        let mut files = KeyFiles {
-            dir: dir.clone(),
-            written: Vec::new(),
-        };
         std::fs::create_dir_all(&dir).map_err(|source| DemoError::Files {
             path: dir.clone(),
             source,
         })?;
+        Ok(KeyFiles {
+            dir,
+            written: Vec::new(),
+        })
+    }
+
+    /// Writes every file of `credentials`, replacing what is there.
+    pub fn write_all(&mut self, credentials: &Credentials) -> Result<(), DemoError> {
         for (name, contents) in [
             (JWT_KEY_FILE, credentials.public_key_pem.clone()),
             (API_KEYS_FILE, credentials.api_keys_toml()),
+            (TLS_CERT_FILE, credentials.tls_cert_pem.clone()),
+            (TLS_KEY_FILE, credentials.tls_key_pem.clone()),
         ] {
-            let path = dir.join(name);
-            write_whole(&path, contents.as_bytes()).map_err(|source| DemoError::Files {
-                path: path.clone(),
-                source,
-            })?;
-            files.written.push(path);
+            self.write_one(name, &contents)?;
         }
-        Ok(files)
+        Ok(())
+    }
+
+    /// Writes the TLS certificate and key when no certificate is there: loading the config
+    /// reads them, and a demo already running on this config keeps its own.
+    pub fn write_tls_if_missing(&mut self, credentials: &Credentials) -> Result<(), DemoError> {
+        if self.tls_cert().exists() {
+            return Ok(());
+        }
+        self.write_one(TLS_CERT_FILE, &credentials.tls_cert_pem)?;
+        self.write_one(TLS_KEY_FILE, &credentials.tls_key_pem)
+    }
+
+    fn write_one(&mut self, name: &str, contents: &str) -> Result<(), DemoError> {
+        let path = self.dir.join(name);
+        write_whole(&path, contents.as_bytes()).map_err(|source| DemoError::Files {
+            path: path.clone(),
+            source,
+        })?;
+        if !self.written.contains(&path) {
+            self.written.push(path);
+        }
+        Ok(())
+    }
+
+    /// The path of the TLS listener's certificate (what `curl --cacert` takes).
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.join(TLS_CERT_FILE)
     }
 
     /// The path of the JWT public key.

@@ -170,7 +170,7 @@ pub struct Demo {
     ports: DemoPorts,
     credentials: Credentials,
     upstreams: SampleUpstreams,
-    _files: KeyFiles,
+    files: KeyFiles,
 }
 
 impl Demo {
@@ -183,14 +183,17 @@ impl Demo {
     /// runs: a reload (SIGHUP or the admin API) re-reads that file, and finds the key files
     /// where its relative `keys` and `keys_file` paths say.
     pub fn prepare(config_path: &Path, now_unix: u64) -> Result<Demo, DemoError> {
-        // The addresses first, from the file alone (its policies need the key files): the
-        // sample services listen before any key file is written, so a second demo on the same
-        // config stops here and leaves the running one's files alone.
-        let ports = DemoPorts::from_config(&crate::config::load(config_path)?)?;
-        let upstreams = SampleUpstreams::start(&ports).map_err(DemoError::Upstreams)?;
+        // The addresses first, from the file alone (its policies need the key files; loading
+        // it reads the TLS certificate, written now when none is there): the sample services
+        // listen before any other key file is written, so a second demo on the same config
+        // stops here and leaves the running one's files alone.
         let credentials = Credentials::generate(now_unix)?;
         // Removed on any error below, when `files` is dropped.
-        let files = KeyFiles::write(config_path, &credentials)?;
+        let mut files = KeyFiles::new(config_path)?;
+        files.write_tls_if_missing(&credentials)?;
+        let ports = DemoPorts::from_config(&crate::config::load(config_path)?)?;
+        let upstreams = SampleUpstreams::start(&ports).map_err(DemoError::Upstreams)?;
+        files.write_all(&credentials)?;
         let config = crate::router::load_config(config_path)?;
         check_credentials(&config, &credentials, now_unix)?;
         // The file may have changed between the two reads.
@@ -205,7 +208,7 @@ impl Demo {
             ports,
             credentials,
             upstreams,
-            _files: files,
+            files,
         })
     }
 
@@ -233,6 +236,22 @@ impl Demo {
             cplan = credentials::CONSUMER_PLAN,
             key = c.api_key,
             tour = curl_lines(gateway, admin, &self.ports, c),
+        ) + &self.tls_tour()
+    }
+
+    /// The TLS listener's curl line: the certificate made at this start, trusted with
+    /// `--cacert` (empty without `[server.tls]`).
+    fn tls_tour(&self) -> String {
+        let Some(tls) = &self.config.server.tls else {
+            return String::new();
+        };
+        let Some(addr) = tls.listen.first() else {
+            return String::new();
+        };
+        format!(
+            "\n# TLS on {addr}: a self-signed certificate for localhost made at this start, trusted with --cacert\ncurl -s --cacert {} https://localhost:{}/users/u_1\n",
+            self.files.tls_cert().display(),
+            addr.port(),
         )
     }
 }

@@ -1,7 +1,9 @@
 //! The stream layer: how bytes move on a connection, whichever side it faces.
 //!
 //! [`Stream`] is the transport: plain TCP, or TLS ([`tls`]: rustls over the same sockets,
-//! one variant per side, so nothing above this layer depends on which). [`BufConn`] is the one buffered connection type that the
+//! one variant per side, so nothing above this layer depends on which). The server side's
+//! rustls pieces live beside it: [`sni`] (which certificate a handshake presents) and
+//! [`tickets`] (session-ticket keys every worker derives alike, for resumption). [`BufConn`] is the one buffered connection type that the
 //! client side (`server::conn`) and the upstream side (`upstream::client`) are built on: its
 //! read buffer (parsed zero-copy by the codec), reads and writes bounded by a timeout, byte
 //! counts, the lingering close, and the non-blocking liveness peek that the upstream pool asks
@@ -13,7 +15,9 @@
 //! buffer may still be held by the kernel: such a connection is never used again.
 
 mod conn;
+pub mod sni;
 mod stream;
+pub mod tickets;
 pub mod tls;
 
 pub use conn::{BufConn, ReadEnd};

@@ -143,6 +143,14 @@ pub const CONNECTIONS_REJECTED_TOTAL: Family = family(
     Kind::Counter,
 );
 
+/// `dispatch_tls_handshakes_total{result}`: TLS handshakes on client connections, `ok` or
+/// `failed` (BEHAVIOR.md "Metrics" and "TLS").
+pub const TLS_HANDSHAKES_TOTAL: Family = family(
+    "dispatch_tls_handshakes_total",
+    "TLS handshakes on client connections, by result (ok, failed).",
+    Kind::Counter,
+);
+
 // --- process ------------------------------------------------------------------------------
 
 /// `process_resident_memory_bytes`: VmRSS of /proc/self/status.
@@ -177,7 +185,7 @@ pub const BUILD_INFO: Family = family(
 );
 
 /// Every family, in exposition order.
-pub const ALL: [Family; 20] = [
+pub const ALL: [Family; 21] = [
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     UPSTREAM_REQUESTS_TOTAL,
@@ -193,6 +201,7 @@ pub const ALL: [Family; 20] = [
     TRACING_SPANS_DROPPED_TOTAL,
     ACCESS_LOG_DROPPED_TOTAL,
     CONNECTIONS_REJECTED_TOTAL,
+    TLS_HANDSHAKES_TOTAL,
     PROCESS_RESIDENT_MEMORY,
     PROCESS_OPEN_FDS,
     PROCESS_START_TIME,

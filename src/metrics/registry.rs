@@ -359,10 +359,12 @@ impl Cells {
 }
 
 /// Open connections of one worker, shared by all its generations of cells (a connection
-/// opened before a reload closes after it).
+/// opened before a reload closes after it), and the worker's TLS handshake counts (`ok`,
+/// `failed`), which have no label from config and so live as long as the worker.
 #[derive(Default)]
 struct Gauges {
     connections: [AtomicI64; 2],
+    tls_handshakes: [AtomicU64; 2],
 }
 
 // --- the worker's handle ------------------------------------------------------------------
@@ -445,6 +447,13 @@ impl WorkerMetrics {
     pub fn connection_closed(&self, side: Side) {
         let g = &self.gauges.connections[side as usize];
         g.store(g.load(Relaxed) - 1, Relaxed);
+    }
+
+    /// A TLS handshake on a client connection finished (`ok`) or did not (`failed`: refused,
+    /// malformed, timed out, or the client left).
+    #[inline]
+    pub fn tls_handshake(&self, ok: bool) {
+        bump(&self.gauges.tls_handshakes[usize::from(!ok)], 1);
     }
 
     /// The layout these cells were built for: ids given to the methods above index it.
@@ -643,11 +652,12 @@ impl Registry {
     }
 
     /// Snapshot under the lock (loads only), format after releasing it.
-    fn snapshot(&self) -> (Totals, [i64; 2]) {
+    fn snapshot(&self) -> (Totals, [i64; 2], [u64; 2]) {
         let mut st = self.lock();
         st.fold_retired();
         let mut totals = st.carried.clone();
         let mut conns = [0i64; 2];
+        let mut handshakes = [0u64; 2];
         for cells in &st.retired {
             totals.add(cells);
         }
@@ -656,13 +666,16 @@ impl Registry {
             for (sum, g) in conns.iter_mut().zip(&gauges.connections) {
                 *sum += g.load(Relaxed);
             }
+            for (sum, c) in handshakes.iter_mut().zip(&gauges.tls_handshakes) {
+                *sum += c.load(Relaxed);
+            }
         }
-        (totals, conns)
+        (totals, conns, handshakes)
     }
 
     fn render_workers(&self, w: &mut Writer<'_>) {
         use names::*;
-        let (t, conns) = self.snapshot();
+        let (t, conns, handshakes) = self.snapshot();
 
         w.family(&REQUESTS_TOTAL);
         for (route, rt) in &t.routes {
@@ -734,6 +747,11 @@ impl Registry {
                 &[(LABEL_SIDE, side.as_str())],
                 conns[side as usize],
             );
+        }
+
+        w.family(&TLS_HANDSHAKES_TOTAL);
+        for (result, v) in ["ok", "failed"].into_iter().zip(handshakes) {
+            w.sample(TLS_HANDSHAKES_TOTAL.name, &[(LABEL_RESULT, result)], v);
         }
     }
 
@@ -985,6 +1003,9 @@ mod tests {
         w.connection_opened(Side::Client);
         w.connection_closed(Side::Client);
         w.connection_opened(Side::Upstream);
+        w.tls_handshake(true);
+        w.tls_handshake(true);
+        w.tls_handshake(false);
 
         let mut text = core(&reg);
         Writer::new(&mut text).breaker_states([("api", 2u8), ("a\"b", 0)]);
@@ -1072,6 +1093,10 @@ dispatch_cache_requests_total{rule="pages",result="bypass"} 0
 # TYPE dispatch_connections_active gauge
 dispatch_connections_active{side="client"} 1
 dispatch_connections_active{side="upstream"} 1
+# HELP dispatch_tls_handshakes_total TLS handshakes on client connections, by result (ok, failed).
+# TYPE dispatch_tls_handshakes_total counter
+dispatch_tls_handshakes_total{result="ok"} 2
+dispatch_tls_handshakes_total{result="failed"} 1
 # HELP dispatch_breaker_state Circuit breaker state by upstream: 0 closed, 1 half-open, 2 open.
 # TYPE dispatch_breaker_state gauge
 dispatch_breaker_state{upstream="api"} 2

@@ -7,8 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
-
 use crate::http;
 use crate::io::{BufConn, ReadEnd, Stream};
 
@@ -25,6 +23,8 @@ const LINGER: Duration = Duration::from_secs(2);
 pub struct ClientIo {
     pub io: BufConn,
     pub peer: SocketAddr,
+    /// The connection is TLS (terminated here).
+    pub tls: bool,
     /// Client-bound bytes (response heads, small bodies).
     pub wbuf: Vec<u8>,
     /// Upstream-bound bytes (request head and the replayable part of the body).
@@ -35,9 +35,11 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> ClientIo {
+    /// `stream` is an accepted connection: TCP, or TLS with its handshake done.
+    pub fn new(stream: Stream, peer: SocketAddr) -> ClientIo {
         ClientIo {
-            io: BufConn::new(Stream::accepted(stream), READ_BUF),
+            tls: matches!(stream, Stream::TlsServer(_)),
+            io: BufConn::new(stream, READ_BUF),
             peer,
             wbuf: Vec::new(),
             ubuf: Vec::new(),

@@ -91,6 +91,8 @@ pub struct ForwardHead<'a, 'h> {
     /// Host to send when the client sent none (HTTP/1.0): the endpoint authority.
     pub fallback_host: &'a str,
     pub client_ip: IpAddr,
+    /// The client connection is TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
     pub request_id: &'a RequestId,
     /// Framing of the body as sent upstream.
     pub body: http::BodyKind,
@@ -172,7 +174,11 @@ pub fn write_forward_fields(out: &mut Vec<u8>, f: &ForwardHead<'_, '_>) {
         out.extend_from_slice(b", ");
     }
     write_ip(out, f.client_ip);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(if f.https {
+        b"\r\nX-Forwarded-Proto: https\r\n"
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\n"
+    });
     if let Some(host) = f.host {
         push_header(out, b"X-Forwarded-Host", host);
     }

@@ -42,6 +42,7 @@ pub enum Prepared {
 pub fn prepare(
     head: &RequestHead<'_>,
     peer: SocketAddr,
+    https: bool,
     worker: &Worker,
     snap: &Rc<Snapshot>,
     ubuf: &mut Vec<u8>,
@@ -183,6 +184,7 @@ pub fn prepare(
         subject: &subject,
         forwarded: &identity,
         client_ip: peer.ip(),
+        https,
         id: who.id,
         trace: who.trace,
         version: head.version,
@@ -213,6 +215,7 @@ pub fn prepare(
         head,
         headers,
         client_ip: peer.ip(),
+        https,
         identity: &who,
         framing: &framing,
         resource: &resource,

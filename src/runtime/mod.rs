@@ -42,6 +42,8 @@ pub struct Running {
     spans: Option<crate::otlp::Exporter>,
     workers: Vec<std::thread::JoinHandle<()>>,
     pub listen: Vec<std::net::SocketAddr>,
+    /// The bound `server.tls.listen` addresses (empty without `[server.tls]`).
+    pub tls_listen: Vec<std::net::SocketAddr>,
     /// The admin API's address; `None` without an `[admin]` section.
     pub admin: Option<std::net::SocketAddr>,
 }
@@ -140,20 +142,26 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
     let driver = resolve_driver(config.server.driver)?;
     let fallback = config.server.driver == Driver::Auto;
     let workers = config.server.workers;
-    let mut per_worker: Vec<Vec<(std::net::SocketAddr, std::net::TcpListener)>> =
+    let mut per_worker: Vec<Vec<(listeners::Listen, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
+    let wanted = listeners::Listen::of(&config.server);
     let mut listen = Vec::with_capacity(config.server.listen.len());
-    for &configured in &config.server.listen {
+    let mut tls_listen = Vec::new();
+    for &configured in &wanted {
         // With port 0 the first socket gets a port from the kernel and the other workers
         // join it there.
-        let mut addr = configured;
+        let mut addr = configured.addr;
         for sockets in per_worker.iter_mut() {
             let socket =
                 listeners::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
             addr = socket.local_addr()?;
             sockets.push((configured, socket));
         }
-        listen.push(addr);
+        if configured.tls {
+            tls_listen.push(addr);
+        } else {
+            listen.push(addr);
+        }
     }
     let pin = config.server.pin_workers;
     // No `[admin]` section, no admin listener: two gateways on one host must not collide on
@@ -175,7 +183,7 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
     };
 
     let discovery = crate::upstream::discovery::Discovery::new(config.clone());
-    let (listeners, changes) = listeners::Listeners::new(config.server.listen.clone(), workers);
+    let (listeners, changes) = listeners::Listeners::new(wanted, workers);
     let active = Active::compile(config, None, 1, None)?;
     let shared = Shared::new(active, workers, discovery, listeners);
     let cores = if pin {
@@ -231,9 +239,14 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
         }
     })?;
     crate::info!(
-        "dispatch {} serving on {:?} with {workers} worker(s) ({}), {}",
+        "dispatch {} serving on {:?}{} with {workers} worker(s) ({}), {}",
         env!("CARGO_PKG_VERSION"),
         listen,
+        if tls_listen.is_empty() {
+            String::new()
+        } else {
+            format!(" and over TLS on {tls_listen:?}")
+        },
         if driver == Driver::IoUring {
             "io_uring"
         } else {
@@ -250,6 +263,7 @@ pub fn start(config: Config, entry: Entry) -> Result<Running, StartError> {
         spans,
         workers: handles,
         listen,
+        tls_listen,
         admin,
     })
 }

@@ -67,7 +67,9 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
         Some(policies.clone()),
     )?;
     // New addresses are bound (all of them, or the reload fails), removed ones stop accepting.
-    shared.listeners.apply(&next.server.listen)?;
+    shared
+        .listeners
+        .apply(&crate::state::listeners::Listen::of(&next.server))?;
     let saved = discovery.clone();
     discovery.set_file(next);
     let generation = match shared.publish(&discovery, Some(policies)) {

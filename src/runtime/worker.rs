@@ -5,7 +5,7 @@
 //! gateway, [`Worker`], is plain state in `crate::state::worker`. Nothing here is shared with
 //! other threads except through [`Shared`].
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::TcpListener as StdListener;
 
 use crossbeam::channel::Receiver;
 use std::rc::Rc;
@@ -24,7 +24,7 @@ const TICK: Duration = Duration::from_millis(200);
 /// The sockets a worker accepts on: those bound at start, then what reloads hand over.
 pub struct Sockets {
     /// (configured address, socket).
-    pub initial: Vec<(SocketAddr, StdListener)>,
+    pub initial: Vec<(listeners::Listen, StdListener)>,
     pub changes: Receiver<listeners::Change>,
     pub accept: AcceptLoop,
 }
@@ -130,11 +130,15 @@ async fn worker_main(id: usize, shared: Arc<Shared>, sockets: Sockets, telemetry
 
 impl Worker {
     /// Starts an accept loop on `socket` (bound for configured address `addr`).
-    fn listen(self: &Rc<Self>, addr: SocketAddr, socket: StdListener) -> std::io::Result<()> {
+    fn listen(
+        self: &Rc<Self>,
+        addr: listeners::Listen,
+        socket: StdListener,
+    ) -> std::io::Result<()> {
         let listener = monoio::net::TcpListener::from_std(socket)?;
         let stop = Rc::new(Latch::default());
         self.accepting.borrow_mut().push((addr, stop.clone()));
-        monoio::spawn((self.accept)(self.clone(), listener, stop));
+        monoio::spawn((self.accept)(self.clone(), addr, listener, stop));
         Ok(())
     }
 
@@ -144,7 +148,7 @@ impl Worker {
             match change {
                 listeners::Change::Add(addr, socket) => {
                     if let Err(e) = self.listen(addr, socket) {
-                        crate::error!("worker {}: cannot listen on {addr}: {e}", self.id);
+                        crate::error!("worker {}: cannot listen on {}: {e}", self.id, addr.addr);
                     }
                 }
                 listeners::Change::Remove(addr) => {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
+use crate::io::Stream;
 
 use crate::http;
 use crate::io::ReadEnd;
@@ -40,7 +40,7 @@ struct Parsed {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(worker: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     let mut conn = ClientIo::new(stream, peer);
     let mut first = true;
     loop {
@@ -218,6 +218,7 @@ async fn next_request(
                         let prepared = pipeline::stack::prepare(
                             &head,
                             conn.peer,
+                            conn.tls,
                             worker,
                             &snap,
                             &mut conn.ubuf,

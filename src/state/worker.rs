@@ -8,7 +8,6 @@
 //! reload swaps in a newer one meanwhile.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -31,7 +30,12 @@ pub struct Snapshot {
 /// What a worker runs on each listening socket: the server layer's accept loop, handed in at
 /// start (runtime runs threads and sockets and does not import the layers above it). It runs
 /// until the worker drains or its latch fires (the address was removed by a reload).
-pub type AcceptLoop = fn(Rc<Worker>, monoio::net::TcpListener, Rc<Latch>) -> LocalTask;
+pub type AcceptLoop = fn(
+    Rc<Worker>,
+    crate::state::listeners::Listen,
+    monoio::net::TcpListener,
+    Rc<Latch>,
+) -> LocalTask;
 
 /// A task a worker spawns; boxed once per listener, not per connection.
 pub type LocalTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
@@ -59,7 +63,7 @@ pub struct Worker {
     /// This worker's pending spans, when `tracing.otlp_endpoint` exports them.
     pub spans: Option<RefCell<crate::otlp::Local>>,
     /// Accept loops by configured address, each with the latch that stops it.
-    pub accepting: RefCell<Vec<(SocketAddr, Rc<Latch>)>>,
+    pub accepting: RefCell<Vec<(crate::state::listeners::Listen, Rc<Latch>)>>,
     /// What runs on each of this worker's listening sockets.
     pub accept: AcceptLoop,
     /// Verified-token caches, one per JWT policy (by `AuthId`), created on a policy's first

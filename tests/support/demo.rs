@@ -27,6 +27,8 @@ pub struct DemoRun {
     child: Child,
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener (`[server.tls]`, 8443 in the shipped config).
+    pub tls: SocketAddr,
     pub ports: DemoPorts,
     config_path: PathBuf,
     stdout: Arc<Mutex<String>>,
@@ -58,6 +60,7 @@ pub struct DemoConfig {
     pub text: String,
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
+    pub tls: SocketAddr,
     pub ports: DemoPorts,
 }
 
@@ -91,10 +94,15 @@ impl DemoConfig {
             assert!(text.contains(&from), "config/demo.toml lacks {from}");
             text = text.replace(&from, &format!("127.0.0.1:{to}\""));
         }
+        let tls = free_addr();
+        let from = "127.0.0.1:8443\"";
+        assert!(text.contains(from), "config/demo.toml lacks {from}");
+        text = text.replace(from, &format!("{tls}\""));
         DemoConfig {
             text,
             gateway,
             admin,
+            tls,
             ports,
         }
     }
@@ -115,6 +123,7 @@ impl DemoRun {
             text,
             gateway,
             admin,
+            tls,
             ports,
         } = DemoConfig::new();
         let dir = TempDir::new();
@@ -135,6 +144,7 @@ impl DemoRun {
             child,
             gateway,
             admin,
+            tls,
             ports,
             config_path,
             stdout,

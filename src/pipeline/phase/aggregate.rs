@@ -83,6 +83,8 @@ pub struct Request<'a, 'h> {
     /// client (`pipeline::stack` assembles them once).
     pub forwarded: &'a [(&'a str, &'a str)],
     pub client_ip: IpAddr,
+    /// The request came over TLS (`X-Forwarded-Proto`).
+    pub https: bool,
     pub id: RequestId,
     pub trace: Option<TraceContext>,
     pub version: Version,
@@ -149,6 +151,7 @@ pub fn run(
             host: req.resource.host,
             fallback_host: "",
             client_ip: req.client_ip,
+            https: req.https,
             request_id: &req.id,
             body: BodyKind::None,
             // Each call writes its own child span's.

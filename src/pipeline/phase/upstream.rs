@@ -27,6 +27,8 @@ pub struct Request<'a, 'h> {
     /// The fields after phase 0.
     pub headers: &'a [Header<'h>],
     pub client_ip: IpAddr,
+    /// The request came over TLS (`X-Forwarded-Proto`).
+    pub https: bool,
     pub identity: &'a Identity,
     pub framing: &'a Framing,
     pub resource: &'a Resource<'h>,
@@ -93,6 +95,7 @@ pub fn run(
             host: resource.host,
             fallback_host: &to.upstream.endpoints[0].authority,
             client_ip: req.client_ip,
+            https: req.https,
             request_id: &req.identity.id,
             body: req.framing.body,
             trace: req.identity.trace.as_ref(),
@@ -167,6 +170,7 @@ strip_prefix = true
             head: &h,
             headers: &h.headers,
             client_ip: [10, 0, 0, 9].into(),
+            https: false,
             identity: &identity,
             framing: &framing,
             resource: &resource,
