@@ -1,6 +1,6 @@
-//! Capabilities the config format describes but this build does not have yet: TLS (termination
-//! in `[server.tls]`, `https://` upstream endpoints and their `tls_*` keys), compression and
-//! websockets.
+//! Capabilities the config format describes but this build does not have yet: TLS termination
+//! (`[server.tls]`), compression and websockets. (`https://` upstreams and their `tls_*` keys
+//! have landed: `upstream_tls`.)
 //!
 //! Their keys are parsed ([`super::file`]) and their values checked here like any other, so a
 //! file written against the full format gets its typos reported now. Then [`reject`] refuses
@@ -11,13 +11,13 @@
 //! TLS values are checked for their shape only: certificate and key files are not read here
 //! (reading and parsing them, at start and at reload, is the TLS capability's job).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::error::ConfigError;
 use super::file::{self, default};
 use super::source::{KeyPath, Source};
 use super::units::Duration;
-use super::validate::{endpoint_url, is_dns_name, is_token, listen_addr, Section};
+use super::validate::{is_token, listen_addr, Section};
 
 /// ALPN protocol IDs (RFC 7301 §6, IANA registry) of the HTTP versions this gateway speaks.
 /// Offering another one (`h2`) would have a client that picks it send a protocol the
@@ -29,9 +29,6 @@ pub(super) fn check(file: &file::File, src: &Source) -> Result<(), ConfigError> 
     let c = Checker { file, src };
     if let Some(tls) = &file.server.tls {
         c.server_tls(tls)?;
-    }
-    for (name, upstream) in file.upstreams.iter() {
-        c.upstream_tls(upstream, &KeyPath::of(&["upstreams", name]))?;
     }
     if let Some(compression) = &file.compression {
         c.compression(compression)?;
@@ -45,25 +42,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
     let mut keys: Vec<(KeyPath, Option<&str>)> = Vec::new();
     if file.server.tls.is_some() {
         keys.push((KeyPath::of(&["server", "tls"]), None));
-    }
-    for (name, upstream) in file.upstreams.iter() {
-        let at = KeyPath::of(&["upstreams", name]);
-        for (i, endpoint) in upstream.endpoints.iter().enumerate() {
-            let (url, url_at) = endpoint_at(endpoint, &at.key("endpoints").index(i));
-            if is_https(url) {
-                keys.push((url_at, Some("https endpoints")));
-            }
-        }
-        for (key, present) in [
-            ("tls_ca", upstream.tls_ca.is_some()),
-            ("tls_server_name", upstream.tls_server_name.is_some()),
-            ("tls_client_cert", upstream.tls_client_cert.is_some()),
-            ("tls_client_key", upstream.tls_client_key.is_some()),
-        ] {
-            if present {
-                keys.push((at.key(key), None));
-            }
-        }
     }
     for (name, route) in file.routes.iter() {
         let at = KeyPath::of(&["routes", name]);
@@ -86,27 +64,6 @@ pub(super) fn reject(file: &file::File, src: &Source) -> Result<(), ConfigError>
         }
         None => Ok(()),
     }
-}
-
-/// An endpoint's URL and the key path of that URL (`endpoints[i]` or `endpoints[i].url`).
-fn endpoint_at<'e>(endpoint: &'e file::Endpoint, entry: &KeyPath) -> (&'e str, KeyPath) {
-    match endpoint {
-        file::Endpoint::Url(url) => (url, entry.clone()),
-        file::Endpoint::Weighted(w) => (&w.url, entry.key("url")),
-    }
-}
-
-/// The scheme is case-insensitive (RFC 3986 §3.1).
-fn is_https(url: &str) -> bool {
-    url.split_once("://")
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"))
-}
-
-fn mixed_schemes(url: &str) -> String {
-    format!(
-        "{url:?} mixes http:// and https:// endpoints in one upstream: a retry or the balancer \
-         would move a request between TLS and plaintext; use one scheme per upstream"
-    )
 }
 
 struct Checker<'a> {
@@ -207,71 +164,6 @@ impl Checker<'_> {
             }
         }
         Ok(())
-    }
-
-    /// An upstream's `https://` endpoints (their shape) and its `tls_*` keys.
-    fn upstream_tls(&self, u: &file::Upstream, at: &KeyPath) -> Result<(), ConfigError> {
-        // Whether the first endpoint with a scheme this layer knows is https.
-        let mut first_https: Option<bool> = None;
-        for (i, endpoint) in u.endpoints.iter().enumerate() {
-            let (url, url_at) = endpoint_at(endpoint, &at.key("endpoints").index(i));
-            let https = match url.split_once("://") {
-                Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => true,
-                Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => false,
-                // Other schemes, and http:// URLs below, are `validate`'s.
-                _ => continue,
-            };
-            if https {
-                endpoint_url(url).map_err(|m| self.src.error(&url_at, m))?;
-            }
-            if *first_https.get_or_insert(https) != https {
-                return Err(self.src.error(&url_at, mixed_schemes(url)));
-            }
-        }
-        let https = first_https == Some(true);
-        for (key, value) in [
-            ("tls_ca", &u.tls_ca),
-            ("tls_server_name", &u.tls_server_name),
-            ("tls_client_cert", &u.tls_client_cert),
-            ("tls_client_key", &u.tls_client_key),
-        ] {
-            if value.is_some() && !https {
-                return Err(self.src.key_error(
-                    &at.key(key),
-                    "only applies to https:// endpoints, and this upstream has none",
-                ));
-            }
-        }
-        for (key, value) in [
-            ("tls_ca", &u.tls_ca),
-            ("tls_client_cert", &u.tls_client_cert),
-            ("tls_client_key", &u.tls_client_key),
-        ] {
-            if let Some(path) = value {
-                self.file_path(&at.key(key), path)?;
-            }
-        }
-        if let Some(name) = &u.tls_server_name {
-            // Checked against the certificate's names (RFC 6125), and sent in SNI when it is
-            // a DNS name (RFC 6066 §3 carries no IP literals).
-            if name.parse::<IpAddr>().is_err() && !is_dns_name(name) {
-                return Err(self.src.error(
-                    &at.key("tls_server_name"),
-                    format!("invalid server name {name:?}: expected a DNS name or an IP address"),
-                ));
-            }
-        }
-        match (&u.tls_client_cert, &u.tls_client_key) {
-            (Some(_), None) => Err(self.src.key_error(
-                &at.key("tls_client_cert"),
-                "needs tls_client_key: a client certificate is presented with its private key",
-            )),
-            (None, Some(_)) => Err(self.src.key_error(
-                &at.key("tls_client_key"),
-                "needs tls_client_cert: a private key without its certificate presents nothing",
-            )),
-            _ => Ok(()),
-        }
     }
 
     fn compression(&self, c: &file::Compression) -> Result<(), ConfigError> {

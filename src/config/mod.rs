@@ -8,8 +8,9 @@
 //! 3. `later`: values of the sections whose capabilities are not built yet, then the rejection
 //!    of the first such key (`not supported yet: ...`).
 //! 4. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
-//!    endpoint hosts resolved, references turned into indices; `aggregate`: each aggregate's
-//!    call graph and jq programs compiled, and its route).
+//!    endpoint hosts resolved, references turned into indices; `upstream_tls`: an https
+//!    upstream's CA bundle and client certificate read and compiled into its rustls config;
+//!    `aggregate`: each aggregate's call graph and jq programs compiled, and its route).
 //!
 //! The route table's own check (patterns, two routes of equal precedence) is the router's:
 //! the router's `load_config` runs [`load`] and then compiles the routes, reporting their
@@ -31,6 +32,7 @@ mod source;
 mod summary;
 mod transform;
 mod units;
+mod upstream_tls;
 mod validate;
 
 #[cfg(test)]
@@ -62,7 +64,7 @@ pub fn load_str(src: &str, path: &Path) -> Result<model::Config, ConfigError> {
     validate::compile(&file, &source)
 }
 
-/// Parses an endpoint URL as the file would (`http://HOST[:PORT]`), resolving a host name to
+/// Parses an endpoint URL as the file would (`http[s]://HOST[:PORT]`), resolving a host name to
 /// every address: the admin API's registrations use it.
 pub fn parse_endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
     validate::check_weight(weight).map_err(|m| format!("weight {m}"))?;

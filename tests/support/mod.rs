@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod ports;
 pub mod ratelimit;
 pub mod tls;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;
