@@ -246,13 +246,11 @@ fn relay(
             return Err(io::Error::last_os_error());
         }
         let ready = |i: usize| fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-        if ready(0) {
-            if conn.read_tls(tcp)? == 0 {
-                // The gateway closed its side: pass the close on.
-                let _ = inner.shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            // Decrypted and passed on at the top of the loop.
+        // Decrypted and passed on at the top of the loop.
+        if ready(0) && conn.read_tls(tcp)? == 0 {
+            // The gateway closed its side: pass the close on.
+            let _ = inner.shutdown(Shutdown::Write);
+            return Ok(());
         }
         if ready(1) {
             let n = inner.read(&mut buf)?;
