@@ -30,7 +30,8 @@
 //! 3. [`pipeline::proxy`], the upstream stage, hands the request to [`upstream::call`], the one
 //!    way to call an upstream: it picks an endpoint in rotation ([`upstream::balance`],
 //!    [`upstream::health`]: unhealthy and ejected endpoints skipped), takes a pooled connection
-//!    (peeked at every reuse) or opens one ([`upstream::pool`], [`upstream::client`]), sends the
+//!    (peeked at every reuse) or opens one, over TLS to an `https://` endpoint
+//!    ([`upstream::pool`], [`upstream::client`]), sends the
 //!    request (the proxy phase streams the body through the `Caller` seam), offers interim
 //!    responses back, reads the final head and retries within [`upstream::retry`]'s rules and
 //!    budget; the proxy phase then streams the body back re-framed (copying it for the cache

@@ -340,55 +340,6 @@ upstream = "users"
 }
 
 #[test]
-fn check_rejects_keys_of_later_milestones_as_not_supported_yet() {
-    // Each snippet is valid under the full format (dispatch.example.toml), so the only thing
-    // wrong with it is that this milestone does not have the capability. The error must point
-    // at the key (upstream keys, endpoints) or at the section header (sections).
-    let cases: Vec<(&str, String)> = vec![
-        (
-            "server.tls",
-            "[server.tls]\nlisten = [\"[::1]:8443\"]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\nmin_version = \"1.3\"\n".into(),
-        ),
-        (
-            "tls_ca",
-            "[upstreams.ledger]\ntls_ca = \"tls/ca.pem\"\nendpoints = [\"https://127.0.0.1:9443\"]\ntls_server_name = \"ledger.internal\"\n".into(),
-        ),
-        (
-            "endpoints",
-            "[upstreams.ledger]\nendpoints = [\"https://127.0.0.1:9443\"]\ntls_ca = \"tls/ca.pem\"\n".into(),
-        ),
-    ];
-    let mut failures = Vec::new();
-    for (key, extra) in &cases {
-        let toml = config(&format!("{USERS}\n{extra}"));
-        let out = check(&toml);
-        let text = out.all();
-        let key_line = extra.lines().find(|l| l.starts_with(&format!("{key} =")));
-        let header = extra.lines().find(|l| l.starts_with('[')).unwrap_or("");
-        let expected_line = line_of(&toml, key_line.unwrap_or(header));
-        let at = format!("{}:{expected_line}:", out.config_path.display());
-        let ok = out.code == Some(1)
-            && text.lines().any(|l| {
-                l.contains(&at)
-                    && l.split_once("not supported yet: ")
-                        .is_some_and(|(_, what)| what.contains(key))
-            });
-        if !ok {
-            failures.push(format!(
-                "{key} (expected at line {expected_line}): exit {:?}: {}",
-                out.code,
-                text.trim()
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "keys of later milestones must fail at their file:line:col with \"not supported yet: <key>\":\n{}",
-        failures.join("\n")
-    );
-}
-
-#[test]
 fn check_on_a_missing_file_exits_1() {
     let dir = TempDir::new();
     let missing = dir.path().join("nope.toml");

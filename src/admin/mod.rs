@@ -491,6 +491,14 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
                 "read_timeout_ms": u.read_timeout.as_millis() as u64,
                 "retries": u.retries,
                 "max_idle_per_worker": u.max_idle_per_worker,
+                "tls": u.tls.as_ref().map(|t| json!({
+                    "roots": match &t.roots {
+                        crate::config::model::TlsRoots::File(path, _) => path.display().to_string(),
+                        crate::config::model::TlsRoots::System(_) => "system".to_string(),
+                    },
+                    "server_name": t.server_name.as_ref().map(|n| n.to_str().into_owned()),
+                    "client_cert": t.client_cert.as_ref().map(|p| p.display().to_string()),
+                })),
                 "breaker": breaker_json(state, now),
                 "endpoints": endpoints,
             })

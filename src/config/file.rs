@@ -145,7 +145,7 @@ pub struct Limits {
     pub max_connections: Option<usize>,
 }
 
-/// `[server.tls]`: TLS termination (not supported yet: checked by `later`, then refused).
+/// `[server.tls]`: TLS termination (compiled by `tls`).
 // Fields without a check in `later` are first read by the capability itself.
 #[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
@@ -245,8 +245,8 @@ pub struct Upstream {
     /// How often endpoints written with a DNS name are re-resolved. Default: `"30s"`.
     pub dns_refresh: Option<Duration>,
 
-    // Not supported yet (TLS to the upstream, with `https://` endpoints).
-    /// Default: the system roots.
+    // TLS to the upstream, with `https://` endpoints (compiled by `upstream_tls`).
+    /// A PEM bundle of roots. Default: the system roots.
     pub tls_ca: Option<String>,
     /// Default: the URL's host.
     pub tls_server_name: Option<String>,
@@ -268,7 +268,7 @@ pub struct Outlier {
     pub max_ejection: Option<Duration>,
 }
 
-/// An endpoint: `"http://host:port"` (`https://` is not supported yet) or `{ url = "http://host:port", weight = 3 }`.
+/// An endpoint: `"http://host:port"` (or `https://`) or `{ url = "http://host:port", weight = 3 }`.
 #[derive(Debug)]
 pub enum Endpoint {
     Url(String),

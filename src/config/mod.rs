@@ -5,12 +5,11 @@
 //! `FILE:LINE:COL: KEY.PATH: message` ([`ConfigError`]):
 //! 1. `source`: TOML syntax. Keeps every key's and value's span, to locate later errors.
 //! 2. `file`: serde into structs that mirror the file: unknown keys, types, units, enum words.
-//! 3. `later`: values of the sections whose capabilities are not built yet, then the rejection
-//!    of the first such key (`not supported yet: ...`).
-//! 4. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
+//! 3. `validate`: everything else, with defaults applied, into `model` (addresses parsed,
 //!    endpoint hosts resolved, references turned into indices; `aggregate`: each aggregate's
 //!    call graph and jq programs compiled, and its route; `tls`: `[server.tls]`'s certificate
-//!    and key files read and matched, its rustls server config built).
+//!    and key files read and matched, its rustls server config built; `upstream_tls`: an https
+//!    upstream's CA bundle and client certificate read and compiled into its rustls config).
 //!
 //! The route table's own check (patterns, two routes of equal precedence) is the router's:
 //! the router's `load_config` runs [`load`] and then compiles the routes, reporting their
@@ -26,7 +25,6 @@ mod cache;
 mod compression;
 pub mod error;
 mod file;
-mod later;
 pub mod model;
 mod policy;
 mod source;
@@ -34,6 +32,7 @@ mod summary;
 mod tls;
 mod transform;
 mod units;
+mod upstream_tls;
 mod validate;
 
 #[cfg(test)]
@@ -60,12 +59,10 @@ pub fn load(path: &Path) -> Result<model::Config, ConfigError> {
 pub fn load_str(src: &str, path: &Path) -> Result<model::Config, ConfigError> {
     let source = Source::parse(src, path)?;
     let file: file::File = toml::from_str(source.text()).map_err(|e| source.shape_error(&e))?;
-    later::check(&file, &source)?;
-    later::reject(&file, &source)?;
     validate::compile(&file, &source)
 }
 
-/// Parses an endpoint URL as the file would (`http://HOST[:PORT]`), resolving a host name to
+/// Parses an endpoint URL as the file would (`http[s]://HOST[:PORT]`), resolving a host name to
 /// every address: the admin API's registrations use it.
 pub fn parse_endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
     validate::check_weight(weight).map_err(|m| format!("weight {m}"))?;

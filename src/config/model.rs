@@ -308,6 +308,10 @@ pub struct Endpoint {
     pub dns: Option<(String, u16)>,
     /// Operator metadata given at registration, as JSON text.
     pub metadata: Option<String>,
+    /// Some exactly for an `https://` endpoint: the URL's host, the name its certificate is
+    /// verified for (and sent in SNI when it is a DNS name) unless the upstream sets
+    /// `tls_server_name`. An IP address host is checked against the certificate's IP SANs.
+    pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl Endpoint {
@@ -392,7 +396,64 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     pub outlier: Outlier,
     pub dns_refresh: Duration,
+    /// Some exactly when the endpoints are `https://` (one scheme per upstream).
+    pub tls: Option<UpstreamTls>,
     pub location: Location,
+}
+
+/// The TLS side of an upstream whose endpoints are `https://`, compiled at load (start,
+/// reload): `tls_ca` or the system roots, the client certificate, read and parsed here, so a
+/// connect reads no file.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Roots, client certificate, ALPN `http/1.1`. Workers each connect with a clone that has
+    /// a session store of its own ([`UpstreamTls::per_worker`]); the health checker uses this.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    /// `tls_server_name`: the name every endpoint's certificate is verified for, in place of
+    /// the URL's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Where the roots came from, for `dispatch check` and the admin API.
+    pub roots: TlsRoots,
+    /// `tls_client_cert`, when a client certificate is presented (mTLS).
+    pub client_cert: Option<PathBuf>,
+    /// SHA-256 over every setting and file read: a reload that changes none keeps the pooled
+    /// connections (and session tickets), one that changes any starts over.
+    pub fingerprint: [u8; 32],
+}
+
+/// The roots an upstream's certificates are verified against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// `tls_ca`: a PEM bundle, and how many certificates it held.
+    File(PathBuf, usize),
+    /// The system's store (rustls-native-certs), and how many certificates it held.
+    System(usize),
+}
+
+/// Sessions a worker keeps per upstream for resumption: one per server name, and an upstream
+/// rarely has more names than this.
+const SESSIONS_PER_WORKER: usize = 64;
+
+impl UpstreamTls {
+    /// The client config one worker connects with: this one with a session store of the
+    /// worker's own. rustls's in-memory store sits behind a Mutex; one per worker keeps it
+    /// uncontended (only its thread takes it) and off every other core's cache lines, so
+    /// resumption stays on without a lock shared across cores on the request path.
+    pub fn per_worker(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut config = (*self.client).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_PER_WORKER);
+        std::sync::Arc::new(config)
+    }
+}
+
+impl Upstream {
+    /// The name endpoint `ep`'s certificate is verified for: `tls_server_name`, else the
+    /// URL's host. None for an `http://` endpoint.
+    pub fn tls_name(&self, ep: usize) -> Option<rustls::pki_types::ServerName<'static>> {
+        let own = self.endpoints.get(ep)?.tls_name.as_ref()?;
+        let set = self.tls.as_ref().and_then(|t| t.server_name.as_ref());
+        Some(set.unwrap_or(own).clone())
+    }
 }
 
 /// One side of a route's `split`.

@@ -411,7 +411,7 @@ fn jwt_algorithm(a: JwtAlgorithm) -> &'static str {
 }
 
 /// BEHAVIOR.md "Command line": relative paths in a config file are relative to its directory.
-fn relative_to(config: &Path, path: &str) -> std::path::PathBuf {
+pub(super) fn relative_to(config: &Path, path: &str) -> std::path::PathBuf {
     let path = Path::new(path);
     if path.is_absolute() {
         return path.to_path_buf();

@@ -188,11 +188,6 @@ impl<'a> Source<'a> {
         self.location(self.resolve(path).value)
     }
 
-    /// The byte offset of the key at `path`, for ordering keys as they appear in the file.
-    pub fn key_offset(&self, path: &KeyPath) -> usize {
-        self.resolve(path).key
-    }
-
     fn error_at(&self, offset: usize, path: &KeyPath, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             location: self.location(offset),

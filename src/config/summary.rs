@@ -147,6 +147,23 @@ fn write_summary(out: &mut String, cfg: &Config) -> std::fmt::Result {
             u.max_idle_per_worker,
             dur(u.idle_timeout),
         )?;
+        if let Some(t) = &u.tls {
+            let roots = match &t.roots {
+                super::model::TlsRoots::File(path, n) => {
+                    format!("tls_ca {} ({n} certificates)", path.display())
+                }
+                super::model::TlsRoots::System(n) => format!("system roots ({n} certificates)"),
+            };
+            let name = match &t.server_name {
+                Some(name) => format!("server name {}", name.to_str()),
+                None => "server name from each URL".to_string(),
+            };
+            let client = match &t.client_cert {
+                Some(path) => format!("client certificate {}", path.display()),
+                None => "no client certificate".to_string(),
+            };
+            writeln!(out, "    tls: verified against {roots}, {name}, {client}")?;
+        }
         if let Some(b) = &u.breaker {
             let mut on = Vec::new();
             for (set, kind) in [

@@ -27,9 +27,9 @@ fn error(src: &str) -> String {
 /// line by line, so the rest of the contract is tested as written.
 fn spec_example_supported_part() -> String {
     const LATER_SECTIONS: [&str; 1] = ["tracing"];
-    // Tables left out inside supported sections: TLS termination (its certificate files are
-    // not in the repository), and the one upstream whose endpoint is https:// (a capability
-    // not built yet; its tls_* keys go with it).
+    // Tables left out inside supported sections: TLS termination and the one upstream whose
+    // endpoint is https://, whose certificate files are not in the repository (tests/tls.rs
+    // and `https_upstream_compiles_its_tls_settings` load real ones).
     const LATER_TABLES: [&str; 2] = ["server.tls", "upstreams.ledger"];
     let mut out = String::new();
     let mut section = String::new();
@@ -77,38 +77,30 @@ fn comment_out(text: &str, tables: &[&str]) -> String {
 }
 
 #[test]
-fn spec_example_is_rejected_at_its_first_later_capability() {
-    // Every key of the example parses and every value passes its checks: the only error is
-    // the first key of a capability not built yet, the https endpoint of `upstreams.ledger`,
-    // line 82, its string at column 14 (`[server.tls]` is built; its certificate files are
-    // read after this stage).
+fn spec_example_fails_only_on_its_certificate_files() {
+    // Every key of the example parses, every value passes its checks and every capability is
+    // built: the only errors are the certificate files it names, which are not in the
+    // repository (`[server.tls]`'s first, then `upstreams.ledger`'s CA bundle).
     let err = load_str(SPEC_EXAMPLE, Path::new("config/dispatch.toml")).unwrap_err();
-    assert_eq!(
-        line_of(SPEC_EXAMPLE, "endpoints = [\"https://127.0.0.1:9443\"]"),
-        82
+    let line = line_of(
+        SPEC_EXAMPLE,
+        "  { cert = \"config/tls/api.example.com.crt\", key = \"config/tls/api.example.com.key\" },",
     );
     assert_eq!(
         err.to_string(),
-        "config/dispatch.toml:82:14: upstreams.ledger.endpoints[0]: not supported yet: upstreams.ledger.endpoints[0] (https endpoints)"
+        format!("config/dispatch.toml:{line}:12: server.tls.certificates[0].cert: cannot read config/tls/api.example.com.crt: No such file or directory (os error 2)")
     );
     let text = comment_out(SPEC_EXAMPLE, &["server.tls"]);
+    let line = line_of(&text, "tls_ca = \"config/tls/internal-ca.pem\"     # CA bundle the upstream's certificate must chain to; default: the system roots");
     assert_eq!(
         error(&text),
-        "d.toml:82:14: upstreams.ledger.endpoints[0]: not supported yet: upstreams.ledger.endpoints[0] (https endpoints)"
+        format!("d.toml:{line}:10: upstreams.ledger.tls_ca: cannot read \"config/tls/internal-ca.pem\": No such file or directory (os error 2)")
     );
-    // An http:// upstream with tls_* keys is a mistake before it is a later capability.
+    // An http:// upstream with tls_* keys is a mistake in itself.
     let plain = text.replace("\"https://127.0.0.1:9443\"", "\"http://127.0.0.1:9443\"");
     assert_eq!(
         error(&plain),
-        "d.toml:83:1: upstreams.ledger.tls_ca: only applies to https:// endpoints, and this upstream has none"
-    );
-    // Without both, the next later capability (transforms and websocket routes are built:
-    // the `[compression]` section comes next).
-    let text = comment_out(SPEC_EXAMPLE, &["server.tls", "upstreams.ledger"]);
-    let line = line_of(&text, "[compression]");
-    assert_eq!(
-        error(&text),
-        format!("d.toml:{line}:2: compression: not supported yet: compression")
+        format!("d.toml:{line}:1: upstreams.ledger.tls_ca: only applies to https:// endpoints, and this upstream has none")
     );
 }
 
@@ -663,13 +655,9 @@ fn errors_name_file_line_column_and_key() {
         // TLS termination (issue 13): certificate files are read at load, relative to the file.
         ("tls certificate file missing", TLS.into(), "d.toml:3:26: server.tls.certificates[0].cert: cannot read a.crt: No such file or directory (os error 2)"),
         ("tls as dotted keys, certificate file missing", "[server]\nworkers = 1\ntls.listen = [\"127.0.0.1:8443\"]\ntls.certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:4:30: server.tls.certificates[0].cert: cannot read a.crt: No such file or directory (os error 2)"),
-        ("later https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"),
-        ("later weighted https endpoint", "[upstreams.u]\nendpoints = [\"https://127.0.0.1:9443\", { url = \"HTTPS://127.0.0.1:9444\", weight = 2 }]\n".into(), "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"),
-        ("later https endpoint, url key", "[upstreams.u]\nendpoints = [{ url = \"https://127.0.0.1:9444\", weight = 2 }]\n".into(), "d.toml:2:16: upstreams.u.endpoints[0].url: not supported yet: upstreams.u.endpoints[0].url (https endpoints)"),
-        ("later tls_ca before endpoints", "[upstreams.u]\ntls_ca = \"ca.pem\"\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:1: upstreams.u.tls_ca: not supported yet: upstreams.u.tls_ca"),
-        ("later tls_server_name before endpoints", "[upstreams.u]\ntls_server_name = \"ledger.internal\"\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:1: upstreams.u.tls_server_name: not supported yet: upstreams.u.tls_server_name"),
-        ("later tls client pair before endpoints", "[upstreams.u]\ntls_client_key = \"g.key\"\ntls_client_cert = \"g.crt\"\nendpoints = [\"https://127.0.0.1:9443\"]\n".into(), "d.toml:2:1: upstreams.u.tls_client_key: not supported yet: upstreams.u.tls_client_key"),
         // ... whose values are checked before that.
+        ("tls_ca file missing", format!("{UPS}tls_ca = \"missing-ca.pem\"\n"), "d.toml:3:10: upstreams.ledger.tls_ca: cannot read \"missing-ca.pem\": No such file or directory (os error 2)"),
+        ("tls_ca read before the client certificate", format!("{UPS}tls_client_cert = \"g.crt\"\ntls_client_key = \"g.key\"\ntls_ca = \"missing-ca.pem\"\n"), "d.toml:5:10: upstreams.ledger.tls_ca: cannot read \"missing-ca.pem\": No such file or directory (os error 2)"),
         ("tls listen missing", "[server.tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n".into(), "d.toml:1:1: server.tls.listen: missing required key"),
         ("tls certificates missing", "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\n".into(), "d.toml:1:1: server.tls.certificates: missing required key"),
         ("tls unknown key", format!("{TLS}certificate = \"a.crt\"\n"), "d.toml:4:1: server.tls.certificate: unknown key \"certificate\" (did you mean \"certificates\"?)"),
@@ -838,40 +826,6 @@ fn unresolvable_endpoint_host_is_an_error_at_its_value() {
     );
 }
 
-#[test]
-fn later_capabilities_are_rejected_in_file_order() {
-    // Whichever comes first in the file is reported: the `[server.tls]` table here, the
-    // upstream's https endpoint once the table is moved after the upstream.
-    let src = "\
-[server.tls]
-listen = [\"127.0.0.1:8443\"]
-certificates = [{ cert = \"a.crt\", key = \"a.key\" }]
-
-[upstreams.u]
-endpoints = [\"https://127.0.0.1:1\"]
-
-[routes.r]
-paths = [\"/\"]
-upstream = \"u\"
-websocket = true
-";
-    assert_eq!(
-        error(src),
-        "d.toml:1:9: server.tls: not supported yet: server.tls"
-    );
-    let moved = format!(
-        "{}\n{}",
-        &src[src.find("[upstreams").unwrap()..],
-        &src[..src.find("[upstreams").unwrap()]
-    );
-    assert_eq!(
-        error(&moved),
-        "d.toml:2:14: upstreams.u.endpoints[0]: not supported yet: upstreams.u.endpoints[0] (https endpoints)"
-    );
-}
-
-/// `[compression]` loads with its defaults, and types compile lower-cased; without the
-/// section nothing is compressed.
 #[test]
 fn compression_loads_with_defaults_and_lower_cased_types() {
     use crate::http::encoding::Coding;
@@ -1079,4 +1033,100 @@ fn aggregate_max_body_is_read_and_defaults_to_32_mib_or_the_server_limit() {
         budget(agg("", "max_body = \"1MiB\"\n")),
         (1 << 20, 10 << 20)
     );
+}
+
+/// An https upstream's `tls_*` keys compile at load: the CA bundle and the client certificate
+/// and key read (relative to the file) and paired, ALPN `http/1.1`, the name each endpoint's
+/// certificate is verified for; an unusable file is an error at its key.
+#[test]
+fn https_upstream_compiles_its_tls_settings() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir =
+        std::env::temp_dir().join(format!("dispatch-upstream-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["gateway.internal".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("gw.crt", cert.pem()),
+        ("gw.key", key.serialize_pem()),
+        ("other.key", KeyPair::generate().unwrap().serialize_pem()),
+        ("junk.pem", "not a certificate\n".to_string()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let path = dir.join("d.toml");
+    let src = |keys: &str| {
+        format!("[upstreams.ledger]\nendpoints = [\"https://127.0.0.1:9443\", {{ url = \"https://[::1]:9444\" }}]\n{keys}\n")
+    };
+    let mtls = "tls_ca = \"ca.pem\"\ntls_server_name = \"ledger.internal\"\ntls_client_cert = \"gw.crt\"\ntls_client_key = \"gw.key\"";
+    let cfg = load_str(&src(mtls), &path).unwrap();
+    let u = &cfg.upstreams[0];
+    let tls = u.tls.as_ref().expect("an https upstream has TLS settings");
+    assert_eq!(tls.roots, model::TlsRoots::File(dir.join("ca.pem"), 1));
+    assert_eq!(tls.client_cert, Some(dir.join("gw.crt")));
+    assert!(tls.client.client_auth_cert_resolver.has_certs());
+    assert_eq!(tls.client.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    let name =
+        |n: Option<rustls::pki_types::ServerName<'static>>| n.map(|n| n.to_str().into_owned());
+    // The endpoints' own names (an IPv6 host without brackets), overridden by tls_server_name.
+    assert_eq!(
+        name(u.endpoints[1].tls_name.clone()).as_deref(),
+        Some("::1")
+    );
+    assert_eq!(name(u.tls_name(0)).as_deref(), Some("ledger.internal"));
+    assert_eq!(name(u.tls_name(1)).as_deref(), Some("ledger.internal"));
+    // The same settings and files: the same fingerprint (pools survive a reload); another
+    // server name: another one.
+    let again = load_str(&src(mtls), &path).unwrap();
+    assert_eq!(
+        again.upstreams[0].tls.as_ref().unwrap().fingerprint,
+        tls.fingerprint
+    );
+    let renamed = load_str(
+        &src(&mtls.replace("ledger.internal", "ledger2.internal")),
+        &path,
+    )
+    .unwrap();
+    assert_ne!(
+        renamed.upstreams[0].tls.as_ref().unwrap().fingerprint,
+        tls.fingerprint
+    );
+    // Without tls_server_name, each endpoint's URL host.
+    let plain = load_str(&src("tls_ca = \"ca.pem\""), &path).unwrap();
+    let u = &plain.upstreams[0];
+    assert_eq!(name(u.tls_name(0)).as_deref(), Some("127.0.0.1"));
+    assert_eq!(name(u.tls_name(1)).as_deref(), Some("::1"));
+    assert!(!u
+        .tls
+        .as_ref()
+        .unwrap()
+        .client
+        .client_auth_cert_resolver
+        .has_certs());
+
+    let err = |keys: &str| load_str(&src(keys), &path).unwrap_err().to_string();
+    let at = path.display();
+    assert_eq!(
+        err("tls_ca = \"junk.pem\""),
+        format!("{at}:3:10: upstreams.ledger.tls_ca: \"junk.pem\" holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)")
+    );
+    assert_eq!(
+        err("tls_ca = \"ca.pem\"\ntls_client_cert = \"gw.crt\"\ntls_client_key = \"other.key\""),
+        format!("{at}:5:18: upstreams.ledger.tls_client_key: \"other.key\" cannot sign for the certificate in \"gw.crt\": keys may not be consistent: KeyMismatch")
+    );
+    assert!(err(
+        "tls_ca = \"ca.pem\"\ntls_client_cert = \"gw.crt\"\ntls_client_key = \"junk.pem\""
+    )
+    .starts_with(&format!(
+        "{at}:5:18: upstreams.ledger.tls_client_key: \"junk.pem\" holds no usable private key: "
+    )),);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -23,10 +23,11 @@ pub(super) fn compile(file: &file::File, src: &Source) -> Result<model::Config, 
         Some(written) => Some(admin(written, &server, src)?),
         None => None,
     };
+    let mut system_roots = super::upstream_tls::SystemRoots::default();
     let upstreams = file
         .upstreams
         .iter()
-        .map(|(name, written)| upstream(name, written, src))
+        .map(|(name, written)| upstream(name, written, src, &mut system_roots))
         .collect::<Result<Vec<_>, _>>()?;
     let auth = super::policy::auth_policies(&file.auth, src)?;
     let rate_limits = super::policy::rate_limits(&file.rate_limits, src)?;
@@ -270,6 +271,7 @@ fn upstream(
     name: &str,
     upstream: &file::Upstream,
     src: &Source,
+    system_roots: &mut super::upstream_tls::SystemRoots,
 ) -> Result<model::Upstream, ConfigError> {
     let at = KeyPath::of(&["upstreams", name]);
     let s = Section::new(src, &at);
@@ -310,6 +312,7 @@ fn upstream(
             ));
         }
     }
+    let tls = super::upstream_tls::compile(upstream, &at, src, system_roots)?;
     let balance = match &upstream.balance {
         None => model::Balance::RoundRobin,
         Some(text) => balance(text).map_err(|m| src.error(&at.key("balance"), m))?,
@@ -339,6 +342,7 @@ fn upstream(
         },
         outlier: outlier(upstream.outlier.as_ref(), &at.key("outlier"), src)?,
         dns_refresh: s.timeout("dns_refresh", upstream.dns_refresh, default::DNS_REFRESH)?,
+        tls,
         location: src.location_of(&at),
     })
 }
@@ -483,21 +487,23 @@ pub fn check_weight(weight: u32) -> Result<(), String> {
     }
 }
 
-/// `http://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now: one endpoint per
-/// address (also used for endpoints registered through the admin API).
+/// `http[s]://HOST[:PORT][/]`, HOST an IP address or a DNS name, resolved now: one endpoint
+/// per address (also used for endpoints registered through the admin API).
 pub fn endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> {
-    let parts = endpoint_url(url)?;
-    if parts.https {
-        return Err(format!(
-            "invalid endpoint URL {url:?}: https upstreams are not supported yet; use http://"
-        ));
-    }
     let EndpointUrl {
+        https,
         authority,
         host,
         port,
-        ..
-    } = parts;
+    } = endpoint_url(url)?;
+    // `endpoint_url` checked that HOST is an IP address or a DNS name: both are server names.
+    let tls_name = match https {
+        true => Some(
+            rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("invalid endpoint URL {url:?}: {host:?}: {e}"))?,
+        ),
+        false => None,
+    };
     let one = |addr, source, dns| model::Endpoint {
         url: url.to_string(),
         addr,
@@ -506,6 +512,7 @@ pub fn endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> 
         source,
         dns,
         metadata: None,
+        tls_name: tls_name.clone(),
     };
     match host.parse::<IpAddr>() {
         Ok(ip) => Ok(vec![one(
@@ -528,7 +535,7 @@ pub fn endpoint(url: &str, weight: u32) -> Result<Vec<model::Endpoint>, String> 
 
 /// The parts of an endpoint URL, read without resolving anything.
 pub(super) struct EndpointUrl<'a> {
-    /// `https://` (not supported yet: `later` refuses it in a file, [`endpoint`] elsewhere).
+    /// `https://`: the endpoint is reached over TLS.
     pub https: bool,
     /// `HOST[:PORT]` as written: the Host header sent upstream.
     pub authority: &'a str,
@@ -541,7 +548,7 @@ pub(super) struct EndpointUrl<'a> {
 /// no user info, path, query or fragment.
 pub(super) fn endpoint_url(url: &str) -> Result<EndpointUrl<'_>, String> {
     let invalid = |why: &str| format!("invalid endpoint URL {url:?}: {why}");
-    let expected = "expected http://HOST[:PORT]";
+    let expected = "expected http://HOST[:PORT] or https://HOST[:PORT]";
     let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid(expected))?;
     let https = scheme.eq_ignore_ascii_case("https");
     if !https && !scheme.eq_ignore_ascii_case("http") {
@@ -1168,9 +1175,10 @@ mod tests {
             ("HTTP://127.0.0.1", Ok(("127.0.0.1:80", "127.0.0.1"))),
             ("http://[::1]:8080", Ok(("[::1]:8080", "[::1]:8080"))),
             ("http://[::1]", Ok(("[::1]:80", "[::1]"))),
-            ("https://127.0.0.1:9001", Err("invalid endpoint URL \"https://127.0.0.1:9001\": https upstreams are not supported yet; use http://")),
-            ("127.0.0.1:9001", Err("invalid endpoint URL \"127.0.0.1:9001\": expected http://HOST[:PORT]")),
-            ("ftp://x:1", Err("invalid endpoint URL \"ftp://x:1\": expected http://HOST[:PORT]")),
+            ("https://127.0.0.1:9001", Ok(("127.0.0.1:9001", "127.0.0.1:9001"))),
+            ("HTTPS://[::1]", Ok(("[::1]:443", "[::1]"))),
+            ("127.0.0.1:9001", Err("invalid endpoint URL \"127.0.0.1:9001\": expected http://HOST[:PORT] or https://HOST[:PORT]")),
+            ("ftp://x:1", Err("invalid endpoint URL \"ftp://x:1\": expected http://HOST[:PORT] or https://HOST[:PORT]")),
             ("http://127.0.0.1:9001/api", Err("invalid endpoint URL \"http://127.0.0.1:9001/api\": an endpoint has no path, query or fragment (a route's rewrite changes the path)")),
             ("http://127.0.0.1:0", Err("invalid endpoint URL \"http://127.0.0.1:0\": invalid port \"0\"")),
             ("http://127.0.0.1:99999", Err("invalid endpoint URL \"http://127.0.0.1:99999\": invalid port \"99999\"")),

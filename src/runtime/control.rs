@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::state::shared::Shared;
+use crate::upstream::client::TlsConnect;
 use crate::upstream::health::{Checker, HealthCheckConfig, Target};
 
 /// How often the checker looks for due probes.
@@ -70,10 +71,21 @@ fn health_targets(active: &crate::state::shared::Active) -> Vec<Target> {
             healthy_threshold: h.healthy_threshold,
             unhealthy_threshold: h.unhealthy_threshold,
         });
-        for (e, health) in u.endpoints.iter().zip(&shared.endpoints) {
+        for (ep, (e, health)) in u.endpoints.iter().zip(&shared.endpoints).enumerate() {
+            // An https endpoint is checked over TLS with the upstream's settings (this thread's
+            // own session store: the model's config, which no worker connects with).
+            let tls = u
+                .tls
+                .as_ref()
+                .zip(u.tls_name(ep))
+                .map(|(t, name)| TlsConnect {
+                    config: t.client.clone(),
+                    name,
+                });
             targets.push(Target {
                 key: health.clone(),
                 addr: e.addr,
+                tls,
                 host: e.authority.clone(),
                 config: config.clone(),
                 label: format!("upstream {} endpoint {} ({})", u.name, e.url, e.addr),

@@ -290,6 +290,7 @@ mod tests {
                 source: crate::config::model::EndpointSource::Config,
                 dns: None,
                 metadata: None,
+                tls_name: None,
             })
             .collect()
     }

@@ -565,24 +565,27 @@ pub async fn call<'a, C: Caller>(
         let began = Instant::now();
         let mut up = match pooled {
             Some(c) => c,
-            None => match UpConn::connect(addr, policy.connect_timeout).await {
-                Ok(mut c) => {
-                    c.count_in(metrics);
-                    c
-                }
-                Err(e) => {
-                    let took = began.elapsed();
-                    metrics.upstream(id as u32, outcome_of(&e), took);
-                    passive(state, ep, true);
-                    tried.add(ep);
-                    attempts += 1;
-                    if retry(&e, caller, attempts) {
-                        crate::debug!("retrying after: {e}");
-                        continue;
+            None => {
+                let tls = state.borrow().tls_connect(ep);
+                match UpConn::connect(addr, tls, policy.connect_timeout).await {
+                    Ok(mut c) => {
+                        c.count_in(metrics);
+                        c
                     }
-                    return Err(fail(&mut permit, e, Some((addr, took))));
+                    Err(e) => {
+                        let took = began.elapsed();
+                        metrics.upstream(id as u32, outcome_of(&e), took);
+                        passive(state, ep, true);
+                        tried.add(ep);
+                        attempts += 1;
+                        if retry(&e, caller, attempts) {
+                            crate::debug!("retrying after: {e}");
+                            continue;
+                        }
+                        return Err(fail(&mut permit, e, Some((addr, took))));
+                    }
                 }
-            },
+            }
         };
         metrics.pool(id as u32, up.reused);
         // Undone when the attempt ends, and when this future is dropped mid-exchange (an

@@ -1,19 +1,40 @@
 //! One upstream HTTP/1.1 connection: connect with a timeout, write, read with a timeout.
 //!
+//! To an `https://` endpoint the connect is TCP then the TLS handshake ([`TlsConnect`]), both
+//! within the one connect timeout; a certificate that does not verify, or a handshake that
+//! fails, is a connect failure like a refused connection (retried on another endpoint, counted
+//! by the breaker and outlier detection). Once connected, TLS changes nothing above the stream
+//! layer: pooling, the liveness peek and the exchange are those of a plain connection.
+//!
 //! [`UpConn`] is the stream layer's [`BufConn`] plus what the pool and the retry rules need to
 //! know of it (endpoint, reuse, whether the current request was accepted). The response head is
 //! parsed zero-copy from its read buffer by the pipeline; a read or write that times out is
 //! cancelled and the connection is never reused.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::io::tls::ClientTls;
 use crate::io::{BufConn, Peek, ReadEnd, Stream};
 
 use super::UpstreamError;
 
 /// Initial read buffer per upstream connection; grows up to the response head limit.
 const READ_BUF: usize = 16 * 1024;
+
+/// What a connect to an `https://` endpoint needs besides its address.
+#[derive(Clone, Debug)]
+pub struct TlsConnect {
+    /// Roots, client certificate, ALPN and the session store (a worker's own, see
+    /// `config::model::UpstreamTls::per_worker`).
+    pub config: Arc<ClientConfig>,
+    /// The name the certificate is verified for (and sent in SNI when it is a DNS name).
+    pub name: ServerName<'static>,
+}
 
 pub struct UpConn {
     /// The stream layer's buffered connection; `io.data()` is received and not yet consumed.
@@ -38,8 +59,31 @@ impl Drop for UpConn {
 }
 
 impl UpConn {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, UpstreamError> {
-        let stream = match monoio::time::timeout(timeout, Stream::connect(addr)).await {
+    /// Connects to `addr`, over TLS when `tls` is given, within `timeout` (the handshake
+    /// included: an upstream that accepts and then stalls the handshake is a connect timeout).
+    pub async fn connect(
+        addr: SocketAddr,
+        tls: Option<TlsConnect>,
+        timeout: Duration,
+    ) -> Result<UpConn, UpstreamError> {
+        let open = async {
+            let stream = Stream::connect(addr).await?;
+            match (stream, tls) {
+                (Stream::Tcp(tcp), Some(t)) => {
+                    // Boxed: the handshake's state (a rustls session, over a kilobyte) would
+                    // otherwise grow every request's future, pooled or plain alike.
+                    match Box::pin(ClientTls::connect(tcp, t.config, t.name)).await {
+                        Ok(s) => Ok(Stream::TlsClient(Box::new(s))),
+                        Err(e) => Err(std::io::Error::new(
+                            e.kind(),
+                            format!("TLS handshake failed: {e}"),
+                        )),
+                    }
+                }
+                (stream, _) => Ok(stream),
+            }
+        };
+        let stream = match monoio::time::timeout(timeout, open).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
@@ -79,6 +123,13 @@ impl UpConn {
         match self.io.fill(timeout, max).await {
             Ok(n) => Ok(n),
             Err(ReadEnd::Closed) => Ok(0),
+            Err(ReadEnd::Io(e)) if self.handshake_refused(&e) => Err(UpstreamError::Connect {
+                addr: self.addr,
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake failed (refused after the client's last flight): {e}"),
+                ),
+            }),
             Err(ReadEnd::Io(e)) => Err(UpstreamError::Reset {
                 addr: self.addr,
                 detail: e.to_string(),
@@ -87,6 +138,21 @@ impl UpConn {
             // connection is dropped by the caller.
             Err(ReadEnd::Timeout) => Err(UpstreamError::ReadTimeout { addr: self.addr }),
         }
+    }
+
+    /// Whether read error `e` is the upstream refusing the TLS handshake rather than failing
+    /// an exchange. In TLS 1.3 a server that rejects the client's certificate, or its absence
+    /// (mTLS), says so with an alert after the client's last handshake flight (RFC 8446
+    /// §4.4.2.4, §6.2): the client has finished its side of the handshake and learns it at its
+    /// first read. On a new connection that has received nothing yet, such an alert means the
+    /// upstream never took the request: a connect failure, retried for any method.
+    fn handshake_refused(&self, e: &std::io::Error) -> bool {
+        let fresh = !self.reused && self.io.bytes_in == 0 && self.io.data().is_empty();
+        let alert = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
+        fresh && alert && matches!(self.io.stream, Stream::TlsClient(_))
     }
 
     /// Writes `buf[start..end]` within `timeout` (an upstream that stops reading must not hold
@@ -167,7 +233,9 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut up = UpConn::connect(addr, Duration::from_secs(5)).await.unwrap();
+            let mut up = UpConn::connect(addr, None, Duration::from_secs(5))
+                .await
+                .unwrap();
             connected_tx.send(()).unwrap();
             rx.recv().unwrap();
             let request = b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody".to_vec();

@@ -35,6 +35,19 @@ pub enum DiscoveryError {
         "upstream {upstream:?} would have {count} endpoints: at most {MAX_ENDPOINTS} per upstream"
     )]
     TooManyEndpoints { upstream: String, count: usize },
+    /// 409: an `http://` URL for an https upstream, or the reverse. An upstream has one
+    /// scheme (a retry must not move a request between TLS and plaintext), and a registered
+    /// `https://` endpoint is verified with the upstream's `tls_*` settings.
+    #[error(
+        "upstream {upstream:?} has {} endpoints: {url:?} would mix http:// and https:// in one upstream",
+        if *https { "http://" } else { "https://" }
+    )]
+    MixedSchemes {
+        upstream: String,
+        url: String,
+        /// The URL's own scheme.
+        https: bool,
+    },
     /// 409
     #[error("address {addr} is already endpoint {url:?} of upstream {upstream:?}")]
     AddressInUse {
@@ -49,6 +62,7 @@ impl DiscoveryError {
         match self {
             DiscoveryError::NoUpstream(_) | DiscoveryError::NoEndpoint { .. } => 404,
             DiscoveryError::LastEndpoint(_)
+            | DiscoveryError::MixedSchemes { .. }
             | DiscoveryError::AddressInUse { .. }
             | DiscoveryError::TooManyEndpoints { .. } => 409,
         }
@@ -156,6 +170,14 @@ impl Discovery {
         // from the effective set, so the registration is refused instead.
         let current = self.effective();
         if let Some(u) = current.upstreams.iter().find(|u| u.name == upstream) {
+            let https = endpoints[0].tls_name.is_some();
+            if https != u.tls.is_some() {
+                return Err(DiscoveryError::MixedSchemes {
+                    upstream: upstream.to_string(),
+                    url,
+                    https,
+                });
+            }
             // A registration replaces the endpoints of its URL.
             let count = u.endpoints.iter().filter(|e| e.url != url).count() + endpoints.len();
             if count > MAX_ENDPOINTS {

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use crate::http;
 
 use super::balance::EndpointSet;
-use super::client::UpConn;
+use super::client::{TlsConnect, UpConn};
 use super::UpstreamError;
 
 /// Largest response head a probe reads.
@@ -406,8 +406,10 @@ pub fn passes(status: u16) -> bool {
     (200..400).contains(&status)
 }
 
-/// Sends `GET path` to `addr` and returns the final response's status; the whole exchange
-/// (connect, write, reading the head) is bounded by `timeout`.
+/// Sends `GET path` to `addr` (over TLS when `tls` is given: an `https://` endpoint) and
+/// returns the final response's status; the whole exchange (connect and TLS handshake, write,
+/// reading the head) is bounded by `timeout`. A certificate that fails verification fails
+/// the connect, so the check: the proxy could not use that endpoint either.
 ///
 /// The probe speaks through the same stream layer and codec as the proxy: an
 /// [`super::client::UpConn`] and [`http::parse_response`] under [`PROBE_HEAD_LIMITS`].
@@ -415,6 +417,7 @@ pub fn passes(status: u16) -> bool {
 /// them before the final response, e.g. 103 Early Hints); a 101 is final, and fails the check.
 pub async fn probe(
     addr: SocketAddr,
+    tls: Option<TlsConnect>,
     host: &str,
     path: &str,
     timeout: Duration,
@@ -427,7 +430,7 @@ pub async fn probe(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dispatch-health-check\r\n\
          Connection: close\r\n\r\n"
     );
-    exchange(addr, req.into_bytes(), Instant::now() + timeout).await
+    exchange(addr, tls, req.into_bytes(), Instant::now() + timeout).await
 }
 
 /// Response heads a probe reads: 16 KiB in all (status line and header block), so a
@@ -440,9 +443,16 @@ pub const PROBE_HEAD_LIMITS: http::HeadLimits = http::HeadLimits {
 
 /// Connects, writes `req` and reads response heads until the final one, each step bounded by
 /// what is left until `deadline`.
-async fn exchange(addr: SocketAddr, req: Vec<u8>, deadline: Instant) -> Result<u16, ProbeError> {
+async fn exchange(
+    addr: SocketAddr,
+    tls: Option<TlsConnect>,
+    req: Vec<u8>,
+    deadline: Instant,
+) -> Result<u16, ProbeError> {
     let left = || deadline.saturating_duration_since(Instant::now());
-    let mut up = UpConn::connect(addr, left()).await.map_err(probe_error)?;
+    let mut up = UpConn::connect(addr, tls, left())
+        .await
+        .map_err(probe_error)?;
     let len = req.len();
     let (res, _) = up.write(req, 0, len, left()).await;
     res.map_err(probe_error)?;
@@ -488,6 +498,8 @@ pub struct Target {
     /// Identity of the endpoint (by pointer) and where verdicts go.
     pub key: Arc<EndpointHealth>,
     pub addr: SocketAddr,
+    /// For an `https://` endpoint: the upstream's client config and the verified name.
+    pub tls: Option<TlsConnect>,
     pub host: String,
     pub config: Arc<HealthCheckConfig>,
     /// For logs, e.g. `"users http://127.0.0.1:9001"`.
@@ -609,13 +621,13 @@ impl Checker {
             let t = &entry.target;
             entry.in_flight = true;
             entry.next_due = now_ms.saturating_add(ms(t.config.interval));
-            let (id, addr, host) = (entry.id, t.addr, t.host.clone());
+            let (id, addr, tls, host) = (entry.id, t.addr, t.tls.clone(), t.host.clone());
             let (path, timeout) = (t.config.path.clone(), t.config.timeout);
             let finished = self.finished.clone();
             let running = self.running.clone();
             running.set(running.get() + 1);
             monoio::spawn(async move {
-                let result = probe(addr, &host, &path, timeout).await;
+                let result = probe(addr, tls, &host, &path, timeout).await;
                 finished.borrow_mut().push((key, id, result));
                 running.set(running.get().saturating_sub(1));
             });
@@ -937,10 +949,12 @@ mod tests {
         let (down, _) = serve(|| status(503));
         block_on(async move {
             assert_eq!(
-                probe(ok, "users.internal", "/healthz", SEC).await.unwrap(),
+                probe(ok, None, "users.internal", "/healthz", SEC)
+                    .await
+                    .unwrap(),
                 200
             );
-            assert_eq!(probe(down, "h", "/", SEC).await.unwrap(), 503);
+            assert_eq!(probe(down, None, "h", "/", SEC).await.unwrap(), 503);
         });
         let req = String::from_utf8(reqs.recv().unwrap()).unwrap();
         assert_eq!(
@@ -964,8 +978,8 @@ mod tests {
         let (upgrade, _) =
             serve(|| b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec());
         block_on(async move {
-            assert_eq!(probe(hints, "h", "/", SEC).await.unwrap(), 204);
-            assert_eq!(probe(upgrade, "h", "/", SEC).await.unwrap(), 101);
+            assert_eq!(probe(hints, None, "h", "/", SEC).await.unwrap(), 204);
+            assert_eq!(probe(upgrade, None, "h", "/", SEC).await.unwrap(), 101);
         });
     }
 
@@ -991,21 +1005,21 @@ mod tests {
         block_on(async move {
             let short = Duration::from_millis(100);
             let started = std::time::Instant::now();
-            let r = probe(silent_addr, "h", "/", short).await;
+            let r = probe(silent_addr, None, "h", "/", short).await;
             assert!(matches!(r, Err(ProbeError::Timeout)), "{r:?}");
             assert!(
                 started.elapsed() < 5 * SEC,
                 "the probe outlived its timeout"
             );
-            let r = probe(closed, "h", "/", SEC).await;
+            let r = probe(closed, None, "h", "/", SEC).await;
             assert!(matches!(r, Err(ProbeError::Connect(_))), "{r:?}");
-            let r = probe(garbage, "h", "/", SEC).await;
+            let r = probe(garbage, None, "h", "/", SEC).await;
             assert!(matches!(r, Err(ProbeError::BadResponse(_))), "{r:?}");
-            let r = probe(huge, "h", "/", SEC).await;
+            let r = probe(huge, None, "h", "/", SEC).await;
             assert!(matches!(r, Err(ProbeError::BadResponse(_))), "{r:?}");
-            let r = probe(hangup, "h", "/", SEC).await;
+            let r = probe(hangup, None, "h", "/", SEC).await;
             assert!(matches!(r, Err(ProbeError::Closed(None))), "{r:?}");
-            let r = probe(hangup, "h", "/x\r\nEvil: 1", SEC).await;
+            let r = probe(hangup, None, "h", "/x\r\nEvil: 1", SEC).await;
             assert!(matches!(r, Err(ProbeError::Invalid)), "{r:?}");
             assert_eq!(ProbeError::Timeout.to_string(), "timed out");
         });
@@ -1034,6 +1048,7 @@ mod tests {
         let targets = vec![Target {
             key: eps[0].clone(),
             addr,
+            tls: None,
             host: "users".into(),
             config: Arc::new(check_cfg(2, 2)),
             label: "users http://127.0.0.1".into(),
@@ -1067,6 +1082,7 @@ mod tests {
         let targets = vec![Target {
             key: key.clone(),
             addr,
+            tls: None,
             host: "h".into(),
             config: Arc::new(check_cfg(1, 1)),
             label: "x".into(),

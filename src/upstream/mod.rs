@@ -36,13 +36,16 @@ pub use pool::{UpstreamState, WorkerUpstreams};
 /// caused by the client are [`UpstreamError::ClientAborted`] and never count against an upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// 502: the TCP connect failed (refused, unreachable). Retried for any method.
+    /// 502: the TCP connect failed (refused, unreachable), or to an `https://` endpoint the
+    /// TLS handshake did (a certificate that does not verify, a refused handshake). The
+    /// request was not sent: retried for any method.
     #[error("connect to {addr} failed: {source}")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// 502: no connection within `connect_timeout`. Retried for any method.
+    /// 502: no connection (TLS handshake included) within `connect_timeout`. Retried for any
+    /// method.
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
     /// 504: no response bytes within the read timeout. Retried for idempotent methods.

@@ -10,7 +10,13 @@
 //! one the upstream closed, is dropped, never read: reading those bytes as the next request's
 //! response would hand one client another exchange's answer (response queue poisoning).
 //! Pools are swept by the worker's housekeeping tick. Pools survive a config swap for
-//! endpoints whose address did not change.
+//! endpoints whose address did not change, nor (for `https://` endpoints) their TLS settings
+//! or the name their certificate was verified for: a connection verified under the old
+//! settings is not the one the new settings ask for.
+//!
+//! TLS connections pool exactly like plain ones. Each worker has its own copy of an https
+//! upstream's client config with its own session store (resumption without a lock shared
+//! across cores), kept across a config swap that leaves the settings unchanged.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -19,9 +25,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
 use super::balance::Balancer;
 use super::breaker::BreakerReplica;
-use super::client::UpConn;
+use super::client::{TlsConnect, UpConn};
 use super::health::{EndpointHealth, OutlierConfig, Rotation};
 use super::retry::RetryBudget;
 use super::shared::UpstreamShared;
@@ -29,6 +38,8 @@ use crate::config::model::{Config, Upstream};
 
 pub struct EndpointPool {
     pub addr: SocketAddr,
+    /// The name an `https://` endpoint's certificate is verified for (None: plain HTTP).
+    tls_name: Option<ServerName<'static>>,
     idle: VecDeque<UpConn>,
 }
 
@@ -48,6 +59,9 @@ pub struct UpstreamState {
     pub pending_requests: Cell<u64>,
     pub max_idle: usize,
     pub idle_timeout: Duration,
+    /// This worker's TLS client config for an https upstream, and the fingerprint of the
+    /// settings it was built from.
+    tls: Option<(Arc<ClientConfig>, [u8; 32])>,
 }
 
 /// All upstreams of one worker, indexed like `Config::upstreams`.
@@ -125,16 +139,37 @@ impl UpstreamState {
         mut old: Option<&mut UpstreamState>,
         seed: u64,
     ) -> Self {
-        let pools = u
-            .endpoints
-            .iter()
-            .map(|e| {
+        let fingerprint = u.tls.as_ref().map(|t| t.fingerprint);
+        // Pools and session tickets carry over only under the same TLS settings (or none).
+        let same_tls = old
+            .as_ref()
+            .is_some_and(|o| o.tls.as_ref().map(|(_, f)| *f) == fingerprint);
+        let tls = match (&u.tls, old.as_ref()) {
+            (Some(t), Some(o)) if same_tls => {
+                o.tls.as_ref().map(|(c, _)| (c.clone(), t.fingerprint))
+            }
+            (Some(t), _) => Some((t.per_worker(), t.fingerprint)),
+            (None, _) => None,
+        };
+        let pools = (0..u.endpoints.len())
+            .map(|ep| {
+                let addr = u.endpoints[ep].addr;
+                let tls_name = u.tls_name(ep);
                 let idle = old
                     .as_mut()
-                    .and_then(|o| o.pools.iter_mut().find(|p| p.addr == e.addr))
+                    .filter(|_| same_tls)
+                    .and_then(|o| {
+                        o.pools
+                            .iter_mut()
+                            .find(|p| p.addr == addr && p.tls_name == tls_name)
+                    })
                     .map(|p| std::mem::take(&mut p.idle))
                     .unwrap_or_default();
-                EndpointPool { addr: e.addr, idle }
+                EndpointPool {
+                    addr,
+                    tls_name,
+                    idle,
+                }
             })
             .collect();
         UpstreamState {
@@ -156,7 +191,18 @@ impl UpstreamState {
             pending_requests: Cell::new(0),
             max_idle: u.max_idle_per_worker,
             idle_timeout: u.idle_timeout,
+            tls,
         }
+    }
+
+    /// What a new connection to endpoint `ep` needs for TLS: None for plain HTTP.
+    pub fn tls_connect(&self, ep: usize) -> Option<TlsConnect> {
+        let (config, _) = self.tls.as_ref()?;
+        let name = self.pools.get(ep)?.tls_name.clone()?;
+        Some(TlsConnect {
+            config: config.clone(),
+            name,
+        })
     }
 
     /// A pooled connection to endpoint `ep` that is still open and has received nothing while

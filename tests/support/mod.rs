@@ -24,6 +24,7 @@ pub mod ports;
 pub mod ratelimit;
 pub mod tls;
 pub mod tls_client;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod upstream_misbehave;
 pub mod waits;
