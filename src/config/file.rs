@@ -3,7 +3,7 @@
 //! serde checks only what a value can be on its own: its type, its unit (durations, sizes), or
 //! membership of a closed set of words (driver, log level, algorithm names). Anything with
 //! structure inside a string (addresses, URLs, `balance`, rate-limit keys) and every
-//! cross-reference is checked by `validate` and `later`, which have the key paths for errors.
+//! cross-reference is checked by `validate`, which has the key paths for errors.
 //!
 //! Every struct denies unknown keys, so a typo is an error with its position, never a silently
 //! ignored setting. An `Option` field is `None` exactly when the key is absent; the default that
@@ -146,8 +146,6 @@ pub struct Limits {
 }
 
 /// `[server.tls]`: TLS termination (compiled by `tls`).
-// Fields without a check in `later` are first read by the capability itself.
-#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
@@ -568,8 +566,6 @@ pub enum Encoding {
 }
 
 /// `[tracing]`
-// Fields without a check in `later` are first read by the capability itself.
-#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tracing {
