@@ -474,3 +474,66 @@ fn check_loads_a_websocket_route_and_shows_it() {
         out.all()
     );
 }
+
+/// Over TLS the tunnel is the same: the handshake, frames both ways (a 1 MiB message
+/// intact), a first frame sent in the handshake's own record, and the client's close
+/// answered by the upstream's, through `[server.tls]` and rustls on both the gateway's and the
+/// test's side.
+#[test]
+fn a_tunnel_works_over_tls() {
+    use std::io::Write;
+    let pki = support::tls::Pki::new("ws");
+    let cert = pki.server("gw", &["localhost"], 30);
+    let ws = WsUpstream::start();
+    let plain = Upstream::echo();
+    let addr = support::free_addr();
+    let gw = gateway(
+        &ws,
+        &plain,
+        &format!(
+            "[server.tls]\nlisten = [\"{addr}\"]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\n",
+            cert.cert_path.display().to_string(),
+            cert.key_path.display().to_string()
+        ),
+    );
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn =
+        rustls::ClientConnection::new(pki.client_config(&["http/1.1"], None, &[]), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let key = support::websocket::new_key();
+    let mut first = support::websocket::handshake_request("/ws/tls", &key).into_bytes();
+    first.extend_from_slice(&encode(TEXT, b"early", Some([9, 8, 7, 6])));
+    s.write_all(&first).unwrap();
+    let head = support::websocket::read_head(&mut s).unwrap();
+    assert_eq!(head_status(&head), 101, "{head}");
+    assert_eq!(
+        head_header(&head, "sec-websocket-accept"),
+        Some(support::websocket::accept_key(&key).as_str()),
+        "{head}"
+    );
+    let mut recv = |s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+        support::websocket::read_frame(s).unwrap().expect("a frame")
+    };
+    assert_eq!(recv(&mut s), (TEXT, b"early".to_vec()));
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    s.write_all(&encode(BINARY, &big, Some([1, 2, 3, 4])))
+        .unwrap();
+    let (op, back) = recv(&mut s);
+    assert_eq!(op, BINARY);
+    assert!(back == big, "the 1 MiB message came back changed");
+    s.write_all(&encode(
+        CLOSE,
+        &support::websocket::close_payload(1000),
+        Some([5, 5, 5, 5]),
+    ))
+    .unwrap();
+    assert_eq!(recv(&mut s).0, CLOSE);
+    let head = ws.head();
+    assert!(
+        head_header(&head, "x-forwarded-proto") == Some("https"),
+        "{head}"
+    );
+    drop(gw);
+}

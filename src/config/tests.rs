@@ -88,7 +88,7 @@ fn spec_example_fails_only_on_its_certificate_files() {
     );
     assert_eq!(
         err.to_string(),
-        format!("config/dispatch.toml:{line}:12: server.tls.certificates[0].cert: cannot read config/tls/api.example.com.crt: No such file or directory (os error 2)")
+        format!("config/dispatch.toml:{line}:12: server.tls.certificates[0].cert: cannot read config/config/tls/api.example.com.crt: No such file or directory (os error 2)")
     );
     let text = comment_out(SPEC_EXAMPLE, &["server.tls"]);
     let line = line_of(&text, "tls_ca = \"config/tls/internal-ca.pem\"     # CA bundle the upstream's certificate must chain to; default: the system roots");

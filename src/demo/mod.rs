@@ -495,11 +495,35 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(CONFIG_PATH)
     }
 
+    /// `text` (the shipped config, or a variant) loaded from a scratch directory with this
+    /// run's key files beside it: loading reads the TLS certificate and the auth keys, which
+    /// exist only while a demo runs.
+    fn load_beside_keys(
+        text: &str,
+        name: &str,
+    ) -> Result<crate::config::model::Config, crate::config::ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "dispatch-demo-config-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("demo.toml");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let credentials = Credentials::generate(now).unwrap();
+        let _files = KeyFiles::write(&path, &credentials).unwrap();
+        let loaded = crate::config::load_str(text, &path);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
     /// `config/demo.toml` gives the addresses of [`DemoPorts::default`] (the README's table).
     #[test]
     fn the_shipped_config_gives_the_demo_ports() {
-        // config::load, not router::load_config: the key files only exist while a demo runs.
-        let cfg = crate::config::load(&shipped()).unwrap();
+        let text = std::fs::read_to_string(shipped()).unwrap();
+        let cfg = load_beside_keys(&text, "ports").unwrap();
         assert_eq!(DemoPorts::from_config(&cfg).unwrap(), DemoPorts::default());
     }
 
@@ -508,7 +532,8 @@ mod tests {
     /// config routes or sticks on may be an identity header.
     #[test]
     fn the_demo_never_routes_on_a_header_the_gateway_drops() {
-        let cfg = crate::config::load(&shipped()).unwrap();
+        let text = std::fs::read_to_string(shipped()).unwrap();
+        let cfg = load_beside_keys(&text, "identity").unwrap();
         let identity: Vec<&str> = cfg
             .auth
             .iter()
@@ -553,7 +578,7 @@ mod tests {
             ),
         ] {
             assert!(text.contains(from), "{from}");
-            let cfg = crate::config::load_str(&text.replace(from, to), &shipped()).unwrap();
+            let cfg = load_beside_keys(&text.replace(from, to), "fit").unwrap();
             let e = DemoPorts::from_config(&cfg).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
         }

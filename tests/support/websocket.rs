@@ -118,7 +118,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
 }
 
 /// Reads an HTTP head (through the blank line) byte by byte, so nothing after it is taken.
-fn read_head(r: &mut impl Read) -> io::Result<String> {
+pub fn read_head(r: &mut impl Read) -> io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
