@@ -513,7 +513,7 @@ fn a_tunnel_works_over_tls() {
         Some(support::websocket::accept_key(&key).as_str()),
         "{head}"
     );
-    let mut recv = |s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+    let recv = |s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
         support::websocket::read_frame(s).unwrap().expect("a frame")
     };
     assert_eq!(recv(&mut s), (TEXT, b"early".to_vec()));
