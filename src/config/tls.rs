@@ -95,12 +95,17 @@ pub(super) fn server_tls(
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| src.error(&at.key("min_version"), e.to_string()))?;
+    // What a session ticket is bound to: the client CAs trusted when it was issued.
+    let mut auth = b"no client authentication".to_vec();
     let builder = match &client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let here = at.key("client_ca");
             let mut roots = rustls::RootCertStore::empty();
+            auth.clear();
             for cert in read_certs(path, &here, src)? {
+                auth.extend_from_slice(&(cert.len() as u64).to_be_bytes());
+                auth.extend_from_slice(&cert);
                 roots.add(cert).map_err(|e| {
                     src.error(
                         &here,
@@ -117,7 +122,7 @@ pub(super) fn server_tls(
     };
     let mut config = builder.with_cert_resolver(Arc::new(crate::io::sni::Certificates::new(named)));
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    config.ticketer = crate::io::tickets::process();
+    config.ticketer = crate::io::tickets::process(&auth);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 
     Ok(Some(model::ServerTls {

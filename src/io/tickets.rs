@@ -9,15 +9,22 @@
 //! process first needs it, and the period's number. Every worker derives the same key for the
 //! same period, and a reload keeps the secret (a config generation's tickets stay valid).
 //!
-//! A ticket is `period (8 bytes, big-endian) || nonce (12) || AES-256-GCM(state) || tag (16)`,
-//! the period authenticated as associated data. It opens in its own period and the next one,
+//! Each key is also bound to the client authentication of the config that issued it (the
+//! trusted `client_ca` certificates, or none): rustls resumes a session without verifying the
+//! client's certificate again, so a ticket issued before `client_ca` was added or changed must
+//! not open after the reload.
+//!
+//! A ticket is `period (8 bytes, big-endian) || nonce (12) || AES-256-GCM-SIV(state) || tag
+//! (16)`, the period authenticated as associated data. Nonces are random, and GCM-SIV stays
+//! safe if one ever repeats under a period's key (plain GCM would leak its authentication key
+//! past about 2^32 tickets a period). It opens in its own period and the next one,
 //! so it lives between one and two periods; the lifetime hint sent to clients is one period.
 //! Tickets die with the process (the secret is never written anywhere): a restart costs every
 //! client one full handshake.
 
 use std::sync::{Arc, OnceLock};
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM_SIV, NONCE_LEN};
 use aws_lc_rs::hkdf::{Prk, Salt, HKDF_SHA256};
 use rustls::server::ProducesTickets;
 
@@ -32,17 +39,20 @@ const INFO: &[u8] = b"dispatch tls session ticket key v1";
 /// Seconds on some monotonic scale shared by all workers (the process clock).
 pub type Clock = fn() -> u64;
 
-/// The process's ticketer: one secret for the whole process, whichever config generation asks.
-pub fn process() -> Arc<Tickets> {
-    static TICKETS: OnceLock<Arc<Tickets>> = OnceLock::new();
-    TICKETS
-        .get_or_init(|| {
-            let mut secret = [0u8; 32];
-            // The system's random generator failing leaves no safe secret to use.
-            aws_lc_rs::rand::fill(&mut secret).expect("the system random generator works");
-            Arc::new(Tickets::new(secret, || crate::clock::now_ms() / 1000))
-        })
-        .clone()
+/// The process's ticketer for a config whose client authentication is `auth` (the trusted
+/// client CAs, or nothing): one secret for the whole process, whichever config generation
+/// asks, with `auth` in every key. A resumed session skips client-certificate verification
+/// (its ticket carries the chain verified then), so a ticket must not open under another
+/// `client_ca`: adding or changing it forces a full handshake.
+pub fn process(auth: &[u8]) -> Arc<Tickets> {
+    static TICKETS: OnceLock<Tickets> = OnceLock::new();
+    let base = TICKETS.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        // The system's random generator failing leaves no safe secret to use.
+        aws_lc_rs::rand::fill(&mut secret).expect("the system random generator works");
+        Tickets::new(secret, || crate::clock::now_ms() / 1000)
+    });
+    Arc::new(base.with_context(auth))
 }
 
 /// Seals and opens session tickets with the key of the current or the previous period.
@@ -50,6 +60,8 @@ pub struct Tickets {
     /// HKDF-Extract of the secret: every period's key is an expansion of it.
     prk: Prk,
     clock: Clock,
+    /// SHA-256 of what a ticket is bound to (the client authentication it was issued under).
+    context: [u8; 32],
 }
 
 impl std::fmt::Debug for Tickets {
@@ -64,6 +76,19 @@ impl Tickets {
         Tickets {
             prk: Salt::new(HKDF_SHA256, INFO).extract(&secret),
             clock,
+            context: [0; 32],
+        }
+    }
+
+    /// The same secret and clock, keys bound to `context`.
+    pub fn with_context(&self, context: &[u8]) -> Tickets {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, context);
+        let mut bound = [0u8; 32];
+        bound.copy_from_slice(digest.as_ref());
+        Tickets {
+            prk: self.prk.clone(),
+            clock: self.clock,
+            context: bound,
         }
     }
 
@@ -73,8 +98,8 @@ impl Tickets {
 
     fn key(&self, period: u64) -> Option<LessSafeKey> {
         let period = period.to_be_bytes();
-        let info = [INFO, &period[..]];
-        let okm = self.prk.expand(&info, &AES_256_GCM).ok()?;
+        let info = [INFO, &self.context[..], &period[..]];
+        let okm = self.prk.expand(&info, &AES_256_GCM_SIV).ok()?;
         let key: UnboundKey = okm.into();
         Some(LessSafeKey::new(key))
     }
@@ -179,5 +204,21 @@ mod tests {
             a.encrypt(b"x").unwrap(),
             "each ticket has its own nonce"
         );
+    }
+
+    /// A session resumed skips client-certificate verification, so a ticket issued without
+    /// `client_ca` (or under another one) must not open once a reload sets it.
+    #[test]
+    fn a_ticket_does_not_open_under_another_client_authentication() {
+        // Its own clock: the other test moves NOW while this one runs.
+        let base = Tickets::new([7; 32], || 3 * PERIOD_SECS);
+        let open = base.with_context(b"no client authentication");
+        let ticket = open.encrypt(b"session state").unwrap();
+        let same = base.with_context(b"no client authentication");
+        assert_eq!(
+            same.decrypt(&ticket).as_deref(),
+            Some(&b"session state"[..])
+        );
+        assert_eq!(base.with_context(b"ca one").decrypt(&ticket), None);
     }
 }

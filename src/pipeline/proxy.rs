@@ -1215,20 +1215,7 @@ async fn stream_body(
                     conn.flush(io_timeout).await.map_err(|_| None)?;
                 }
                 if up.data().is_empty() || consumed == 0 {
-                    match up.fill(ctx.read_timeout, 64 * 1024).await {
-                        Ok(0) | Err(UpstreamError::Reset { .. }) if !sent => {
-                            let detail = "closed before the first chunk".into();
-                            return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
-                                addr,
-                                detail,
-                            })));
-                        }
-                        Err(e @ UpstreamError::ReadTimeout { .. }) if !sent => {
-                            return Err(Some(Cut::Unsent(e)))
-                        }
-                        Ok(0) | Err(_) => return Err(None),
-                        Ok(_) => {}
-                    }
+                    body_read(up.fill(ctx.read_timeout, 64 * 1024).await, sent, addr)?;
                 }
             }
         }
@@ -1358,25 +1345,34 @@ async fn stream_encoded(
             }
             conn.flush(io_timeout).await.map_err(|_| None)?;
         }
-        match up.fill(ctx.read_timeout, 64 * 1024).await {
+        let read = up.fill(ctx.read_timeout, 64 * 1024).await;
+        if matches!(read, Ok(0)) && body == BodyKind::UntilClose {
             // The end of a close-delimited body.
-            Ok(0) if body == BodyKind::UntilClose => {
-                encode.finish(&mut conn.wbuf).map_err(encode_failed)?;
-                return conn.flush(io_timeout).await.map_err(|_| None);
-            }
-            Ok(0) | Err(UpstreamError::Reset { .. }) if !sent => {
-                let detail = "closed before the first chunk".into();
-                return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
-                    addr,
-                    detail,
-                })));
-            }
-            Err(e @ UpstreamError::ReadTimeout { .. }) if !sent => {
-                return Err(Some(Cut::Unsent(e)))
-            }
-            Ok(0) | Err(_) => return Err(None),
-            Ok(_) => {}
+            encode.finish(&mut conn.wbuf).map_err(encode_failed)?;
+            return conn.flush(io_timeout).await.map_err(|_| None);
         }
+        body_read(read, sent, addr)?;
+    }
+}
+
+/// What one upstream read in the middle of a chunked or compressed body means: bytes arrived
+/// (`Ok`); or, while nothing of the answer has left (`!sent`), a failure still answered as one
+/// (`Cut::Unsent`: 502, or 504 for a read timeout); after that, a cut connection (`None`).
+fn body_read(
+    read: Result<usize, UpstreamError>,
+    sent: bool,
+    addr: std::net::SocketAddr,
+) -> Result<(), Option<Cut>> {
+    match read {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) | Err(UpstreamError::Reset { .. }) if !sent => {
+            Err(Some(Cut::Unsent(UpstreamError::BadResponse {
+                addr,
+                detail: "closed before the first chunk".into(),
+            })))
+        }
+        Err(e @ UpstreamError::ReadTimeout { .. }) if !sent => Err(Some(Cut::Unsent(e))),
+        _ => Err(None),
     }
 }
 
