@@ -73,7 +73,7 @@ impl BufConn {
         }
         let buf = std::mem::take(&mut self.rbuf);
         let (len, cap) = (buf.len(), buf.capacity());
-        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
+        match super::timeout::timeout(timeout, self.stream.read(buf.slice_mut(len..cap))).await {
             Ok((res, slice)) => {
                 self.rbuf = slice.into_inner();
                 match res {
@@ -118,7 +118,7 @@ impl BufConn {
             }
             (Ok(()), buf)
         };
-        match monoio::time::timeout(timeout, write_all).await {
+        match super::timeout::timeout(timeout, write_all).await {
             Ok((res, buf)) => (res, Some(buf)),
             Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
         }
@@ -179,7 +179,7 @@ impl BufConn {
             buf.clear();
             buf.reserve(self.initial);
             // Raw: under TLS, records after our close_notify are discarded undecrypted.
-            match monoio::time::timeout(left, self.stream.read_raw(buf)).await {
+            match super::timeout::timeout(left, self.stream.read_raw(buf)).await {
                 Ok((Ok(n), buf)) if n > 0 => self.rbuf = buf,
                 _ => return,
             }

@@ -10,6 +10,9 @@
 //! before it reuses a connection (and, after a readiness poll, a queued request asks of its
 //! client).
 //!
+//! Every timed read and write goes through [`timeout`], whose timer is boxed out of line:
+//! monoio's is 640 bytes inline, and would be carried by every future that awaits I/O.
+//!
 //! The one thing to know: every read and write takes its buffer by value (io_uring owns it
 //! while the operation is in flight). A read or write that times out is cancelled, and its
 //! buffer may still be held by the kernel: such a connection is never used again.
@@ -18,6 +21,7 @@ mod conn;
 pub mod sni;
 mod stream;
 pub mod tickets;
+pub mod timeout;
 pub mod tls;
 
 pub use conn::{BufConn, ReadEnd};

@@ -412,7 +412,8 @@ async fn shaped(
     let left = |d: &ratelimit::Delay| {
         std::time::Duration::from_millis(d.until_ms.saturating_sub(clock::now_ms()))
     };
-    if let Ok(Client::Left) = monoio::time::timeout(left(&delay), watch(&mut conn.io.stream)).await
+    if let Ok(Client::Left) =
+        crate::io::timeout::timeout(left(&delay), watch(&mut conn.io.stream)).await
     {
         return Some(Served {
             keep: false,
@@ -444,7 +445,7 @@ async fn coalesced(
 ) -> Option<Served> {
     if let Some(flight) = pending.wait.take() {
         // A timeout is not an error: the request goes upstream itself.
-        let _ = monoio::time::timeout(ctx.read_timeout, flight.done()).await;
+        let _ = crate::io::timeout::timeout(ctx.read_timeout, flight.done()).await;
     }
     if let (Some(store), Some(config)) = (&pending.store, &snap.active.config.cache) {
         let shard = worker.cache_shard(config.max_bytes_per_worker);

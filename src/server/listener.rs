@@ -123,7 +123,7 @@ async fn handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> Opt
     let metrics = snap.metrics.clone();
     drop(snap);
     let result = monoio::select! {
-        r = monoio::time::timeout(timeout, ServerTls::accept(tcp, config)) => r,
+        r = crate::io::timeout::timeout(timeout, ServerTls::accept(tcp, config)) => r,
         // A drain does not wait for a handshake: the client has sent no request yet.
         _ = worker.drain.wait() => {
             metrics.tls_handshake(false);

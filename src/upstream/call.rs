@@ -31,6 +31,7 @@
 //! already moved.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -123,9 +124,12 @@ pub trait Caller {
     /// The upstream answered before the whole body went up (the rest is not sent): neither
     /// connection can carry another request.
     fn abandoned(&self) -> bool;
-    /// An interim (1xx) response arrived; the caller relays it or not. `ClientAborted` when
-    /// relaying found the client gone.
-    async fn interim(&mut self, head: &ResponseHead<'_>) -> Result<(), UpstreamError>;
+    /// An interim (1xx) response arrived; the caller takes what it relays of it now (the head
+    /// is borrowed from the connection's buffer). True: it has something to send, which
+    /// [`Caller::send_interim`] sends next.
+    fn interim(&mut self, head: &ResponseHead<'_>) -> bool;
+    /// Sends what [`Caller::interim`] took. `ClientAborted` when it found the client gone.
+    async fn send_interim(&mut self) -> Result<(), UpstreamError>;
     /// A response byte (an interim response) reached the client: nothing is retried any more.
     fn interim_relayed(&self) -> bool;
     /// The final response head, once it is the answer (no retry follows). It is still borrowed
@@ -158,7 +162,10 @@ impl<F: FnMut(&ResponseHead<'_>, BodyKind)> Caller for Held<F> {
     fn abandoned(&self) -> bool {
         false
     }
-    async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
+    fn interim(&mut self, _: &ResponseHead<'_>) -> bool {
+        false
+    }
+    async fn send_interim(&mut self) -> Result<(), UpstreamError> {
         Ok(())
     }
     fn interim_relayed(&self) -> bool {
@@ -270,7 +277,7 @@ impl Attempt<'_> {
     }
 }
 
-impl UpstreamResponse<'_> {
+impl<'a> UpstreamResponse<'a> {
     /// See [`Attempt::settle`].
     pub fn settle(&mut self) {
         self.attempt.settle();
@@ -324,24 +331,30 @@ impl UpstreamResponse<'_> {
     /// so a limit several bodies share holds at every moment, not only once each is whole.
     /// A refusal ends it as `collect`'s limit does (the caller's limit, not the upstream's
     /// failure), its detail naming [`Allowance::limit`].
-    pub async fn collect_within(
-        mut self,
-        allowance: &mut impl Allowance,
+    ///
+    /// Not an `async fn`: one would move `self` (384 bytes) from its argument slot into a
+    /// second one inside its future; the block below reads it where it was captured.
+    pub fn collect_within<'s, A: Allowance>(
+        self,
+        allowance: &'s mut A,
         read_timeout: Duration,
-    ) -> Result<Vec<u8>, CallFailure> {
-        match read_body(&mut self.conn, self.body, allowance, read_timeout).await {
-            Ok(body) => {
-                self.complete();
-                Ok(body)
+    ) -> impl Future<Output = Result<Vec<u8>, CallFailure>> + use<'a, 's, A> {
+        let mut resp = self;
+        async move {
+            match read_body(&mut resp.conn, resp.body, allowance, read_timeout).await {
+                Ok(body) => {
+                    resp.complete();
+                    Ok(body)
+                }
+                Err(BodyFail::TooLarge(e)) => {
+                    resp.settle();
+                    Err(CallFailure {
+                        error: e,
+                        last: Some((resp.addr, resp.began.elapsed())),
+                    })
+                }
+                Err(BodyFail::Upstream(e)) => Err(resp.failed(e)),
             }
-            Err(BodyFail::TooLarge(e)) => {
-                self.settle();
-                Err(CallFailure {
-                    error: e,
-                    last: Some((self.addr, self.began.elapsed())),
-                })
-            }
-            Err(BodyFail::Upstream(e)) => Err(self.failed(e)),
         }
     }
 
@@ -789,120 +802,149 @@ async fn exchange<C: Caller>(
         }
     }
     let mut interims = 0u32;
-    'head: loop {
-        let head = 'parsed: {
-            match http::parse_response(up.data(), &HEAD_LIMITS) {
-                Ok(Some(head)) if !awaits_first_chunk(&head, up.data(), policy.head) => {
-                    break 'parsed head
+    loop {
+        match judge(up, caller, policy, retry_status, interims)? {
+            Next::Final(facts) => return Ok(facts),
+            Next::Read => {
+                let seen = !up.data().is_empty();
+                match up.fill(policy.read_timeout, HEAD_READ).await {
+                    Ok(0) | Err(UpstreamError::Reset { .. }) if seen => {
+                        let detail = "closed in the middle of the response head".into();
+                        return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+                    }
+                    // A close or reset after the request went out, even on a pooled connection
+                    // that passed its reuse check: the upstream may have read the request and
+                    // acted on it, so this is an attempt like any other (see the module doc).
+                    Ok(0) => {
+                        let detail = "closed before a response".into();
+                        return Err(Miss::Failed(UpstreamError::Reset { addr, detail }));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Miss::Failed(e)),
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    let detail = e.to_string();
-                    return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+            }
+            Next::Interim { relay } => {
+                interims += 1;
+                // Boxed: relaying an interim response is the rare path.
+                if relay {
+                    if let Err(e) = Box::pin(caller.send_interim()).await {
+                        return Err(Miss::Client(e));
+                    }
                 }
-            }
-            let seen = !up.data().is_empty();
-            match up.fill(policy.read_timeout, HEAD_READ).await {
-                Ok(0) | Err(UpstreamError::Reset { .. }) if seen => {
-                    let detail = "closed in the middle of the response head".into();
-                    return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-                }
-                // A close or reset after the request went out, even on a pooled connection
-                // that passed its reuse check: the upstream may have read the request and
-                // acted on it, so this is an attempt like any other (see the module doc).
-                Ok(0) => {
-                    let detail = "closed before a response".into();
-                    return Err(Miss::Failed(UpstreamError::Reset { addr, detail }));
-                }
-                Ok(_) => continue 'head,
-                Err(e) => return Err(Miss::Failed(e)),
-            }
-        };
-        let status = head.status;
-        let head_len = head.head_len;
-        if status == 101 {
-            if !policy.upgrade {
-                // RFC 9110 §15.2.2: a 101 answers an `Upgrade` only, which this request did
-                // not carry (the gateway removes it from all but websocket upgrades).
-                let detail = "101 Switching Protocols to a request without Upgrade".into();
-                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-            }
-            // RFC 9110 §7.8: the server switches to a protocol the client offered, which is
-            // websocket alone (the gateway forwards no other).
-            let websocket = head
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                .any(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"websocket"));
-            if !websocket {
-                let detail = "101 Switching Protocols to a protocol other than websocket".into();
-                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-            }
-            // The upgrade's answer: what follows the head is the new protocol's, the tunnel's.
-            caller.final_head(&head, BodyKind::None);
-            drop(head);
-            up.consume(head_len);
-            return Ok(Facts {
-                status,
-                body: BodyKind::None,
-                reusable: false,
-            });
-        }
-        if (100..200).contains(&status) {
-            interims += 1;
-            if interims > MAX_INTERIM {
-                let detail = format!("more than {MAX_INTERIM} interim responses");
-                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-            }
-            // RFC 9110 §15.2: interim responses go on (the caller decides), the final one
-            // follows on the same connection.
-            let relayed = Box::pin(caller.interim(&head)).await;
-            drop(head);
-            up.consume(head_len);
-            match relayed {
-                Ok(()) => continue 'head,
-                Err(e) => return Err(Miss::Client(e)),
             }
         }
-        let method = if policy.head { "HEAD" } else { "GET" };
-        let body = match http::response_body(method, status, &head.headers, head.version) {
-            Ok(body) => body,
-            Err(e) => {
-                let detail = e.to_string();
-                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-            }
-        };
-        if body == BodyKind::Chunked {
-            // A first size line that came with the head must be valid (one that came cut was
-            // read whole above, in `awaits_first_chunk`).
-            if let Err(detail) = first_chunk(&up.data()[head_len..]) {
-                return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
-            }
+    }
+}
+
+/// What [`judge`] made of the bytes read so far.
+enum Next {
+    /// No complete head yet (or a chunked head whose first size line is cut): read more.
+    Read,
+    /// An interim (1xx) head, consumed; `relay`: the caller has something to send for it.
+    Interim { relay: bool },
+    /// The final head, handed to the caller and consumed.
+    Final(Facts),
+}
+
+/// Reads the response head at the start of `up`'s buffer, if it is all there, and hands it to
+/// the caller (`interims`: the interim heads handed so far). Never awaits: the parsed head
+/// borrows the buffer and is over a kilobyte, and only here is it alive, so no future of an
+/// exchange carries it.
+fn judge<C: Caller>(
+    up: &mut UpConn,
+    caller: &mut C,
+    policy: &Policy,
+    retry_status: &dyn Fn(&UpstreamError, &C) -> bool,
+    interims: u32,
+) -> Result<Next, Miss> {
+    let addr = up.addr;
+    let head = match http::parse_response(up.data(), &HEAD_LIMITS) {
+        Ok(Some(head)) if !awaits_first_chunk(&head, up.data(), policy.head) => head,
+        Ok(_) => return Ok(Next::Read),
+        Err(e) => {
+            let detail = e.to_string();
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
         }
-        if retryable_status(status) && policy.idempotent && caller.complete() && !caller.streamed()
-        {
-            // A 502/503/504 is retried when the rules and the budget allow; otherwise it is
-            // the answer, passed on as the upstream sent it.
-            let e = UpstreamError::Status { addr, status };
-            if retry_status(&e, caller) {
-                return Err(Miss::RetryStatus(e));
-            }
+    };
+    let status = head.status;
+    let head_len = head.head_len;
+    if status == 101 {
+        if !policy.upgrade {
+            // RFC 9110 §15.2.2: a 101 answers an `Upgrade` only, which this request did
+            // not carry (the gateway removes it from all but websocket upgrades).
+            let detail = "101 Switching Protocols to a request without Upgrade".into();
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
         }
-        let upstream_keep = !http::wants_close(head.version, &head.headers);
-        caller.final_head(&head, body);
+        // RFC 9110 §7.8: the server switches to a protocol the client offered, which is
+        // websocket alone (the gateway forwards no other).
+        let websocket = head
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .any(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+        if !websocket {
+            let detail = "101 Switching Protocols to a protocol other than websocket".into();
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+        }
+        // The upgrade's answer: what follows the head is the new protocol's, the tunnel's.
+        caller.final_head(&head, BodyKind::None);
         drop(head);
         up.consume(head_len);
-        return Ok(Facts {
+        return Ok(Next::Final(Facts {
             status,
-            body,
-            // An abandoned upload leaves the connection out of step with its requests.
-            // A refused upgrade's connection was opened for it alone (`Policy::upgrade`).
-            reusable: upstream_keep
-                && body != BodyKind::UntilClose
-                && !caller.abandoned()
-                && !policy.upgrade,
-        });
+            body: BodyKind::None,
+            reusable: false,
+        }));
     }
+    if (100..200).contains(&status) {
+        if interims >= MAX_INTERIM {
+            let detail = format!("more than {MAX_INTERIM} interim responses");
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+        }
+        // RFC 9110 §15.2: interim responses go on (the caller decides), the final one
+        // follows on the same connection.
+        let relay = caller.interim(&head);
+        drop(head);
+        up.consume(head_len);
+        return Ok(Next::Interim { relay });
+    }
+    let method = if policy.head { "HEAD" } else { "GET" };
+    let body = match http::response_body(method, status, &head.headers, head.version) {
+        Ok(body) => body,
+        Err(e) => {
+            let detail = e.to_string();
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+        }
+    };
+    if body == BodyKind::Chunked {
+        // A first size line that came with the head must be valid (one that came cut was
+        // read whole above, in `awaits_first_chunk`).
+        if let Err(detail) = first_chunk(&up.data()[head_len..]) {
+            return Err(Miss::Failed(UpstreamError::BadResponse { addr, detail }));
+        }
+    }
+    if retryable_status(status) && policy.idempotent && caller.complete() && !caller.streamed() {
+        // A 502/503/504 is retried when the rules and the budget allow; otherwise it is
+        // the answer, passed on as the upstream sent it.
+        let e = UpstreamError::Status { addr, status };
+        if retry_status(&e, caller) {
+            return Err(Miss::RetryStatus(e));
+        }
+    }
+    let upstream_keep = !http::wants_close(head.version, &head.headers);
+    caller.final_head(&head, body);
+    drop(head);
+    up.consume(head_len);
+    Ok(Next::Final(Facts {
+        status,
+        body,
+        // An abandoned upload leaves the connection out of step with its requests.
+        // A refused upgrade's connection was opened for it alone (`Policy::upgrade`).
+        reusable: upstream_keep
+            && body != BodyKind::UntilClose
+            && !caller.abandoned()
+            && !policy.upgrade,
+    }))
 }
 
 /// Whether `head` is a final chunked head followed, in `data`, by part of its first size line:
@@ -1083,8 +1125,11 @@ mod tests {
         fn abandoned(&self) -> bool {
             false
         }
-        async fn interim(&mut self, _: &ResponseHead<'_>) -> Result<(), UpstreamError> {
+        fn interim(&mut self, _: &ResponseHead<'_>) -> bool {
             self.interims += 1;
+            false
+        }
+        async fn send_interim(&mut self) -> Result<(), UpstreamError> {
             Ok(())
         }
         fn interim_relayed(&self) -> bool {
@@ -1428,5 +1473,37 @@ mod tests {
             assert_eq!(err.last.map(|(a, _)| a), Some(addr));
             assert_eq!(err.error.status(), 502);
         });
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<A, F>(_: &impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A timed read or write is awaited at every level of every exchange, and an async call
+    /// moves its callee's future whole: with monoio's inline timer (640 bytes, aligned to 128)
+    /// these were 1,152 bytes each (`io::timeout` boxes the timer).
+    #[test]
+    fn timed_reads_and_writes_stay_small() {
+        let fill = |up: &'static mut UpConn| up.fill(Duration::ZERO, 1);
+        let write = |up: &'static mut UpConn| up.write(Vec::new(), 0, 0, Duration::ZERO);
+        let body = |r: UpstreamResponse<'static>| {
+            r.collect_within(
+                Box::leak(Box::new(Limit { left: 0, limit: 0 })),
+                Duration::ZERO,
+            )
+        };
+        assert!(future_size(&fill) <= 384, "fill: {}", future_size(&fill));
+        assert!(future_size(&write) <= 512, "write: {}", future_size(&write));
+        // The response (384 bytes) held once, not twice (`collect_within`'s doc).
+        assert!(
+            future_size(&body) <= 1024,
+            "collect_within: {}",
+            future_size(&body)
+        );
     }
 }

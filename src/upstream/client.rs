@@ -83,7 +83,7 @@ impl UpConn {
                 (stream, _) => Ok(stream),
             }
         };
-        let stream = match monoio::time::timeout(timeout, open).await {
+        let stream = match crate::io::timeout::timeout(timeout, open).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
