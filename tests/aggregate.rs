@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::aggregate::{explain, recording, Arrivals, InFlight};
+use support::upstream_misbehave::{Exchange, Scripted};
 use support::*;
 
 /// The reference's dashboard: profile required (500ms), balance optional with a default,
@@ -853,4 +854,49 @@ path = "/users/{{id}}"
         assert!(error.starts_with("bad value for {id}"), "{target}: {v}");
     }
     assert!(arrivals.targets().is_empty(), "{:?}", arrivals.targets());
+}
+
+/// A client that leaves while its aggregate's calls are in flight ends the request: the calls
+/// are dropped and their upstream connections closed, long before any timeout would end them,
+/// and the request counts as a client error (499, in the `4xx` class of the status label).
+#[test]
+fn a_client_that_leaves_drops_the_calls_in_flight() {
+    // Mark 0: the call arrived. Mark 1: the gateway closed the call's connection (the script's
+    // next read ends; it would wait 10 s for bytes that never come, and `await_marks` gives up
+    // after 5).
+    let up = Scripted::start(|x: &mut Exchange| {
+        if x.read_head().is_some() {
+            x.mark(0);
+            if x.read_head().is_none() {
+                x.mark(1);
+            }
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.u]
+endpoints = ["{}"]
+read_timeout = "30s"
+[aggregates.a]
+path = "/a"
+timeout = "30s"
+[aggregates.a.calls.one]
+upstream = "u"
+path = "/one"
+required = true
+timeout = "20s"
+"#,
+        up.url()
+    ));
+    let mut c = Client::connect(gw.addr());
+    c.send(&Req::get("/a").to_bytes());
+    up.await_marks(0, 1);
+    drop(c);
+    up.await_marks(1, 1);
+    let series = r#"dispatch_requests_total{route="a",method="GET",status="4xx"}"#;
+    let end = Instant::now() + Duration::from_secs(5);
+    while support::metric(&support::cache::scrape(&gw), series) != Some(1.0) {
+        assert!(Instant::now() < end, "{}", support::cache::scrape(&gw));
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -497,10 +497,10 @@ impl Call {
         values: &impl Values,
         each: Option<&Value>,
     ) -> Result<String, RenderError> {
-        let mut out = String::new();
+        // Room for the literals and a few short values: one allocation, as a rule.
+        let mut out = String::with_capacity(64);
+        let mut in_path = true;
         for s in &self.segments {
-            // Values are encoded, so a `?` can only be a literal's: after it, the query.
-            let in_path = !out.contains('?');
             let from = out.len();
             match s {
                 Segment::Literal(text) => out.push_str(text),
@@ -530,6 +530,8 @@ impl Call {
                     value: value.to_string(),
                 });
             }
+            // Values are encoded, so a `?` can only be a literal's: after it, the query.
+            in_path = in_path && !(matches!(s, Segment::Literal(_)) && value.contains('?'));
         }
         Ok(out)
     }

@@ -192,7 +192,7 @@ impl State {
 }
 
 /// What a call's future brings back.
-enum Fetched {
+pub(crate) enum Fetched {
     One(Result<Reply, CallError>),
     /// Per item, in the source's order: the reply, or why there is none.
     Items(Vec<Result<Reply, String>>),
@@ -214,7 +214,7 @@ enum Ended {
 pub const ITEM_REASONS: usize = 3;
 
 /// A call's requests, rendered before it starts.
-enum Work {
+pub(crate) enum Work {
     One(Vec<u8>),
     /// Per item: its head, or why its path could not be rendered.
     Items(Vec<Result<Vec<u8>, String>>, usize),
@@ -254,12 +254,14 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
     loop {
         // Start what may start; a call decided without running (skipped, failed) may free
         // others, so look again until nothing more is ready.
+        let mut now = None;
         loop {
-            let ready: Vec<usize> = plan.ready(done, started).collect();
-            if ready.is_empty() {
+            // As a set: the loop below changes what `ready` reads.
+            let ready = plan.ready(done, started).fold(0u64, |set, i| set | 1 << i);
+            if ready == 0 {
                 break;
             }
-            for i in ready {
+            for i in (0..n).filter(|i| ready & (1 << i) != 0) {
                 started |= 1 << i;
                 let call = &plan.calls[i];
                 let decided = if call.deps & failed != 0 {
@@ -289,7 +291,9 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
                 match work {
                     Ok(work) => {
                         states[i] = State::Running;
-                        let own = Instant::now() + call.timeout;
+                        // One clock reading for the calls that start together.
+                        let now = *now.get_or_insert_with(Instant::now);
+                        let own = now + call.timeout;
                         let info = CallInfo {
                             index: i,
                             name: &call.name,
@@ -298,7 +302,7 @@ pub async fn execute<T: Transport>(c: &Compiled, req: &Request<'_>, transport: &
                         pending.push(run_call(
                             transport,
                             info,
-                            i,
+                            (i, now),
                             work,
                             own.min(deadline),
                             deadline,
@@ -424,7 +428,8 @@ fn render(
     };
     let head = |path: &str| {
         let host = req.host.unwrap_or(run.fallback_host.as_bytes());
-        let mut h = Vec::with_capacity(32 + path.len() + host.len() + req.fields.len());
+        // The transport adds a `traceparent` line (70 bytes) and the blank line.
+        let mut h = Vec::with_capacity(112 + path.len() + host.len() + req.fields.len());
         h.extend_from_slice(b"GET ");
         h.extend_from_slice(path.as_bytes());
         h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
@@ -457,24 +462,25 @@ fn render(
     }
 }
 
-/// One call's requests, all of them done by `deadline` (the transport's; the executor drops
-/// them [`GRACE`] later). Yields the call's index, what came back, how long it took, and
-/// `cut`: it ended after `aggregate`'s deadline (the aggregate's timeout, not the call's own,
-/// ended it).
-async fn run_call<T: Transport>(
+/// One call's requests (call `i`, started at `begun`), all of them done by `deadline` (the
+/// transport's; the executor drops them [`GRACE`] later). Yields the call's index, what came
+/// back, how long it took, and `cut`: it ended after `aggregate`'s deadline (the aggregate's
+/// timeout, not the call's own, ended it).
+pub(crate) async fn run_call<T: Transport>(
     transport: &T,
     info: CallInfo<'_>,
-    i: usize,
+    (i, begun): (usize, Instant),
     work: Work,
     deadline: Instant,
     aggregate: Instant,
 ) -> (usize, Fetched, Duration, bool) {
-    let begun = Instant::now();
-    let until = monoio::time::Instant::from_std(deadline + GRACE);
+    let until = deadline + GRACE;
     let fetched = match work {
         Work::One(head) => {
-            let call = transport.call(info, head, deadline);
-            Fetched::One(match monoio::time::timeout_at(until, call).await {
+            // Boxed once here: a transport's call is kilobytes of nested state, and unboxed it
+            // would be copied whole into this future, then with it into the set that runs it.
+            let call = Box::pin(transport.call(info, head, deadline));
+            Fetched::One(match crate::io::timeout::timeout_at(until, call).await {
                 Ok(r) => r,
                 Err(_) => Err(CallError::Timeout),
             })
@@ -483,7 +489,8 @@ async fn run_call<T: Transport>(
             Fetched::Items(fan_out(transport, info, heads, concurrency, deadline, until).await)
         }
     };
-    (i, fetched, begun.elapsed(), Instant::now() >= aggregate)
+    let ended = Instant::now();
+    (i, fetched, ended - begun, ended >= aggregate)
 }
 
 /// A `foreach` call's item requests, at most `concurrency` in flight, results in order. At
@@ -495,7 +502,7 @@ async fn fan_out<T: Transport>(
     heads: Vec<Result<Vec<u8>, String>>,
     concurrency: usize,
     deadline: Instant,
-    until: monoio::time::Instant,
+    until: Instant,
 ) -> Vec<Result<Reply, String>> {
     let mut out: Vec<Result<Reply, String>> = Vec::with_capacity(heads.len());
     let mut queue = Vec::with_capacity(heads.len());
@@ -523,7 +530,7 @@ async fn fan_out<T: Transport>(
     for next in queue.by_ref().take(concurrency) {
         flight.push(item(next));
     }
-    while let Ok(Some((k, r))) = monoio::time::timeout_at(until, flight.next()).await {
+    while let Ok(Some((k, r))) = crate::io::timeout::timeout_at(until, flight.next()).await {
         out[k] = r;
         if let Some(next) = queue.next() {
             flight.push(item(next));
@@ -614,19 +621,19 @@ fn text_of(reply: Reply, select: Option<&Program>) -> Result<Ended, String> {
     if !(200..300).contains(&reply.status) {
         return Err(format!("status {}", reply.status));
     }
-    let Some(whole) = text::check(&reply.body) else {
-        return Err("not json".into());
-    };
-    let range = match select {
-        None => whole,
-        Some(program) => match program
-            .keys()
-            .and_then(|keys| text::select(&reply.body, whole, keys))
-        {
-            Some(Some(part)) => part,
-            Some(None) => return Ok(Ended::Done(Value::Null)),
-            None => return value_of(reply, select).map(Ended::Done),
+    let keys = select.map(Program::keys);
+    let range = match keys {
+        None => text::check(&reply.body).ok_or("not json")?,
+        // A path of keys is read off the text in the pass that checks it.
+        Some(Some(keys)) => match text::check_select(&reply.body, keys).ok_or("not json")? {
+            (_, Some(Some(part))) => part,
+            (_, Some(None)) => return Ok(Ended::Done(Value::Null)),
+            (_, None) => return value_of(reply, select).map(Ended::Done),
         },
+        Some(None) => {
+            text::check(&reply.body).ok_or("not json")?;
+            return value_of(reply, select).map(Ended::Done);
+        }
     };
     let mut body = reply.body;
     body.truncate(range.end);
@@ -658,7 +665,14 @@ fn compose(c: &Compiled, states: Vec<State>, ms: &[Option<u64>], truncated: u64)
         Ok(meta) => meta,
         Err(e) => return unwritable(&e),
     };
-    let mut out = Vec::with_capacity(512 + meta.len());
+    let results: usize = states
+        .iter()
+        .map(|s| match s {
+            State::Raw(text) => text.len(),
+            _ => 64,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(32 * states.len() + results + meta.len());
     let written = match &c.shape {
         None => {
             let entries = plan.by_name.iter().map(|&i| {
