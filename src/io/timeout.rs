@@ -44,7 +44,8 @@ pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
     }
 }
 
-/// Waits for `duration`, its timer boxed as [`timeout`]'s is.
+/// Waits for `duration` from its first poll (an async fn: nothing runs before), its timer
+/// boxed as [`timeout`]'s is.
 pub async fn sleep(duration: Duration) {
     let _ = timeout(duration, std::future::pending::<()>()).await;
 }
