@@ -5,7 +5,7 @@
 //! metrics), and sending the composite (or the 503/504/502) through the one response path.
 //!
 //! The one thing to know: the calls are futures inside this request's future, on this
-//! worker; once they have run for [`WATCH_AFTER`] the client connection is watched, and a
+//! worker; once they have run for `WATCH_AFTER` (50 ms) the client connection is watched, and a
 //! client that closes it ends the request (499) and drops every call in flight, whose
 //! connections close. Watching costs the kernel a poll and its cancellation per request; a
 //! composite that ends sooner (nearly all) is answered without either, and one whose client

@@ -26,7 +26,7 @@
 //! The one thing to know: each direction is its own pump, and both run at once, so that a
 //! peer that stops reading until its own write completes cannot deadlock the tunnel. A pump
 //! reads one connection and writes the other, so each connection is read by one pump and
-//! written by the other at the same time: [`Half`] shares a [`Stream`] that way, which the
+//! written by the other at the same time: `Half` shares a [`Stream`] that way, which the
 //! stream layer's transports allow (monoio's `Split` contract; see its SAFETY note). The pumps
 //! use only `read`, `write` and `shutdown`, so a tunnel works over any [`Stream`].
 
