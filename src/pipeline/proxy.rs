@@ -1183,23 +1183,14 @@ async fn stream_body(
             let mut started = false;
             let mut sent = false;
             loop {
-                let (consumed, data, done) = match reframe_chunked(
+                let step = reframe_chunked(
                     &mut dec,
                     up.data(),
                     &mut conn.wbuf,
                     chunked_out,
                     tee.as_deref_mut(),
-                ) {
-                    Ok(step) => step,
-                    Err(e) if !sent => {
-                        let detail = format!("invalid chunked body: {e}");
-                        return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
-                            addr,
-                            detail,
-                        })));
-                    }
-                    Err(_) => return Err(None),
-                };
+                );
+                let (consumed, data, done) = chunk_step(step, sent, addr)?;
                 up.consume(consumed);
                 started |= data > 0 || done;
                 if started && (done || conn.wbuf.len() >= FLUSH_AT || up.data().is_empty()) {
@@ -1304,17 +1295,7 @@ async fn stream_encoded(
                 decoded.clear();
                 let step =
                     reframe_chunked(&mut dec, up.data(), &mut decoded, false, tee.as_deref_mut());
-                let (consumed, data, done) = match step {
-                    Ok(step) => step,
-                    Err(e) if !sent => {
-                        let detail = format!("invalid chunked body: {e}");
-                        return Err(Some(Cut::Unsent(UpstreamError::BadResponse {
-                            addr,
-                            detail,
-                        })));
-                    }
-                    Err(_) => return Err(None),
-                };
+                let (consumed, data, done) = chunk_step(step, sent, addr)?;
                 up.consume(consumed);
                 encode
                     .push(&decoded, !done, &mut conn.wbuf)
@@ -1379,6 +1360,23 @@ fn body_read(
         Err(e @ UpstreamError::ReadTimeout { .. }) if !sent => Err(Some(Cut::Unsent(e))),
         _ => Err(None),
     }
+}
+
+/// What one step of decoding a chunked body means, as [`body_read`] says for a read: a broken
+/// chunk is a 502 while nothing has left (`Cut::Unsent`), a cut connection after (`None`).
+fn chunk_step(
+    step: Result<(usize, u64, bool), http::ChunkError>,
+    sent: bool,
+    addr: std::net::SocketAddr,
+) -> Result<(usize, u64, bool), Option<Cut>> {
+    step.map_err(|e| {
+        (!sent).then(|| {
+            Cut::Unsent(UpstreamError::BadResponse {
+                addr,
+                detail: format!("invalid chunked body: {e}"),
+            })
+        })
+    })
 }
 
 /// Boxed where it is awaited (as [`upstream_failed`]): a failure is the rare path, and its
